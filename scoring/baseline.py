@@ -1,0 +1,72 @@
+"""The baseline recommender: decayed category affinity x decayed item popularity.
+
+``score(u, i) = share_u(i) * pop(i) / max_pop`` where ``share_u(i)`` is the mean, over the
+item's categories, of the user's decayed affinity for that category divided by the user's
+total affinity, and ``pop`` is the item's decayed popularity. Items the user bought are
+never recommended. A user with no affinity yet (cold start) gets the most popular items.
+Candidates are the most popular items of the user's strongest categories, so a message
+costs O(top categories x per-category pool), not O(catalog).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from scoring.popularity import Popularity
+from state.catalog import Catalog
+from state.profile import Params, Profile
+
+TOP_CATEGORIES = 5
+POOL_PER_CATEGORY = 50
+
+
+class Scored(msgspec.Struct, frozen=True):
+    item_id: str
+    score: float
+    reasons: list[str]
+
+
+def recommend(
+    profile: Profile,
+    catalog: Catalog,
+    popularity: Popularity,
+    *,
+    k: int,
+    params: Params,
+) -> list[Scored]:
+    exclude = profile.purchased
+    now = max(popularity.now, profile.affinity_ref_ts)
+    affinity = profile.affinity_at(now, params)
+    total = sum(affinity.values())
+    pool = POOL_PER_CATEGORY + len(exclude)
+    if total <= 0.0:
+        top = popularity.top(None, k + len(exclude))
+        best = top[0][0] if top else 0.0
+        return [
+            Scored(item_id=i, score=(p / best if best > 0 else 0.0), reasons=["popular overall"])
+            for p, i in top
+            if i not in exclude
+        ][:k]
+    strongest = sorted(affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]
+    candidates: dict[str, float] = {}
+    for category, _ in strongest:
+        for p, item_id in popularity.top(catalog.items_in(category), pool, key=category):
+            if item_id not in exclude:
+                candidates[item_id] = p
+    best_pop = max(candidates.values(), default=0.0)
+    scored: list[Scored] = []
+    for item_id, pop in candidates.items():
+        cats = catalog.categories(item_id)
+        shares = {c: affinity.get(c, 0.0) / total for c in cats}
+        share = sum(shares.values()) / len(cats) if cats else 0.0
+        score = share * (pop / best_pop if best_pop > 0 else 0.0)
+        if score <= 0.0:
+            continue
+        lead = max(shares, key=lambda c: (shares[c], c))
+        reasons = [
+            f"you engage with {lead} ({shares[lead]:.0%} of your recent activity)",
+            f"popular now (popularity {pop:.2f})",
+        ]
+        scored.append(Scored(item_id=item_id, score=score, reasons=reasons))
+    scored.sort(key=lambda s: (-s.score, s.item_id))
+    return scored[:k]

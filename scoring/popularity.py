@@ -1,0 +1,59 @@
+"""Decayed item popularity, kept per worker over the events that worker applies."""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+from state.decay import SECONDS_PER_DAY, factor, weight_at
+
+
+class Popularity:
+    """``pop(i) = sum of event weights on i, decayed by event time``.
+
+    Each item keeps its value at its own reference time, so an update touches one item
+    only; reads decay to the common "now" (the latest event time seen).
+    """
+
+    def __init__(self, half_life_days: float, refresh_s: float = 2.0) -> None:
+        self._hl = half_life_days * SECONDS_PER_DAY
+        self._values: dict[str, tuple[float, float]] = {}
+        self.now = 0.0
+        self._refresh_s = refresh_s
+        self._top_cache: dict[str, list[tuple[float, str]]] = {}
+        self._cache_at = 0.0
+        self._dirty = False
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def add(self, item_id: str, weight: float, ts: float) -> None:
+        value, ref = self._values.get(item_id, (0.0, ts))
+        if ts > ref:
+            value, ref = value * factor(ts - ref, self._hl), ts
+        self._values[item_id] = (value + weight_at(weight, ts, ref, self._hl), ref)
+        self.now = max(self.now, ts)
+        self._dirty = True
+
+    def value(self, item_id: str) -> float:
+        value, ref = self._values.get(item_id, (0.0, self.now))
+        return weight_at(value, ref, self.now, self._hl)
+
+    def top(self, candidates: set[str] | None, n: int, key: str = "*") -> list[tuple[float, str]]:
+        """The ``n`` most popular of ``candidates`` (all items when None), best first.
+
+        Cached per ``key`` for ``refresh_s`` wall seconds: ranking every candidate on every
+        emission would dominate the per-event cost, and popularity moves slowly.
+        """
+        clock = time.monotonic()
+        if self._dirty and clock - self._cache_at > self._refresh_s:
+            self._top_cache.clear()
+            self._cache_at = clock
+            self._dirty = False
+        cached = self._top_cache.get(key)
+        if cached is not None and len(cached) >= n:
+            return cached[:n]
+        pool = self._values.keys() if candidates is None else candidates
+        ranked = heapq.nlargest(n, ((self.value(i), i) for i in pool), key=lambda t: (t[0], t[1]))
+        self._top_cache[key] = ranked
+        return ranked

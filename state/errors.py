@@ -1,0 +1,71 @@
+"""One error root for Persona, and what each error means for the running worker.
+
+Every error a worker can meet is either *data* (the input was bad: it goes to the
+dead-letter topic and the partition keeps moving) or a *crash decision* (the worker
+cannot do its job correctly and must stop so a supervisor restarts it). The mapping
+lives here, next to the classes, so that the decision is made once.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+#: Why a record went to ``<topic>.dlq``; also the ``reason`` label of
+#: ``persona_dead_letter_total``. A closed set so dashboards stay small.
+DeadLetterReason = Literal[
+    "null_value",
+    "oversized",
+    "bad_utf8",
+    "bad_json",
+    "unknown_type",
+    "schema",
+    "key_mismatch",
+]
+
+DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
+    "null_value",
+    "oversized",
+    "bad_utf8",
+    "bad_json",
+    "unknown_type",
+    "schema",
+    "key_mismatch",
+)
+
+
+class PersonaError(Exception):
+    """Root of every error Persona raises on purpose."""
+
+
+class InputError(PersonaError):
+    """A record cannot be used. Never crashes a worker: it becomes a dead letter."""
+
+    reason: DeadLetterReason = "schema"
+
+    def __init__(self, reason: DeadLetterReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class DecodeError(InputError):
+    """The bytes are not a JSON object at all (null, too large, bad UTF-8, bad JSON)."""
+
+
+class ContractError(InputError):
+    """Valid JSON that breaks the event contract (fields, types, event type, key)."""
+
+
+class ConfigError(PersonaError):
+    """Settings are inconsistent. Crash at start: running misconfigured is worse."""
+
+
+class ModelError(PersonaError):
+    """An encoder artifact is missing, corrupt or fails its golden check.
+
+    At start this crashes the worker; during a hot-swap the old model is kept.
+    """
+
+
+class BrokerError(PersonaError):
+    """Kafka cannot be reached or refuses us. Crash and let the supervisor retry."""

@@ -1,0 +1,167 @@
+"""Event contracts: what producers put on the input topics, and how we read it back.
+
+JSON on the wire, one object per record, with a ``type`` tag. Every event carries
+``event_id`` (unique per event, used for de-duplication), its key id (``user_id``, or
+``item_id`` for the catalog) and ``ts``, the event time in seconds since the epoch (UTC).
+Decoding never raises: it returns the event or a :class:`DeadLetter` describing why not.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal, TypeAlias, Union
+
+import msgspec
+
+from state.errors import DeadLetterReason
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+EventTime = Annotated[float, msgspec.Meta(ge=0.0)]
+Rating = Annotated[float, msgspec.Meta(ge=1.0, le=5.0)]
+Money = Annotated[float, msgspec.Meta(ge=0.0)]
+AttributeValue: TypeAlias = Union[str, int, float, bool]
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
+    event_id: Id
+    ts: EventTime
+
+
+class Click(_Event, tag="click", frozen=True):
+    """A user opened or clicked an item."""
+
+    user_id: Id
+    item_id: Id
+
+
+class Purchase(_Event, tag="purchase", frozen=True):
+    """A user bought ``quantity`` of an item at ``price`` each (price unknown: ``None``)."""
+
+    user_id: Id
+    item_id: Id
+    price: Money | None = None
+    quantity: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+class Review(_Event, tag="review", frozen=True):
+    """A user wrote about an item; ``rating`` is 1-5 stars when the source has one."""
+
+    user_id: Id
+    item_id: Id
+    text: Annotated[str, msgspec.Meta(max_length=20_000)]
+    rating: Rating | None = None
+    summary: Annotated[str, msgspec.Meta(max_length=2_000)] = ""
+
+
+class Follow(_Event, tag="follow", frozen=True):
+    """``user_id`` starts (``follow``) or stops (``unfollow``) following ``followee_id``."""
+
+    user_id: Id
+    followee_id: Id
+    action: Literal["follow", "unfollow"] = "follow"
+
+
+class Item(_Event, tag="item", frozen=True):
+    """A catalog entry (insert or full replace); keyed by ``item_id``."""
+
+    item_id: Id
+    title: Annotated[str, msgspec.Meta(max_length=2_000)] = ""
+    text: Annotated[str, msgspec.Meta(max_length=20_000)] = ""
+    categories: list[Annotated[str, msgspec.Meta(min_length=1, max_length=256)]] = []
+    price: Money | None = None
+
+
+class User(_Event, tag="user", frozen=True):
+    """Declared user attributes (age, gender, occupation, ...); later values win per key."""
+
+    user_id: Id
+    attributes: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], AttributeValue] = {}
+
+
+Event: TypeAlias = Union[Click, Purchase, Review, Follow, Item, User]
+EventKind = Literal["click", "purchase", "review", "follow", "item", "user"]
+EVENT_KINDS: Final[tuple[EventKind, ...]] = ("click", "purchase", "review", "follow", "item", "user")
+EVENT_TYPES: Final[dict[EventKind, type[Event]]] = {
+    "click": Click,
+    "purchase": Purchase,
+    "review": Review,
+    "follow": Follow,
+    "item": Item,
+    "user": User,
+}
+
+
+def key_of(event: Event) -> str:
+    """The Kafka key of an event: the item id for the catalog, the user id for the rest."""
+    return event.item_id if isinstance(event, Item) else event.user_id
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """Why a record could not be used: the value the decoder returns instead of an event."""
+
+    reason: DeadLetterReason
+    error: str  #: the error class, e.g. ``ContractError``
+    message: str
+
+
+DecodeResult: TypeAlias = Union[Event, DeadLetter]
+
+_encoder = msgspec.json.Encoder()
+# One decoder for the tagged union, so a missing ``type`` is an error rather than a default.
+_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
+
+
+def encode(event: Event) -> bytes:
+    """The wire form of an event (compact JSON with its ``type`` tag)."""
+    return _encoder.encode(event)
+
+
+def _decode_error(reason: DeadLetterReason, message: str) -> DeadLetter:
+    return DeadLetter(reason=reason, error="DecodeError", message=message)
+
+
+def _contract_error(reason: DeadLetterReason, message: str) -> DeadLetter:
+    return DeadLetter(reason=reason, error="ContractError", message=message)
+
+
+def decode(
+    kind: EventKind, key: bytes | None, value: bytes | None, *, max_bytes: int = 65_536
+) -> DecodeResult:
+    """Decode and validate one record of a topic that carries ``kind`` events.
+
+    Checks, in order: a value is present, it is not over ``max_bytes``, it is UTF-8,
+    it is JSON, its ``type`` is ``kind``, its fields honour the contract, and the
+    record key equals the payload's key id.
+    """
+    if value is None:
+        return _decode_error("null_value", "record has no value (tombstone)")
+    if len(value) > max_bytes:
+        return _decode_error("oversized", f"value is {len(value)} bytes, limit {max_bytes}")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _decode_error("bad_utf8", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        event = _decoder.decode(value)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        # msgspec names the tag field when the tag is missing or not the one expected.
+        if "`$.type`" in text or "field `type`" in text:
+            return _contract_error("unknown_type", f"expected type {kind!r}: {text}")
+        return _contract_error("schema", text)
+    except msgspec.DecodeError as exc:
+        return _decode_error("bad_json", str(exc))
+    if not isinstance(event, EVENT_TYPES[kind]):
+        got = type(event).__name__.lower()
+        return _contract_error("unknown_type", f"a {got!r} event on a topic of {kind!r} events")
+    expected = key_of(event)
+    if key is None:
+        return _contract_error("key_mismatch", f"record has no key; payload key is {expected!r}")
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return _contract_error("key_mismatch", "record key is not UTF-8")
+    if key_text != expected:
+        return _contract_error(
+            "key_mismatch", f"record key {key_text!r} != payload key {expected!r}"
+        )
+    return event

@@ -1,0 +1,180 @@
+"""The user profile and the one pure function that changes it.
+
+Idempotency scheme
+------------------
+Each profile remembers, for every input ``topic:partition`` that has touched it, the
+offset of the last event it applied (the *watermark*). A user's events in one
+partition arrive in offset order, so after a crash or rebalance any event at or below
+the watermark is a replay and is skipped: exactly once per Kafka record, with at most
+one integer per input topic per user (the user key fixes the partition). Producers
+that resend the same logical event as a new record are caught by a bounded ring of the
+last ``dedupe_window`` event ids (32 by default, about 1 KiB per user).
+
+Out-of-order events (event time older than what the profile has seen) are applied,
+not dropped: decayed sums are kept at a reference time and an old event adds its
+weight decayed to that reference (see :mod:`state.decay`), so the profile depends only
+on the set of events applied, never on their arrival order. Recency fields take the
+maximum event time.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from state.decay import SECONDS_PER_DAY, factor, weight_at
+from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User
+
+#: Weight of one event in the category affinity, split evenly over the item's categories.
+EVENT_WEIGHTS: Final[dict[str, float]] = {"click": 1.0, "purchase": 3.0, "review": 2.0}
+
+
+class Origin(msgspec.Struct, frozen=True):
+    """Where a record came from: the coordinates the idempotency watermark uses."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def source(self) -> str:
+        return f"{self.topic}:{self.partition}"
+
+
+class Params(msgspec.Struct, frozen=True):
+    """The knobs of the profile math (from settings)."""
+
+    half_life_days: float = 30.0
+    dedupe_window: int = 32
+
+    @property
+    def half_life_s(self) -> float:
+        return self.half_life_days * SECONDS_PER_DAY
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    """One user's profile. Mutable on purpose: :func:`apply` copies before it changes it."""
+
+    user_id: str
+    #: Number of events applied; consumers use it to order recommendation messages.
+    version: int = 0
+    first_event_ts: float | None = None
+    last_event_ts: float = 0.0
+    # behaviour
+    counts: dict[str, int] = {}
+    affinity_ref_ts: float = 0.0
+    #: category -> decayed engagement weight at ``affinity_ref_ts``
+    affinity: dict[str, float] = {}
+    #: event kind -> latest event time of that kind
+    recency: dict[str, float] = {}
+    purchase_value: float = 0.0
+    #: item -> latest purchase time; drives "never recommend what was bought"
+    purchased: dict[str, float] = {}
+    rating_sum: float = 0.0
+    rating_count: int = 0
+    # attributes and social
+    attributes: dict[str, AttributeValue] = {}
+    following: dict[str, float] = {}
+    # bookkeeping
+    applied: dict[str, int] = {}
+    recent_ids: list[str] = []
+
+    def affinity_at(self, ts: float, params: Params) -> dict[str, float]:
+        """Category affinities decayed to ``ts`` (ts >= ``affinity_ref_ts``)."""
+        f = factor(max(0.0, ts - self.affinity_ref_ts), params.half_life_s)
+        return {c: v * f for c, v in self.affinity.items()}
+
+
+def new_profile(user_id: str) -> Profile:
+    return Profile(user_id=user_id)
+
+
+def is_duplicate(profile: Profile, event: Event, origin: Origin | None) -> bool:
+    """Whether ``event`` (read at ``origin``) was already applied to ``profile``."""
+    if origin is not None and origin.offset <= profile.applied.get(origin.source, -1):
+        return True
+    return event.event_id in profile.recent_ids
+
+
+def _copy(profile: Profile) -> Profile:
+    # The dicts are flat, so one level of copying is a full copy.
+    return msgspec.structs.replace(
+        profile,
+        counts=dict(profile.counts),
+        affinity=dict(profile.affinity),
+        recency=dict(profile.recency),
+        purchased=dict(profile.purchased),
+        attributes=dict(profile.attributes),
+        following=dict(profile.following),
+        applied=dict(profile.applied),
+        recent_ids=list(profile.recent_ids),
+    )
+
+
+def _add_affinity(p: Profile, categories: tuple[str, ...], weight: float, ts: float, hl: float) -> None:
+    if not categories or weight == 0.0:
+        return
+    if ts > p.affinity_ref_ts:
+        if p.affinity:
+            f = factor(ts - p.affinity_ref_ts, hl)
+            for c in p.affinity:
+                p.affinity[c] *= f
+        p.affinity_ref_ts = ts
+    share = weight_at(weight / len(categories), ts, p.affinity_ref_ts, hl)
+    for c in categories:
+        p.affinity[c] = p.affinity.get(c, 0.0) + share
+
+
+def apply(
+    profile: Profile,
+    event: Event,
+    *,
+    origin: Origin | None,
+    categories: tuple[str, ...] = (),
+    params: Params = Params(),
+) -> Profile | None:
+    """The profile after ``event``, or ``None`` if the event was already applied.
+
+    ``categories`` are the catalog categories of the event's item as known when it is
+    applied. Never mutates ``profile``.
+    """
+    if isinstance(event, Item):
+        raise TypeError("catalog events do not belong to a user profile")
+    if event.user_id != profile.user_id:
+        raise ValueError(f"event for {event.user_id!r} applied to profile {profile.user_id!r}")
+    if is_duplicate(profile, event, origin):
+        return None
+    p = _copy(profile)
+    ts = event.ts
+    kind = type(event).__name__.lower()
+    p.version += 1
+    p.counts[kind] = p.counts.get(kind, 0) + 1
+    p.recency[kind] = max(p.recency.get(kind, ts), ts)
+    p.first_event_ts = ts if p.first_event_ts is None else min(p.first_event_ts, ts)
+    p.last_event_ts = max(p.last_event_ts, ts)
+    if isinstance(event, (Click, Purchase, Review)):
+        _add_affinity(p, categories, EVENT_WEIGHTS[kind], ts, params.half_life_s)
+    if isinstance(event, Purchase):
+        if event.price is not None:
+            p.purchase_value += event.price * event.quantity
+        p.purchased[event.item_id] = max(p.purchased.get(event.item_id, ts), ts)
+    elif isinstance(event, Review):
+        if event.rating is not None:
+            p.rating_sum += event.rating
+            p.rating_count += 1
+    elif isinstance(event, User):
+        p.attributes.update(event.attributes)
+    elif isinstance(event, Follow):
+        # Compare event times so a late "follow" cannot resurrect a newer "unfollow".
+        since = p.following.get(event.followee_id)
+        if event.action == "follow":
+            p.following[event.followee_id] = ts if since is None else max(since, ts)
+        elif since is not None and since <= ts:
+            del p.following[event.followee_id]
+    if origin is not None:
+        p.applied[origin.source] = origin.offset
+    if params.dedupe_window:
+        p.recent_ids.append(event.event_id)
+        del p.recent_ids[: -params.dedupe_window]
+    return p

@@ -1,0 +1,165 @@
+"""``persona``: the one command. Heavy imports happen inside commands, so the trainer
+environment (no Faust) and the worker environment (no torch) share this entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Persona: streaming user profiles and recommendations.", no_args_is_help=True)
+kafka_app = typer.Typer(help="A local Apache Kafka broker (KRaft, no Docker).", no_args_is_help=True)
+inspect_app = typer.Typer(help="Look inside a running system.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(inspect_app, name="inspect")
+console = Console(stderr=True)
+
+
+def _settings(bootstrap: str | None = None) -> "Settings":  # noqa: F821
+    from stream_app.settings import Settings
+
+    if bootstrap:
+        os.environ["PERSONA_BOOTSTRAP_SERVERS"] = bootstrap
+    return Settings()
+
+
+@app.command()
+def config(markdown: Annotated[bool, typer.Option(help="Print the README table.")] = False) -> None:
+    """Print the effective configuration (secrets masked)."""
+    from stream_app.settings import markdown_table
+
+    if markdown:
+        print(markdown_table())
+    else:
+        print(json.dumps(_settings().masked(), indent=2))
+
+
+@kafka_app.command("up")
+def kafka_up(
+    port: Annotated[int, typer.Option(help="Broker port on 127.0.0.1.")] = 9092,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Broker data dir.")] = None,
+) -> None:
+    """Fetch the pinned Kafka jars (once) and start a single-node broker; prints the bootstrap."""
+    from deploy.kafka import launcher
+
+    handle = launcher.start(port=port, data_dir=data_dir)
+    console.print(f"Kafka {launcher.KAFKA_VERSION} up (pid {handle.pid}), logs: {handle.log_file}")
+    print(handle.bootstrap)
+
+
+@kafka_app.command("down")
+def kafka_down(data_dir: Annotated[Optional[Path], typer.Option(help="Broker data dir.")] = None) -> None:
+    """Stop the local broker."""
+    from deploy.kafka import launcher
+
+    stopped = launcher.stop(data_dir or launcher.default_data_dir())
+    console.print("stopped" if stopped else "no broker was running")
+
+
+@kafka_app.command("status")
+def kafka_status(data_dir: Annotated[Optional[Path], typer.Option(help="Broker data dir.")] = None) -> None:
+    """Say whether the local broker runs; exit 1 if not."""
+    from deploy.kafka import launcher
+
+    handle = launcher.status(data_dir or launcher.default_data_dir())
+    if handle is None:
+        console.print("not running")
+        raise typer.Exit(1)
+    print(f"running pid={handle.pid} bootstrap={handle.bootstrap}")
+
+
+@app.command()
+def produce(
+    path: Annotated[Optional[Path], typer.Argument(help="Dataset file or folder (none for synthetic).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="amazon|movielens|ciao|mind|jsonl|synthetic")] = "synthetic",
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Events per second (default: as fast as possible).")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Send at most N events.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Replay a dataset onto the input topics in event-time order."""
+    from stream_app.producer import publish
+    from stream_app.sources import read_events
+    from stream_app.topics import ensure_topics
+
+    settings = _settings(bootstrap)
+    if fmt != "synthetic" and path is None:
+        raise typer.BadParameter("PATH is required for this format")
+    if fmt == "synthetic":
+        console.print("[yellow]SYNTHETIC data: generated, not a real dataset[/yellow]")
+    ensure_topics(settings)
+    events = list(read_events(fmt, path, limit=limit))  # type: ignore[arg-type]
+    counts = publish(settings, events, rate=rate, progress=progress, total=len(events))
+    for topic, n in sorted(counts.items()):
+        print(f"{topic}\t{n}")
+
+
+@app.command()
+def tail(
+    topic: Annotated[str, typer.Argument(help="Topic to read.")],
+    max_records: Annotated[int, typer.Option("--max", help="Stop after N records.")] = 20,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    idle_s: Annotated[float, typer.Option(help="Stop after this long without records.")] = 5.0,
+) -> None:
+    """Print decoded records of a topic from the beginning (events, DLQ, recommendations)."""
+    from stream_app.inspect import tail_topic
+
+    for line in tail_topic(_settings(bootstrap), topic, max_records=max_records, idle_s=idle_s):
+        print(line)
+
+
+@app.command()
+def worker() -> None:
+    """Run a Persona worker (Faust, RocksDB state, /metrics on the web port)."""
+    import logging
+
+    import faust
+
+    from stream_app.settings import Settings
+    from stream_app.topics import ensure_topics
+    from stream_app.worker import build_app
+
+    settings = Settings()
+    console.print("[bold]Persona worker[/bold] effective configuration:")
+    console.print_json(json.dumps(settings.masked()))
+    ensure_topics(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    faust_app, _ = build_app(settings)
+    logging.getLogger("faust").setLevel(logging.WARNING)
+    w = faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True)
+    w.execute_from_commandline()
+
+
+@inspect_app.command("profile")
+def inspect_profile(
+    user: Annotated[str, typer.Argument(help="User id.")],
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print a user's profile, read from the profile table's changelog topic."""
+    from stream_app.inspect import latest_profile, render_profile
+
+    settings = _settings(bootstrap)
+    profile = latest_profile(settings, user)
+    if profile is None:
+        console.print(f"no profile for {user!r}")
+        raise typer.Exit(1)
+    if as_json:
+        import msgspec
+
+        print(msgspec.json.encode(profile).decode())
+    else:
+        render_profile(profile, settings, Console())
+
+
+def main() -> None:
+    app(prog_name="persona")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Reading Persona's topics from outside the worker (operators and tests).
+
+Profiles are read from the profile table's changelog topic, not from a worker: it is
+the durable copy every worker restores from, it needs no running worker, and it works
+whichever worker owns the user's partition. The cost is a scan of the compacted
+changelog, fine for an operator command.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from state.codec import loads
+from state.events import EVENT_KINDS, DeadLetter, decode
+from state.profile import Params, Profile
+from stream_app.settings import Settings
+
+
+def changelog_topic(settings: Settings, table: str = "profiles") -> str:
+    return f"{settings.app_id}-{table}-changelog"
+
+
+def scan(
+    settings: Settings, topic: str, *, idle_s: float = 3.0, stop: Callable[[int], bool] | None = None
+) -> Iterator[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
+    """Yield ``(key, value, headers, partition, offset)`` of every record, then stop once
+    all partitions reached their end offsets (or nothing arrived for ``idle_s``)."""
+    conf = settings.kafka_config()
+    conf.update({"group.id": f"persona-inspect-{time.time_ns()}", "enable.auto.commit": False})
+    consumer = Consumer(conf)
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return
+        parts = sorted(meta.topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        todo = {p for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        n = 0
+        last = time.monotonic()
+        while todo and time.monotonic() - last < idle_s:
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                last = time.monotonic()
+                p, off = msg.partition() or 0, msg.offset() or 0
+                if off + 1 >= ends.get(p, 0):
+                    todo.discard(p)
+                if off >= ends.get(p, 0):
+                    continue
+                headers = [(k, v or b"") for k, v in (msg.headers() or [])]
+                yield msg.key(), msg.value(), headers, p, off
+                n += 1
+                if stop is not None and stop(n):
+                    return
+    finally:
+        consumer.close()
+
+
+def latest_profile(settings: Settings, user_id: str) -> Profile | None:
+    wanted = user_id.encode()
+    latest: bytes | None = None
+    for key, value, _, _, _ in scan(settings, changelog_topic(settings)):
+        if key == wanted:
+            latest = value
+    return loads(latest) if latest else None
+
+
+def all_profiles(settings: Settings) -> dict[str, Profile]:
+    """The latest profile per user in the changelog (tests and benchmarks)."""
+    raw: dict[bytes, bytes | None] = {}
+    for key, value, _, _, _ in scan(settings, changelog_topic(settings)):
+        if key is not None:
+            raw[key] = value
+    return {k.decode(): loads(v) for k, v in raw.items() if v}
+
+
+def _describe(settings: Settings, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> str:
+    if topic.endswith(".dlq"):
+        h = {k: v.decode("utf-8", "replace") for k, v in headers}
+        return f"DLQ key={key!r} headers={h} value={(value or b'')[:120]!r}"
+    if topic == settings.recommendations_topic and value is not None:
+        return value.decode("utf-8", "replace")
+    if topic == changelog_topic(settings) and value:
+        return f"{(key or b'').decode()} {loads(value)}"
+    for kind in EVENT_KINDS:
+        if topic == settings.topic(kind):
+            result = decode(kind, key, value, max_bytes=settings.max_payload_bytes)
+            if isinstance(result, DeadLetter):
+                return f"INVALID {result.reason}: {result.message}"
+            return repr(result)
+    return f"key={key!r} value={value!r}"
+
+
+def tail_topic(settings: Settings, topic: str, *, max_records: int, idle_s: float) -> Iterator[str]:
+    for key, value, headers, p, off in scan(settings, topic, idle_s=idle_s, stop=lambda n: n >= max_records):
+        yield f"[{p}@{off}] {_describe(settings, topic, key, value, headers)}"
+
+
+def render_profile(profile: Profile, settings: Settings, console: Console) -> None:
+    params = Params(half_life_days=settings.half_life_days, dedupe_window=settings.dedupe_window)
+    head = Table(title=f"profile {profile.user_id} (version {profile.version})", show_header=False)
+    head.add_row("events", ", ".join(f"{k}={v}" for k, v in sorted(profile.counts.items())))
+    head.add_row("event time", f"{profile.first_event_ts} .. {profile.last_event_ts}")
+    head.add_row("purchase value", f"{profile.purchase_value:.2f}")
+    head.add_row("purchased items", str(len(profile.purchased)))
+    if profile.rating_count:
+        head.add_row("mean rating", f"{profile.rating_sum / profile.rating_count:.2f}")
+    head.add_row("attributes", ", ".join(f"{k}={v}" for k, v in sorted(profile.attributes.items())))
+    head.add_row("following", str(len(profile.following)))
+    head.add_row("applied watermarks", ", ".join(f"{k}@{v}" for k, v in sorted(profile.applied.items())))
+    console.print(head)
+    aff = Table(title=f"category affinity at {profile.last_event_ts} (half-life {params.half_life_days} d)")
+    aff.add_column("category")
+    aff.add_column("affinity", justify="right")
+    for cat, val in sorted(profile.affinity_at(profile.last_event_ts, params).items(), key=lambda kv: -kv[1])[:15]:
+        aff.add_row(cat, f"{val:.4f}")
+    console.print(aff)

@@ -1,0 +1,61 @@
+"""Prometheus metrics: ``persona_*``, seconds and bytes, counters end in ``_total``.
+
+No user or item ids in labels: label values come from closed sets (topics, outcomes,
+dead-letter reasons), so series counts stay bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EVENTS = Counter(
+    "persona_events",
+    "Input records handled, by topic and outcome (applied, duplicate, dead_letter, catalog).",
+    ["topic", "outcome"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "persona_dead_letter",
+    "Records routed to a dead-letter topic, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+PROFILE_UPDATES = Counter(
+    "persona_profile_updates", "Profile writes that changed a profile.", registry=REGISTRY
+)
+RECOMMENDATIONS = Counter(
+    "persona_recommendations_emitted", "Recommendation messages emitted.", registry=REGISTRY
+)
+PROCESSING = Histogram(
+    "persona_event_processing_seconds",
+    "Time to decode, apply and store one event.",
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
+    registry=REGISTRY,
+)
+EVENT_TO_EMIT = Histogram(
+    "persona_event_to_emit_seconds",
+    "Event time of the triggering event to the recommendation being emitted.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 3600.0, 86400.0, 3.2e7, 3.2e9),
+    registry=REGISTRY,
+)
+INGEST_TO_EMIT = Histogram(
+    "persona_ingest_to_emit_seconds",
+    "Kafka record timestamp of the triggering event to the recommendation being emitted "
+    "(the pipeline's own latency, meaningful when replaying old data).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+PROFILE_BYTES = Histogram(
+    "persona_profile_bytes",
+    "Serialized profile size.",
+    buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
+    registry=REGISTRY,
+)
+CATALOG_ITEMS = Gauge(
+    "persona_catalog_items", "Items in this worker's catalog replica.", registry=REGISTRY
+)
+CATALOG_READY = Gauge(
+    "persona_catalog_ready", "1 once the catalog replica has caught up at start.", registry=REGISTRY
+)

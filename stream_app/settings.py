@@ -1,0 +1,135 @@
+"""All of Persona's settings: one frozen model, read from ``PERSONA_*`` environment variables.
+
+Each field's description is the documentation: ``persona config --markdown`` renders the
+README's configuration table from this model, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from state.errors import ConfigError
+from state.events import EventKind
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Persona's configuration. Environment variables use the ``PERSONA_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="PERSONA_", frozen=True, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Kafka security protocol.")
+    sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism when SASL is used.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never printed).")
+    app_id: str = Field("persona", description="Faust app id: consumer group and changelog prefix.")
+    topic_prefix: str = Field("persona.", description="Prefix of every topic Persona names.")
+    partitions: int = Field(
+        4, ge=1, description="Partitions of the user-keyed input topics (co-partitioned)."
+    )
+    item_partitions: int = Field(1, ge=1, description="Partitions of the item catalog topic.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    max_payload_bytes: int = Field(
+        65_536, ge=256, description="Larger records go to the dead-letter topic as `oversized`."
+    )
+    # Faust defaults commit every 10,000 messages or 2.8 s; smaller bounds keep the replay
+    # after a crash short, and idempotent updates make the replay harmless.
+    commit_every: int = Field(1_000, ge=1, description="Commit offsets after this many events.")
+    commit_interval_s: float = Field(1.0, gt=0, description="Commit offsets at least this often (s).")
+    # --- worker ------------------------------------------------------------------------
+    state_dir: Path = Field(
+        _REPO_ROOT / "var" / "persona", description="Worker state directory (RocksDB tables)."
+    )
+    web_host: str = Field("127.0.0.1", description="Host of the worker's web server (/metrics).")
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server.")
+    log_level: LogLevel = Field("INFO", description="Worker log level.")
+    # --- profiles and recommendations ----------------------------------------------------
+    half_life_days: float = Field(
+        30.0, gt=0, description="Half-life of decayed affinities, in event-time days."
+    )
+    popularity_half_life_days: float = Field(
+        14.0, gt=0, description="Half-life of decayed item popularity, in event-time days."
+    )
+    dedupe_window: int = Field(
+        32, ge=0, description="Recent event ids remembered per user to drop upstream duplicates."
+    )
+    top_k: int = Field(10, ge=1, le=1000, description="Recommendations emitted per user.")
+    emit_interval_s: float = Field(
+        1.0, ge=0, description="At most one recommendation message per user per interval (s)."
+    )
+    # --- data --------------------------------------------------------------------------
+    data_dir: Path = Field(
+        _REPO_ROOT.parent / "shared" / "data",
+        description="Folder of the public datasets the demo and tests replay.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ConfigError("PERSONA_SASL_USERNAME is required with a SASL security protocol")
+        return self
+
+    # --- derived -----------------------------------------------------------------------
+    def topic(self, kind: EventKind) -> str:
+        """The input topic carrying ``kind`` events."""
+        return f"{self.topic_prefix}{kind}s"
+
+    @property
+    def recommendations_topic(self) -> str:
+        return f"{self.topic_prefix}recommendations"
+
+    def partitions_for(self, kind: EventKind) -> int:
+        return self.item_partitions if kind == "item" else self.partitions
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) client settings, credentials included."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username
+            conf["sasl.password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else ""
+            )
+        return conf
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings, safe to print: secrets show as ``**********``."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "**********"
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def markdown_table() -> str:
+    """The configuration table for the README, from the model itself."""
+    rows = ["| env var | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if isinstance(default, Path):
+            try:
+                default = "<repo>/" + str(default.relative_to(_REPO_ROOT))
+            except ValueError:
+                default = "<repo>/../" + str(default.relative_to(_REPO_ROOT.parent))
+        rows.append(f"| `PERSONA_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)
