@@ -1,0 +1,34 @@
+# Persona: `make demo` runs the system on a local broker, `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test test-unit test-integration lint clean kafka-down
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[worker,test]"
+	touch $@
+
+demo: setup
+	bash deploy/demo.sh
+
+# The whole suite (unit, integration on a real broker, chaos). pytest's exit code 5 (no
+# tests collected) is a failure here, and so is any broker or worker left running.
+test: setup
+	bash deploy/run-tests.sh
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: setup
+	$(BIN)/mypy --strict state scoring stream_app encoders export deploy
+
+kafka-down:
+	-$(BIN)/persona kafka down
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache

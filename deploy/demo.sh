@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The main job on a local default: a local broker, one worker, a dataset replay, and
+# what the worker emitted. Everything it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+export PERSONA_BOOTSTRAP_SERVERS="${PERSONA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
+export PERSONA_STATE_DIR="${PERSONA_STATE_DIR:-var/demo/state}"
+export PERSONA_TOPIC_PREFIX="${PERSONA_TOPIC_PREFIX:-demo$(date +%s).}"
+export PERSONA_APP_ID="${PERSONA_APP_ID:-persona-${PERSONA_TOPIC_PREFIX%.}}"
+DATA="${PERSONA_DATA_DIR:-../shared/data}"
+port="${PERSONA_BOOTSTRAP_SERVERS##*:}"
+mkdir -p var/demo
+
+worker_pid=""
+cleanup() {
+  [ -n "$worker_pid" ] && kill "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null
+  "$BIN/persona" kafka down --data-dir var/demo/kafka >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "== 1. local Kafka broker"
+"$BIN/persona" kafka up --port "$port" --data-dir var/demo/kafka
+
+echo "== 2. worker (log: var/demo/worker.log)"
+"$BIN/persona" worker > var/demo/worker.log 2>&1 &
+worker_pid=$!
+
+echo "== 3. replay"
+if [ -d "$DATA/movielens-100k" ]; then
+  echo "real data: MovieLens-100k from $DATA (catalog, users, then 100,000 ratings as purchases)"
+  "$BIN/persona" produce --format movielens "$DATA/movielens-100k"
+  expected=102625
+else
+  echo "no dataset at $DATA: replaying SYNTHETIC events from the built-in generator"
+  "$BIN/persona" produce --format synthetic
+  expected=5550
+fi
+
+echo "== 4. waiting for the worker to apply them"
+for _ in $(seq 1 240); do
+  n=$(curl -sf "http://127.0.0.1:${PERSONA_WEB_PORT:-6066}/metrics" | awk '/^persona_events_total/ {s+=$2} END {print int(s)}') || n=0
+  printf '\r  %s / %s events' "${n:-0}" "$expected"
+  [ "${n:-0}" -ge "$expected" ] && break
+  sleep 1
+done
+echo
+sleep 2
+
+echo "== 5. what the worker emitted (topic ${PERSONA_TOPIC_PREFIX}recommendations)"
+"$BIN/persona" tail "${PERSONA_TOPIC_PREFIX}recommendations" --max 3
+user=$("$BIN/persona" tail "${PERSONA_TOPIC_PREFIX}recommendations" --max 1 | sed -E 's/.*"user_id":"([^"]+)".*/\1/')
+echo "== 6. one profile: persona inspect profile $user"
+"$BIN/persona" inspect profile "$user"
+echo "== 7. metrics (persona_*)"
+curl -sf "http://127.0.0.1:${PERSONA_WEB_PORT:-6066}/metrics" | grep -E '^persona_(events|dead_letter|profile_updates|recommendations_emitted)_total' || true

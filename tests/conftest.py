@@ -1,0 +1,153 @@
+"""Shared fixtures: a real Kafka broker, fresh topic sets, events, and worker processes."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from state.events import Click, Follow, Item, Purchase, Review, User
+from stream_app.settings import Settings
+from tests.support import WorkerProcess, free_port
+
+log = logging.getLogger("persona.tests")
+
+DATA_DIR = Path(os.environ.get("PERSONA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+_BROKER_KEY = pytest.StashKey[str]()
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap address of a real broker: $KAFKA_BOOTSTRAP_SERVERS, else testcontainers'
+    Kafka when a Docker engine answers, else the launcher in deploy/kafka."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        request.config.stash[_BROKER_KEY] = f"KAFKA_BOOTSTRAP_SERVERS={env}"
+        yield env
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            bootstrap = container.get_bootstrap_server()
+            request.config.stash[_BROKER_KEY] = f"testcontainers Kafka at {bootstrap}"
+            yield bootstrap
+        return
+    from deploy.kafka import launcher
+
+    data_dir = tmp_path_factory.mktemp("kafka")
+    handle = launcher.start(port=free_port(), data_dir=data_dir)
+    request.config.stash[_BROKER_KEY] = (
+        f"deploy/kafka launcher: Apache Kafka {launcher.KAFKA_VERSION} (KRaft) at {handle.bootstrap}, pid {handle.pid}"
+    )
+    log.info("kafka broker: %s", request.config.stash[_BROKER_KEY])
+    try:
+        yield handle.bootstrap
+    finally:
+        launcher.stop(handle)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    used = config.stash.get(_BROKER_KEY, None)
+    if used:
+        terminalreporter.write_line(f"Kafka broker used by integration tests: {used}")
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def topic_factory(kafka_broker: str, tmp_path: Path) -> Callable[..., Settings]:
+    """Settings for a fresh, isolated topic set (own prefix, app id, state dir), topics created."""
+    from stream_app.topics import ensure_topics
+
+    def make(**overrides: Any) -> Settings:
+        n = next(_counter)
+        tag = f"t{os.getpid()}x{n}"
+        values: dict[str, Any] = {
+            "bootstrap_servers": kafka_broker,
+            "topic_prefix": f"{tag}.",
+            "app_id": f"persona-{tag}",
+            "state_dir": tmp_path / f"state-{n}",
+            "web_port": free_port(),
+            "commit_interval_s": 0.5,
+            "data_dir": DATA_DIR,
+        }
+        values.update(overrides)
+        settings = Settings(**values)
+        ensure_topics(settings)
+        return settings
+
+    return make
+
+
+@pytest.fixture
+def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``persona worker`` subprocesses; all are stopped (or killed) at teardown."""
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, **overrides: Any) -> WorkerProcess:
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        w = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop(timeout=20)
+
+
+class EventFactory:
+    """Valid events with unique, deterministic ids."""
+
+    def __init__(self) -> None:
+        self._n = itertools.count()
+
+    def _id(self, kind: str) -> str:
+        return f"test-{kind}-{next(self._n)}"
+
+    def click(self, user: str, item: str, ts: float) -> Click:
+        return Click(event_id=self._id("c"), ts=ts, user_id=user, item_id=item)
+
+    def purchase(self, user: str, item: str, ts: float, price: float | None = None) -> Purchase:
+        return Purchase(event_id=self._id("p"), ts=ts, user_id=user, item_id=item, price=price)
+
+    def review(self, user: str, item: str, ts: float, text: str = "fine", rating: float | None = 4.0) -> Review:
+        return Review(event_id=self._id("r"), ts=ts, user_id=user, item_id=item, text=text, rating=rating)
+
+    def follow(self, user: str, followee: str, ts: float, action: str = "follow") -> Follow:
+        return Follow(event_id=self._id("f"), ts=ts, user_id=user, followee_id=followee, action=action)  # type: ignore[arg-type]
+
+    def item(self, item: str, categories: list[str], ts: float = 0.0, title: str = "") -> Item:
+        return Item(event_id=self._id("i"), ts=ts, item_id=item, title=title, categories=categories)
+
+    def user(self, user: str, ts: float = 0.0, **attributes: str | int | float | bool) -> User:
+        return User(event_id=self._id("u"), ts=ts, user_id=user, attributes=attributes)
+
+
+@pytest.fixture
+def event_factory() -> EventFactory:
+    return EventFactory()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"datasets not found at {DATA_DIR} (set PERSONA_DATA_DIR)")
+    return DATA_DIR
