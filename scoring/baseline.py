@@ -1,8 +1,10 @@
 """The baseline recommender: decayed category affinity x decayed item popularity.
 
-``score(u, i) = share_u(i) * pop(i) / max_pop`` where ``share_u(i)`` is the mean, over the
-item's categories, of the user's decayed affinity for that category divided by the user's
-total affinity, and ``pop`` is the item's decayed popularity. Items the user bought are
+``score(u, i) = share_u(i) * (pop(i) + 1) / (max_pop + 1)`` where ``share_u(i)`` is the
+mean, over the item's categories, of the user's decayed affinity for that category divided
+by the user's total affinity, and ``pop`` is the item's decayed popularity. The +1 (one
+pseudo-event per item) keeps liked categories rankable while popularity is still unknown,
+e.g. for a new item or right after a worker restart (popularity lives in memory). Items the user bought are
 never recommended. A user with no affinity yet (cold start) gets the most popular items.
 Candidates are the most popular items of the user's strongest categories, so a message
 costs O(top categories x per-category pool), not O(catalog).
@@ -40,10 +42,10 @@ def recommend(
     total = sum(affinity.values())
     pool = POOL_PER_CATEGORY + len(exclude)
     if total <= 0.0:
-        top = popularity.top(None, k + len(exclude))
+        top = popularity.top(catalog.ids(), k + len(exclude))
         best = top[0][0] if top else 0.0
         return [
-            Scored(item_id=i, score=(p / best if best > 0 else 0.0), reasons=["popular overall"])
+            Scored(item_id=i, score=(p + 1.0) / (best + 1.0), reasons=["popular overall"])
             for p, i in top
             if i not in exclude
         ][:k]
@@ -59,7 +61,7 @@ def recommend(
         cats = catalog.categories(item_id)
         shares = {c: affinity.get(c, 0.0) / total for c in cats}
         share = sum(shares.values()) / len(cats) if cats else 0.0
-        score = share * (pop / best_pop if best_pop > 0 else 0.0)
+        score = share * (pop + 1.0) / (best_pop + 1.0)
         if score <= 0.0:
             continue
         lead = max(shares, key=lambda c: (shares[c], c))

@@ -54,6 +54,7 @@ class Popularity:
         if cached is not None and len(cached) >= n:
             return cached[:n]
         pool = self._values.keys() if candidates is None else candidates
-        ranked = heapq.nlargest(n, ((self.value(i), i) for i in pool), key=lambda t: (t[0], t[1]))
+        # Most popular first; ties go to the smaller id so results are deterministic.
+        ranked = heapq.nsmallest(n, ((self.value(i), i) for i in pool), key=lambda t: (-t[0], t[1]))
         self._top_cache[key] = ranked
         return ranked

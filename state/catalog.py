@@ -35,6 +35,9 @@ class Catalog:
         entry = self._items.get(item_id)
         return entry.categories if entry is not None else ()
 
+    def ids(self) -> set[str]:
+        return set(self._items)
+
     def items_in(self, category: str) -> set[str]:
         return self._by_category.get(category, set())
 

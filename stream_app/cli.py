@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
 
 app = typer.Typer(help="Persona: streaming user profiles and recommendations.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local Apache Kafka broker (KRaft, no Docker).", no_args_is_help=True)
@@ -20,7 +22,7 @@ app.add_typer(inspect_app, name="inspect")
 console = Console(stderr=True)
 
 
-def _settings(bootstrap: str | None = None) -> "Settings":  # noqa: F821
+def _settings(bootstrap: str | None = None) -> Settings:
     from stream_app.settings import Settings
 
     if bootstrap:
@@ -116,7 +118,6 @@ def tail(
 @app.command()
 def worker() -> None:
     """Run a Persona worker (Faust, RocksDB state, /metrics on the web port)."""
-    import logging
 
     import faust
 
@@ -124,13 +125,17 @@ def worker() -> None:
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
 
+    from stream_app.supervise import is_child, run_supervised
+
+    if not is_child():
+        # The parent only supervises: it restarts the worker when it asks (exit 75).
+        raise typer.Exit(run_supervised(["-m", "stream_app.cli", "worker"]))
     settings = Settings()
     console.print("[bold]Persona worker[/bold] effective configuration:")
     console.print_json(json.dumps(settings.masked()))
     ensure_topics(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     faust_app, _ = build_app(settings)
-    logging.getLogger("faust").setLevel(logging.WARNING)
     w = faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True)
     w.execute_from_commandline()
 
@@ -162,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

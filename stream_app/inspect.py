@@ -53,13 +53,17 @@ def scan(
                     todo.discard(p)
                 if off >= ends.get(p, 0):
                     continue
-                headers = [(k, v or b"") for k, v in (msg.headers() or [])]
+                headers = [(str(h[0]), _as_bytes(h[1])) for h in (msg.headers() or [])]
                 yield msg.key(), msg.value(), headers, p, off
                 n += 1
                 if stop is not None and stop(n):
                     return
     finally:
         consumer.close()
+
+
+def _as_bytes(v: str | bytes | None) -> bytes:
+    return v.encode() if isinstance(v, str) else (v or b"")
 
 
 def latest_profile(settings: Settings, user_id: str) -> Profile | None:

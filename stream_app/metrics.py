@@ -53,6 +53,11 @@ PROFILE_BYTES = Histogram(
     buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
     registry=REGISTRY,
 )
+STALL_RESTARTS = Counter(
+    "persona_commit_stall_restarts",
+    "Worker self-restarts after a commit stall (faust#596); the supervisor restarts it.",
+    registry=REGISTRY,
+)
 CATALOG_ITEMS = Gauge(
     "persona_catalog_items", "Items in this worker's catalog replica.", registry=REGISTRY
 )

@@ -49,6 +49,18 @@ class Settings(BaseSettings):
     # after a crash short, and idempotent updates make the replay harmless.
     commit_every: int = Field(1_000, ge=1, description="Commit offsets after this many events.")
     commit_interval_s: float = Field(1.0, gt=0, description="Commit offsets at least this often (s).")
+    session_timeout_s: float = Field(
+        30.0,
+        ge=6.0,
+        description="Consumer group session timeout (s): how long a crashed worker keeps its "
+        "partitions before the group moves them (Faust's default is 60).",
+    )
+    stall_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A partition whose commit is stuck this long behind dispatched messages "
+        "(faust#596) makes the worker restart itself from the committed offset.",
+    )
     # --- worker ------------------------------------------------------------------------
     state_dir: Path = Field(
         _REPO_ROOT / "var" / "persona", description="Worker state directory (RocksDB tables)."

@@ -9,7 +9,10 @@ replays are made harmless by the profile's idempotency watermark.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
 import time
 from typing import Any
 
@@ -28,6 +31,7 @@ from stream_app import dlq, metrics
 from stream_app.catalog_replica import CatalogReplica
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.settings import Settings
+from stream_app.supervise import RESTART_EXIT_CODE, GapGuard, StallDetector
 
 log = logging.getLogger("persona.worker")
 
@@ -35,7 +39,7 @@ PROFILES_TABLE = "profiles"
 _PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
 
-class _FlushBeforeCommit(Sensor):  # type: ignore[misc]
+class _FlushBeforeCommit(Sensor):
     """Emits every pending recommendation right before offsets are committed."""
 
     def __init__(self, runtime: Runtime) -> None:
@@ -89,7 +93,7 @@ class Runtime:
         }
 
     # --- per event -------------------------------------------------------------------
-    async def handle(self, kind: EventKind, event: faust.types.EventT) -> None:
+    async def handle(self, kind: EventKind, event: faust.types.EventT[bytes]) -> None:
         msg = event.message
         started = time.perf_counter()
         result = decode(kind, msg.key, msg.value, max_bytes=self.settings.max_payload_bytes)
@@ -188,6 +192,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 10,
         producer_acks=-1,
         web_enabled=True,
         web_host=settings.web_host,
@@ -205,25 +211,72 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     for kind in EVENT_KINDS:
         _add_agent(app, runtime, kind)
 
-    @app.task  # type: ignore[misc]
+    @app.task  # type: ignore[untyped-decorator]
     async def catalog_replica() -> None:
         await runtime.replica.run()
 
-    @app.timer(max(0.05, settings.emit_interval_s / 2))  # type: ignore[misc]
+    @app.timer(max(0.05, settings.emit_interval_s / 2))  # type: ignore[untyped-decorator]
     async def flush_due() -> None:
         runtime.flush_pending(all_users=False)
 
-    @app.page("/metrics")  # type: ignore[misc]
+    @app.task  # type: ignore[untyped-decorator]
+    async def install_task_dump() -> None:
+        # Operators' lever for a stuck worker: `kill -USR2 <pid>` logs every asyncio
+        # task's stack (py-spy only sees an idle event loop).
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR2, _dump_tasks, app)
+
+    detector = StallDetector(settings.stall_timeout_s)
+    inputs = {settings.topic(k) for k in EVENT_KINDS}
+
+    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    async def watch_commits() -> None:
+        stalled = detector.stalled(app.consumer, inputs, time.monotonic())
+        if stalled:
+            log.error("commit stalled on %s for %.0fs (faust#596): restarting from committed offsets", stalled, settings.stall_timeout_s)
+            metrics.STALL_RESTARTS.inc()
+            _dump_tasks(app)
+            # Skip Faust's shutdown: it would wait on the same in-flight message.
+            logging.shutdown()
+            os._exit(RESTART_EXIT_CODE)
+
+    @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         # aiohttp refuses a charset inside content_type; the exposition format is UTF-8.
         return web.bytes(generate_latest(metrics.REGISTRY), content_type=_PROM_CONTENT_TYPE)
 
-    @app.page("/ready")  # type: ignore[misc]
+    @app.page("/ready")
     async def ready_view(web: Any, request: Any) -> Any:
         ready = runtime.replica.ready.is_set()
         return web.json({"ready": ready, "catalog_items": len(runtime.replica.catalog)}, status=200 if ready else 503)
 
     return app, runtime
+
+
+def _dump_tasks(app: faust.App) -> None:
+    lines: list[str] = []
+    try:
+        consumer: Any = app.consumer
+        lines.append(f"assignment: {sorted(consumer.assignment())}")
+        lines.append(f"paused: {sorted(consumer._paused_partitions)}")
+        lines.append(f"read offsets: {dict(consumer._read_offset)}")
+        lines.append(f"committed: {dict(consumer._committed_offset)}")
+        lines.append(f"unacked: {len(consumer._unacked_messages)}")
+        inner = consumer._thread._ensure_consumer() if hasattr(consumer, "_thread") else None
+        if inner is not None:
+            lines.append(f"aiokafka paused: {sorted(inner.paused())}")
+    except Exception as exc:  # diagnostics must never take the worker down
+        lines.append(f"consumer state unavailable: {exc!r}")
+    for task in asyncio.all_tasks():
+        lines.append(f"task {task.get_name()}:")
+        # Follow the await chain: Task.get_stack() shows only the outermost frame.
+        obj: Any = task.get_coro()
+        while obj is not None:
+            frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None) or getattr(obj, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None) or getattr(obj, "gi_yieldfrom", None)
+    log.warning("asyncio tasks:\n%s", "\n".join(lines))
 
 
 def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind) -> None:
@@ -239,10 +292,31 @@ def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind) -> None:
     async def agent(stream: faust.StreamT[bytes]) -> None:
         # Events need the catalog (item categories); wait for the replica's catch-up.
         await runtime.replica.ready.wait()
+        guard = GapGuard()
         async for event in stream.events():
+            if kind != "item":  # the catalog topic is compacted: gaps are normal there
+                await _check_order(app, guard, event.message)
             await runtime.handle(kind, event)
 
     app.agent(topic, name=f"persona.agents.{kind}", concurrency=1)(agent)
+
+
+async def _check_order(app: faust.App, guard: GapGuard, msg: Any) -> None:
+    consumer: Any = app.consumer
+    tp = faust.types.TP(msg.topic, msg.partition)
+    missing = guard.check(msg.partition, msg.offset, consumer._committed_offset.get(tp))
+    if missing is not None and guard.first_seen(msg.partition):
+        # Right after (re)assignment a jump can be real: retention deleted the records.
+        earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
+        if earliest >= msg.offset:
+            log.warning("%s: records %d..%d were deleted by retention before being processed", tp, missing, msg.offset - 1)
+            missing = None
+    if missing is not None:
+        log.error("%s: offset %d reached the agent but %d never did (faust#596): restarting", tp, msg.offset, missing)
+        metrics.STALL_RESTARTS.inc()
+        logging.shutdown()
+        os._exit(RESTART_EXIT_CODE)
+    guard.advance(msg.partition, msg.offset)
 
 
 def _credentials(settings: Settings) -> Any:

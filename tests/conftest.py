@@ -86,6 +86,8 @@ def topic_factory(kafka_broker: str, tmp_path: Path) -> Callable[..., Settings]:
             "state_dir": tmp_path / f"state-{n}",
             "web_port": free_port(),
             "commit_interval_s": 0.5,
+            "session_timeout_s": 6.0,
+            "stall_timeout_s": 10.0,
             "data_dir": DATA_DIR,
         }
         values.update(overrides)

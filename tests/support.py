@@ -125,3 +125,37 @@ class WorkerProcess:
         except OSError:
             return ""
         return "\n".join(lines[-n:])
+
+
+def group_lag(settings: Settings, topics: list[str]) -> int:
+    """Records on ``topics`` not yet committed by the worker group (end - committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = settings.kafka_config() | {"group.id": settings.app_id, "enable.auto.commit": False}
+    consumer = Consumer(conf)
+    try:
+        lag = 0
+        for topic in topics:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            tps = [TopicPartition(topic, p) for p in parts]
+            for tp in consumer.committed(tps, timeout=10):
+                end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                lag += end - max(tp.offset, 0)
+        return lag
+    finally:
+        consumer.close()
+
+
+def wait_drained(settings: Settings, topics: list[str], workers: list[WorkerProcess], timeout: float = 300.0) -> None:
+    """Wait until the group committed everything on ``topics`` (survives worker restarts)."""
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        for w in workers:
+            if not w.alive:
+                raise AssertionError(f"worker died: {w.proc.returncode}\n{w.log_tail()}")
+        lag = group_lag(settings, topics)
+        if lag == 0:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"group still {lag} records behind after {timeout}s")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from state.events import Event, encode, key_of
 from stream_app import dlq
@@ -18,7 +17,7 @@ from stream_app.inspect import all_profiles, scan
 from stream_app.producer import kind_of, make_producer
 from stream_app.settings import Settings
 from stream_app.sources import read_events
-from tests.support import WorkerProcess, metric_sum
+from tests.support import WorkerProcess, group_lag, metric_sum
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,22 +63,6 @@ def _send(settings: Settings, records: list[tuple[str, bytes | None, bytes | Non
         producer.produce(topic, key=key, value=value)
         producer.poll(0)
     assert producer.flush(60) == 0
-
-
-def _committed_lag(settings: Settings, topics: list[str]) -> int:
-    conf = settings.kafka_config() | {"group.id": settings.app_id, "enable.auto.commit": False}
-    consumer = Consumer(conf)
-    try:
-        lag = 0
-        for topic in topics:
-            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-            tps = [TopicPartition(topic, p) for p in parts]
-            for tp in consumer.committed(tps, timeout=10):
-                end = consumer.get_watermark_offsets(tp, timeout=10)[1]
-                lag += end - max(tp.offset, 0)
-        return lag
-    finally:
-        consumer.close()
 
 
 def _rounded(x: object) -> object:
@@ -165,7 +148,7 @@ def test_poison_records_are_dead_lettered_and_good_ones_match_a_clean_run(
     assert seen == expected_reasons
 
     # The worker kept committing past the poison: nothing left uncommitted.
-    w_dirty.wait_until(lambda _: _committed_lag(dirty, list(expected_per_topic)) == 0, timeout=60)
+    w_dirty.wait_until(lambda _: group_lag(dirty, list(expected_per_topic)) == 0, timeout=60)
     assert w_clean.stop() == 0 and w_dirty.stop() == 0
     clean_profiles, dirty_profiles = _comparable(clean), _comparable(dirty)
     assert len(clean_profiles) == len({key_of(e) for e in good})

@@ -1,0 +1,44 @@
+"""MovieLens-100k through a real broker and worker equals a recomputation from the raw file."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stream_app.producer import publish
+from stream_app.settings import Settings
+from tests.movielens_replay import (
+    check_against_truth,
+    check_recommendations,
+    input_topics,
+    publish_catalog,
+    split_catalog,
+)
+from tests.support import WorkerProcess, metric_sum, wait_drained
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_movielens_profiles_equal_independent_recomputation(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    data_dir: Path,
+) -> None:
+    settings = topic_factory()
+    catalog, rest = split_catalog(data_dir)
+    publish_catalog(settings, catalog)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    publish(settings, rest)
+    wait_drained(settings, input_topics(settings), [worker])
+    m = worker.metrics()
+    assert metric_sum(m, "persona_events_total", outcome="applied") == len(rest)
+    assert metric_sum(m, "persona_events_total", outcome="duplicate") == 0
+    assert worker.stop() == 0
+
+    profiles = check_against_truth(settings, data_dir)
+    sample = random.Random(3).sample(sorted(profiles), 200)
+    check_recommendations(settings, profiles, sample)

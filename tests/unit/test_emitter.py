@@ -1,0 +1,129 @@
+"""The coalescer: leading edge, one trailing emission per burst with the latest trigger, drains."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stream_app.emitter import Coalescer, Trigger
+
+
+def t(event_ts: float) -> Trigger:
+    return Trigger(event_ts=event_ts, record_ts=event_ts + 0.5)
+
+
+def test_leading_edge_emits_at_once() -> None:
+    c = Coalescer(1.0)
+    assert c.offer("u", 100.0, t(1.0)) is True
+    assert c.pending == 0
+    assert c.take_due(100.0) == []
+    # Another user is independent.
+    assert c.offer("v", 100.1, t(1.0)) is True
+
+
+def test_burst_inside_interval_emits_once_at_the_end_with_the_latest_trigger() -> None:
+    c = Coalescer(1.0)
+    assert c.offer("u", 100.0, t(1.0))
+    for i, now in enumerate([100.1, 100.2, 100.5, 100.9]):
+        assert c.offer("u", now, t(2.0 + i)) is False
+    assert c.pending == 1
+    assert c.take_due(100.95) == []  # interval not over
+    due = c.take_due(101.0)
+    assert due == [("u", t(5.0))]
+    assert c.pending == 0
+    assert c.take_due(101.5) == []  # emitted once, not again
+    # The trailing emission starts a new interval: a change right after it waits.
+    assert c.offer("u", 101.2, t(6.0)) is False
+    assert c.take_due(102.0) == [("u", t(6.0))]
+
+
+def test_pending_keeps_the_newest_event_time() -> None:
+    c = Coalescer(1.0)
+    c.offer("u", 0.0, t(10.0))
+    c.offer("u", 0.1, t(20.0))
+    c.offer("u", 0.2, t(15.0))  # an out-of-order, older event arrives last
+    assert c.take_all(0.3) == [("u", t(20.0))]
+
+
+def test_leading_edge_after_quiet_interval_clears_pending() -> None:
+    c = Coalescer(1.0)
+    c.offer("u", 0.0, t(1.0))
+    c.offer("u", 0.5, t(2.0))
+    assert c.pending == 1
+    # Nobody called take_due; the next change after the interval is a leading edge and
+    # its emission reflects the pending change too.
+    assert c.offer("u", 1.5, t(3.0)) is True
+    assert c.pending == 0
+    assert c.take_due(5.0) == []
+
+
+def test_take_all_drains_everything_and_counts_as_emission() -> None:
+    c = Coalescer(10.0)
+    for u in ("a", "b", "c"):
+        assert c.offer(u, 0.0, t(0.0))
+    c.offer("a", 1.0, t(1.0))
+    c.offer("b", 2.0, t(2.0))
+    c.offer("b", 3.0, t(3.0))
+    assert c.pending == 2
+    drained = c.take_all(4.0)
+    assert sorted(drained) == [("a", t(1.0)), ("b", t(3.0))]
+    assert c.pending == 0
+    assert c.take_all(4.0) == []
+    # A drain is an emission: "a" and "b" start a new interval at 4.0, "c" (not pending) does not.
+    assert c.offer("a", 12.0, t(5.0)) is False
+    assert c.offer("c", 10.0, t(5.0)) is True
+    assert c.offer("b", 14.0, t(6.0)) is True
+
+
+def test_memory_of_quiet_users_is_dropped() -> None:
+    c = Coalescer(1.0)
+    for n in range(100):
+        c.offer(f"u{n}", 0.0, t(0.0))
+    c.offer("busy", 0.0, t(0.0))
+    c.offer("busy", 0.5, t(1.0))
+    assert len(c._last_emit) == 101
+    c.take_due(0.9)  # nobody quiet for a whole interval yet
+    assert len(c._last_emit) == 101
+    assert c.take_due(1.0) == [("busy", t(1.0))]
+    # Everyone else has been quiet for an interval: forgotten. "busy" just emitted: kept.
+    assert set(c._last_emit) == {"busy"}
+    assert c.take_due(2.0) == []
+    assert c._last_emit == {}
+    # Forgetting changes nothing observable: the next change is a leading edge.
+    assert c.offer("u7", 2.1, t(9.0)) is True
+
+
+def test_zero_interval_always_emits() -> None:
+    c = Coalescer(0.0)
+    assert all(c.offer("u", 5.0, t(float(i))) for i in range(5))
+    assert c.pending == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    interval=st.floats(min_value=0.1, max_value=5.0),
+    gaps=st.lists(st.tuples(st.sampled_from("abc"), st.floats(min_value=0.0, max_value=3.0)), max_size=40),
+)
+def test_rate_limit_and_no_lost_final_state(interval: float, gaps: list[tuple[str, float]]) -> None:
+    """Per user: emissions are at least ``interval`` apart, and after a final drain every user's
+    last emission carries its newest trigger."""
+    c = Coalescer(interval)
+    now = 0.0
+    emitted: dict[str, list[tuple[float, Trigger]]] = {}
+    newest: dict[str, Trigger] = {}
+    for n, (user, gap) in enumerate(gaps):
+        now += gap
+        trig = t(float(n))
+        newest[user] = trig
+        for u, tr in c.take_due(now):
+            emitted.setdefault(u, []).append((now, tr))
+        if c.offer(user, now, trig):
+            emitted.setdefault(user, []).append((now, trig))
+    end = now + 2 * interval  # (now + interval) - now may round below interval
+    for u, tr in c.take_due(end):
+        emitted.setdefault(u, []).append((end, tr))
+    assert c.pending == 0
+    for user, trig in newest.items():
+        times = [when for when, _ in emitted[user]]
+        assert all(b - a >= interval for a, b in zip(times, times[1:])), times
+        assert emitted[user][-1][1] == trig
