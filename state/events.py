@@ -18,7 +18,8 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 EventTime = Annotated[float, msgspec.Meta(ge=0.0)]
 Rating = Annotated[float, msgspec.Meta(ge=1.0, le=5.0)]
 Money = Annotated[float, msgspec.Meta(ge=0.0)]
-AttributeValue: TypeAlias = Union[str, int, float, bool]
+# MessagePack (the profile store) holds integers in int64.
+AttributeValue: TypeAlias = Union[str, Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], float, bool]
 
 
 class _Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
@@ -110,6 +111,14 @@ _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 
 
+class _Envelope(msgspec.Struct):
+    type: str
+
+
+_any_decoder = msgspec.json.Decoder()
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+
+
 def encode(event: Event) -> bytes:
     """The wire form of an event (compact JSON with its ``type`` tag)."""
     return _encoder.encode(event)
@@ -142,8 +151,24 @@ def decode(
         return _decode_error("bad_utf8", f"value is not UTF-8: {exc.reason} at byte {exc.start}")
     try:
         event = _decoder.decode(value)
+    except RecursionError:
+        return _decode_error("bad_json", "JSON nested too deeply")
     except msgspec.ValidationError as exc:
         text = str(exc)
+        # The typed decoder stops at the first contract error: establish the documented
+        # order (JSON, then type, then fields) on this slow path only.
+        try:
+            _any_decoder.decode(value)
+        except RecursionError:
+            return _decode_error("bad_json", "JSON nested too deeply")
+        except msgspec.DecodeError as exc2:
+            return _decode_error("bad_json", str(exc2))
+        try:
+            tag = _envelope_decoder.decode(value).type
+        except (msgspec.DecodeError, RecursionError):
+            tag = None
+        if tag is not None and tag in EVENT_TYPES and tag != kind:
+            return _contract_error("unknown_type", f"a {tag!r} event on a topic of {kind!r} events")
         # msgspec names the tag field when the tag is missing or not the one expected.
         if "`$.type`" in text or "field `type`" in text:
             return _contract_error("unknown_type", f"expected type {kind!r}: {text}")

@@ -76,6 +76,10 @@ class Profile(msgspec.Struct, kw_only=True):
     # attributes and social
     attributes: dict[str, AttributeValue] = {}
     following: dict[str, float] = {}
+    #: followee -> time of the latest unfollow (a tombstone, so a late follow cannot resurrect it)
+    unfollowed: dict[str, float] = {}
+    #: attribute -> event time of its current value
+    attribute_ts: dict[str, float] = {}
     # bookkeeping
     applied: dict[str, int] = {}
     recent_ids: list[str] = []
@@ -107,6 +111,8 @@ def _copy(profile: Profile) -> Profile:
         purchased=dict(profile.purchased),
         attributes=dict(profile.attributes),
         following=dict(profile.following),
+        unfollowed=dict(profile.unfollowed),
+        attribute_ts=dict(profile.attribute_ts),
         applied=dict(profile.applied),
         recent_ids=list(profile.recent_ids),
     )
@@ -164,14 +170,22 @@ def apply(
             p.rating_sum += event.rating
             p.rating_count += 1
     elif isinstance(event, User):
-        p.attributes.update(event.attributes)
+        for name, value in event.attributes.items():
+            if ts >= p.attribute_ts.get(name, float("-inf")):
+                p.attributes[name] = value
+                p.attribute_ts[name] = ts
     elif isinstance(event, Follow):
         # Compare event times so a late "follow" cannot resurrect a newer "unfollow".
-        since = p.following.get(event.followee_id)
-        if event.action == "follow":
-            p.following[event.followee_id] = ts if since is None else max(since, ts)
-        elif since is not None and since <= ts:
-            del p.following[event.followee_id]
+        f = event.followee_id
+        followed = max(p.following.get(f, -1.0), ts if event.action == "follow" else -1.0)
+        unfollowed = max(p.unfollowed.get(f, -1.0), ts if event.action == "unfollow" else -1.0)
+        # Last writer wins by event time; an unfollow wins a tie.
+        if followed > unfollowed:
+            p.following[f] = followed
+            p.unfollowed.pop(f, None)
+        else:
+            p.following.pop(f, None)
+            p.unfollowed[f] = unfollowed
     if origin is not None:
         p.applied[origin.source] = origin.offset
     if params.dedupe_window:

@@ -19,8 +19,8 @@ FOLDER = "movielens-100k"
 
 def split_catalog(data_dir: Path) -> tuple[list[Event], list[Event]]:
     events = list(read_events("movielens", data_dir / FOLDER))
-    catalog = [e for e in events if isinstance(e, Item)]
-    rest = [e for e in events if not isinstance(e, Item)]
+    catalog: list[Event] = [e for e in events if isinstance(e, Item)]
+    rest: list[Event] = [e for e in events if not isinstance(e, Item)]
     return catalog, rest
 
 

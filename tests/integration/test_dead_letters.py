@@ -97,7 +97,7 @@ def test_poison_records_are_dead_lettered_and_good_ones_match_a_clean_run(
     good = list(read_events("amazon", path, limit=GOOD))
     clean, dirty = topic_factory(), topic_factory()
 
-    clean_records = [(clean.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good]  # type: ignore[arg-type]
+    clean_records: list[tuple[str, bytes | None, bytes | None]] = [(clean.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good]  # type: ignore[arg-type]
     dirty_records: list[tuple[str, bytes | None, bytes | None]] = [
         (dirty.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good  # type: ignore[arg-type]
     ]

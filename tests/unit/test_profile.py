@@ -314,7 +314,7 @@ def test_events_without_categories_leave_affinity_alone() -> None:
     use_origins=st.booleans(),
 )
 def test_any_arrival_order_gives_the_same_profile(steps: list[Step], data: st.DataObject, use_origins: bool) -> None:
-    """Behaviour events only: follows and attributes are order dependent (see the xfail tests below)."""
+    """Behaviour events; follows and attributes have their own tests below."""
     shuffled = data.draw(st.permutations(steps))
     if use_origins:
         a = fold(new_profile(USER), with_arrival_offsets(steps))
@@ -367,11 +367,6 @@ def test_repeated_follows_keep_the_latest_time_and_others_are_untouched() -> Non
     assert p.counts == {"follow": 4}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unfollow leaves no trace (the key is deleted), so a late 'follow' older than the "
-    "unfollow resurrects the edge - the opposite of what profile.apply's comment promises",
-)
 @pytest.mark.parametrize(
     "arrival",
     [
@@ -402,11 +397,6 @@ def test_later_attribute_values_win_per_key() -> None:
     assert _run(_user("a", 1.0, age=30), _user("b", 2.0)).attributes == {"age": 30}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attributes are overwritten in arrival order, not event time: a late, older User "
-    "event overwrites a newer value (the profile then depends on arrival order)",
-)
 def test_late_older_attribute_does_not_overwrite_a_newer_one() -> None:
     p = _run(_user("b", 2.0, age=31), _user("a", 1.0, age=30, city="Oslo"))
     assert p.attributes == {"age": 31, "city": "Oslo"}
@@ -496,11 +486,6 @@ def test_empty_record_raises_and_schema_error_is_a_value_error() -> None:
     assert issubclass(SchemaVersionError, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the contract accepts integer attributes of any size, but MessagePack stores at most "
-    "uint64/int64: applying such an event yields a profile that dumps() cannot write (OverflowError)",
-)
 @pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30])
 def test_every_accepted_user_event_gives_a_storable_profile(big: int) -> None:
     value = b'{"type":"user","event_id":"e","ts":1,"user_id":"u","attributes":{"n":%d}}' % big
