@@ -19,13 +19,26 @@ from state.catalog import Catalog
 from state.profile import Params, Profile
 
 TOP_CATEGORIES = 5
-POOL_PER_CATEGORY = 50
+#: Candidates per strong category, as a multiple of k: an item outside its category's
+#: top 2k by popularity cannot enter the top k unless its other categories lift it.
+POOL_FACTOR = 2
 
 
 class Scored(msgspec.Struct, frozen=True):
     item_id: str
     score: float
     reasons: list[str]
+
+
+def _unseen(ranked: list[tuple[float, str]], exclude: dict[str, float], n: int) -> list[tuple[float, str]]:
+    """The first ``n`` entries of ``ranked`` whose item is not excluded."""
+    out: list[tuple[float, str]] = []
+    for entry in ranked:
+        if entry[1] not in exclude:
+            out.append(entry)
+            if len(out) == n:
+                break
+    return out
 
 
 def recommend(
@@ -40,21 +53,19 @@ def recommend(
     now = max(popularity.now, profile.affinity_ref_ts)
     affinity = profile.affinity_at(now, params)
     total = sum(affinity.values())
-    pool = POOL_PER_CATEGORY + len(exclude)
     if total <= 0.0:
-        top = popularity.top(catalog.ids(), k + len(exclude))
-        best = top[0][0] if top else 0.0
+        ranked = popularity.ranked(catalog.ids())
+        best = ranked[0][0] if ranked else 0.0
         return [
             Scored(item_id=i, score=(p + 1.0) / (best + 1.0), reasons=["popular overall"])
-            for p, i in top
-            if i not in exclude
-        ][:k]
+            for p, i in _unseen(ranked, exclude, k)
+        ]
     strongest = sorted(affinity.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_CATEGORIES]
     candidates: dict[str, float] = {}
     for category, _ in strongest:
-        for p, item_id in popularity.top(catalog.items_in(category), pool, key=category):
-            if item_id not in exclude:
-                candidates[item_id] = p
+        ranked = popularity.ranked(catalog.items_in(category), key=category)
+        for p, item_id in _unseen(ranked, exclude, max(POOL_FACTOR * k, 10)):
+            candidates[item_id] = p
     best_pop = max(candidates.values(), default=0.0)
     scored: list[Scored] = []
     for item_id, pop in candidates.items():

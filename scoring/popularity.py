@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import time
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
@@ -40,10 +39,14 @@ class Popularity:
         return weight_at(value, ref, self.now, self._hl)
 
     def top(self, candidates: set[str] | None, n: int, key: str = "*") -> list[tuple[float, str]]:
-        """The ``n`` most popular of ``candidates`` (all items when None), best first.
+        """The ``n`` most popular of ``candidates`` (all items when None), best first."""
+        return self.ranked(candidates, key)[:n]
 
-        Cached per ``key`` for ``refresh_s`` wall seconds: ranking every candidate on every
-        emission would dominate the per-event cost, and popularity moves slowly.
+    def ranked(self, candidates: set[str] | None, key: str = "*") -> list[tuple[float, str]]:
+        """All of ``candidates`` by popularity, best first; ties go to the smaller id.
+
+        Cached per ``key`` for ``refresh_s`` wall seconds: ranking on every emission would
+        dominate the per-event cost, and popularity moves slowly.
         """
         clock = time.monotonic()
         if self._dirty and clock - self._cache_at > self._refresh_s:
@@ -51,10 +54,9 @@ class Popularity:
             self._cache_at = clock
             self._dirty = False
         cached = self._top_cache.get(key)
-        if cached is not None and len(cached) >= n:
-            return cached[:n]
+        if cached is not None and (candidates is None or len(cached) == len(candidates)):
+            return cached
         pool = self._values.keys() if candidates is None else candidates
-        # Most popular first; ties go to the smaller id so results are deterministic.
-        ranked = heapq.nsmallest(n, ((self.value(i), i) for i in pool), key=lambda t: (-t[0], t[1]))
+        ranked = sorted(((self.value(i), i) for i in pool), key=lambda t: (-t[0], t[1]))
         self._top_cache[key] = ranked
         return ranked

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Persona: streaming user profiles and recommendations.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local Apache Kafka broker (KRaft, no Docker).", no_args_is_help=True)
 inspect_app = typer.Typer(help="Look inside a running system.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: ratios against baselines measured in the same run.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(inspect_app, name="inspect")
 console = Console(stderr=True)
@@ -160,6 +162,35 @@ def inspect_profile(
         print(msgspec.json.encode(profile).decode())
     else:
         render_profile(profile, settings, Console())
+
+
+@bench_app.command("stream")
+def bench_stream(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
+    profiles: Annotated[int, typer.Option(help="Users in the footprint run.")] = 100_000,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """Events/s of one worker vs a trivial Faust agent and a bare consumer; RSS and disk per 100k profiles."""
+    from bench.stream import run
+
+    settings = _settings()
+    report = run(bootstrap, settings.data_dir, events, profiles)
+    _print_report("persona bench stream", report)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+def _print_report(title: str, report: dict[str, object]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(key, shown)
+    Console().print(table)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ dead-letter reasons), so series counts stay bounded.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -16,6 +18,17 @@ EVENTS = Counter(
     ["topic", "outcome"],
     registry=REGISTRY,
 )
+_event_children: dict[tuple[str, str], Any] = {}
+
+
+def event_counter(topic: str, outcome: str) -> Any:
+    """``EVENTS.labels(topic, outcome)``, memoized: ``labels()`` costs a lock and a lookup."""
+    child = _event_children.get((topic, outcome))
+    if child is None:
+        child = _event_children[(topic, outcome)] = EVENTS.labels(topic, outcome)
+    return child
+
+
 DEAD_LETTERS = Counter(
     "persona_dead_letter",
     "Records routed to a dead-letter topic, by reason.",

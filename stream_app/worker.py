@@ -14,21 +14,21 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.sensors import Sensor
+from faust.sensors import Monitor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring.baseline import recommend
 from scoring.messages import Recommendations
 from scoring.messages import encode as encode_recs
 from scoring.popularity import Popularity
-from state.codec import dumps, loads
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Item, decode
 from state.profile import EVENT_WEIGHTS, Origin, Params, Profile, apply, new_profile
 from stream_app import dlq, metrics
 from stream_app.catalog_replica import CatalogReplica
+from stream_app.profile_store import ProfileStore
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.settings import Settings
 from stream_app.supervise import RESTART_EXIT_CODE, GapGuard, StallDetector
@@ -39,16 +39,35 @@ PROFILES_TABLE = "profiles"
 _PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
 
-class _FlushBeforeCommit(Sensor):
-    """Emits every pending recommendation right before offsets are committed."""
+class PersonaMonitor(Monitor):
+    """Faust's monitor, minus its per-event bookkeeping, plus our pre-commit flush.
 
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__()
-        self._runtime = runtime
+    Faust calls ``on_commit_initiated`` synchronously at the start of every commit, and
+    nothing awaits between it and Faust reading the acked offsets: everything acked so
+    far gets its profile and recommendation handed to the producer first (which the
+    commit then flushes). The per-event hooks keep in-memory stats (in ms) that nothing
+    reads here; Prometheus metrics replace them, and skipping them is measurable per event.
+    """
+
+    runtime: Runtime | None = None
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        self._runtime.flush_pending(all_users=True)
+        if self.runtime is not None:
+            self.runtime.profiles.flush()
+            self.runtime.flush_pending(all_users=True)
         return super().on_commit_initiated(consumer)
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> dict[str, Any] | None:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: dict[str, Any] | None = None) -> None:
+        return None
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        return None
 
 
 class Runtime:
@@ -72,6 +91,7 @@ class Runtime:
             value_type=bytes,
             partitions=settings.partitions,
         )
+        self.profiles = ProfileStore(self.table)
         self.recs_topic = app.topic(
             settings.recommendations_topic,
             key_type=bytes,
@@ -117,8 +137,7 @@ class Runtime:
             metrics.EVENTS.labels(msg.topic, "catalog").inc()
             return
         key = result.user_id.encode()
-        raw: bytes | None = self.table.get(key)
-        profile = loads(raw) if raw is not None else new_profile(result.user_id)
+        profile = self.profiles.get(key, msg.partition) or new_profile(result.user_id)
         item_id = getattr(result, "item_id", None)
         categories = self.replica.catalog.categories(item_id) if item_id is not None else ()
         updated = apply(
@@ -127,19 +146,15 @@ class Runtime:
             origin=Origin(msg.topic, msg.partition, msg.offset),
             categories=categories,
             params=self.params,
+            in_place=True,
         )
         if updated is None:
-            # A replay. Re-store the profile anyway: after kill -9 the local RocksDB can be
-            # ahead of the changelog, and this write puts the changelog level again.
-            if raw is not None:
-                self.table[key] = raw
-            metrics.EVENTS.labels(msg.topic, "duplicate").inc()
+            self.profiles.touch(key)
+            metrics.event_counter(msg.topic, "duplicate").inc()
         else:
-            data = dumps(updated)
-            self.table[key] = data
-            metrics.PROFILE_BYTES.observe(len(data))
+            self.profiles.put(key, updated, msg.partition)
             metrics.PROFILE_UPDATES.inc()
-            metrics.EVENTS.labels(msg.topic, "applied").inc()
+            metrics.event_counter(msg.topic, "applied").inc()
             if item_id is not None and kind in EVENT_WEIGHTS:
                 self.popularity.add(item_id, EVENT_WEIGHTS[kind], result.ts)
         trigger = Trigger(event_ts=result.ts, record_ts=msg.timestamp or time.time())
@@ -170,9 +185,9 @@ class Runtime:
         clock = time.monotonic()
         batch = self.coalescer.take_all(clock) if all_users else self.coalescer.take_due(clock)
         for user_id, trigger in batch:
-            raw = self.table.get(user_id.encode())
-            if raw is not None:
-                self._emit(user_id, loads(raw), trigger)
+            profile = self.profiles.cached(user_id.encode())
+            if profile is not None:
+                self._emit(user_id, profile, trigger)
         return len(batch)
 
 
@@ -204,9 +219,14 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         key_serializer="raw",
         value_serializer="raw",
         logging_config=None,
+        Monitor=PersonaMonitor,
     )
+    # Faust stops feeding every stream while more than 100 produced messages wait in its
+    # buffer. Our commit-time flush queues a burst (profiles + recommendations), so the
+    # limit stalled consumption on every commit; the burst is bounded by one commit's work.
+    app.producer.buffer.max_messages = 20_000
     runtime = Runtime(app, settings)
-    app.sensors.add(_FlushBeforeCommit(runtime))
+    cast(PersonaMonitor, app.monitor).runtime = runtime
 
     for kind in EVENT_KINDS:
         _add_agent(app, runtime, kind)
@@ -225,6 +245,15 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         # task's stack (py-spy only sees an idle event loop).
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR2, _dump_tasks, app)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
+        runtime.profiles.reset()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        # Another worker may have changed these users while we did not own them.
+        runtime.profiles.reset()
 
     detector = StallDetector(settings.stall_timeout_s)
     inputs = {settings.topic(k) for k in EVENT_KINDS}

@@ -1,0 +1,161 @@
+"""Running workers as processes and reading their metrics: for tests, benchmarks and demos."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_app.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if value is None or hasattr(value, "get_secret_value"):
+            continue
+        env[f"PERSONA_{name.upper()}"] = str(value)
+    return env
+
+
+def scrape(port: int, timeout: float = 5.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of the worker's /metrics: ``(name, sorted labels) -> value``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
+        text = resp.read().decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+    total = 0.0
+    for (n, lbls), v in samples.items():
+        if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()):
+            total += v
+    return total
+
+
+class WorkerProcess:
+    """A ``persona worker`` subprocess with its own state dir and web port."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.port = settings.web_port
+        self.log_path = log_path
+        env = dict(os.environ)
+        env.update(settings_env(settings))
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream_app.cli", "worker"],
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return scrape(self.port)
+
+    def wait_until(self, predicate: Callable[[dict[tuple[str, tuple[tuple[str, str], ...]], float]], bool], timeout: float = 120.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        deadline = time.monotonic() + timeout
+        last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise AssertionError(f"worker exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                last = self.metrics()
+                if predicate(last):
+                    return last
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"timed out; last events={metric_sum(last, 'persona_events_total')}\n{self.log_tail()}")
+
+    def wait_events(self, n: int, timeout: float = 120.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Wait until the worker handled ``n`` records (any outcome)."""
+        return self.wait_until(lambda m: metric_sum(m, "persona_events_total") >= n, timeout)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        self.wait_until(lambda m: metric_sum(m, "persona_catalog_ready") >= 1, timeout)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.alive:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, exactly like a crashed host."""
+        if self.alive:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            lines = self.log_path.read_bytes().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+
+def group_lag(settings: Settings, topics: list[str]) -> int:
+    """Records on ``topics`` not yet committed by the worker group (end - committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    conf = settings.kafka_config() | {"group.id": settings.app_id, "enable.auto.commit": False}
+    consumer = Consumer(conf)
+    try:
+        lag = 0
+        for topic in topics:
+            parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            tps = [TopicPartition(topic, p) for p in parts]
+            for tp in consumer.committed(tps, timeout=10):
+                end = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                lag += end - max(tp.offset, 0)
+        return lag
+    finally:
+        consumer.close()
+
+
+def wait_drained(settings: Settings, topics: list[str], workers: list[WorkerProcess], timeout: float = 300.0) -> None:
+    """Wait until the group committed everything on ``topics`` (survives worker restarts)."""
+    deadline = time.monotonic() + timeout
+    lag = -1
+    while time.monotonic() < deadline:
+        for w in workers:
+            if not w.alive:
+                raise AssertionError(f"worker died: {w.proc.returncode}\n{w.log_tail()}")
+        lag = group_lag(settings, topics)
+        if lag == 0:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"group still {lag} records behind after {timeout}s")
