@@ -3,9 +3,25 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-unit test-integration lint clean kafka-down
+TRAIN := .venv-train
+TEST_MODELS := var/test-models/encoder
+
+.PHONY: setup setup-train test-models demo test test-unit lint clean kafka-down
 
 setup: $(VENV)/.installed
+
+# The trainer environment (torch, transformers; no Faust): see README, "Environments".
+setup-train: $(TRAIN)/.installed
+
+$(TRAIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRAIN)
+	$(TRAIN)/bin/pip install -q --upgrade pip
+	$(TRAIN)/bin/pip install -q -e ".[train,test]"
+	touch $@
+
+# fp32 and int8 exports of the packaged encoder, for the encoder and hot-swap tests.
+test-models: setup-train
+	bash deploy/test-models.sh $(TEST_MODELS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +34,7 @@ demo: setup
 
 # The whole suite (unit, integration on a real broker, chaos). pytest's exit code 5 (no
 # tests collected) is a failure here, and so is any broker or worker left running.
-test: setup
+test: setup test-models
 	bash deploy/run-tests.sh
 
 test-unit: setup

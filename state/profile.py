@@ -22,8 +22,10 @@ from __future__ import annotations
 from typing import Final
 
 import msgspec
+import numpy as np
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
+from state.interest import Interest, add_sentiment, add_vector, blend_sentiment
 from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User
 
 #: Weight of one event in the category affinity, split evenly over the item's categories.
@@ -80,6 +82,11 @@ class Profile(msgspec.Struct, kw_only=True):
     unfollowed: dict[str, float] = {}
     #: attribute -> event time of its current value
     attribute_ts: dict[str, float] = {}
+    # language-model dimensions (state.interest)
+    interest: Interest | None = None
+    sentiment_ref_ts: float = 0.0
+    #: category (and "*" overall) -> [decayed sentiment sum, decayed weight]
+    sentiment: dict[str, list[float]] = {}
     # bookkeeping
     applied: dict[str, int] = {}
     recent_ids: list[str] = []
@@ -113,6 +120,7 @@ def _copy(profile: Profile) -> Profile:
         following=dict(profile.following),
         unfollowed=dict(profile.unfollowed),
         attribute_ts=dict(profile.attribute_ts),
+        sentiment={k: list(v) for k, v in profile.sentiment.items()},
         applied=dict(profile.applied),
         recent_ids=list(profile.recent_ids),
     )
@@ -132,6 +140,28 @@ def _add_affinity(p: Profile, categories: tuple[str, ...], weight: float, ts: fl
         p.affinity[c] = p.affinity.get(c, 0.0) + share
 
 
+class Encoding(msgspec.Struct, frozen=True):
+    """What the encoder made of a review's text (absent when no model is loaded)."""
+
+    version: str
+    #: float32 little-endian bytes, L2-normalised
+    vector: bytes
+    text_sentiment: float
+
+
+def _apply_language(
+    p: Profile, event: Review, categories: tuple[str, ...], encoding: Encoding | None, hl: float
+) -> None:
+    text_sentiment = None
+    if encoding is not None:
+        vec = np.frombuffer(encoding.vector, dtype="<f4")
+        p.interest = add_vector(p.interest, vec, encoding.version, 1.0, event.ts, hl)
+        text_sentiment = encoding.text_sentiment
+    value = blend_sentiment(text_sentiment, event.rating)
+    if value is not None:
+        p.sentiment_ref_ts = add_sentiment(p.sentiment, p.sentiment_ref_ts, categories, value, event.ts, hl)
+
+
 def apply(
     profile: Profile,
     event: Event,
@@ -140,6 +170,7 @@ def apply(
     categories: tuple[str, ...] = (),
     params: Params = Params(),
     in_place: bool = False,
+    encoding: Encoding | None = None,
 ) -> Profile | None:
     """The profile after ``event``, or ``None`` if the event was already applied.
 
@@ -172,6 +203,7 @@ def apply(
         if event.rating is not None:
             p.rating_sum += event.rating
             p.rating_count += 1
+        _apply_language(p, event, categories, encoding, params.half_life_s)
     elif isinstance(event, User):
         for name, value in event.attributes.items():
             if ts >= p.attribute_ts.get(name, float("-inf")):

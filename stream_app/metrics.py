@@ -71,6 +71,23 @@ STALL_RESTARTS = Counter(
     "Worker self-restarts after a commit stall (faust#596); the supervisor restarts it.",
     registry=REGISTRY,
 )
+MODEL_INFO = Gauge(
+    "persona_model_info",
+    "1 for the model version this worker serves (one series per loaded model).",
+    ["name", "version"],
+    registry=REGISTRY,
+)
+MODEL_RELOAD_FAILURES = Counter(
+    "persona_model_reload_failures",
+    "Model artifacts refused during a hot swap (the previous model was kept).",
+    registry=REGISTRY,
+)
+ENCODE_SECONDS = Histogram(
+    "persona_encode_batch_seconds",
+    "Time to encode one micro-batch of review texts.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
 CATALOG_ITEMS = Gauge(
     "persona_catalog_items", "Items in this worker's catalog replica.", registry=REGISTRY
 )

@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     emit_interval_s: float = Field(
         1.0, ge=0, description="At most one recommendation message per user per interval (s)."
     )
+    # --- encoders ----------------------------------------------------------------------
+    model_registry: Path = Field(
+        _REPO_ROOT / "models" / "encoder",
+        description="Encoder registry folder (versions + CURRENT); reviews get no text "
+        "vectors while it has no CURRENT.",
+    )
+    model_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where encoders run: CUDA when available (auto), or forced."
+    )
+    model_threads: int | None = Field(None, ge=1, description="CPU inference threads (default: ONNX Runtime's).")
+    model_poll_s: float = Field(10.0, gt=0, description="How often workers look for a new CURRENT encoder.")
+    review_batch: int = Field(64, ge=1, description="Most reviews encoded in one micro-batch.")
+    review_wait_s: float = Field(0.05, gt=0, description="Longest wait to fill a micro-batch (s).")
     # --- data --------------------------------------------------------------------------
     data_dir: Path = Field(
         _REPO_ROOT.parent / "shared" / "data",
@@ -98,6 +111,11 @@ class Settings(BaseSettings):
     def topic(self, kind: EventKind) -> str:
         """The input topic carrying ``kind`` events."""
         return f"{self.topic_prefix}{kind}s"
+
+    @property
+    def encoded_reviews_topic(self) -> str:
+        """Internal: stage 1 (batch encoder) -> stage 2 (profile), co-partitioned."""
+        return f"{self.topic_prefix}reviews.encoded"
 
     @property
     def recommendations_topic(self) -> str:

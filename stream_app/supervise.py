@@ -17,6 +17,7 @@ and the stuck message is finally processed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -112,3 +113,30 @@ def run_supervised(argv: list[str]) -> int:
         restarts += 1
         log.warning("worker asked for a restart (commit stall, faust#596); restart #%d", restarts)
         time.sleep(0.5)
+
+
+def dump_tasks(app: Any) -> None:
+    """Log the consumer's bookkeeping and every asyncio task's await chain."""
+    lines: list[str] = []
+    try:
+        consumer: Any = app.consumer
+        lines.append(f"assignment: {sorted(consumer.assignment())}")
+        lines.append(f"paused: {sorted(consumer._paused_partitions)}")
+        lines.append(f"read offsets: {dict(consumer._read_offset)}")
+        lines.append(f"committed: {dict(consumer._committed_offset)}")
+        lines.append(f"unacked: {len(consumer._unacked_messages)}")
+        inner = consumer._thread._ensure_consumer() if hasattr(consumer, "_thread") else None
+        if inner is not None:
+            lines.append(f"aiokafka paused: {sorted(inner.paused())}")
+    except Exception as exc:  # diagnostics must never take the worker down
+        lines.append(f"consumer state unavailable: {exc!r}")
+    for task in asyncio.all_tasks():
+        lines.append(f"task {task.get_name()}:")
+        # Follow the await chain: Task.get_stack() shows only the outermost frame.
+        obj: Any = task.get_coro()
+        while obj is not None:
+            frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None) or getattr(obj, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None) or getattr(obj, "gi_yieldfrom", None)
+    log.warning("asyncio tasks:\n%s", "\n".join(lines))

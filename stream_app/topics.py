@@ -25,6 +25,7 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         specs[name] = (parts, conf)
         specs[dlq_topic(name)] = (parts, {})
     specs[settings.recommendations_topic] = (settings.partitions, {})
+    specs[settings.encoded_reviews_topic] = (settings.partitions, {})
     return specs
 
 

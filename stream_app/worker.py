@@ -20,22 +20,20 @@ import faust
 from faust.sensors import Monitor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.baseline import recommend
-from scoring.messages import Recommendations
-from scoring.messages import encode as encode_recs
-from scoring.popularity import Popularity
-from state.events import EVENT_KINDS, DeadLetter, EventKind, Item, decode
-from state.profile import EVENT_WEIGHTS, Origin, Params, Profile, apply, new_profile
-from stream_app import dlq, metrics
-from stream_app.catalog_replica import CatalogReplica
-from stream_app.profile_store import ProfileStore
-from stream_app.emitter import Coalescer, Trigger
+import msgspec
+
+from state.events import EVENT_KINDS, DeadLetter, EventKind
+from state.profile import Origin
+from stream_app import metrics
+from stream_app.runtime import Runtime, raw_topic
 from stream_app.settings import Settings
-from stream_app.supervise import RESTART_EXIT_CODE, GapGuard, StallDetector
+from stream_app.reviews import EncodedReview, EncoderHolder, review_text
+from stream_app.reviews import dumps as dump_review
+from stream_app.reviews import loads as load_review
+from stream_app.supervise import RESTART_EXIT_CODE, GapGuard, StallDetector, dump_tasks
 
 log = logging.getLogger("persona.worker")
 
-PROFILES_TABLE = "profiles"
 _PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
 
@@ -68,127 +66,6 @@ class PersonaMonitor(Monitor):
 
     def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
         return None
-
-
-class Runtime:
-    """Worker-side state shared by the agents: catalog, popularity, coalescer, table."""
-
-    def __init__(self, app: faust.App, settings: Settings) -> None:
-        self.settings = settings
-        self.params = Params(half_life_days=settings.half_life_days, dedupe_window=settings.dedupe_window)
-        self.replica = CatalogReplica(
-            settings.bootstrap_servers,
-            settings.topic("item"),
-            settings.item_partitions,
-            settings.max_payload_bytes,
-        )
-        self.popularity = Popularity(settings.popularity_half_life_days)
-        self.coalescer = Coalescer(settings.emit_interval_s)
-        self.table = app.Table(
-            PROFILES_TABLE,
-            default=None,
-            key_type=bytes,
-            value_type=bytes,
-            partitions=settings.partitions,
-        )
-        self.profiles = ProfileStore(self.table)
-        self.recs_topic = app.topic(
-            settings.recommendations_topic,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-        )
-        self.dlq_topics = {
-            kind: app.topic(
-                dlq.dlq_topic(settings.topic(kind)),
-                key_type=bytes,
-                value_type=bytes,
-                key_serializer="raw",
-                value_serializer="raw",
-                partitions=settings.partitions_for(kind),
-            )
-            for kind in EVENT_KINDS
-        }
-
-    # --- per event -------------------------------------------------------------------
-    async def handle(self, kind: EventKind, event: faust.types.EventT[bytes]) -> None:
-        msg = event.message
-        started = time.perf_counter()
-        result = decode(kind, msg.key, msg.value, max_bytes=self.settings.max_payload_bytes)
-        if isinstance(result, DeadLetter):
-            headers = dlq.headers(
-                result,
-                topic=msg.topic,
-                partition=msg.partition,
-                offset=msg.offset,
-                timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-            )
-            await self.dlq_topics[kind].send(key=msg.key, value=msg.value, headers=headers)
-            metrics.DEAD_LETTERS.labels(result.reason).inc()
-            metrics.EVENTS.labels(msg.topic, "dead_letter").inc()
-            log.warning(
-                "dead letter %s@%s:%s %s: %s", msg.topic, msg.partition, msg.offset, result.reason, result.message
-            )
-            return
-        if isinstance(result, Item):
-            # The catalog replica applies it; this agent only validates and counts.
-            metrics.EVENTS.labels(msg.topic, "catalog").inc()
-            return
-        key = result.user_id.encode()
-        profile = self.profiles.get(key, msg.partition) or new_profile(result.user_id)
-        item_id = getattr(result, "item_id", None)
-        categories = self.replica.catalog.categories(item_id) if item_id is not None else ()
-        updated = apply(
-            profile,
-            result,
-            origin=Origin(msg.topic, msg.partition, msg.offset),
-            categories=categories,
-            params=self.params,
-            in_place=True,
-        )
-        if updated is None:
-            self.profiles.touch(key)
-            metrics.event_counter(msg.topic, "duplicate").inc()
-        else:
-            self.profiles.put(key, updated, msg.partition)
-            metrics.PROFILE_UPDATES.inc()
-            metrics.event_counter(msg.topic, "applied").inc()
-            if item_id is not None and kind in EVENT_WEIGHTS:
-                self.popularity.add(item_id, EVENT_WEIGHTS[kind], result.ts)
-        trigger = Trigger(event_ts=result.ts, record_ts=msg.timestamp or time.time())
-        if self.coalescer.offer(result.user_id, time.monotonic(), trigger):
-            self._emit(result.user_id, updated or profile, trigger)
-        metrics.PROCESSING.observe(time.perf_counter() - started)
-
-    # --- emission --------------------------------------------------------------------
-    def _emit(self, user_id: str, profile: Profile, trigger: Trigger) -> None:
-        items = recommend(
-            profile, self.replica.catalog, self.popularity, k=self.settings.top_k, params=self.params
-        )
-        now = time.time()
-        message = Recommendations(
-            user_id=user_id,
-            items=items,
-            profile_version=profile.version,
-            generated_at=now,
-            trigger_event_ts=trigger.event_ts,
-        )
-        # send_soon: buffered, flushed by the producer and always before an offset commit.
-        self.recs_topic.send_soon(key=user_id.encode(), value=encode_recs(message))
-        metrics.RECOMMENDATIONS.inc()
-        metrics.EVENT_TO_EMIT.observe(max(0.0, now - trigger.event_ts))
-        metrics.INGEST_TO_EMIT.observe(max(0.0, now - trigger.record_ts))
-
-    def flush_pending(self, *, all_users: bool) -> int:
-        clock = time.monotonic()
-        batch = self.coalescer.take_all(clock) if all_users else self.coalescer.take_due(clock)
-        for user_id, trigger in batch:
-            profile = self.profiles.cached(user_id.encode())
-            if profile is not None:
-                self._emit(user_id, profile, trigger)
-        return len(batch)
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -229,7 +106,24 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     cast(PersonaMonitor, app.monitor).runtime = runtime
 
     for kind in EVENT_KINDS:
-        _add_agent(app, runtime, kind)
+        if kind != "review":
+            _add_agent(app, runtime, kind)
+    holder = EncoderHolder(settings.model_registry, device=settings.model_device, threads=settings.model_threads)
+    models_tried = asyncio.Event()
+    _add_review_stages(app, runtime, holder, models_tried)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def load_models() -> None:
+        try:
+            await holder.refresh()
+            if holder.encoder is None:
+                log.warning("no encoder in %s: reviews are applied without text vectors", settings.model_registry)
+        finally:
+            models_tried.set()
+
+    @app.timer(settings.model_poll_s)  # type: ignore[untyped-decorator]
+    async def watch_models() -> None:
+        await holder.refresh()
 
     @app.task  # type: ignore[untyped-decorator]
     async def catalog_replica() -> None:
@@ -244,7 +138,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         # Operators' lever for a stuck worker: `kill -USR2 <pid>` logs every asyncio
         # task's stack (py-spy only sees an idle event loop).
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGUSR2, _dump_tasks, app)
+        loop.add_signal_handler(signal.SIGUSR2, dump_tasks, app)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -256,7 +150,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         runtime.profiles.reset()
 
     detector = StallDetector(settings.stall_timeout_s)
-    inputs = {settings.topic(k) for k in EVENT_KINDS}
+    inputs = {settings.topic(k) for k in EVENT_KINDS} | {settings.encoded_reviews_topic}
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def watch_commits() -> None:
@@ -264,7 +158,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         if stalled:
             log.error("commit stalled on %s for %.0fs (faust#596): restarting from committed offsets", stalled, settings.stall_timeout_s)
             metrics.STALL_RESTARTS.inc()
-            _dump_tasks(app)
+            dump_tasks(app)
             # Skip Faust's shutdown: it would wait on the same in-flight message.
             logging.shutdown()
             os._exit(RESTART_EXIT_CODE)
@@ -282,41 +176,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     return app, runtime
 
 
-def _dump_tasks(app: faust.App) -> None:
-    lines: list[str] = []
-    try:
-        consumer: Any = app.consumer
-        lines.append(f"assignment: {sorted(consumer.assignment())}")
-        lines.append(f"paused: {sorted(consumer._paused_partitions)}")
-        lines.append(f"read offsets: {dict(consumer._read_offset)}")
-        lines.append(f"committed: {dict(consumer._committed_offset)}")
-        lines.append(f"unacked: {len(consumer._unacked_messages)}")
-        inner = consumer._thread._ensure_consumer() if hasattr(consumer, "_thread") else None
-        if inner is not None:
-            lines.append(f"aiokafka paused: {sorted(inner.paused())}")
-    except Exception as exc:  # diagnostics must never take the worker down
-        lines.append(f"consumer state unavailable: {exc!r}")
-    for task in asyncio.all_tasks():
-        lines.append(f"task {task.get_name()}:")
-        # Follow the await chain: Task.get_stack() shows only the outermost frame.
-        obj: Any = task.get_coro()
-        while obj is not None:
-            frame = getattr(obj, "cr_frame", None) or getattr(obj, "ag_frame", None) or getattr(obj, "gi_frame", None)
-            if frame is not None:
-                lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
-            obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None) or getattr(obj, "gi_yieldfrom", None)
-    log.warning("asyncio tasks:\n%s", "\n".join(lines))
-
-
 def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind) -> None:
-    topic = app.topic(
-        runtime.settings.topic(kind),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=runtime.settings.partitions_for(kind),
-    )
+    topic = raw_topic(app, runtime.settings.topic(kind), runtime.settings.partitions_for(kind))
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         # Events need the catalog (item categories); wait for the replica's catch-up.
@@ -328,6 +189,55 @@ def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind) -> None:
             await runtime.handle(kind, event)
 
     app.agent(topic, name=f"persona.agents.{kind}", concurrency=1)(agent)
+
+
+def _add_review_stages(app: faust.App, runtime: Runtime, holder: EncoderHolder, models_tried: asyncio.Event) -> None:
+    """Stage 1 batches and encodes reviews; stage 2 applies them per event (see reviews.py)."""
+    settings = runtime.settings
+    source = raw_topic(app, settings.topic("review"), settings.partitions)
+    encoded = raw_topic(app, settings.encoded_reviews_topic, settings.partitions)
+
+    async def encode_stage(stream: faust.StreamT[bytes]) -> None:
+        await runtime.replica.ready.wait()
+        await models_tried.wait()
+        guard = GapGuard()
+        loop = asyncio.get_running_loop()
+        batches = cast(Any, stream).take_events(settings.review_batch, within=settings.review_wait_s)
+        async for events in batches:
+            reviews = []
+            for event in events:
+                await _check_order(app, guard, event.message)
+                review = await runtime.decode_or_dead_letter("review", event.message)
+                if review is not None:
+                    reviews.append((review, event.message))
+            encoder = holder.encoder  # one version per batch: swaps happen between batches
+            encodings: list[Any] = [None] * len(reviews)
+            if encoder is not None and reviews:
+                started = time.perf_counter()
+                texts = [review_text(r) for r, _ in reviews]  # type: ignore[arg-type]
+                encodings = await loop.run_in_executor(None, holder.encode, encoder, texts)
+                metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
+            for (review, msg), encoding in zip(reviews, encodings):
+                record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)  # type: ignore[arg-type]
+                await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)
+
+    async def apply_stage(stream: faust.StreamT[bytes]) -> None:
+        await runtime.replica.ready.wait()
+        guard = GapGuard()
+        async for event in stream.events():
+            msg = event.message
+            await _check_order(app, guard, msg)
+            started = time.perf_counter()
+            try:
+                record = load_review(msg.value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await runtime.dead_letter("review", msg, DeadLetter(reason="schema", error="ContractError", message=str(exc)))
+                continue
+            runtime.apply_event(record.review, record.origin, msg.partition, msg.timestamp, encoding=record.encoding)
+            metrics.PROCESSING.observe(time.perf_counter() - started)
+
+    app.agent(source, name="persona.agents.review", concurrency=1)(encode_stage)
+    app.agent(encoded, name="persona.agents.review_apply", concurrency=1)(apply_stage)
 
 
 async def _check_order(app: faust.App, guard: GapGuard, msg: Any) -> None:

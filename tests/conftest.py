@@ -153,3 +153,28 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"datasets not found at {DATA_DIR} (set PERSONA_DATA_DIR)")
     return DATA_DIR
+
+
+MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY", Path(__file__).resolve().parents[1] / "var" / "test-models" / "encoder"))
+
+
+def _versions_by_variant(root: Path) -> dict[str, str]:
+    import json
+
+    found: dict[str, str] = {}
+    for manifest in sorted(root.glob("*/manifest.json")):
+        found.setdefault(json.loads(manifest.read_text())["variant"], manifest.parent.name)
+    return found
+
+
+@pytest.fixture(scope="session")
+def encoder_registry() -> tuple[Path, list[str]]:
+    """A registry with an fp32 and an int8 export of the packaged all-MiniLM-L6-v2.
+
+    `make test` builds it with the trainer environment (`make test-models`); exports are
+    build outputs, so they live under var/ and are never committed.
+    """
+    found = _versions_by_variant(MODEL_REGISTRY) if MODEL_REGISTRY.is_dir() else {}
+    if not {"fp32", "int8"} <= set(found):
+        pytest.skip(f"no fp32+int8 encoder exports in {MODEL_REGISTRY}: run `make test-models` (trainer env)")
+    return MODEL_REGISTRY, [found["fp32"], found["int8"]]

@@ -38,7 +38,7 @@ def test_kill_minus_9_during_movielens_replay_loses_and_doubles_nothing(
     publish_catalog(settings, catalog)
     worker = worker_factory(settings)
     worker.wait_ready()
-    producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 8_000.0})
+    producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 3_000.0})
     producer.start()
 
     restore_s: list[float] = []

@@ -31,7 +31,7 @@ def test_rebalance_stop_and_restart_one_of_two_workers(
     w1, w2 = worker_factory(settings), worker_factory(settings, **second)
     w1.wait_ready()
     w2.wait_ready()
-    producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 8_000.0})
+    producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 3_000.0})
     producer.start()
     time.sleep(6.0)
     assert group_lag(settings, input_topics(settings)) > 0, "stop would not be mid-stream"

@@ -1,0 +1,119 @@
+"""Reviews: a batching encoder stage in front of the per-event profile stage.
+
+Faust refuses table writes outside per-event iteration (the RocksDB store takes the
+partition from the current event), while the encoder wants batches. So review records are
+handled in two stages:
+
+1. the reviews agent takes micro-batches (``PERSONA_REVIEW_BATCH`` records or
+   ``PERSONA_REVIEW_WAIT_S`` seconds), decodes them (bad ones are dead-lettered), encodes
+   all texts in one call on a worker thread (ONNX Runtime releases the GIL), and sends
+   one :class:`EncodedReview` per review to ``<prefix>reviews.encoded``, keyed by user
+   and on the *same partition* as the source record;
+2. the encoded-reviews agent applies each one to the profile, per event, with the
+   *source* record's coordinates as its idempotency origin. Stage 1 replays after a
+   crash re-send the same coordinates, so stage 2 skips them exactly.
+
+The encoder is swapped between batches, never inside one, so one batch is one version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from state.errors import ModelError
+from state.events import Review
+from state.profile import Encoding, Origin
+from stream_app import metrics
+
+log = logging.getLogger("persona.reviews")
+
+
+class EncodedReview(msgspec.Struct, frozen=True):
+    """The internal record between the two stages (MessagePack)."""
+
+    review: Review
+    origin: Origin
+    encoding: Encoding | None = None
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(EncodedReview)
+
+
+def dumps(record: EncodedReview) -> bytes:
+    return _enc.encode(record)
+
+
+def loads(data: bytes) -> EncodedReview:
+    return _dec.decode(data)
+
+
+def review_text(review: Review) -> str:
+    """The text the encoder sees: the title, then the body."""
+    return f"{review.summary}. {review.text}" if review.summary else review.text
+
+
+class EncoderHolder:
+    """The current encoder, loaded from the registry, hot-swapped when CURRENT moves.
+
+    A new version is loaded on a worker thread, checked on its golden inputs and warmed
+    up before it replaces the old one; a broken artifact is refused and the old one kept.
+    """
+
+    def __init__(self, registry: Path, *, device: str = "auto", threads: int | None = None) -> None:
+        self.registry_path = registry
+        self.device = device
+        self.threads = threads
+        self.encoder: Any | None = None
+        self._failed: str | None = None
+
+    @property
+    def version(self) -> str | None:
+        return None if self.encoder is None else str(self.encoder.info.version)
+
+    def _load(self, version_dir: Path) -> Any:
+        from encoders import load_encoder
+
+        encoder = load_encoder(version_dir, device=self.device, threads=self.threads)  # type: ignore[arg-type]
+        encoder.golden_check()
+        encoder.encode(["warm-up", "a slightly longer warm-up sentence for the session"])
+        return encoder
+
+    async def refresh(self) -> bool:
+        """Load the registry's CURRENT version if it is new; ``True`` when swapped."""
+        from encoders import Registry
+
+        current = Registry(self.registry_path).current()
+        if current is None or current.name == self.version or current.name == self._failed:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            encoder = await loop.run_in_executor(None, self._load, current)
+        except (ModelError, OSError, ValueError, RuntimeError) as exc:
+            self._failed = current.name
+            metrics.MODEL_RELOAD_FAILURES.inc()
+            log.error("refused encoder %s, keeping %s: %s", current.name, self.version, exc)
+            return False
+        old = self.version
+        self.encoder = encoder
+        self._failed = None
+        if old is not None:
+            metrics.MODEL_INFO.remove("encoder", old)
+        metrics.MODEL_INFO.labels("encoder", current.name).set(1)
+        log.warning("encoder %s -> %s (provider %s)", old, current.name, encoder.provider)
+        return True
+
+    def encode(self, encoder: Any, texts: list[str]) -> list[Encoding]:
+        vectors = encoder.encode(texts)
+        sentiments = encoder.sentiment(vectors)
+        version = str(encoder.info.version)
+        return [
+            Encoding(version=version, vector=np.asarray(v, dtype="<f4").tobytes(), text_sentiment=float(s))
+            for v, s in zip(vectors, sentiments)
+        ]
