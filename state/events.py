@@ -53,6 +53,12 @@ class Review(_Event, tag="review", frozen=True):
     summary: Annotated[str, msgspec.Meta(max_length=2_000)] = ""
 
 
+def encoder_text(summary: str, text: str) -> str:
+    """What the text encoder sees of a review: the title, then the body. Shared by the
+    worker and the exporter (which trains the sentiment head on the same strings)."""
+    return f"{summary}. {text}" if summary else text
+
+
 class Follow(_Event, tag="follow", frozen=True):
     """``user_id`` starts (``follow``) or stops (``unfollow``) following ``followee_id``."""
 

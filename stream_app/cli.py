@@ -181,6 +181,77 @@ def bench_stream(
         json_out.write_text(json.dumps(report, indent=2))
 
 
+model_app = typer.Typer(help="Text encoder artifacts (export: trainer environment, .venv-train).", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+def _model_registry(registry: Path | None) -> Path:
+    default = Path(__file__).resolve().parent.parent / "models" / "encoder"
+    return registry or Path(os.environ.get("PERSONA_MODEL_REGISTRY") or default)
+
+
+@model_app.command("export")
+def model_export(
+    source: Annotated[Optional[Path], typer.Option(help="HF model folder (default: packaged all-MiniLM-L6-v2).")] = None,
+    variant: Annotated[list[str], typer.Option(help="fp32|int8|fp16; repeat to export several.")] = ["fp32"],  # noqa: B006
+    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
+    texts: Annotated[int, typer.Option(help="Parity texts (every 17th review).")] = 600,
+    publish: Annotated[bool, typer.Option(help="Point CURRENT at the new version.")] = True,
+) -> None:
+    """Export the encoder to ONNX, check parity against torch, fit the sentiment head, publish."""
+    import logging
+    import time
+
+    try:
+        from export import export_encoder, reviews
+        from export.pipeline import MIN_COS
+    except ImportError as exc:
+        console.print(f"[red]{exc}[/red]: run this in the trainer environment (.venv-train/bin/persona model export)")
+        raise typer.Exit(2) from exc
+    from encoders.artifact import VARIANTS, read_manifest
+
+    bad = [v for v in variant if v not in VARIANTS]
+    if bad:
+        raise typer.BadParameter(f"unknown variant(s) {bad}; choose from {list(VARIANTS)}")
+    # onnxruntime's quantizer logs every tensor at INFO on the root logger: keep ours only.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("persona").setLevel(logging.INFO)
+    all_reviews = reviews.read_reviews()
+    parity = reviews.parity_texts(all_reviews, texts)
+    pairs = reviews.train_pairs(all_reviews)
+    root = _model_registry(registry)
+    for v in variant:
+        started = time.perf_counter()
+        path = export_encoder(source, v, root, parity_texts=parity, train_pairs=pairs, publish=publish)  # type: ignore[arg-type]
+        p = read_manifest(path).parity
+        figures = (
+            f"min cos {p.min_cos:.8f} (1-min {1 - p.min_cos:.1e}), mean cos {p.mean_cos:.8f} "
+            f"over {p.n} review texts (floor {MIN_COS[v]})"
+            if p.checked and p.min_cos is not None and p.mean_cos is not None
+            else p.note
+        )
+        console.print(f"{v}: parity {figures}; exported in {time.perf_counter() - started:.1f} s")
+        print(path)
+
+
+@bench_app.command("encoder")
+def bench_encoder(
+    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
+    texts: Annotated[int, typer.Option(help="Review texts per batch size (batch 1 uses at most 128).")] = 1024,
+    threads: Annotated[Optional[int], typer.Option(help="intra-op threads (default: all available cores).")] = None,
+    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
+    repeat: Annotated[int, typer.Option(help="Timed passes per path; the best one counts.")] = 2,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+) -> None:
+    """Texts/s of the Persona encode path vs a bare onnxruntime session on pre-tokenized batches."""
+    from bench.encoder import render, run
+
+    rows = run(_model_registry(registry), texts=texts, threads=threads, export_missing=export_missing, repeat=repeat)
+    render(rows, Console())
+    if json_out:
+        json_out.write_text(json.dumps([{**row.__dict__, "ratio": row.ratio} for row in rows], indent=2))
+
+
 def _print_report(title: str, report: dict[str, object]) -> None:
     from rich.table import Table
 

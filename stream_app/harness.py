@@ -46,10 +46,10 @@ def scrape(port: int, timeout: float = 5.0) -> dict[tuple[str, tuple[tuple[str, 
     return out
 
 
-def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
+def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], metric: str, **labels: str) -> float:
     total = 0.0
     for (n, lbls), v in samples.items():
-        if n == name and all(dict(lbls).get(k) == val for k, val in labels.items()):
+        if n == metric and all(dict(lbls).get(k) == val for k, val in labels.items()):
             total += v
     return total
 
@@ -154,7 +154,13 @@ def wait_drained(settings: Settings, topics: list[str], workers: list[WorkerProc
         for w in workers:
             if not w.alive:
                 raise AssertionError(f"worker died: {w.proc.returncode}\n{w.log_tail()}")
-        lag = group_lag(settings, topics)
+        try:
+            lag = group_lag(settings, topics)
+        except Exception as exc:  # the coordinator may still be loading (NOT_COORDINATOR)
+            if "COORDINATOR" not in str(exc):
+                raise
+            time.sleep(1.0)
+            continue
         if lag == 0:
             return
         time.sleep(1.0)

@@ -27,7 +27,7 @@ import msgspec
 import numpy as np
 
 from state.errors import ModelError
-from state.events import Review
+from state.events import Review, encoder_text
 from state.profile import Encoding, Origin
 from stream_app import metrics
 
@@ -55,8 +55,8 @@ def loads(data: bytes) -> EncodedReview:
 
 
 def review_text(review: Review) -> str:
-    """The text the encoder sees: the title, then the body."""
-    return f"{review.summary}. {review.text}" if review.summary else review.text
+    """The text the encoder sees (:func:`state.events.encoder_text`)."""
+    return encoder_text(review.summary, review.text)
 
 
 class EncoderHolder:

@@ -1,0 +1,140 @@
+"""Sentences/s of encoder artifacts on CUDA, fp32 vs fp16, batch 1..1024 at 64 tokens.
+
+    python bench/gpu_encoder.py --artifact models/encoder            # newest fp32 + fp16
+    python bench/gpu_encoder.py --artifact DIR_FP32 --artifact DIR_FP16
+
+Inputs are synthetic (random in-vocabulary ids, every position real): throughput at a fixed
+shape does not depend on which tokens they are. Two columns per row:
+
+* ``numpy``: ``session.run`` with host arrays in and ``last_hidden_state`` copied back, as
+  ``encoders.Encoder`` does (it pools on the host);
+* ``device out``: the output bound on the GPU with IOBinding, i.e. the ceiling without the
+  [batch, 64, dim] device-to-host copy.
+
+Refuses (exit 2) unless the session really runs on CUDAExecutionProvider: onnxruntime-gpu
+without CUDA libraries falls back to CPU silently, and CPU numbers must never pass for GPU ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
+    sys.path.insert(0, str(REPO))
+
+from encoders.artifact import MODEL_FILE, read_manifest, verify  # noqa: E402
+
+CUDA = "CUDAExecutionProvider"
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+REFUSAL = 2
+
+
+def refuse(message: str) -> None:
+    print(f"gpu_encoder: refusing to benchmark: {message}", file=sys.stderr)
+    raise SystemExit(REFUSAL)
+
+
+def pick_artifacts(paths: list[Path]) -> list[Path]:
+    """Version dirs as given; a registry root becomes its newest fp32 and fp16 versions."""
+    out: list[Path] = []
+    for path in paths:
+        if (path / "manifest.json").is_file():
+            out.append(path)
+            continue
+        newest: dict[str, tuple[str, Path]] = {}
+        for d in sorted(path.iterdir()) if path.is_dir() else []:
+            if d.name.startswith(".") or not (d / "manifest.json").is_file():
+                continue
+            m = read_manifest(d)
+            if m.variant in ("fp32", "fp16") and (m.variant not in newest or m.created_at > newest[m.variant][0]):
+                newest[m.variant] = (m.created_at, d)
+        if not newest:
+            refuse(f"{path} is neither a version directory nor a registry with fp32/fp16 versions")
+        out.extend(d for _, d in sorted(newest.values()))
+    return out
+
+
+def cuda_session(model: Path, device_id: int) -> ort.InferenceSession:
+    if CUDA not in ort.get_available_providers():
+        refuse(f"this onnxruntime ({ort.__version__}) has no {CUDA}; install onnxruntime-gpu")
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model), sess_options=opts, providers=[(CUDA, {"device_id": device_id})])
+    actual = session.get_providers()
+    if not actual or actual[0] != CUDA:
+        refuse(f"{CUDA} is listed but the session runs on {actual} (CUDA/cuDNN libraries missing or no GPU)")
+    return session
+
+
+def feeds(session: ort.InferenceSession, batch: int, seq: int, vocab_hi: int, rng: np.random.Generator) -> dict[str, Any]:
+    every = {
+        "input_ids": rng.integers(1000, vocab_hi, size=(batch, seq), dtype=np.int64),
+        "attention_mask": np.ones((batch, seq), dtype=np.int64),
+        "token_type_ids": np.zeros((batch, seq), dtype=np.int64),
+    }
+    return {i.name: every[i.name] for i in session.get_inputs()}
+
+
+def timed(fn: Any, min_seconds: float, min_iters: int) -> float:
+    """Seconds per call: 3 warm-up calls, then at least min_iters and min_seconds of calls."""
+    for _ in range(3):
+        fn()
+    iters, started = 0, time.perf_counter()
+    while iters < min_iters or time.perf_counter() - started < min_seconds:
+        fn()
+        iters += 1
+    return (time.perf_counter() - started) / iters
+
+
+def bench(path: Path, args: argparse.Namespace) -> None:
+    manifest = read_manifest(path)
+    verify(path, manifest)
+    session = cuda_session(path / MODEL_FILE, args.device_id)
+    output = session.get_outputs()[0].name
+    print(f"\n{manifest.version} ({manifest.variant}) providers={session.get_providers()} seq={args.seq}")
+    print(f"{'batch':>6} {'numpy sent/s':>14} {'device-out sent/s':>18}")
+    rng = np.random.default_rng(0)
+    for batch in (b for b in BATCHES if b <= args.max_batch):
+        inputs = feeds(session, batch, args.seq, args.vocab_hi, rng)
+        host = timed(lambda: session.run([output], inputs), args.min_seconds, args.min_iters)
+        binding = session.io_binding()
+        for name, value in inputs.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(output, "cuda", args.device_id)
+
+        def on_device() -> None:
+            session.run_with_iobinding(binding)
+
+        device = timed(on_device, args.min_seconds, args.min_iters)
+        print(f"{batch:>6} {batch / host:>14,.1f} {batch / device:>18,.1f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--artifact", type=Path, action="append", required=True, help="version dir or registry root")
+    parser.add_argument("--seq", type=int, default=64, help="tokens per sentence")
+    parser.add_argument("--max-batch", type=int, default=1024)
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds per batch size at least")
+    parser.add_argument("--min-iters", type=int, default=10)
+    parser.add_argument("--device-id", type=int, default=0)
+    parser.add_argument("--vocab-hi", type=int, default=30000, help="upper bound of synthetic token ids")
+    args = parser.parse_args(argv)
+    artifacts = pick_artifacts(args.artifact)
+    # Refuse before printing any number: the first session decides whether CUDA is real.
+    cuda_session(artifacts[0] / MODEL_FILE, args.device_id)
+    print(f"onnxruntime {ort.__version__}, device {ort.get_device()}")
+    for path in artifacts:
+        bench(path, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""Text -> unit vector, on onnxruntime alone (the worker environment has no torch).
+
+The path per call: exact-text LRU cache, then tokenize the misses once (truncated, not
+padded), sort them by token length so each batch pads to a similar length, run the graph
+per batch, pool and normalize with :mod:`encoders.pooling` (the function the exporter used
+for its parity check), and scatter the rows back into input order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from encoders.artifact import (
+    GOLDEN_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    Head,
+    Manifest,
+    read_head,
+    read_manifest,
+    verify,
+)
+from encoders.pooling import F32, cosine_rows, mean_pool_normalize
+from state.errors import ModelError
+
+log = logging.getLogger("persona.encoders")
+
+Device = Literal["auto", "cpu", "cuda"]
+Feeds = dict[str, npt.NDArray[np.int64]]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_KNOWN_INPUTS = frozenset({"input_ids", "attention_mask", "token_type_ids"})
+GOLDEN_MIN_COS = 0.999
+# Set after CUDA was listed but failed to start: later loads in this process (hot swaps)
+# go straight to CPU instead of repeating onnxruntime's load errors every time.
+_cuda_failed = False
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    version: str
+    dim: int
+    variant: str
+    #: The provider the session really runs on (``session.get_providers()[0]``).
+    provider: str
+    #: sha256 of model.onnx.
+    sha256: str
+    max_length: int
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    hits: int
+    misses: int
+    size: int
+    maxsize: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded batch: ``rows`` are positions in the caller's list."""
+
+    rows: npt.NDArray[np.intp]
+    feeds: Feeds
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """Explicit thread counts: onnxruntime's default spins one thread per *host* core, which
+    oversubscribes a container limited to fewer cores and fights the worker's event loop."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or available_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
+def open_session(
+    model: Path, device: Device, threads: int | None, *, auto_cuda: bool = True
+) -> tuple[ort.InferenceSession, str]:
+    """A session and the provider it *really* uses. ``auto_cuda=False`` keeps ``device="auto"``
+    on CPU (int8 graphs: their dynamic-quantization ops are CPU kernels, so on CUDA they would
+    bounce between devices).
+
+    onnxruntime-gpu lists CUDAExecutionProvider even where the CUDA libraries are missing;
+    asking for it then prints a load error and silently runs on CPU (``get_device()`` still
+    says GPU). Only ``session.get_providers()`` tells the truth, so that is what we check.
+    """
+    global _cuda_failed
+    available = CUDA in ort.get_available_providers()
+    if device == "cuda" and not available:
+        raise ModelError("device='cuda' but this onnxruntime build has no CUDAExecutionProvider")
+    try_cuda = available and (device == "cuda" or (device == "auto" and auto_cuda and not _cuda_failed))
+    providers = [CUDA, CPU] if try_cuda else [CPU]
+    try:
+        session = ort.InferenceSession(str(model), sess_options=session_options(threads), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind classes, not a common base
+        raise ModelError(f"onnxruntime cannot load {model} on {providers[0]}: {exc}") from exc
+    actual = session.get_providers()[0]
+    if providers[0] == CUDA and actual != CUDA:
+        _cuda_failed = True
+        if device == "cuda":
+            raise ModelError(
+                "device='cuda' but onnxruntime fell back to CPU: the CUDA provider could not start "
+                "(missing CUDA/cuDNN libraries or no GPU; see onnxruntime's error above)"
+            )
+        log.warning(
+            "CUDAExecutionProvider is listed but could not start (missing CUDA/cuDNN libraries or "
+            "no GPU); the encoder runs on CPU"
+        )
+    return session, actual
+
+
+class Encoder:
+    """A loaded, verified encoder artifact. Build it with :func:`load_encoder`."""
+
+    def __init__(
+        self,
+        *,
+        session: ort.InferenceSession,
+        provider: str,
+        tokenizer: Tokenizer,
+        manifest: Manifest,
+        head: Head,
+        golden: F32,
+        cache_size: int,
+        batch_size: int,
+    ) -> None:
+        self.session = session
+        self.provider = provider
+        self.manifest = manifest
+        self.batch_size = batch_size
+        self.info = EncoderInfo(
+            version=manifest.version,
+            dim=manifest.dim,
+            variant=manifest.variant,
+            provider=provider,
+            sha256=manifest.sha256.get(MODEL_FILE, ""),
+            max_length=manifest.max_length,
+        )
+        self._tokenizer = tokenizer
+        self._inputs = [i.name for i in session.get_inputs()]
+        self._output = session.get_outputs()[0].name
+        self._w = np.asarray(head.w, dtype=np.float32)
+        self._b = np.float32(head.b)
+        self._golden = golden
+        self._cache: OrderedDict[str, F32] = OrderedDict()
+        self._cache_size = cache_size
+        self._hits = 0
+        self._misses = 0
+        # Faust agents may call from an executor thread; the cache is the only shared state.
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    def encode(self, texts: Sequence[str]) -> F32:
+        """[len(texts), dim] float32 unit vectors, in input order."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        if self._cache_size <= 0:
+            out[:] = self._encode_uncached(list(texts))
+            return out
+        pending: dict[str, list[int]] = {}
+        with self._lock:
+            for i, text in enumerate(texts):
+                hit = self._cache.get(text)
+                if hit is not None:
+                    self._cache.move_to_end(text)
+                    out[i] = hit
+                    self._hits += 1
+                else:
+                    pending.setdefault(text, []).append(i)
+                    self._misses += 1
+        if pending:
+            unique = list(pending)
+            vectors = self._encode_uncached(unique)
+            with self._lock:
+                for text, vector in zip(unique, vectors):
+                    out[pending[text]] = vector
+                    # A copy: a row view would pin the whole batch array while any row is cached.
+                    self._cache[text] = vector.copy()
+                    self._cache.move_to_end(text)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    def prepare(self, texts: Sequence[str], batch_size: int | None = None) -> list[Batch]:
+        """Tokenize once, sort by length, and cut into padded batches (exposed for benches)."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        # Stable, so equal-length texts keep their order and results are reproducible.
+        order = np.argsort(lengths, kind="stable")
+        size = batch_size or self.batch_size
+        return [
+            Batch(rows=rows, feeds=self._pad([encodings[int(i)] for i in rows]))
+            for rows in (order[start : start + size] for start in range(0, len(order), size))
+        ]
+
+    def run(self, batch: Batch) -> F32:
+        """Pooled, normalized vectors of one prepared batch (rows in the batch's order)."""
+        try:
+            hidden = self.session.run([self._output], dict(batch.feeds))[0]
+        except Exception as exc:  # onnxruntime's pybind errors share no useful base class
+            raise ModelError(f"encoder {self.info.version} failed on {self.provider}: {exc}") from exc
+        return mean_pool_normalize(np.asarray(hidden), batch.feeds["attention_mask"])
+
+    def sentiment(self, vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """Sentiment in [-1, 1] from the head: 1 star -> -1, 3 stars -> 0, 5 stars -> +1."""
+        stars = np.asarray(vectors, dtype=np.float32) @ self._w + self._b
+        out: npt.NDArray[np.float32] = np.clip((stars - 3.0) / 2.0, -1.0, 1.0).astype(np.float32)
+        return out
+
+    def golden_check(self) -> float:
+        """Re-encode the export's golden sentences; the worst cosine, or ModelError below 0.999."""
+        fresh = self._encode_uncached(list(self.manifest.golden_sentences))
+        if fresh.shape != self._golden.shape:
+            raise ModelError(f"golden check: shape {fresh.shape} vs saved {self._golden.shape}")
+        worst = float(cosine_rows(fresh, self._golden).min())
+        if not worst >= GOLDEN_MIN_COS:  # also catches NaN
+            raise ModelError(
+                f"encoder {self.info.version} on {self.provider} fails its golden check: "
+                f"min cosine {worst:.6f} < {GOLDEN_MIN_COS}"
+            )
+        return worst
+
+    def cache_info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._cache), self._cache_size)
+
+    def _encode_uncached(self, texts: list[str]) -> F32:
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for batch in self.prepare(texts):
+            out[batch.rows] = self.run(batch)
+        return out
+
+    def _pad(self, encodings: list[Encoding]) -> Feeds:
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), width), self.manifest.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        types = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        every: Feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: every[name] for name in self._inputs}
+
+
+def load_encoder(
+    version_dir: Path | str,
+    *,
+    device: Device = "auto",
+    threads: int | None = None,
+    cache_size: int = 10_000,
+    batch_size: int = 64,
+) -> Encoder:
+    """Verify (sha256 of every file against the manifest) and load one version directory."""
+    root = Path(version_dir)
+    manifest = read_manifest(root)
+    verify(root, manifest)
+    try:
+        golden = np.load(root / GOLDEN_FILE, allow_pickle=False).astype(np.float32)
+    except Exception as exc:  # numpy raises assorted types for a bad file
+        raise ModelError(f"encoder artifact {root}: cannot read {GOLDEN_FILE}: {exc}") from exc
+    return open_encoder(
+        root, manifest, golden, device=device, threads=threads, cache_size=cache_size, batch_size=batch_size
+    )
+
+
+def open_encoder(
+    root: Path,
+    manifest: Manifest,
+    golden: F32,
+    *,
+    head: Head | None = None,
+    device: Device = "auto",
+    threads: int | None = None,
+    cache_size: int = 10_000,
+    batch_size: int = 64,
+) -> Encoder:
+    """An Encoder over already-verified files (the exporter uses it on a draft artifact,
+    before head.json exists: hence the optional ``head``)."""
+    head = head or read_head(root)
+    if len(head.w) != manifest.dim:
+        raise ModelError(f"encoder artifact {root}: head has {len(head.w)} weights, dim is {manifest.dim}")
+    try:
+        tokenizer = Tokenizer.from_file(str(root / TOKENIZER_FILE))
+    except Exception as exc:  # tokenizers raises plain Exception for a bad file
+        raise ModelError(f"encoder artifact {root}: cannot read {TOKENIZER_FILE}: {exc}") from exc
+    # Padding is ours (per sorted batch); truncation must equal what the export measured.
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(manifest.max_length)
+    session, provider = open_session(root / MODEL_FILE, device, threads, auto_cuda=manifest.variant != "int8")
+    if manifest.variant == "fp16" and provider != CUDA:
+        log.warning("fp16 encoder %s runs on %s: fp16 graphs are meant for CUDA and are slow here", manifest.version, provider)
+    names = {i.name for i in session.get_inputs()}
+    if not names <= _KNOWN_INPUTS or "input_ids" not in names or "attention_mask" not in names:
+        raise ModelError(f"encoder artifact {root}: unexpected graph inputs {sorted(names)}")
+    log.info(
+        "encoder %s (%s, dim %d) on %s%s",
+        manifest.version,
+        manifest.variant,
+        manifest.dim,
+        provider,
+        f" with {session_options(threads).intra_op_num_threads} intra-op threads" if provider == CPU else "",
+    )
+    return Encoder(
+        session=session,
+        provider=provider,
+        tokenizer=tokenizer,
+        manifest=manifest,
+        head=head,
+        golden=golden,
+        cache_size=cache_size,
+        batch_size=batch_size,
+    )

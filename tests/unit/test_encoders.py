@@ -1,0 +1,328 @@
+"""encoders/: a tiny, hand-made artifact (no torch, no onnx package) through the real runtime.
+
+The worker environment has onnxruntime but not the ``onnx`` package, so the test graph is
+serialized here with a few lines of protobuf wire format: an embedding lookup
+``last_hidden_state = E[input_ids]``. The pad row of E is huge, so any pooling that counts
+padding shows up immediately; expected vectors are computed with plain numpy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import pytest
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+import encoders.runtime as runtime
+from encoders import Encoder, EncoderInfo, Registry, load_encoder
+from encoders.artifact import GOLDEN_SENTENCES, HASHED_FILES, Head, Manifest, Parity, Variant, sha256_file
+from encoders.pooling import cosine_rows, mean_pool_normalize
+from state.errors import ModelError
+
+DIM = 8
+MAX_LENGTH = 12
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+WORDS = sorted({w.strip(".,;!").lower() for s in GOLDEN_SENTENCES for w in s.split()} | {"a", "b", "c", "d"})
+VOCAB = {tok: i for i, tok in enumerate(SPECIAL + WORDS)}
+PAD, UNK, CLS, SEP = 0, 1, 2, 3
+
+
+# --- a minimal ONNX (protobuf) writer ------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _bytes(field: int, value: bytes | str) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
+
+
+def _value_info(name: str, elem_type: int, dims: list[int | str]) -> bytes:
+    shape = b"".join(_bytes(1, _int(1, d) if isinstance(d, int) else _bytes(2, d)) for d in dims)
+    tensor_type = _int(1, elem_type) + _bytes(2, shape)
+    return _bytes(1, name) + _bytes(2, _bytes(1, tensor_type))
+
+
+def onnx_embedding_model(table: npt.NDArray[np.float32], with_token_types: bool) -> bytes:
+    """ModelProto for ``last_hidden_state = Gather(table, input_ids)`` (FLOAT=1, INT64=7)."""
+    tensor = b"".join(_int(1, d) for d in table.shape) + _int(2, 1) + _bytes(8, "E")
+    tensor += _bytes(9, table.astype("<f4").tobytes())
+    node = _bytes(1, "E") + _bytes(1, "input_ids") + _bytes(2, "last_hidden_state") + _bytes(3, "g") + _bytes(4, "Gather")
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_token_types else [])
+    graph = _bytes(1, node) + _bytes(2, "tiny") + _bytes(5, tensor)
+    graph += b"".join(_bytes(11, _value_info(n, 7, ["batch", "sequence"])) for n in inputs)
+    graph += _bytes(12, _value_info("last_hidden_state", 1, ["batch", "sequence", table.shape[1]]))
+    opset = _bytes(1, "") + _int(2, 13)
+    return _int(1, 8) + _bytes(2, "persona-tests") + _bytes(7, graph) + _bytes(8, opset)
+
+
+# --- the artifact -----------------------------------------------------------------------
+
+
+def _table() -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(7)
+    table = rng.normal(size=(len(VOCAB), DIM)).astype(np.float32)
+    table[PAD] = 1000.0  # padding must never reach the pooled vector
+    return table
+
+
+def token_ids(text: str) -> list[int]:
+    words = [w.lower() for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)]
+    ids = [VOCAB.get(w, UNK) for w in words]
+    return [CLS, *ids[: MAX_LENGTH - 2], SEP]
+
+
+def expected(texts: list[str]) -> npt.NDArray[np.float64]:
+    """The runtime's contract in plain numpy: mean over real tokens, then unit length."""
+    table = _table().astype(np.float64)
+    rows = [table[token_ids(t)].mean(axis=0) for t in texts]
+    return np.array([r / np.linalg.norm(r) for r in rows])
+
+
+def build_artifact(
+    root: Path, *, with_token_types: bool = True, version: str = "tiny-fp32-1", variant: Variant = "fp32"
+) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.onnx").write_bytes(onnx_embedding_model(_table(), with_token_types))
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS), ("[SEP]", SEP)]
+    )
+    tok.save(str(root / "tokenizer.json"))
+    w = np.linspace(-1, 1, DIM)
+    (root / "head.json").write_bytes(msgspec.json.encode(Head(w=[float(x) for x in w], b=3.5, mean_rating=4.0, train_n=10)))
+    np.save(root / "golden.npy", expected(list(GOLDEN_SENTENCES)).astype(np.float32))
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if with_token_types else [])
+    write_manifest(root, version=version, inputs=inputs, variant=variant)
+    return root
+
+
+def write_manifest(
+    root: Path, *, version: str = "tiny-fp32-1", inputs: list[str] | None = None, variant: Variant = "fp32"
+) -> None:
+    manifest = Manifest(
+        version=version,
+        variant=variant,
+        sha256={name: sha256_file(root / name) for name in HASHED_FILES},
+        opset=13,
+        dim=DIM,
+        max_length=MAX_LENGTH,
+        pooling="mean",
+        normalize=True,
+        source="tests",
+        parity=Parity(n=0, min_cos=None, mean_cos=None, checked=False, note="synthetic"),
+        created_at="2026-01-01T00:00:00+00:00",
+        inputs=inputs or ["input_ids", "attention_mask", "token_type_ids"],
+        pad_id=PAD,
+        golden_sentences=list(GOLDEN_SENTENCES),
+    )
+    (root / "manifest.json").write_bytes(msgspec.json.encode(manifest))
+
+
+@pytest.fixture
+def artifact(tmp_path: Path) -> Path:
+    return build_artifact(tmp_path / "tiny")
+
+
+TEXTS = [
+    "a b c d a b c d a",
+    "great",
+    "",
+    "the pedal broke after two days",
+    "b",
+    "my daughter loves this ukulele and the strings sound bright",  # longer than MAX_LENGTH
+    "unknownword a",
+]
+
+
+# --- tests ------------------------------------------------------------------------------
+
+
+def test_encode_matches_numpy_pooling_in_input_order(artifact: Path) -> None:
+    enc = load_encoder(artifact, device="cpu", batch_size=2, cache_size=0)
+    vectors = enc.encode(TEXTS)
+    assert vectors.dtype == np.float32 and vectors.shape == (len(TEXTS), DIM)
+    np.testing.assert_allclose(vectors, expected(TEXTS), atol=1e-5)
+    # Batching and length sorting change nothing per text.
+    singles = np.vstack([enc.encode([t]) for t in TEXTS])
+    np.testing.assert_allclose(vectors, singles, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_graph_without_token_type_ids(tmp_path: Path) -> None:
+    enc = load_encoder(build_artifact(tmp_path / "two", with_token_types=False), device="cpu")
+    np.testing.assert_allclose(enc.encode(TEXTS), expected(TEXTS), atol=1e-5)
+
+
+def test_truncates_to_max_length(artifact: Path) -> None:
+    enc = load_encoder(artifact, device="cpu", cache_size=0)
+    long = " ".join(["a", "b"] * 50)
+    cut = " ".join((["a", "b"] * 50)[: MAX_LENGTH - 2])
+    np.testing.assert_allclose(enc.encode([long]), enc.encode([cut]), atol=1e-6)
+
+
+def test_mean_pool_normalize_ignores_padding() -> None:
+    hidden = np.array([[[1.0, 0.0], [3.0, 4.0], [99.0, 99.0]], [[0.0, 2.0], [50.0, 50.0], [50.0, 50.0]]])
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    out = mean_pool_normalize(hidden, mask)
+    np.testing.assert_allclose(out, [[2 / np.sqrt(8), 2 / np.sqrt(8)], [0.0, 1.0]], atol=1e-7)
+    assert cosine_rows(out, out * 3).min() == pytest.approx(1.0)
+
+
+def test_cpu_provider_is_logged_once(artifact: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="persona.encoders"):
+        enc = load_encoder(artifact, device="cpu", threads=1)
+        enc.encode(TEXTS)
+        enc.encode(TEXTS)
+    records = [r for r in caplog.records if r.name == "persona.encoders"]
+    assert len(records) == 1 and "CPUExecutionProvider" in records[0].getMessage()
+    assert enc.provider == "CPUExecutionProvider" == enc.session.get_providers()[0]
+    assert isinstance(enc.info, EncoderInfo) and enc.info.provider == enc.provider and enc.info.dim == DIM
+    assert enc.info.sha256 == sha256_file(artifact / "model.onnx")
+
+
+def _fake_cuda_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu without CUDA libraries: CUDA is *listed*, sessions quietly run on CPU."""
+    real = ort.InferenceSession
+
+    def session(path: str, sess_options: Any = None, providers: list[str] | None = None) -> Any:
+        return real(path, sess_options=sess_options, providers=[p for p in providers or [] if p != runtime.CUDA])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(runtime, "_cuda_failed", False)
+
+
+def test_silent_cuda_fallback_is_detected(
+    artifact: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fake_cuda_fallback(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="persona.encoders"):
+        enc = load_encoder(artifact, device="auto")
+        assert enc.provider == runtime.CPU
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "could not start" in warnings[0].getMessage()
+        # A hot swap in the same process goes straight to CPU: no second round of load errors.
+        assert load_encoder(artifact, device="auto").provider == runtime.CPU
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    with pytest.raises(ModelError, match="fell back to CPU"):
+        load_encoder(artifact, device="cuda")
+
+
+def test_int8_stays_on_cpu_under_auto(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _fake_cuda_fallback(monkeypatch)
+    artifact = build_artifact(tmp_path / "q", variant="int8", version="tiny-int8-1")
+    with caplog.at_level(logging.INFO, logger="persona.encoders"):
+        assert load_encoder(artifact, device="auto").provider == runtime.CPU
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # CUDA was never tried
+    assert runtime._cuda_failed is False
+
+
+def test_cache_hits_and_lru_bound(artifact: Path) -> None:
+    enc = load_encoder(artifact, device="cpu", cache_size=3)
+    first = enc.encode(["a", "b", "a"])
+    info = enc.cache_info()
+    assert (info.hits, info.misses, info.size) == (0, 3, 2)
+    again = enc.encode(["a", "b"])
+    np.testing.assert_array_equal(first[:2], again)
+    assert enc.cache_info().hits == 2
+    enc.encode(["c", "d"])  # evicts the least recently used ("a")
+    assert enc.cache_info().size == 3
+    enc.encode(["a"])
+    assert enc.cache_info().misses == 6
+    assert enc.encode([]).shape == (0, DIM)
+
+
+@pytest.mark.parametrize("name", HASHED_FILES)
+def test_tampered_file_is_refused(artifact: Path, name: str) -> None:
+    path = artifact / name
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=f"{name} sha256"):
+        load_encoder(artifact, device="cpu")
+
+
+@pytest.mark.parametrize("name", [*HASHED_FILES, "manifest.json"])
+def test_missing_file_is_refused(artifact: Path, name: str) -> None:
+    (artifact / name).unlink()
+    with pytest.raises(ModelError, match="missing"):
+        load_encoder(artifact, device="cpu")
+
+
+def test_golden_check(artifact: Path) -> None:
+    assert load_encoder(artifact, device="cpu").golden_check() >= 0.999
+    golden = np.load(artifact / "golden.npy")
+    golden[3] = golden[4]  # a different sentence's vector: cosine far below 0.999
+    np.save(artifact / "golden.npy", golden)
+    write_manifest(artifact)  # consistent hashes, so only the golden check can catch it
+    with pytest.raises(ModelError, match="golden check"):
+        load_encoder(artifact, device="cpu").golden_check()
+
+
+def test_sentiment_head(artifact: Path) -> None:
+    enc = load_encoder(artifact, device="cpu")
+    vectors = enc.encode(TEXTS)
+    w = np.linspace(-1, 1, DIM)
+    want = np.clip((vectors.astype(np.float64) @ w + 3.5 - 3) / 2, -1, 1)
+    np.testing.assert_allclose(enc.sentiment(vectors), want, atol=1e-6)
+    assert enc.sentiment(100.0 * w[None, :]).tolist() == [1.0]
+    assert enc.sentiment(-100.0 * w[None, :]).tolist() == [-1.0]
+
+
+def test_registry_publish_and_current(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    assert reg.current() is None and reg.versions() == []
+    build_artifact(tmp_path / "reg" / "v1", version="v1")
+    build_artifact(tmp_path / "reg" / "v2", version="v2")
+    (tmp_path / "reg" / ".staging-x").mkdir()  # an export in progress is not a version
+    assert reg.versions() == ["v1", "v2"]
+    reg.publish("v1")
+    assert reg.current() == tmp_path / "reg" / "v1"
+    reg.publish("v2")
+    assert reg.current_name() == "v2"
+    assert sorted(p.name for p in (tmp_path / "reg").iterdir()) == [".staging-x", "CURRENT", "v1", "v2"]
+    for bad in ("v3", ".staging-x", "../v1"):
+        with pytest.raises(ModelError):
+            reg.publish(bad)
+    assert reg.current_name() == "v2"
+    (tmp_path / "reg" / "CURRENT").write_text("gone\n")
+    with pytest.raises(ModelError, match="gone"):
+        reg.current()
+
+
+def test_public_names() -> None:
+    import encoders
+
+    assert set(encoders.__all__) == {"Encoder", "EncoderInfo", "Registry", "load_encoder"}
+    load: Callable[..., Encoder] = load_encoder
+    assert callable(load)
+
+
+def test_protobuf_writer_matches_onnx_when_available() -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load_from_string(onnx_embedding_model(_table(), True))
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
