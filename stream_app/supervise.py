@@ -49,13 +49,16 @@ class StallDetector:
         waiting = dispatched is not None and committed is not None and dispatched >= committed
         return waiting and now - last[1] >= self.stall_s
 
-    def stalled(self, consumer: Any, topics: set[str], now: float) -> list[Hashable]:
-        """Stalled input partitions of a Faust consumer (reads its bookkeeping)."""
+    def stalled(self, consumer: Any, processed: dict[tuple[str, int], int], now: float) -> list[Hashable]:
+        """Partitions whose agent processed past the committed offset while the commit
+        has not moved for ``stall_s``. ``processed`` holds the last offset each agent
+        *processed*: offsets merely buffered in a stream (a slow batching stage) are not
+        evidence of a stall, and using them gave false restarts."""
         out: list[Hashable] = []
         committed = consumer._committed_offset
-        dispatched = consumer._read_offset
         for tp in consumer.assignment():
-            if tp.topic in topics and self.observe(tp, committed.get(tp), dispatched.get(tp), now):
+            key = (tp.topic, tp.partition)
+            if key in processed and self.observe(tp, committed.get(tp), processed[key], now):
                 out.append(tp)
         return out
 
@@ -97,8 +100,11 @@ def run_supervised(argv: list[str]) -> int:
     """Run ``argv`` (this worker, as a child) and restart it when it asks to be restarted."""
     env = dict(os.environ, **{_CHILD_ENV: "1"})
     child: subprocess.Popen[bytes] | None = None
+    stopping = False
 
     def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True  # a stop request must not race with a restart
         if child is not None and child.poll() is None:
             child.send_signal(signum)
 
@@ -108,7 +114,7 @@ def run_supervised(argv: list[str]) -> int:
     while True:
         child = subprocess.Popen([sys.executable, *argv], env=env)
         rc = child.wait()
-        if rc != RESTART_EXIT_CODE:
+        if rc != RESTART_EXIT_CODE or stopping:
             return rc
         restarts += 1
         log.warning("worker asked for a restart (commit stall, faust#596); restart #%d", restarts)

@@ -150,11 +150,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         runtime.profiles.reset()
 
     detector = StallDetector(settings.stall_timeout_s)
-    inputs = {settings.topic(k) for k in EVENT_KINDS} | {settings.encoded_reviews_topic}
 
     @app.timer(5.0)  # type: ignore[untyped-decorator]
     async def watch_commits() -> None:
-        stalled = detector.stalled(app.consumer, inputs, time.monotonic())
+        stalled = detector.stalled(app.consumer, PROCESSED, time.monotonic())
         if stalled:
             log.error("commit stalled on %s for %.0fs (faust#596): restarting from committed offsets", stalled, settings.stall_timeout_s)
             metrics.STALL_RESTARTS.inc()
@@ -240,6 +239,10 @@ def _add_review_stages(app: faust.App, runtime: Runtime, holder: EncoderHolder, 
     app.agent(encoded, name="persona.agents.review_apply", concurrency=1)(apply_stage)
 
 
+#: (topic, partition) -> last offset an agent processed (read by the stall watchdog).
+PROCESSED: dict[tuple[str, int], int] = {}
+
+
 async def _check_order(app: faust.App, guard: GapGuard, msg: Any) -> None:
     consumer: Any = app.consumer
     tp = faust.types.TP(msg.topic, msg.partition)
@@ -256,6 +259,7 @@ async def _check_order(app: faust.App, guard: GapGuard, msg: Any) -> None:
         logging.shutdown()
         os._exit(RESTART_EXIT_CODE)
     guard.advance(msg.partition, msg.offset)
+    PROCESSED[(msg.topic, msg.partition)] = msg.offset
 
 
 def _credentials(settings: Settings) -> Any:

@@ -87,8 +87,10 @@ def topic_factory(kafka_broker: str, tmp_path: Path) -> Callable[..., Settings]:
             "web_port": free_port(),
             "commit_interval_s": 0.5,
             "session_timeout_s": 6.0,
-            "stall_timeout_s": 10.0,
+            "stall_timeout_s": 30.0,
             "data_dir": DATA_DIR,
+            # Hermetic: no encoder unless a test passes its own registry.
+            "model_registry": tmp_path / "no-models",
         }
         values.update(overrides)
         settings = Settings(**values)

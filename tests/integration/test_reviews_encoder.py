@@ -18,6 +18,7 @@ from state.events import Event, Review
 from stream_app.harness import WorkerProcess, metric_sum, wait_drained
 from stream_app.inspect import all_profiles, scan
 from stream_app.producer import publish
+from stream_app.reviews import EncodedReview
 from stream_app.reviews import loads as load_encoded
 from stream_app.reviews import review_text
 from stream_app.settings import Settings
@@ -46,6 +47,20 @@ def _registry_copy(src: Path, dst: Path, versions: list[str], current: str) -> P
         (dst / v).symlink_to((src / v).resolve())
     (dst / "CURRENT").write_text(current)
     return dst
+
+
+def _applied_records(settings: Settings) -> list[EncodedReview]:
+    """Stage-1 output in topic order, without at-least-once re-sends (same source origin):
+    exactly what stage 2 applied."""
+    seen: set[tuple[str, int, int]] = set()
+    out: list[EncodedReview] = []
+    for _, value, _, _, _ in scan(settings, settings.encoded_reviews_topic):
+        record = load_encoded(value or b"")
+        origin = (record.origin.topic, record.origin.partition, record.origin.offset)
+        if origin not in seen:
+            seen.add(origin)
+            out.append(record)
+    return out
 
 
 def _inputs(settings: Settings) -> list[str]:
@@ -105,8 +120,7 @@ def test_review_text_becomes_interest_and_sentiment(
     # Sentiment: the text-only score of every review (stage-1 output) against its stars,
     # and the profile dimension (text blended with stars) per user against mean stars.
     text_s, stars = [], []
-    for _, value, _, _, _ in scan(settings, settings.encoded_reviews_topic):
-        record = load_encoded(value or b"")
+    for record in _applied_records(settings):
         if record.encoding is not None and record.review.rating is not None:
             text_s.append(record.encoding.text_sentiment)
             stars.append(record.review.rating)
@@ -164,7 +178,7 @@ def test_hot_swap_under_load(
 
     # 0 lost: every review applied once. No mixed versions: each profile's interest is of
     # the version of the user's latest encoded review, and each batch used one version.
-    records = [load_encoded(v or b"") for _, v, _, _, _ in scan(settings, settings.encoded_reviews_topic)]
+    records = _applied_records(settings)
     assert len(records) == len(events)
     used = {r.encoding.version for r in records if r.encoding is not None}
     assert used == {old, new}
