@@ -58,6 +58,8 @@ def _settings(bootstrap: str, tag: str, state: Path, **extra: Any) -> Settings:
         app_id=f"persona-{tag}",
         state_dir=state,
         web_port=free_port(),
+        # Behaviour updates only: no encoder loaded (its session alone is ~170 MB of RSS).
+        model_registry=state / "no-models",
         **extra,
     )
 
