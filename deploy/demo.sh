@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export PERSONA_BOOTSTRAP_SERVERS="${PERSONA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
-export PERSONA_STATE_DIR="${PERSONA_STATE_DIR:-var/demo/state}"
 export PERSONA_TOPIC_PREFIX="${PERSONA_TOPIC_PREFIX:-demo$(date +%s).}"
+# One state dir per run: RocksDB remembers changelog offsets of the run that wrote it.
+export PERSONA_STATE_DIR="${PERSONA_STATE_DIR:-var/demo/state/${PERSONA_TOPIC_PREFIX%.}}"
 export PERSONA_APP_ID="${PERSONA_APP_ID:-persona-${PERSONA_TOPIC_PREFIX%.}}"
 DATA="${PERSONA_DATA_DIR:-../shared/data}"
 port="${PERSONA_BOOTSTRAP_SERVERS##*:}"
@@ -40,6 +41,11 @@ fi
 echo "== 4. waiting for the worker to apply them"
 for _ in $(seq 1 240); do
   n=$(curl -sf "http://127.0.0.1:${PERSONA_WEB_PORT:-6066}/metrics" | awk '/^persona_events_total/ {s+=$2} END {print int(s)}') || n=0
+  if ! kill -0 "$worker_pid" 2>/dev/null; then
+    echo; echo "the worker stopped; last lines of var/demo/worker.log:" >&2
+    tail -n 20 var/demo/worker.log >&2
+    exit 1
+  fi
   printf '\r  %s / %s events' "${n:-0}" "$expected"
   [ "${n:-0}" -ge "$expected" ] && break
   sleep 1
