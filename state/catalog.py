@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from state.events import Item
+from state.events import Item, item_text
 
 
 class CatalogEntry(msgspec.Struct, frozen=True):
@@ -13,6 +13,8 @@ class CatalogEntry(msgspec.Struct, frozen=True):
     categories: tuple[str, ...]
     price: float | None
     ts: float
+    #: what the encoder sees of the item (``state.events.item_text``); "" = no vector
+    text: str = ""
 
 
 class Catalog:
@@ -52,6 +54,7 @@ class Catalog:
             categories=tuple(dict.fromkeys(item.categories)),
             price=item.price,
             ts=item.ts,
+            text=item_text(item.title, item.categories, item.text),
         )
         if old is not None:
             for c in old.categories:

@@ -8,6 +8,7 @@ Decoding never raises: it returns the event or a :class:`DeadLetter` describing 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Final, Literal, TypeAlias, Union
 
 import msgspec
@@ -57,6 +58,18 @@ def encoder_text(summary: str, text: str) -> str:
     """What the text encoder sees of a review: the title, then the body. Shared by the
     worker and the exporter (which trains the sentiment head on the same strings)."""
     return f"{summary}. {text}" if summary else text
+
+
+#: Item text kept for the encoder. The encoder truncates at its max length anyway (256
+#: tokens, roughly 1,300 characters of English), and every worker holds these in memory.
+ITEM_TEXT_CHARS = 2_000
+
+
+def item_text(title: str, categories: Sequence[str], text: str) -> str:
+    """What the text encoder sees of a catalog item: title, categories, then the
+    description ("" when the item has none of them, and then it gets no vector)."""
+    parts = [p.strip() for p in (title, ", ".join(categories), text)]
+    return ". ".join(p for p in parts if p)[:ITEM_TEXT_CHARS]
 
 
 class Follow(_Event, tag="follow", frozen=True):

@@ -1,9 +1,13 @@
 """Language-model dimensions of a profile: interest vector and sentiment.
 
-Interest is the decayed mean of the embeddings of what the user wrote (and, where item
-vectors exist, engaged with): a decayed weighted sum ``S`` and a decayed weight ``W``
-kept at a reference time, exactly like the category affinities, so the result does not
-depend on arrival order. The mean is ``S / W``.
+Interest is the decayed, weighted mean of the embeddings of what the user wrote (review
+text, weight 1) and of the items they engaged with (the item's text vector: purchase 1,
+click 0.5; see ``INTEREST_WEIGHTS``): a decayed weighted sum ``S`` and a decayed weight
+``W`` kept at a reference time, exactly like the category affinities, so the result does
+not depend on arrival order. The mean is ``S / W``. An engagement contributes only if its
+item has a vector of the worker's current encoder version when the engagement is applied
+(items are encoded within about a second of their catalog record; see
+``stream_app.item_vectors``).
 
 Every vector carries the encoder version that made it, and a profile holds vectors of
 one version only: a vector of another version *restarts* the interest under the new
@@ -18,6 +22,8 @@ one, and aggregated per category (and overall, under ``"*"``) with the same deca
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 import numpy as np
 import numpy.typing as npt
@@ -26,8 +32,29 @@ from state.decay import factor, weight_at
 
 Vector = npt.NDArray[np.float32]
 OVERALL = "*"
+#: Weight of one vector in the interest mean, by event kind (review = its own text).
+INTEREST_WEIGHTS: dict[str, float] = {"review": 1.0, "purchase": 1.0, "click": 0.5}
 #: Weight of the text-derived sentiment when a star rating is also present.
 TEXT_SHARE = 0.5
+
+
+class ItemVector(msgspec.Struct, frozen=True):
+    """An item's text embedding, as published on the item-vectors topic (MessagePack)."""
+
+    item_id: str
+    #: encoder version that made ``vector``
+    version: str
+    #: digest of the encoded text (``text_digest``): a changed catalog text is re-encoded
+    digest: str
+    #: float32 little-endian bytes, L2-normalised
+    vector: bytes
+
+    def array(self) -> Vector:
+        return np.frombuffer(self.vector, dtype="<f4")
+
+
+def text_digest(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
 class Interest(msgspec.Struct):

@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
-from state.interest import Interest, add_sentiment, add_vector, blend_sentiment
+from state.interest import INTEREST_WEIGHTS, Interest, ItemVector, add_sentiment, add_vector, blend_sentiment
 from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User
 
 #: Weight of one event in the category affinity, split evenly over the item's categories.
@@ -155,7 +155,7 @@ def _apply_language(
     text_sentiment = None
     if encoding is not None:
         vec = np.frombuffer(encoding.vector, dtype="<f4")
-        p.interest = add_vector(p.interest, vec, encoding.version, 1.0, event.ts, hl)
+        p.interest = add_vector(p.interest, vec, encoding.version, INTEREST_WEIGHTS["review"], event.ts, hl)
         text_sentiment = encoding.text_sentiment
     value = blend_sentiment(text_sentiment, event.rating)
     if value is not None:
@@ -171,11 +171,13 @@ def apply(
     params: Params = Params(),
     in_place: bool = False,
     encoding: Encoding | None = None,
+    item_vector: ItemVector | None = None,
 ) -> Profile | None:
     """The profile after ``event``, or ``None`` if the event was already applied.
 
     ``categories`` are the catalog categories of the event's item as known when it is
-    applied. Does not mutate ``profile`` unless ``in_place`` (for an owner that keeps
+    applied, ``encoding`` a review's text encoding, ``item_vector`` the text vector of a
+    click's or purchase's item (both optional: without them only behaviour changes). Does not mutate ``profile`` unless ``in_place`` (for an owner that keeps
     the only reference, such as the worker's profile cache: copying every dict on every
     event was a measurable share of the per-event cost).
     """
@@ -195,6 +197,12 @@ def apply(
     p.last_event_ts = max(p.last_event_ts, ts)
     if isinstance(event, (Click, Purchase, Review)):
         _add_affinity(p, categories, EVENT_WEIGHTS[kind], ts, params.half_life_s)
+    if item_vector is not None and isinstance(event, (Click, Purchase)):
+        if item_vector.item_id != event.item_id:
+            raise ValueError(f"vector of item {item_vector.item_id!r} applied to an event on {event.item_id!r}")
+        p.interest = add_vector(
+            p.interest, item_vector.array(), item_vector.version, INTEREST_WEIGHTS[kind], ts, params.half_life_s
+        )
     if isinstance(event, Purchase):
         if event.price is not None:
             p.purchase_value += event.price * event.quantity

@@ -1,18 +1,17 @@
-"""Every worker's own copy of the item catalog.
+"""Every worker's own copies of the compacted topics: the catalog and the item vectors.
 
 Why not a Faust GlobalTable: faust's global tables have a record of workers that stop
-reading standby partitions (faust#212, robinhood/faust#716, #541), and the catalog topic
-is already the compacted source of truth. So each worker tails all partitions of the
-items topic from the beginning with a group-less aiokafka consumer, and its agents wait
-until the replica has reached the end offsets seen at start before they apply events.
-Invalid catalog records are skipped here; the items agent (a group member) is the one
-that dead-letters them, once.
+reading standby partitions (faust#212, robinhood/faust#716, #541), and these topics are
+already compacted sources of truth. So each worker tails all partitions from the
+beginning with a group-less aiokafka consumer, and its agents wait until a replica has
+reached the end offsets seen at start before they apply events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -23,51 +22,96 @@ from stream_app import metrics
 log = logging.getLogger(__name__)
 
 
-class CatalogReplica:
-    def __init__(self, bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
-        self.catalog = Catalog()
+class TopicTail:
+    """Reads every partition of one topic from the beginning, forever.
+
+    ``ready`` is set once the end offsets seen at (re)start are reached; :meth:`rewind`
+    asks the loop to read the topic again from the beginning (and clears ``ready``).
+    """
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.ready = asyncio.Event()
         self._bootstrap = bootstrap
         self._topic = topic
         # From settings (checked against the broker by ensure_topics at start): a group-less
         # aiokafka consumer does not learn partitions of topics it is not subscribed to.
         self._partitions = partitions
-        self._max_bytes = max_bytes
+        self._rewind = True
+
+    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        raise NotImplementedError
+
+    def on_ready(self) -> None:
+        """Called once per catch-up."""
+
+    def on_rewind(self) -> None:
+        """Called before the topic is read again from the beginning."""
+
+    def rewind(self) -> None:
+        self._rewind = True
+        self.ready.clear()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False
-        )
+        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
             tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
             consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            pending = {tp for tp, off in end.items() if off > 0}
-            if not pending:
-                self._mark_ready()
+            pending: set[Any] = set()
+            end: dict[Any, int] = {}
             while True:
+                if self._rewind:
+                    self._rewind = False
+                    self.on_rewind()
+                    await consumer.seek_to_beginning(*tps)
+                    end = await consumer.end_offsets(tps)
+                    pending = {tp for tp, off in end.items() if off > 0}
+                    if not pending:
+                        self._mark_ready()
                 batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                if self._rewind:  # asked while we waited: this batch may predate the request
+                    continue
                 for tp, records in batch.items():
                     for rec in records:
-                        result = decode("item", rec.key, rec.value, max_bytes=self._max_bytes)
-                        if isinstance(result, Item):
-                            self.catalog.upsert(result)
-                        elif not isinstance(result, DeadLetter):  # pragma: no cover
-                            log.warning("unexpected catalog record type %s", type(result))
+                        self.apply(tp.partition, rec.key, rec.value)
                 if pending:
                     for tp in list(pending):
                         if await consumer.position(tp) >= end[tp]:
                             pending.discard(tp)
                     if not pending:
                         self._mark_ready()
-                metrics.CATALOG_ITEMS.set(len(self.catalog))
         finally:
             await consumer.stop()
 
     def _mark_ready(self) -> None:
         if not self.ready.is_set():
-            log.info("catalog replica ready: %d items", len(self.catalog))
-            metrics.CATALOG_READY.set(1)
+            self.on_ready()
             self.ready.set()
+
+
+class CatalogReplica(TopicTail):
+    """The item catalog. Invalid catalog records are skipped here; the items agent (a
+    group member) is the one that dead-letters them, once."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
+        super().__init__(bootstrap, topic, partitions)
+        self.catalog = Catalog()
+        #: item -> partition of the items topic (who encodes its text: that partition's owner)
+        self.partition_of: dict[str, int] = {}
+        #: items whose catalog entry changed since the item encoder last looked
+        self.changed: set[str] = set()
+        self._max_bytes = max_bytes
+
+    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        result = decode("item", key, value, max_bytes=self._max_bytes)
+        if isinstance(result, Item):
+            if self.catalog.upsert(result):
+                self.partition_of[result.item_id] = partition
+                self.changed.add(result.item_id)
+        elif not isinstance(result, DeadLetter):  # pragma: no cover
+            log.warning("unexpected catalog record type %s", type(result))
+        metrics.CATALOG_ITEMS.set(len(self.catalog))
+
+    def on_ready(self) -> None:
+        log.info("catalog replica ready: %d items", len(self.catalog))
+        metrics.CATALOG_READY.set(1)

@@ -252,6 +252,37 @@ def bench_encoder(
         json_out.write_text(json.dumps([{**row.__dict__, "ratio": row.ratio} for row in rows], indent=2))
 
 
+@bench_app.command("reviews")
+def bench_reviews(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
+    reviews: Annotated[int, typer.Option(help="Musical Instruments reviews per variant.")] = 2_000,
+    threads: Annotated[Optional[int], typer.Option(help="intra-op threads, worker and baseline (default: all cores).")] = None,
+    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+) -> None:
+    """Reviews/s through one worker's two-stage review pipeline vs the encoder alone."""
+    from rich.table import Table
+
+    from bench.reviews import run
+
+    settings = _settings()
+    rows = run(
+        bootstrap, settings.data_dir, _model_registry(registry), reviews=reviews, threads=threads, export_missing=export_missing
+    )
+    table = Table(title="persona bench reviews (reviews/s; ratio = pipeline / encoder alone)")
+    for col in ("variant", "reviews", "batch", "threads", "encoder alone", "pipeline", "ratio"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        table.add_row(
+            r["variant"], f"{r['reviews']:,}", str(r["batch"]), str(r["threads"]),
+            f"{r['encoder_alone_per_s']:,.1f}", f"{r['pipeline_per_s']:,.1f}", f"{r['ratio']:.3f}",
+        )
+    Console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+
+
 def _print_report(title: str, report: dict[str, object]) -> None:
     from rich.table import Table
 

@@ -165,3 +165,22 @@ def wait_drained(settings: Settings, topics: list[str], workers: list[WorkerProc
             return
         time.sleep(1.0)
     raise AssertionError(f"group still {lag} records behind after {timeout}s")
+
+
+def wait_group_stable(settings: Settings, members: int, timeout: float = 120.0) -> None:
+    """Wait until the worker group is Stable with ``members`` members (rebalance done)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_config())
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        try:
+            group = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=10)
+            seen = f"{group.state} with {len(group.members)} members"
+            if str(group.state).endswith("STABLE") and len(group.members) == members:
+                return
+        except Exception as exc:  # the coordinator may still be loading
+            seen = str(exc)
+        time.sleep(1.0)
+    raise AssertionError(f"group {settings.app_id} not stable with {members} members after {timeout}s: {seen}")

@@ -94,3 +94,21 @@ CATALOG_ITEMS = Gauge(
 CATALOG_READY = Gauge(
     "persona_catalog_ready", "1 once the catalog replica has caught up at start.", registry=REGISTRY
 )
+ITEM_VECTORS = Gauge(
+    "persona_item_vectors",
+    "Item text vectors of the current encoder version in this worker's replica.",
+    registry=REGISTRY,
+)
+ITEM_VECTORS_READY = Gauge(
+    "persona_item_vectors_ready", "1 once the item-vector replica has caught up.", registry=REGISTRY
+)
+ITEMS_ENCODED = Counter(
+    "persona_items_encoded",
+    "Item texts this worker encoded and published (once per item, text and encoder version).",
+    registry=REGISTRY,
+)
+ITEM_VECTOR_MISSES = Counter(
+    "persona_item_vector_misses",
+    "Clicks and purchases applied while their item had no vector of the current version.",
+    registry=REGISTRY,
+)

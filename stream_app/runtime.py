@@ -17,6 +17,7 @@ from state.profile import EVENT_WEIGHTS, Encoding, Origin, Params, Profile, appl
 from stream_app import dlq, metrics
 from stream_app.catalog_replica import CatalogReplica
 from stream_app.emitter import Coalescer, Trigger
+from stream_app.item_vectors import VectorReplica
 from stream_app.profile_store import ProfileStore
 from stream_app.settings import Settings
 
@@ -44,6 +45,8 @@ class Runtime:
             settings.item_partitions,
             settings.max_payload_bytes,
         )
+        self.vectors = VectorReplica(settings.bootstrap_servers, settings.item_vectors_topic, settings.item_partitions)
+        self.item_vectors_topic = raw_topic(app, settings.item_vectors_topic, settings.item_partitions)
         self.popularity = Popularity(settings.popularity_half_life_days)
         self.coalescer = Coalescer(settings.emit_interval_s)
         self.table = app.Table(
@@ -111,6 +114,12 @@ class Runtime:
         profile = self.profiles.get(key, partition) or new_profile(result.user_id)
         item_id = getattr(result, "item_id", None)
         categories = self.replica.catalog.categories(item_id) if item_id is not None else ()
+        item_vector = None
+        if item_id is not None and kind in ("click", "purchase") and self.vectors.wanted is not None:
+            item_vector = self.vectors.get(item_id)
+            entry = self.replica.catalog.get(item_id)
+            if item_vector is None and entry is not None and entry.text:
+                metrics.ITEM_VECTOR_MISSES.inc()
         updated = apply(
             profile,
             result,
@@ -119,6 +128,7 @@ class Runtime:
             params=self.params,
             in_place=True,
             encoding=encoding,
+            item_vector=item_vector,
         )
         if updated is None:
             self.profiles.touch(key)

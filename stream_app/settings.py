@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}reviews.encoded"
 
     @property
+    def item_vectors_topic(self) -> str:
+        """Internal, compacted: the latest text vector of every item (key = item id)."""
+        return f"{self.topic_prefix}items.vectors"
+
+    @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}recommendations"
 

@@ -26,6 +26,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         specs[dlq_topic(name)] = (parts, {})
     specs[settings.recommendations_topic] = (settings.partitions, {})
     specs[settings.encoded_reviews_topic] = (settings.partitions, {})
+    # Like the catalog: the latest vector per item is all anyone needs.
+    specs[settings.item_vectors_topic] = (settings.item_partitions, {"cleanup.policy": "compact"})
     return specs
 
 

@@ -27,6 +27,7 @@ from state.profile import Origin
 from stream_app import metrics
 from stream_app.runtime import Runtime, raw_topic
 from stream_app.settings import Settings
+from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
@@ -105,29 +106,54 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     runtime = Runtime(app, settings)
     cast(PersonaMonitor, app.monitor).runtime = runtime
 
-    for kind in EVENT_KINDS:
-        if kind != "review":
-            _add_agent(app, runtime, kind)
     holder = EncoderHolder(settings.model_registry, device=settings.model_device, threads=settings.model_threads)
     models_tried = asyncio.Event()
+    for kind in EVENT_KINDS:
+        if kind != "review":
+            _add_agent(app, runtime, kind, models_tried)
     _add_review_stages(app, runtime, holder, models_tried)
 
     @app.task  # type: ignore[untyped-decorator]
     async def load_models() -> None:
         try:
             await holder.refresh()
+            runtime.vectors.want(holder.version)
             if holder.encoder is None:
-                log.warning("no encoder in %s: reviews are applied without text vectors", settings.model_registry)
+                log.warning("no encoder in %s: reviews and items are applied without text vectors", settings.model_registry)
         finally:
             models_tried.set()
 
     @app.timer(settings.model_poll_s)  # type: ignore[untyped-decorator]
     async def watch_models() -> None:
-        await holder.refresh()
+        if models_tried.is_set() and await holder.refresh():
+            runtime.vectors.want(holder.version)
 
     @app.task  # type: ignore[untyped-decorator]
     async def catalog_replica() -> None:
         await runtime.replica.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def item_vector_replica() -> None:
+        await runtime.vectors.run()
+
+    items_topic = settings.topic("item")
+
+    async def send_vector(key: bytes, value: bytes, partition: int) -> None:
+        await runtime.item_vectors_topic.send(key=key, value=value, partition=partition)
+
+    item_encoder = ItemEncoder(
+        runtime.replica,
+        runtime.vectors,
+        holder,
+        lambda: owned_partitions(app.consumer.assignment(), items_topic),
+        send_vector,
+        batch=settings.review_batch,
+    )
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def encode_items() -> None:
+        await models_tried.wait()
+        await item_encoder.run()
 
     @app.timer(max(0.05, settings.emit_interval_s / 2))  # type: ignore[untyped-decorator]
     async def flush_due() -> None:
@@ -175,12 +201,16 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     return app, runtime
 
 
-def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind) -> None:
+def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind, models_tried: asyncio.Event) -> None:
     topic = raw_topic(app, runtime.settings.topic(kind), runtime.settings.partitions_for(kind))
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
-        # Events need the catalog (item categories); wait for the replica's catch-up.
+        # Events need the catalog (item categories), engagements the item vectors of the
+        # current encoder: wait for the replicas' catch-up.
         await runtime.replica.ready.wait()
+        if kind in ("click", "purchase"):
+            await models_tried.wait()
+            await runtime.vectors.ready.wait()
         guard = GapGuard()
         async for event in stream.events():
             if kind != "item":  # the catalog topic is compacted: gaps are normal there

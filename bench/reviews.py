@@ -1,0 +1,114 @@
+"""``persona bench reviews``: reviews/s through the two-stage pipeline of one worker, against
+the encoder alone on the same texts, measured in the same run with the same threads.
+
+* baseline: ``Encoder.encode`` on the same review texts in micro-batches of
+  ``PERSONA_REVIEW_BATCH``: what the encoder can do when it does nothing else;
+* pipeline: those reviews, already on the broker, through a real ``persona worker``:
+  decode, micro-batch, encode on a thread, send to ``reviews.encoded``, apply per event to
+  the RocksDB profile, score and emit. Timed from the first applied review to the last
+  (the worker's start and model load are outside the clock).
+
+The ratio pipeline/baseline is the share of the encoder's speed the streaming design keeps.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.encoder import ensure_versions
+from bench.stream import _settings, broker
+from encoders.runtime import available_threads, load_encoder
+from state.events import Event, Review
+from stream_app.harness import WorkerProcess, metric_sum
+from stream_app.producer import publish
+from stream_app.reviews import review_text
+from stream_app.settings import Settings
+from stream_app.sources import read_events
+from stream_app.topics import ensure_topics
+
+AMAZON = Path("amazon2014-musical-instruments-5core") / "reviews_Musical_Instruments_5.json.gz"
+
+
+def encoder_alone(version_dir: Path, texts: list[str], batch: int, threads: int) -> float:
+    """Texts/s of the encoder on ``texts`` in batches of ``batch`` (cache off, warmed up)."""
+    encoder = load_encoder(version_dir, device="cpu", threads=threads, cache_size=0, batch_size=batch)
+    encoder.encode(texts[: batch * 2])
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch):
+        encoder.encode(texts[start : start + batch])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def pipeline(settings: Settings, n: int, workdir: Path, timeout: float = 1800.0) -> float:
+    """Reviews/s through one worker, first applied review to the last."""
+    worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log")
+    topic = settings.topic("review")
+    try:
+        first_t, first_n = 0.0, 0.0
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not worker.alive:
+                raise RuntimeError(f"worker exited; see {worker.log_path}")
+            try:
+                m = worker.metrics()
+            except OSError:
+                time.sleep(0.2)
+                continue
+            done = metric_sum(m, "persona_events_total", topic=topic, outcome="applied")
+            if done > 0 and not first_t:
+                first_t, first_n = time.monotonic(), done
+            if done >= n:
+                return (done - first_n) / (time.monotonic() - first_t)
+            time.sleep(0.1)
+        raise RuntimeError("worker did not finish in time")
+    finally:
+        worker.stop()
+
+
+def run(
+    bootstrap: str | None,
+    data_dir: Path,
+    registry: Path,
+    *,
+    reviews: int = 2_000,
+    threads: int | None = None,
+    export_missing: bool = True,
+) -> list[dict[str, Any]]:
+    versions = ensure_versions(registry, export_missing)
+    chosen = [e for e in read_events("amazon", data_dir / AMAZON) if isinstance(e, Review)][:reviews]
+    events: list[Event] = list(chosen)
+    texts = [review_text(e) for e in chosen]
+    threads = threads or available_threads()
+    rows: list[dict[str, Any]] = []
+    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-reviews-") as tmp:
+        work = Path(tmp)
+        for variant, version_dir in versions.items():
+            # A registry of this one version, so the worker loads exactly what the baseline ran.
+            reg = work / f"registry-{variant}"
+            reg.mkdir()
+            (reg / version_dir.name).symlink_to(version_dir.resolve())
+            (reg / "CURRENT").write_text(version_dir.name)
+            tag = f"benchrev{variant}{int(time.time())}"
+            settings = _settings(bs, tag, work / f"state-{variant}").model_copy(
+                update={"model_registry": reg, "model_threads": threads, "model_device": "cpu"}
+            )
+            ensure_topics(settings)
+            publish(settings, events)
+            alone = encoder_alone(version_dir, texts, settings.review_batch, threads)
+            through = pipeline(settings, len(events), work)
+            rows.append(
+                {
+                    "variant": variant,
+                    "version": version_dir.name,
+                    "reviews": len(events),
+                    "batch": settings.review_batch,
+                    "threads": threads,
+                    "encoder_alone_per_s": alone,
+                    "pipeline_per_s": through,
+                    "ratio": through / alone,
+                }
+            )
+    return rows

@@ -1,0 +1,180 @@
+"""Item text vectors: encoded once per item, text and encoder version; read by every worker.
+
+Who encodes: the worker that owns the item's partition of the (group-consumed) items
+topic. Its :class:`ItemEncoder` looks at every catalog item whose entry changed, and at
+every item again when the encoder version or the partition assignment changes; an item
+whose text has no vector of the current version yet is encoded (micro-batched, on a
+worker thread) and published to ``<prefix>items.vectors``: compacted, keyed by item id,
+one :class:`~state.interest.ItemVector` per item. An item without text gets no vector.
+
+Who reads: every worker tails that topic (:class:`VectorReplica`) and keeps the vectors
+of its *current* encoder version only, so a click or purchase adds its item's vector to
+the interest under the same version the worker's reviews are encoded with; a new
+encoder version re-reads the topic while the owners re-encode the catalog. Keying by item
+(not by item and version) bounds the topic to one vector per item: workers briefly
+disagreeing on the version during a hot swap may re-encode an item twice, never mix
+versions in a profile (``state.interest`` restarts a profile's interest on a new version).
+
+Lost sends need no recovery: after a restart the replica shows what exists, and the
+owner encodes what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from state.interest import ItemVector, text_digest
+from stream_app import metrics
+from stream_app.catalog_replica import CatalogReplica, TopicTail
+from stream_app.reviews import EncoderHolder
+
+log = logging.getLogger("persona.items")
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(ItemVector)
+
+
+def dumps(vector: ItemVector) -> bytes:
+    return _enc.encode(vector)
+
+
+def loads(data: bytes) -> ItemVector:
+    return _dec.decode(data)
+
+
+class VectorReplica(TopicTail):
+    """The latest vector of every item, for one wanted encoder version."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(bootstrap, topic, partitions)
+        self.wanted: str | None = None
+        self._vectors: dict[str, ItemVector] = {}
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def get(self, item_id: str) -> ItemVector | None:
+        return self._vectors.get(item_id)
+
+    def want(self, version: str | None) -> None:
+        """Hold the vectors of ``version`` from now on (re-reads the topic if it changed)."""
+        if version != self.wanted:
+            self.wanted = version
+            self.rewind()
+
+    def on_rewind(self) -> None:
+        self._vectors.clear()
+        metrics.ITEM_VECTORS.set(0)
+        metrics.ITEM_VECTORS_READY.set(0)
+
+    def on_ready(self) -> None:
+        log.info("item-vector replica ready: %d vectors of %s", len(self._vectors), self.wanted)
+        metrics.ITEM_VECTORS_READY.set(1)
+
+    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+        if value is None or self.wanted is None:
+            return
+        try:
+            vector = loads(value)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # Only workers write this topic; a bad record is a bug, not input to dead-letter.
+            log.error("unreadable item vector at key %r: %s", key, exc)
+            return
+        if vector.version == self.wanted:
+            self._vectors[vector.item_id] = vector
+            metrics.ITEM_VECTORS.set(len(self._vectors))
+
+
+class ItemEncoder:
+    """Encodes the texts of the items this worker owns that lack a current vector."""
+
+    def __init__(
+        self,
+        catalog: CatalogReplica,
+        vectors: VectorReplica,
+        holder: EncoderHolder,
+        owned: Callable[[], set[int]],
+        send: Callable[[bytes, bytes, int], Any],
+        *,
+        batch: int,
+        idle_s: float = 0.5,
+    ) -> None:
+        self._catalog = catalog
+        self._vectors = vectors
+        self._holder = holder
+        self._owned = owned
+        self._send = send
+        self._batch = batch
+        self._idle_s = idle_s
+        self._todo: set[str] = set()
+        self._version: str | None = None
+        self._partitions: set[int] = set()
+        #: item -> (version, digest) sent but maybe not read back yet
+        self._sent: dict[str, tuple[str, str]] = {}
+
+    def due(self, version: str, owned: set[int]) -> list[tuple[str, str]]:
+        """Up to one batch of ``(item_id, text)`` to encode now."""
+        if version != self._version or owned != self._partitions:
+            self._version, self._partitions = version, owned
+            self._todo = set(self._catalog.catalog.ids())
+            self._catalog.changed.clear()
+        elif self._catalog.changed:
+            self._todo |= self._catalog.changed
+            self._catalog.changed.clear()
+        out: list[tuple[str, str]] = []
+        while self._todo and len(out) < self._batch:
+            item_id = self._todo.pop()
+            if self._catalog.partition_of.get(item_id) not in owned:
+                continue
+            entry = self._catalog.catalog.get(item_id)
+            if entry is None or not entry.text:
+                continue
+            digest = text_digest(entry.text)
+            have = self._vectors.get(item_id)
+            if have is not None and have.version == version and have.digest == digest:
+                continue
+            if self._sent.get(item_id) == (version, digest):
+                continue
+            out.append((item_id, entry.text))
+        return out
+
+    async def step(self) -> int:
+        """Encode and publish one batch; the number of vectors sent."""
+        encoder = self._holder.encoder
+        # Only with a caught-up view of what exists, or a restart would re-encode everything.
+        if encoder is None or not self._catalog.ready.is_set() or not self._vectors.ready.is_set():
+            return 0
+        version = str(encoder.info.version)
+        if self._vectors.wanted != version:
+            return 0  # the replica is switching to this version: wait until it has
+        work = self.due(version, self._owned())
+        if not work:
+            return 0
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        encodings = await loop.run_in_executor(None, self._holder.encode, encoder, [t for _, t in work])
+        metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
+        for (item_id, text), encoding in zip(work, encodings):
+            digest = text_digest(text)
+            vector = ItemVector(item_id=item_id, version=version, digest=digest, vector=encoding.vector)
+            # Same partition as the item's catalog record: one owner for both.
+            await self._send(item_id.encode(), dumps(vector), self._catalog.partition_of[item_id])
+            self._sent[item_id] = (version, digest)
+        metrics.ITEMS_ENCODED.inc(len(work))
+        return len(work)
+
+    async def run(self) -> None:
+        while True:
+            if not await self.step():
+                await asyncio.sleep(self._idle_s)
+
+
+def owned_partitions(assignment: Iterable[Any], topic: str) -> set[int]:
+    """Partitions of ``topic`` among a consumer's assigned topic-partitions."""
+    return {tp.partition for tp in assignment if tp.topic == topic}
