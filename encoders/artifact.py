@@ -17,6 +17,8 @@ import msgspec
 from state.errors import ModelError
 
 MODEL_FILE = "model.onnx"
+#: fp32 artifacts also carry an fp16 conversion of the same graph, run on CUDA when allowed.
+GPU_MODEL_FILE = "model.fp16.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 HEAD_FILE = "head.json"
 GOLDEN_FILE = "golden.npy"
@@ -70,6 +72,10 @@ class Manifest(msgspec.Struct, frozen=True):
     #: Which graph produced golden.npy (an fp16 graph may not run on the exporting CPU).
     golden_from: str = ""
     export_seconds: float = 0.0
+    #: An fp16 graph of the same weights for the CUDA provider ("" = none; hashed like the rest).
+    gpu_model: str = ""
+    #: Parity of ``gpu_model`` against torch (measured on CPU, on a subset of the texts).
+    gpu_parity: Parity | None = None
 
 
 class Head(msgspec.Struct, frozen=True):
@@ -102,7 +108,7 @@ def read_manifest(version_dir: Path) -> Manifest:
 
 def verify(version_dir: Path, manifest: Manifest) -> None:
     """Every hashed file exists and matches the manifest; raise ModelError otherwise."""
-    for name in HASHED_FILES:
+    for name in (*HASHED_FILES, *([manifest.gpu_model] if manifest.gpu_model else [])):
         expected = manifest.sha256.get(name)
         if expected is None:
             raise ModelError(f"encoder artifact {version_dir}: manifest has no sha256 for {name}")

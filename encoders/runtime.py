@@ -55,9 +55,11 @@ class EncoderInfo:
     variant: str
     #: The provider the session really runs on (``session.get_providers()[0]``).
     provider: str
-    #: sha256 of model.onnx.
+    #: sha256 of the graph file in use.
     sha256: str
     max_length: int
+    #: The graph file in use: model.onnx, or the fp16 graph on CUDA.
+    graph: str = MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class Encoder:
         golden: F32,
         cache_size: int,
         batch_size: int,
+        graph: str = MODEL_FILE,
     ) -> None:
         self.session = session
         self.provider = provider
@@ -154,8 +157,9 @@ class Encoder:
             dim=manifest.dim,
             variant=manifest.variant,
             provider=provider,
-            sha256=manifest.sha256.get(MODEL_FILE, ""),
+            sha256=manifest.sha256.get(graph, ""),
             max_length=manifest.max_length,
+            graph=graph,
         )
         self._tokenizer = tokenizer
         self._inputs = [i.name for i in session.get_inputs()]
@@ -269,6 +273,15 @@ class Encoder:
         return {name: every[name] for name in self._inputs}
 
 
+def pick_graph(manifest: Manifest, device: Device, fp16: bool, cuda_usable: bool) -> str:
+    """The graph file to run: the artifact's fp16 graph when CUDA is usable, wanted
+    (``device`` auto or cuda) and allowed (``fp16``), else the artifact's own graph. fp16 is
+    for CUDA only: on CPU it is slower than fp32 and some kernels are missing."""
+    if fp16 and manifest.gpu_model and cuda_usable and device in ("auto", "cuda"):
+        return manifest.gpu_model
+    return MODEL_FILE
+
+
 def load_encoder(
     version_dir: Path | str,
     *,
@@ -276,6 +289,7 @@ def load_encoder(
     threads: int | None = None,
     cache_size: int = 10_000,
     batch_size: int = 64,
+    fp16: bool = True,
 ) -> Encoder:
     """Verify (sha256 of every file against the manifest) and load one version directory."""
     root = Path(version_dir)
@@ -286,7 +300,7 @@ def load_encoder(
     except Exception as exc:  # numpy raises assorted types for a bad file
         raise ModelError(f"encoder artifact {root}: cannot read {GOLDEN_FILE}: {exc}") from exc
     return open_encoder(
-        root, manifest, golden, device=device, threads=threads, cache_size=cache_size, batch_size=batch_size
+        root, manifest, golden, device=device, threads=threads, cache_size=cache_size, batch_size=batch_size, fp16=fp16
     )
 
 
@@ -300,6 +314,7 @@ def open_encoder(
     threads: int | None = None,
     cache_size: int = 10_000,
     batch_size: int = 64,
+    fp16: bool = True,
 ) -> Encoder:
     """An Encoder over already-verified files (the exporter uses it on a draft artifact,
     before head.json exists: hence the optional ``head``)."""
@@ -313,17 +328,24 @@ def open_encoder(
     # Padding is ours (per sorted batch); truncation must equal what the export measured.
     tokenizer.no_padding()
     tokenizer.enable_truncation(manifest.max_length)
-    session, provider = open_session(root / MODEL_FILE, device, threads, auto_cuda=manifest.variant != "int8")
+    cuda_usable = CUDA in ort.get_available_providers() and not (_cuda_failed and device == "auto")
+    graph = pick_graph(manifest, device, fp16, cuda_usable)
+    session, provider = open_session(root / graph, device, threads, auto_cuda=manifest.variant != "int8")
+    if graph != MODEL_FILE and provider != CUDA:
+        # CUDA did not start after all: never run the fp16 graph on CPU.
+        graph = MODEL_FILE
+        session, provider = open_session(root / graph, device, threads, auto_cuda=False)
     if manifest.variant == "fp16" and provider != CUDA:
         log.warning("fp16 encoder %s runs on %s: fp16 graphs are meant for CUDA and are slow here", manifest.version, provider)
     names = {i.name for i in session.get_inputs()}
     if not names <= _KNOWN_INPUTS or "input_ids" not in names or "attention_mask" not in names:
         raise ModelError(f"encoder artifact {root}: unexpected graph inputs {sorted(names)}")
     log.info(
-        "encoder %s (%s, dim %d) on %s%s",
+        "encoder %s (%s, dim %d, %s) on %s%s",
         manifest.version,
         manifest.variant,
         manifest.dim,
+        graph,
         provider,
         f" with {session_options(threads).intra_op_num_threads} intra-op threads" if provider == CPU else "",
     )
@@ -336,4 +358,5 @@ def open_encoder(
         golden=golden,
         cache_size=cache_size,
         batch_size=batch_size,
+        graph=graph,
     )

@@ -26,6 +26,7 @@ import numpy as np
 from encoders.artifact import (
     GOLDEN_FILE,
     GOLDEN_SENTENCES,
+    GPU_MODEL_FILE,
     HASHED_FILES,
     HEAD_FILE,
     MANIFEST_FILE,
@@ -47,6 +48,8 @@ log = logging.getLogger("persona.export")
 
 #: Parity floors (min cosine over the parity texts). fp16 is only measured where it runs.
 MIN_COS: dict[str, float] = {"fp32": 0.9999, "int8": 0.98, "fp16": 0.999}
+#: fp16 runs slowly on CPU: the fp32 artifact's extra GPU graph is checked on this many texts.
+GPU_PARITY_TEXTS = 100
 DEFAULT_MAX_LENGTH = 256
 _FP32_DRAFT = "model.fp32.onnx"
 # Heads are a pure function of (model, max_length, pairs); exporting fp32 and int8 in one
@@ -64,8 +67,13 @@ def export_encoder(
     max_length: int = DEFAULT_MAX_LENGTH,
     publish: bool = True,
     threads: int | None = None,
+    gpu_graph: bool = True,
 ) -> Path:
     """Export, check and (by default) publish; returns the new version directory.
+
+    An fp32 export also carries an fp16 conversion of its graph (``gpu_graph``), which
+    workers run instead on CUDA unless ``PERSONA_MODEL_FP16=false``: one artifact serves CPU
+    and GPU workers under one CURRENT.
 
     ``train_pairs`` are (review text, stars) for the sentiment head; None reads the
     training split of the Musical Instruments reviews (see :mod:`export.reviews`).
@@ -115,10 +123,15 @@ def export_encoder(
         ref_parity = reference.embed(model, tokenizer, parity_texts, max_length)
         parity, golden, golden_from = _measure(staging, draft, fp32_path, parity_texts, ref_parity, threads)
         np.save(staging / GOLDEN_FILE, golden, allow_pickle=False)
+        gpu_parity = None
+        if variant == "fp32" and gpu_graph:
+            graph.convert_fp16(fp32_path, staging / GPU_MODEL_FILE)
+            gpu_parity = _gpu_parity(staging, draft, parity_texts[:GPU_PARITY_TEXTS], ref_parity[:GPU_PARITY_TEXTS], threads)
         if fp32_path.name != MODEL_FILE:
             fp32_path.unlink()
 
-        sha = {name: sha256_file(staging / name) for name in HASHED_FILES}
+        hashed = [*HASHED_FILES, *([GPU_MODEL_FILE] if gpu_parity is not None else [])]
+        sha = {name: sha256_file(staging / name) for name in hashed}
         now = dt.datetime.now(dt.timezone.utc)
         version = f"{_slug(source, src)}-{variant}-{now:%Y%m%d%H%M%S}-{sha[MODEL_FILE][:8]}"
         manifest = msgspec.structs.replace(
@@ -129,6 +142,8 @@ def export_encoder(
             created_at=now.isoformat(timespec="seconds"),
             golden_from=golden_from,
             export_seconds=round(time.perf_counter() - started, 2),
+            gpu_model=GPU_MODEL_FILE if gpu_parity is not None else "",
+            gpu_parity=gpu_parity,
         )
         (staging / MANIFEST_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(manifest), indent=2))
         if golden_from == variant:
@@ -186,6 +201,23 @@ def _measure(
             f"(mean {cos.mean():.6f}, n={len(texts)}; worst text: {texts[worst][:80]!r})"
         )
     return parity, encoder.encode(list(GOLDEN_SENTENCES)), golden_from
+
+
+def _gpu_parity(staging: Path, draft: Manifest, texts: list[str], reference_vectors: F32, threads: int | None) -> Parity:
+    """The fp16 graph against torch, run on CPU (slowly) through the runtime's encode path."""
+    fp16_dir = staging / ".fp16"
+    fp16_dir.mkdir()
+    try:
+        for name in (TOKENIZER_FILE, HEAD_FILE):
+            shutil.copyfile(staging / name, fp16_dir / name)
+        (fp16_dir / MODEL_FILE).symlink_to((staging / GPU_MODEL_FILE).resolve())
+        encoder = _draft_encoder(fp16_dir, msgspec.structs.replace(draft, variant="fp16"), threads)
+        cos = cosine_rows(encoder.encode(texts), reference_vectors)
+    finally:
+        shutil.rmtree(fp16_dir, ignore_errors=True)
+    if not float(cos.min()) >= MIN_COS["fp16"]:
+        raise ModelError(f"fp16 graph parity failed: min cosine {cos.min():.6f} < {MIN_COS['fp16']} (n={len(texts)})")
+    return Parity(n=len(texts), min_cos=float(cos.min()), mean_cos=float(cos.mean()), checked=True)
 
 
 def _draft_encoder(root: Path, draft: Manifest, threads: int | None, head: Head | None = None) -> Encoder:

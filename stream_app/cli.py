@@ -197,6 +197,7 @@ def model_export(
     registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
     texts: Annotated[int, typer.Option(help="Parity texts (every 17th review).")] = 600,
     publish: Annotated[bool, typer.Option(help="Point CURRENT at the new version.")] = True,
+    gpu_graph: Annotated[bool, typer.Option(help="fp32: also carry an fp16 graph for CUDA workers.")] = True,
 ) -> None:
     """Export the encoder to ONNX, check parity against torch, fit the sentiment head, publish."""
     import logging
@@ -222,7 +223,7 @@ def model_export(
     root = _model_registry(registry)
     for v in variant:
         started = time.perf_counter()
-        path = export_encoder(source, v, root, parity_texts=parity, train_pairs=pairs, publish=publish)  # type: ignore[arg-type]
+        path = export_encoder(source, v, root, parity_texts=parity, train_pairs=pairs, publish=publish, gpu_graph=gpu_graph)  # type: ignore[arg-type]
         p = read_manifest(path).parity
         figures = (
             f"min cos {p.min_cos:.8f} (1-min {1 - p.min_cos:.1e}), mean cos {p.mean_cos:.8f} "
@@ -231,6 +232,9 @@ def model_export(
             else p.note
         )
         console.print(f"{v}: parity {figures}; exported in {time.perf_counter() - started:.1f} s")
+        g = read_manifest(path).gpu_parity
+        if g is not None and g.min_cos is not None:
+            console.print(f"{v}: fp16 graph for CUDA, parity min cos {g.min_cos:.6f} over {g.n} texts (run on CPU)")
         print(path)
 
 

@@ -66,10 +66,11 @@ class EncoderHolder:
     up before it replaces the old one; a broken artifact is refused and the old one kept.
     """
 
-    def __init__(self, registry: Path, *, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, registry: Path, *, device: str = "auto", threads: int | None = None, fp16: bool = True) -> None:
         self.registry_path = registry
         self.device = device
         self.threads = threads
+        self.fp16 = fp16
         self.encoder: Any | None = None
         self._failed: str | None = None
 
@@ -80,7 +81,7 @@ class EncoderHolder:
     def _load(self, version_dir: Path) -> Any:
         from encoders import load_encoder
 
-        encoder = load_encoder(version_dir, device=self.device, threads=self.threads)  # type: ignore[arg-type]
+        encoder = load_encoder(version_dir, device=self.device, threads=self.threads, fp16=self.fp16)  # type: ignore[arg-type]
         encoder.golden_check()
         encoder.encode(["warm-up", "a slightly longer warm-up sentence for the session"])
         return encoder
@@ -106,7 +107,7 @@ class EncoderHolder:
         if old is not None:
             metrics.MODEL_INFO.remove("encoder", old)
         metrics.MODEL_INFO.labels("encoder", current.name).set(1)
-        log.warning("encoder %s -> %s (provider %s)", old, current.name, encoder.provider)
+        log.warning("encoder %s -> %s (%s on %s)", old, current.name, encoder.info.graph, encoder.provider)
         return True
 
     def encode(self, encoder: Any, texts: list[str]) -> list[Encoding]:

@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     model_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where encoders run: CUDA when available (auto), or forced."
     )
+    model_fp16: bool = Field(
+        True, description="On CUDA, run the artifact's fp16 graph when it carries one (fp32 exports do)."
+    )
     model_threads: int | None = Field(None, ge=1, description="CPU inference threads (default: ONNX Runtime's).")
     model_poll_s: float = Field(10.0, gt=0, description="How often workers look for a new CURRENT encoder.")
     review_batch: int = Field(64, ge=1, description="Most reviews encoded in one micro-batch.")

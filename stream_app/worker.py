@@ -106,7 +106,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     runtime = Runtime(app, settings)
     cast(PersonaMonitor, app.monitor).runtime = runtime
 
-    holder = EncoderHolder(settings.model_registry, device=settings.model_device, threads=settings.model_threads)
+    holder = EncoderHolder(
+        settings.model_registry, device=settings.model_device, threads=settings.model_threads, fp16=settings.model_fp16
+    )
     models_tried = asyncio.Event()
     for kind in EVENT_KINDS:
         if kind != "review":

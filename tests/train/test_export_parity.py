@@ -130,9 +130,11 @@ def test_artifacts_and_registry(exported: dict[str, Any]) -> None:
         assert (manifest.dim, manifest.max_length, manifest.pooling, manifest.normalize) == (384, 256, "mean", True)
         assert manifest.opset >= 17
         assert manifest.inputs == ["input_ids", "attention_mask", "token_type_ids"]
-        assert sorted(p.name for p in path.iterdir()) == [
-            "golden.npy", "head.json", "manifest.json", "model.onnx", "tokenizer.json"
-        ]
+        extra = ["model.fp16.onnx"] if variant == "fp32" else []  # the CUDA graph rides along
+        assert sorted(p.name for p in path.iterdir()) == sorted(
+            ["golden.npy", "head.json", "manifest.json", "model.onnx", "tokenizer.json", *extra]
+        )
+        assert manifest.gpu_model == (extra[0] if extra else "")
         assert load_encoder(path, device="cpu").golden_check() >= 0.999
     assert registry.versions() == sorted(p.name for p in (exported["fp32"], exported["int8"]))
 
@@ -168,3 +170,33 @@ def test_parity_failure_leaves_registry_untouched(
         )
     assert sorted(p.name for p in registry.iterdir()) == before
     assert Registry(registry).current_name() == current
+
+
+def test_fp32_artifact_carries_an_fp16_graph_for_cuda(exported: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    """The fp16 graph, run directly with onnxruntime (CPU) and pooled here, against torch."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    path: Path = exported["fp32"]
+    manifest = read_manifest(path)
+    texts = exported["parity"][:100]
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.enable_truncation(256)
+    tok.enable_padding(pad_id=manifest.pad_id)
+    enc = tok.encode_batch(texts)
+    feeds = {
+        "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+        "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+        "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
+    }
+    session = ort.InferenceSession(str(path / manifest.gpu_model), providers=["CPUExecutionProvider"])
+    hidden = session.run(None, feeds)[0].astype(np.float64)
+    mask = feeds["attention_mask"][..., None].astype(np.float64)
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    got = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    ref = reference_embeddings(texts).astype(np.float64)
+    cos = (got * ref).sum(1) / np.linalg.norm(ref, axis=1)
+    with capsys.disabled():
+        print(f"\nfp16 graph of {path.name}: min cos {cos.min():.6f}, mean {cos.mean():.6f} over {len(texts)} texts (CPU)")
+    assert cos.min() >= 0.999
+    assert manifest.gpu_parity is not None and manifest.gpu_parity.min_cos == pytest.approx(cos.min(), abs=1e-3)

@@ -22,7 +22,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 import encoders.runtime as runtime
 from encoders import Encoder, EncoderInfo, Registry, load_encoder
-from encoders.artifact import GOLDEN_SENTENCES, HASHED_FILES, Head, Manifest, Parity, Variant, sha256_file
+from encoders.artifact import GOLDEN_SENTENCES, GPU_MODEL_FILE, HASHED_FILES, Head, Manifest, Parity, Variant, sha256_file
 from encoders.pooling import cosine_rows, mean_pool_normalize
 from state.errors import ModelError
 
@@ -326,3 +326,84 @@ def test_protobuf_writer_matches_onnx_when_available() -> None:
     model = onnx.load_from_string(onnx_embedding_model(_table(), True))
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def _with_gpu_graph(root: Path) -> Path:
+    """The tiny artifact plus a distinguishable "fp16" graph (a negated table)."""
+    build_artifact(root)
+    (root / GPU_MODEL_FILE).write_bytes(onnx_embedding_model(-_table(), True))
+    manifest = msgspec.json.decode((root / "manifest.json").read_bytes(), type=Manifest)
+    sha = dict(manifest.sha256, **{GPU_MODEL_FILE: sha256_file(root / GPU_MODEL_FILE)})
+    manifest = msgspec.structs.replace(manifest, sha256=sha, gpu_model=GPU_MODEL_FILE)
+    (root / "manifest.json").write_bytes(msgspec.json.encode(manifest))
+    return root
+
+
+def _fake_working_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session that reports CUDA as its provider (it computes on CPU underneath)."""
+    real = ort.InferenceSession
+
+    class Session:
+        def __init__(self, path: str, sess_options: Any = None, providers: list[str] | None = None) -> None:
+            self._inner = real(path, sess_options=sess_options, providers=[runtime.CPU])
+            self._providers = list(providers or [runtime.CPU])
+
+        def get_providers(self) -> list[str]:
+            return self._providers
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
+    monkeypatch.setattr(ort, "InferenceSession", Session)
+    monkeypatch.setattr(runtime, "_cuda_failed", False)
+
+
+def test_fp16_graph_runs_only_on_cuda_and_only_when_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _with_gpu_graph(tmp_path / "g")
+    texts = ["great", "the pedal broke"]
+    on_cpu = load_encoder(root, device="cpu")
+    assert on_cpu.info.graph == "model.onnx"
+    np.testing.assert_allclose(on_cpu.encode(texts), expected(texts), atol=1e-6)
+    _fake_working_cuda(monkeypatch)
+    on_gpu = load_encoder(root, device="auto")
+    assert (on_gpu.provider, on_gpu.info.graph) == (runtime.CUDA, GPU_MODEL_FILE)
+    assert on_gpu.info.sha256 == sha256_file(root / GPU_MODEL_FILE)
+    np.testing.assert_allclose(on_gpu.encode(texts), -expected(texts), atol=1e-6)  # the other graph ran
+    not_allowed = load_encoder(root, device="auto", fp16=False)
+    assert (not_allowed.provider, not_allowed.info.graph) == (runtime.CUDA, "model.onnx")
+
+
+def test_fp16_graph_never_runs_on_a_silent_cpu_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _with_gpu_graph(tmp_path / "g")
+    _fake_cuda_fallback(monkeypatch)
+    enc = load_encoder(root, device="auto")
+    assert (enc.provider, enc.info.graph) == (runtime.CPU, "model.onnx")
+    np.testing.assert_allclose(enc.encode(["great"]), expected(["great"]), atol=1e-6)
+
+
+def test_pick_graph_table() -> None:
+    m = msgspec.structs.replace(_manifest_stub(), gpu_model=GPU_MODEL_FILE)
+    assert runtime.pick_graph(m, "auto", True, True) == GPU_MODEL_FILE
+    assert runtime.pick_graph(m, "cuda", True, True) == GPU_MODEL_FILE
+    assert runtime.pick_graph(m, "cpu", True, True) == "model.onnx"
+    assert runtime.pick_graph(m, "auto", False, True) == "model.onnx"
+    assert runtime.pick_graph(m, "auto", True, False) == "model.onnx"
+    assert runtime.pick_graph(msgspec.structs.replace(m, gpu_model=""), "auto", True, True) == "model.onnx"
+
+
+def _manifest_stub() -> Manifest:
+    return Manifest(
+        version="v", variant="fp32", sha256={}, opset=17, dim=DIM, max_length=MAX_LENGTH, pooling="mean",
+        normalize=True, source="tests", parity=Parity(n=0, min_cos=None, mean_cos=None, checked=False),
+        created_at="", inputs=["input_ids", "attention_mask"], pad_id=PAD, golden_sentences=[],
+    )
+
+
+def test_tampered_gpu_graph_is_refused(tmp_path: Path) -> None:
+    root = _with_gpu_graph(tmp_path / "g")
+    data = bytearray((root / GPU_MODEL_FILE).read_bytes())
+    data[-1] ^= 0x01
+    (root / GPU_MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=f"{GPU_MODEL_FILE} sha256"):
+        load_encoder(root, device="cpu")
