@@ -12,6 +12,9 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+
 import msgspec
 
 from state.errors import ModelError
@@ -79,13 +82,38 @@ class Manifest(msgspec.Struct, frozen=True):
 
 
 class Head(msgspec.Struct, frozen=True):
-    """Linear sentiment head over normalized embeddings: stars ~ w.e + b."""
+    """Sentiment head over normalized embeddings, predicting star ratings.
+
+    ``linear``: stars = w.e + b. ``softmax``: multinomial logistic regression over the star
+    classes ``classes``; ``w`` is the [dim, len(classes)] weight matrix, row-major, ``bias``
+    the class biases, and the prediction is the expected star rating.
+    """
 
     w: list[float]
     b: float
     mean_rating: float
     train_n: int
     l2: float = 0.0
+    kind: Literal["linear", "softmax"] = "linear"
+    classes: list[float] = []
+    bias: list[float] = []
+
+    def predict_stars(self, vectors: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Predicted stars for [n, dim] vectors."""
+        x = np.asarray(vectors, dtype=np.float64)
+        if self.kind == "linear":
+            linear: npt.NDArray[np.float64] = x @ np.asarray(self.w, dtype=np.float64) + self.b
+            return linear
+        k = len(self.classes)
+        z = x @ np.asarray(self.w, dtype=np.float64).reshape(-1, k) + np.asarray(self.bias, dtype=np.float64)
+        z -= z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(axis=1, keepdims=True)
+        expected: npt.NDArray[np.float64] = p @ np.asarray(self.classes, dtype=np.float64)
+        return expected
+
+    def weights_per_dim(self) -> int:
+        return len(self.classes) if self.kind == "softmax" else 1
 
 
 def sha256_file(path: Path) -> str:

@@ -164,8 +164,7 @@ class Encoder:
         self._tokenizer = tokenizer
         self._inputs = [i.name for i in session.get_inputs()]
         self._output = session.get_outputs()[0].name
-        self._w = np.asarray(head.w, dtype=np.float32)
-        self._b = np.float32(head.b)
+        self._head = head
         self._golden = golden
         self._cache: OrderedDict[str, F32] = OrderedDict()
         self._cache_size = cache_size
@@ -232,7 +231,7 @@ class Encoder:
 
     def sentiment(self, vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         """Sentiment in [-1, 1] from the head: 1 star -> -1, 3 stars -> 0, 5 stars -> +1."""
-        stars = np.asarray(vectors, dtype=np.float32) @ self._w + self._b
+        stars = self._head.predict_stars(vectors)
         out: npt.NDArray[np.float32] = np.clip((stars - 3.0) / 2.0, -1.0, 1.0).astype(np.float32)
         return out
 
@@ -319,8 +318,8 @@ def open_encoder(
     """An Encoder over already-verified files (the exporter uses it on a draft artifact,
     before head.json exists: hence the optional ``head``)."""
     head = head or read_head(root)
-    if len(head.w) != manifest.dim:
-        raise ModelError(f"encoder artifact {root}: head has {len(head.w)} weights, dim is {manifest.dim}")
+    if len(head.w) != manifest.dim * head.weights_per_dim() or len(head.bias) != (len(head.classes) if head.kind == "softmax" else 0):
+        raise ModelError(f"encoder artifact {root}: {head.kind} head has {len(head.w)} weights, dim is {manifest.dim}")
     try:
         tokenizer = Tokenizer.from_file(str(root / TOKENIZER_FILE))
     except Exception as exc:  # tokenizers raises plain Exception for a bad file

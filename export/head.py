@@ -1,10 +1,17 @@
-"""The sentiment head: ridge regression from normalized embeddings to star ratings.
+"""The sentiment head: multinomial logistic regression from embeddings to star classes.
 
-Closed form on centred data (the intercept is not penalised). The penalty is picked by
-Spearman correlation (what consumers rely on: ranking users' reviews by sentiment) on a
-fixed tenth of the training pairs, then the head is refitted on all of them, so the export
-stays deterministic and never touches the holdout. Least squares fits the 5-star majority
-(~68% of Musical Instruments reviews); MSE-chosen penalties come out larger and rank worse.
+The worker scores a review by its expected stars under the softmax, mapped to [-1, 1]. We
+tried, on the Musical Instruments holdout (2,052 reviews, never used for fitting; Spearman
+with stars): ridge regression 0.452 (our first head), class-balanced ridge 0.417, ordinal
+logit 0.475, MLPs 0.465-0.468, ensembles 0.478, extra Amazon 2018 training data 0.472, and
+this head 0.476; about 0.48 looks like the ceiling of any head on these frozen vectors.
+
+Inputs are standardised per dimension with the spread floored at 1e-3: all-MiniLM-L6-v2 has
+output dimensions that are nearly constant (~1e-33 .. 1e-8), and standardising them without a
+floor turns float noise, which differs between fp32, int8 and CUDA, into large features. The
+standardisation is folded into the stored weights. The L2 penalty (50 on standardised inputs,
+intercepts unpenalised) was chosen by 4-fold cross-validation inside the training lines.
+Newton's method in float64 from zero: deterministic, no seeds.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ import numpy.typing as npt
 
 from encoders.artifact import Head
 
-L2_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+L2 = 50.0
+SD_FLOOR = 1e-3
+CLASSES: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 
 def ranks(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -34,26 +43,75 @@ def spearman(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
-def _solve(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float) -> tuple[npt.NDArray[np.float64], float]:
-    x_mean = x.mean(axis=0)
-    y_mean = float(y.mean())
-    xc = x - x_mean
-    gram = xc.T @ xc + l2 * np.eye(x.shape[1])
-    w: npt.NDArray[np.float64] = np.linalg.solve(gram, xc.T @ (y - y_mean))
-    return w, y_mean - float(x_mean @ w)
+def _softmax(z: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    out: npt.NDArray[np.float64] = p / p.sum(axis=1, keepdims=True)
+    return out
 
 
-def fit(vectors: npt.NDArray[np.floating], ratings: npt.NDArray[np.floating]) -> Head:
+def _newton(
+    z: npt.NDArray[np.float64], labels: npt.NDArray[np.int64], l2: float, k: int, max_iter: int = 100
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """argmin sum_i -log softmax(z_i W + b)[y_i] + l2/2 |W|^2, by Newton with backtracking."""
+    n, d = z.shape
+    za = np.hstack([z, np.ones((n, 1))])  # the last row of theta is the intercept
+    da = d + 1
+    y = np.zeros((n, k))
+    y[np.arange(n), labels] = 1.0
+    pen = np.full(da, l2)
+    pen[-1] = 1e-6  # intercepts: only enough to pin the softmax's free shift
+    theta = np.zeros((da, k))
+
+    def objective(t: npt.NDArray[np.float64]) -> float:
+        s = za @ t
+        m = s.max(axis=1, keepdims=True)
+        lse = m[:, 0] + np.log(np.exp(s - m).sum(axis=1))
+        return float((lse - (s * y).sum(axis=1)).sum() + 0.5 * (pen[:, None] * t * t).sum())
+
+    f = objective(theta)
+    for _ in range(max_iter):
+        p = _softmax(za @ theta)
+        grad = za.T @ (p - y) + pen[:, None] * theta
+        hess = np.empty((da, k, da, k))
+        for a in range(k):
+            for c in range(a, k):
+                block = (za * (p[:, a] * ((a == c) - p[:, c]))[:, None]).T @ za
+                hess[:, a, :, c] = block
+                hess[:, c, :, a] = block.T
+            hess[np.arange(da), a, np.arange(da), a] += pen
+        step = np.linalg.solve(hess.reshape(da * k, da * k), grad.reshape(-1)).reshape(da, k)
+        t = 1.0
+        while True:
+            candidate = theta - t * step
+            f_new = objective(candidate)
+            if f_new <= f - 1e-4 * t * float((grad * step).sum()) or t < 1e-8:
+                break
+            t *= 0.5
+        theta, f_old, f = candidate, f, f_new
+        if np.abs(grad).max() < 1e-8 * max(1.0, n) or abs(f_old - f) <= 1e-12 * max(1.0, abs(f)):
+            break
+    return theta[:-1], theta[-1]
+
+
+def fit(vectors: npt.NDArray[np.floating], ratings: npt.NDArray[np.floating], l2: float = L2) -> Head:
     x = np.asarray(vectors, dtype=np.float64)
     y = np.asarray(ratings, dtype=np.float64)
-    if x.ndim != 2 or len(x) != len(y) or len(y) < 20:
-        raise ValueError(f"ridge head needs >= 20 (vector, rating) pairs, got {x.shape} / {y.shape}")
-    val = np.arange(len(y)) % 10 == 0
-    best_l2, best_rho = L2_GRID[0], -np.inf
-    for l2 in L2_GRID:
-        w, b = _solve(x[~val], y[~val], l2)
-        rho = spearman(x[val] @ w + b, y[val])
-        if rho > best_rho:
-            best_l2, best_rho = l2, rho
-    w, b = _solve(x, y, best_l2)
-    return Head(w=[float(v) for v in w], b=float(b), mean_rating=float(y.mean()), train_n=len(y), l2=best_l2)
+    labels = np.rint(y).astype(np.int64) - 1
+    if x.ndim != 2 or len(x) != len(y) or len(y) < 20 or labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise ValueError(f"sentiment head needs >= 20 (vector, 1..5 stars) pairs, got {x.shape} / {y.shape}")
+    mu = x.mean(axis=0)
+    sd = np.maximum(x.std(axis=0), SD_FLOOR)
+    wz, bz = _newton((x - mu) / sd, labels, l2, len(CLASSES))
+    w = wz / sd[:, None]
+    b = bz - mu @ w
+    return Head(
+        w=[float(v) for v in w.reshape(-1)],
+        b=0.0,
+        mean_rating=float(y.mean()),
+        train_n=len(y),
+        l2=l2,
+        kind="softmax",
+        classes=list(CLASSES),
+        bias=[float(v) for v in b],
+    )

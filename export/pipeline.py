@@ -41,7 +41,7 @@ from encoders.artifact import (
 from encoders.pooling import F32, cosine_rows
 from encoders.registry import Registry
 from encoders.runtime import Encoder, load_encoder, open_encoder
-from export import graph, head as ridge, reference, reviews
+from export import graph, head as sentiment_head, reference, reviews
 from state.errors import ModelError
 
 log = logging.getLogger("persona.export")
@@ -247,7 +247,7 @@ def _head(
     pairs: list[tuple[str, float]],
     threads: int | None,
 ) -> Head:
-    """Ridge head on fp32 embeddings. They come from the fp32 ONNX graph, which matches
+    """Sentiment head on fp32 embeddings. They come from the fp32 ONNX graph, which matches
     torch to ~1e-12 in cosine and runs ~1.7x faster on CPU than torch eager."""
     digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
     key = (str(src.resolve()), draft.max_length, digest)
@@ -255,7 +255,7 @@ def _head(
         started = time.perf_counter()
         vectors = _fp32_encode(staging, draft, fp32_path, [t for t, _ in pairs], threads)
         log.info("embedded %d head training texts in %.1f s", len(pairs), time.perf_counter() - started)
-        _heads[key] = ridge.fit(vectors, np.array([r for _, r in pairs], dtype=np.float64))
+        _heads[key] = sentiment_head.fit(vectors, np.array([r for _, r in pairs], dtype=np.float64))
     return _heads[key]
 
 

@@ -22,6 +22,7 @@ from stream_app.reviews import EncodedReview
 from stream_app.reviews import loads as load_encoded
 from stream_app.reviews import review_text
 from stream_app.settings import Settings
+from export.reviews import HOLDOUT_EVERY
 from stream_app.sources import read_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -119,22 +120,30 @@ def test_review_text_becomes_interest_and_sentiment(
 
     # Sentiment: the text-only score of every review (stage-1 output) against its stars,
     # and the profile dimension (text blended with stars) per user against mean stars.
-    text_s, stars = [], []
+    text_s, stars, held_s, held_stars = [], [], [], []
     for record in _applied_records(settings):
         if record.encoding is not None and record.review.rating is not None:
             text_s.append(record.encoding.text_sentiment)
             stars.append(record.review.rating)
+            # The exporter's holdout (0-based file line % 5 == 0; the id ends with the 1-based
+            # line): reviews the sentiment head never saw.
+            if (int(record.review.event_id.rsplit("-", 1)[1]) - 1) % HOLDOUT_EVERY == 0:
+                held_s.append(record.encoding.text_sentiment)
+                held_stars.append(record.review.rating)
     assert len(text_s) == sum(len(v) for v in by_user.values())
+    assert 0.19 * len(text_s) < len(held_s) < 0.21 * len(text_s)
     rho_text = _spearman(text_s, stars)
+    rho_held = _spearman(held_s, held_stars)
     users = sorted(by_user)
     user_sent = [profiles[u].sentiment["*"][0] / profiles[u].sentiment["*"][1] for u in users]
     user_stars = [float(np.mean([r.rating or 0 for r in by_user[u]])) for u in users]
     rho_profile = _spearman(user_sent, user_stars)
     print(f"\ninterest worst cosine {worst:.6f} over {len(sample)} users; Spearman text-only per review "
-          f"{rho_text:.3f} (n={len(text_s)}), profile sentiment per user {rho_profile:.3f} (n={len(users)})")
-    # The text-only head is weak on this skewed data (about 0.35-0.4 on the exporter's
-    # holdout); the floor guards against a broken head. The profile dimension blends stars.
-    assert rho_text >= 0.3
+          f"{rho_text:.3f} (n={len(text_s)}; head's holdout only: {rho_held:.3f}, n={len(held_s)}), "
+          f"profile sentiment per user {rho_profile:.3f} (n={len(users)})")
+    # Text alone tops out near 0.48 on the holdout with any head on these frozen vectors
+    # (export/head.py); the floors guard against a broken head. The profile blends stars.
+    assert rho_text >= 0.4 and rho_held >= 0.4
     assert rho_profile >= 0.5
 
 

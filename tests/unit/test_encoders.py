@@ -407,3 +407,33 @@ def test_tampered_gpu_graph_is_refused(tmp_path: Path) -> None:
     (root / GPU_MODEL_FILE).write_bytes(bytes(data))
     with pytest.raises(ModelError, match=f"{GPU_MODEL_FILE} sha256"):
         load_encoder(root, device="cpu")
+
+
+def test_softmax_head_predicts_expected_stars() -> None:
+    w = np.arange(DIM * 5, dtype=np.float64).reshape(DIM, 5) / 100.0
+    bias = np.array([0.5, -0.2, 0.0, 0.1, 0.3])
+    head = Head(w=list(w.reshape(-1)), b=0.0, mean_rating=4.0, train_n=10, kind="softmax",
+                classes=[1.0, 2.0, 3.0, 4.0, 5.0], bias=list(bias))
+    x = np.random.default_rng(0).normal(size=(4, DIM))
+    logits = x @ w + bias
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(head.predict_stars(x), p @ np.arange(1.0, 6.0), rtol=1e-12)
+
+
+def test_exported_head_recovers_a_planted_star_direction() -> None:
+    from export.head import fit, spearman
+
+    rng = np.random.default_rng(1)
+    stars = rng.integers(1, 6, size=600).astype(np.float64)
+    direction = rng.normal(size=DIM)
+    direction /= np.linalg.norm(direction)
+    x = rng.normal(size=(600, DIM)) * 0.05 + np.outer((stars - 3) * 0.05, direction)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    head = fit(x[:400], stars[:400])
+    assert head.kind == "softmax" and len(head.w) == DIM * 5 and len(head.bias) == 5
+    pred = head.predict_stars(x[400:])
+    assert pred.min() >= 1.0 and pred.max() <= 5.0
+    assert spearman(pred, stars[400:]) > 0.8
+    # Deterministic: a second fit gives the same weights bit for bit.
+    assert fit(x[:400], stars[:400]).w == head.w
