@@ -60,12 +60,14 @@ class VectorReplica(TopicTail):
         return len(self._vectors)
 
     def get(self, item_id: str) -> ItemVector | None:
-        return self._vectors.get(item_id)
+        vector = self._vectors.get(item_id)
+        return vector if vector is not None and vector.version == self.wanted else None
 
     def want(self, version: str | None) -> None:
         """Hold the vectors of ``version`` from now on (re-reads the topic if it changed)."""
         if version != self.wanted:
             self.wanted = version
+            self.on_rewind()  # now, not when the read loop wakes: no old vector is served after this
             self.rewind()
 
     def on_rewind(self) -> None:
