@@ -27,6 +27,18 @@ def _time_to_first_event(worker: WorkerProcess, timeout: float = 120.0) -> float
     return time.monotonic() - started
 
 
+def _wait_mid_stream(settings: Settings, producer: threading.Thread, timeout: float = 60.0) -> None:
+    """Until the group is behind the input topics: a kill then lands mid-stream. (Right after
+    the broker starts, the replay's idempotent producer can wait seconds for its producer id.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if group_lag(settings, input_topics(settings)) > 0:
+            return
+        assert producer.is_alive(), "the replay ended before the kill: kill would not be mid-stream"
+        time.sleep(0.2)
+    raise AssertionError(f"kill would not be mid-stream: no lag within {timeout}s")
+
+
 def test_kill_minus_9_during_movielens_replay_loses_and_doubles_nothing(
     topic_factory: Callable[..., Settings],
     worker_factory: Callable[..., WorkerProcess],
@@ -46,7 +58,7 @@ def test_kill_minus_9_during_movielens_replay_loses_and_doubles_nothing(
     for _ in range(KILLS):
         time.sleep(rng.uniform(3.0, 8.0))
         duplicates += metric_sum(worker.metrics(), "persona_events_total", outcome="duplicate")
-        assert group_lag(settings, input_topics(settings)) > 0, "kill would not be mid-stream"
+        _wait_mid_stream(settings, producer)
         worker.kill()
         worker = worker_factory(settings)  # same state dir: restores from RocksDB + changelog
         restore_s.append(_time_to_first_event(worker))
