@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.encoder import ensure_versions
-from bench.stream import _settings, broker
+from bench.stream import _settings, broker, drain_rate
 from encoders.runtime import available_threads, load_encoder
 from state.events import Event, Review
-from stream_app.harness import WorkerProcess, metric_sum
+from stream_app.harness import WorkerProcess
 from stream_app.producer import publish
 from stream_app.reviews import review_text
 from stream_app.settings import Settings
@@ -45,25 +45,8 @@ def encoder_alone(version_dir: Path, texts: list[str], batch: int, threads: int)
 def pipeline(settings: Settings, n: int, workdir: Path, timeout: float = 1800.0) -> float:
     """Reviews/s through one worker, first applied review to the last."""
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log")
-    topic = settings.topic("review")
     try:
-        first_t, first_n = 0.0, 0.0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not worker.alive:
-                raise RuntimeError(f"worker exited; see {worker.log_path}")
-            try:
-                m = worker.metrics()
-            except OSError:
-                time.sleep(0.2)
-                continue
-            done = metric_sum(m, "persona_events_total", topic=topic, outcome="applied")
-            if done > 0 and not first_t:
-                first_t, first_n = time.monotonic(), done
-            if done >= n:
-                return (done - first_n) / (time.monotonic() - first_t)
-            time.sleep(0.1)
-        raise RuntimeError("worker did not finish in time")
+        return drain_rate(worker, n, timeout, topic=settings.topic("review"), outcome="applied")
     finally:
         worker.stop()
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer
 
@@ -28,6 +28,9 @@ from state.events import Event, Item, Purchase, User
 from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
+
+if TYPE_CHECKING:
+    from stream_app.harness import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -153,31 +156,39 @@ def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> float:
+    """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n``, timed from
+    the first scrape that shows any (start-up and model loading stay outside the clock)."""
+    from stream_app.harness import metric_sum
+
+    first_t, first_n = 0.0, 0.0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not worker.alive:
+            raise RuntimeError(f"worker exited; see {worker.log_path}")
+        try:
+            m = worker.metrics()
+        except OSError:
+            time.sleep(0.2)
+            continue
+        done = metric_sum(m, "persona_events_total", **labels)
+        if done > 0 and not first_t:
+            first_t, first_n = time.monotonic(), done
+        if done >= n:
+            return (done - first_n) / (time.monotonic() - first_t)
+        time.sleep(0.1)
+    raise RuntimeError("worker did not finish in time")
+
+
 def persona_worker(settings: Settings, n: int, workdir: Path) -> tuple[float, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes."""
-    from stream_app.harness import WorkerProcess, metric_sum
+    from stream_app.harness import WorkerProcess
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log")
     try:
-        first = 0.0
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if not worker.alive:
-                raise RuntimeError(f"worker exited; see {worker.log_path}")
-            try:
-                m = worker.metrics()
-            except OSError:
-                time.sleep(0.2)
-                continue
-            done = metric_sum(m, "persona_events_total", topic=settings.topic("purchase"))
-            if done > 0 and not first:
-                first = time.monotonic()
-            if done >= n:
-                rate = n / (time.monotonic() - first)
-                time.sleep(2.0)  # let the last commit and compaction settle
-                return rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir)
-            time.sleep(0.1)
-        raise RuntimeError("worker did not finish in time")
+        rate = drain_rate(worker, n, topic=settings.topic("purchase"))
+        time.sleep(2.0)  # let the last commit and compaction settle
+        return rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir)
     finally:
         worker.stop()
 
