@@ -12,6 +12,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PURCHASE_WEIGHT = 3.0
 
@@ -55,3 +56,16 @@ def movielens_truth(folder: Path, half_life_days: float) -> dict[str, Expected]:
 
 def user_ids(folder: Path) -> list[str]:
     return [line.split("|")[0] for line in (folder / "u.user").read_text().splitlines() if line.strip()]
+
+
+def decayed_mean(parts: list[tuple[float, Any]], half_life_s: float, weights: list[float] | None = None) -> Any:
+    """The interest a profile should hold: the mean of ``(event time, vector)`` pairs, each
+    weighted (default 1) and halved per half-life of age at the newest event."""
+    import numpy as np
+
+    ref = max(ts for ts, _ in parts)
+    w = np.array([math.exp(-math.log(2) * (ref - ts) / half_life_s) for ts, _ in parts])
+    if weights is not None:
+        w = w * np.asarray(weights, dtype=np.float64)
+    vecs = np.stack([np.asarray(v, dtype=np.float64) for _, v in parts])
+    return (vecs * w[:, None]).sum(axis=0) / w.sum()

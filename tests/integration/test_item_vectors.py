@@ -3,7 +3,6 @@ the item's partition, read by every worker, and joined with review text in the i
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from stream_app.settings import Settings
 from stream_app.sources import read_events
 
 from tests.integration.test_reviews_encoder import _registry_copy
+from tests.truth import decayed_mean
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,16 +124,14 @@ def test_item_vectors_once_per_item_read_by_every_worker_and_in_interest(
         if isinstance(e, Purchase) and e.item_id in with_text:
             contributions[e.user_id].append((e.ts, item_vec[e.item_id]))
     hl = settings.half_life_days * 86_400
-    worst, n_items = 1.0, 0
+    worst = 1.0
     for user, parts in contributions.items():
-        ref = max(ts for ts, _ in parts)
-        w = np.array([math.exp(-math.log(2) * (ref - ts) / hl) for ts, _ in parts])
-        want = (np.stack([v.astype(np.float64) for _, v in parts]) * w[:, None]).sum(0) / w.sum()
+        want = decayed_mean(parts, hl)
         interest = profiles[user].interest
         assert interest is not None and interest.version == fp32
         got = interest.mean().astype(np.float64)
         worst = min(worst, float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))))
-        n_items += sum(1 for e in parts) - sum(1 for r in reviews if r.user_id == user)
+    n_items = sum(len(parts) for parts in contributions.values()) - len(reviews)
     print(f"\nitem vectors: {len(with_text)} items encoded once (per worker: {encoded}), again once after the "
           f"swap; interest worst cosine {worst:.6f} over {len(contributions)} users ({n_items} purchased-item "
           f"vectors + {len(reviews)} review texts); {len(after)} post-swap buyers moved to {int8} (worst cosine {worst_after:.4f} vs int8 alone)")

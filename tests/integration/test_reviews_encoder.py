@@ -3,7 +3,6 @@ and encoder hot-swap under load."""
 
 from __future__ import annotations
 
-import math
 import shutil
 import threading
 import time
@@ -24,6 +23,7 @@ from stream_app.reviews import review_text
 from stream_app.settings import Settings
 from export.reviews import HOLDOUT_EVERY
 from stream_app.sources import read_events
+from tests.truth import decayed_mean
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -69,11 +69,8 @@ def _inputs(settings: Settings) -> list[str]:
 
 
 def _expected_interest(encoder: object, reviews: list[Review], half_life_s: float) -> np.ndarray:
-    texts = [review_text(r) for r in reviews]
-    vecs = np.asarray(encoder.encode(texts), dtype=np.float64)  # type: ignore[attr-defined]
-    ref = max(r.ts for r in reviews)
-    w = np.array([math.exp(-math.log(2) * (ref - r.ts) / half_life_s) for r in reviews])
-    out: np.ndarray = (vecs * w[:, None]).sum(axis=0) / w.sum()
+    vecs = encoder.encode([review_text(r) for r in reviews])  # type: ignore[attr-defined]
+    out: np.ndarray = decayed_mean([(r.ts, v) for r, v in zip(reviews, vecs)], half_life_s)
     return out
 
 
