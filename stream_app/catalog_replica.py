@@ -44,6 +44,9 @@ class TopicTail:
     def on_ready(self) -> None:
         """Called once per catch-up."""
 
+    def after_batch(self) -> None:
+        """Called after each fetched batch has been applied (gauges: not per record)."""
+
     def on_rewind(self) -> None:
         """Called before the topic is read again from the beginning."""
 
@@ -74,6 +77,8 @@ class TopicTail:
                 for tp, records in batch.items():
                     for rec in records:
                         self.apply(tp.partition, rec.key, rec.value)
+                if batch:
+                    self.after_batch()
                 if pending:
                     for tp in list(pending):
                         if await consumer.position(tp) >= end[tp]:
@@ -110,6 +115,8 @@ class CatalogReplica(TopicTail):
                 self.changed.add(result.item_id)
         elif not isinstance(result, DeadLetter):  # pragma: no cover
             log.warning("unexpected catalog record type %s", type(result))
+
+    def after_batch(self) -> None:
         metrics.CATALOG_ITEMS.set(len(self.catalog))
 
     def on_ready(self) -> None:

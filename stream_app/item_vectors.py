@@ -90,7 +90,9 @@ class VectorReplica(TopicTail):
             return
         if vector.version == self.wanted:
             self._vectors[vector.item_id] = vector
-            metrics.ITEM_VECTORS.set(len(self._vectors))
+
+    def after_batch(self) -> None:
+        metrics.ITEM_VECTORS.set(len(self._vectors))
 
 
 class ItemEncoder:

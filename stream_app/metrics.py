@@ -84,7 +84,7 @@ MODEL_RELOAD_FAILURES = Counter(
 )
 ENCODE_SECONDS = Histogram(
     "persona_encode_batch_seconds",
-    "Time to encode one micro-batch of review texts.",
+    "Time to encode one micro-batch of texts (reviews or catalog items).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
     registry=REGISTRY,
 )
