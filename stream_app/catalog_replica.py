@@ -17,7 +17,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from state.catalog import Catalog
 from state.events import DeadLetter, Item, decode
-from stream_app import metrics
+from stream_app import kafka_clients, metrics
+from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +30,9 @@ class TopicTail:
     asks the loop to read the topic again from the beginning (and clears ``ready``).
     """
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
         self.ready = asyncio.Event()
-        self._bootstrap = bootstrap
+        self._settings = settings
         self._topic = topic
         # From settings (checked against the broker by ensure_topics at start): a group-less
         # aiokafka consumer does not learn partitions of topics it is not subscribed to.
@@ -55,7 +56,7 @@ class TopicTail:
         self.ready.clear()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**kafka_clients.aiokafka(self._settings), group_id=None, enable_auto_commit=False)
         await consumer.start()
         try:
             tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
@@ -98,8 +99,8 @@ class CatalogReplica(TopicTail):
     """The item catalog. Invalid catalog records are skipped here; the items agent (a
     group member) is the one that dead-letters them, once."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int, max_bytes: int) -> None:
-        super().__init__(bootstrap, topic, partitions)
+    def __init__(self, settings: Settings, topic: str, partitions: int, max_bytes: int) -> None:
+        super().__init__(settings, topic, partitions)
         self.catalog = Catalog()
         #: item -> partition of the items topic (who encodes its text: that partition's owner)
         self.partition_of: dict[str, int] = {}

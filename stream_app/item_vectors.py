@@ -33,6 +33,7 @@ from state.interest import ItemVector, text_digest
 from stream_app import metrics
 from stream_app.catalog_replica import CatalogReplica, TopicTail
 from stream_app.reviews import EncoderHolder
+from stream_app.settings import Settings
 
 log = logging.getLogger("persona.items")
 
@@ -51,8 +52,8 @@ def loads(data: bytes) -> ItemVector:
 class VectorReplica(TopicTail):
     """The latest vector of every item, for one wanted encoder version."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
-        super().__init__(bootstrap, topic, partitions)
+    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
+        super().__init__(settings, topic, partitions)
         self.wanted: str | None = None
         self._vectors: dict[str, ItemVector] = {}
 

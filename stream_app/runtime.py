@@ -40,12 +40,12 @@ class Runtime:
         self.settings = settings
         self.params = Params(half_life_days=settings.half_life_days, dedupe_window=settings.dedupe_window)
         self.replica = CatalogReplica(
-            settings.bootstrap_servers,
+            settings,
             settings.topic("item"),
             settings.item_partitions,
             settings.max_payload_bytes,
         )
-        self.vectors = VectorReplica(settings.bootstrap_servers, settings.item_vectors_topic, settings.item_partitions)
+        self.vectors = VectorReplica(settings, settings.item_vectors_topic, settings.item_partitions)
         self.item_vectors_topic = raw_topic(app, settings.item_vectors_topic, settings.item_partitions)
         self.popularity = Popularity(settings.popularity_half_life_days)
         self.coalescer = Coalescer(settings.emit_interval_s)

@@ -20,6 +20,10 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
+#: The defaults of ``PERSONA_DATA_DIR`` and ``PERSONA_MODEL_REGISTRY``, written once: other
+#: code reads ``Settings().data_dir`` / ``.model_registry`` (or these) instead of its own copy.
+DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data"
+DEFAULT_MODEL_REGISTRY = _REPO_ROOT / "models" / "encoder"
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,21 @@ class Settings(BaseSettings):
     sasl_mechanism: SaslMechanism = Field("PLAIN", description="SASL mechanism when SASL is used.")
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (never printed).")
+    ssl_cafile: Path | None = Field(
+        None,
+        description="CA certificate file (PEM) that signed the brokers' certificates, with SSL or "
+        "SASL_SSL (default: the system's CAs).",
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate file (PEM) for mutual TLS; needs `PERSONA_SSL_KEYFILE`."
+    )
+    ssl_keyfile: Path | None = Field(None, description="Private key file (PEM) of the client certificate.")
+    ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted `PERSONA_SSL_KEYFILE` (never printed)."
+    )
+    ssl_check_hostname: bool = Field(
+        True, description="With SSL or SASL_SSL, check that the broker's certificate names the broker's host."
+    )
     app_id: str = Field("persona", description="Faust app id: consumer group and changelog prefix.")
     topic_prefix: str = Field("persona.", description="Prefix of every topic Persona names.")
     partitions: int = Field(
@@ -84,7 +103,7 @@ class Settings(BaseSettings):
     )
     # --- encoders ----------------------------------------------------------------------
     model_registry: Path = Field(
-        _REPO_ROOT / "models" / "encoder",
+        DEFAULT_MODEL_REGISTRY,
         description="Encoder registry folder (versions + CURRENT); reviews get no text "
         "vectors while it has no CURRENT.",
     )
@@ -100,15 +119,51 @@ class Settings(BaseSettings):
     review_wait_s: float = Field(0.05, gt=0, description="Longest wait to fill a micro-batch (s).")
     # --- data --------------------------------------------------------------------------
     data_dir: Path = Field(
-        _REPO_ROOT.parent / "shared" / "data",
+        DEFAULT_DATA_DIR,
         description="Folder of the public datasets the demo and tests replay.",
     )
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.security_protocol.startswith("SASL") and not self.sasl_username:
-            raise ConfigError("PERSONA_SASL_USERNAME is required with a SASL security protocol")
+        problems = self.security_problems()
+        if problems:
+            raise ConfigError("; ".join(problems))
         return self
+
+    def security_problems(self) -> list[str]:
+        """What makes the Kafka security settings inconsistent, without touching files.
+
+        The start-time check (``stream_app.kafka_clients.validate``) repeats these (a
+        ``model_copy`` skips validators) and adds what needs the files or the clients: a
+        SASL password, existing and loadable certificate files.
+        """
+        problems: list[str] = []
+        protocol = self.security_protocol
+        if protocol.startswith("SASL"):
+            if not self.sasl_username:
+                problems.append("PERSONA_SASL_USERNAME is required with a SASL security protocol")
+        else:
+            stray = [n for n in ("sasl_username", "sasl_password") if getattr(self, n) is not None]
+            if stray:
+                problems.append(
+                    f"{_env(stray)} set but PERSONA_SECURITY_PROTOCOL={protocol} does not use SASL "
+                    "(use SASL_PLAINTEXT or SASL_SSL, or unset them)"
+                )
+        ssl_fields = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password")
+        if protocol not in ("SSL", "SASL_SSL"):
+            stray = [n for n in ssl_fields if getattr(self, n) is not None]
+            if stray:
+                problems.append(
+                    f"{_env(stray)} set but PERSONA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                    "(use SSL or SASL_SSL, or unset them)"
+                )
+        if self.ssl_certfile is not None and self.ssl_keyfile is None:
+            problems.append("PERSONA_SSL_CERTFILE (client certificate) needs PERSONA_SSL_KEYFILE (its private key)")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            problems.append("PERSONA_SSL_KEYFILE needs PERSONA_SSL_CERTFILE (the client certificate it belongs to)")
+        if self.ssl_key_password is not None and self.ssl_keyfile is None:
+            problems.append("PERSONA_SSL_KEY_PASSWORD is set but PERSONA_SSL_KEYFILE is not")
+        return problems
 
     # --- derived -----------------------------------------------------------------------
     def topic(self, kind: EventKind) -> str:
@@ -133,18 +188,10 @@ class Settings(BaseSettings):
         return self.item_partitions if kind == "item" else self.partitions
 
     def kafka_config(self) -> dict[str, Any]:
-        """librdkafka (confluent-kafka) client settings, credentials included."""
-        conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
-            "security.protocol": self.security_protocol,
-        }
-        if self.security_protocol.startswith("SASL"):
-            conf["sasl.mechanism"] = self.sasl_mechanism
-            conf["sasl.username"] = self.sasl_username
-            conf["sasl.password"] = (
-                self.sasl_password.get_secret_value() if self.sasl_password else ""
-            )
-        return conf
+        """librdkafka (confluent-kafka) client settings: ``kafka_clients.librdkafka(self)``."""
+        from stream_app import kafka_clients
+
+        return kafka_clients.librdkafka(self)
 
     def masked(self) -> dict[str, Any]:
         """The effective settings, safe to print: secrets show as ``**********``."""
@@ -157,6 +204,11 @@ class Settings(BaseSettings):
                 value = str(value)
             out[name] = value
         return out
+
+
+def _env(names: list[str]) -> str:
+    """``PERSONA_A, PERSONA_B is/are`` for messages."""
+    return ", ".join(f"PERSONA_{n.upper()}" for n in names) + (" is" if len(names) == 1 else " are")
 
 
 def markdown_table() -> str:

@@ -16,6 +16,7 @@ from state.interest import ItemVector, text_digest
 from stream_app.catalog_replica import CatalogReplica
 from stream_app.item_vectors import ItemEncoder, VectorReplica, dumps, loads
 from stream_app.reviews import EncoderHolder
+from stream_app.settings import Settings
 
 
 class CountingEncoder:
@@ -37,8 +38,8 @@ class CountingEncoder:
 
 class Setup:
     def __init__(self, owned: set[int], version: str = "v1") -> None:
-        self.catalog = CatalogReplica("unused:9092", "items", 2, 65_536)
-        self.vectors = VectorReplica("unused:9092", "items.vectors", 2)
+        self.catalog = CatalogReplica(Settings(bootstrap_servers="unused:9092"), "items", 2, 65_536)
+        self.vectors = VectorReplica(Settings(bootstrap_servers="unused:9092"), "items.vectors", 2)
         self.holder = EncoderHolder(registry=Path("/nonexistent"))
         self.holder.encoder = CountingEncoder(version)
         self.vectors.want(version)
@@ -112,7 +113,7 @@ def test_a_new_partition_or_encoder_version_brings_a_full_pass() -> None:
 
 
 def test_the_replica_keeps_only_the_wanted_version() -> None:
-    r = VectorReplica("unused:9092", "items.vectors", 1)
+    r = VectorReplica(Settings(bootstrap_servers="unused:9092"), "items.vectors", 1)
     r.want("v2")
     old = ItemVector(item_id="a", version="v1", digest="x", vector=b"\x00" * 16)
     new = ItemVector(item_id="b", version="v2", digest="y", vector=b"\x00" * 16)

@@ -1,0 +1,211 @@
+"""The configuration of every Kafka client Persona runs, from one :class:`Settings`.
+
+Three client stacks talk to the brokers: librdkafka (confluent-kafka: the producer, the
+admin client, ``inspect``), aiokafka (the catalog and vector replicas) and Faust (its own
+aiokafka consumers and producer, configured through ``broker_credentials``). Each one
+spells security differently; this module is the only place that translates, so a
+``SASL_SSL`` cluster gets TLS *and* SASL from all of them, with the same CA, client
+certificate, mechanism and user.
+
+:func:`validate` refuses, at start and with a :class:`~state.errors.ConfigError`, the
+settings no client can serve. The builders refuse them too, so no client is ever started
+with half of its security settings.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from state.errors import ConfigError
+
+if TYPE_CHECKING:
+    from faust.types.auth import CredentialsT
+
+    from stream_app.settings import Settings
+
+#: Security protocols every client (librdkafka, aiokafka, Faust) serves.
+PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+#: SASL mechanisms served with a user name and password by librdkafka, aiokafka and
+#: ``faust.SASLCredentials`` alike (GSSAPI and OAUTHBEARER need other credentials).
+MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+_TLS: Final = ("SSL", "SASL_SSL")
+_FILES: Final = ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+
+
+def uses_tls(settings: Settings) -> bool:
+    return settings.security_protocol in _TLS
+
+
+def uses_sasl(settings: Settings) -> bool:
+    return settings.security_protocol.startswith("SASL")
+
+
+# --- refusals ------------------------------------------------------------------------------
+
+
+def problems(settings: Settings) -> list[str]:
+    """Every reason why ``settings`` cannot be served; empty when they can (no TLS load)."""
+    found: list[str] = []
+    if settings.security_protocol not in PROTOCOLS:
+        found.append(
+            f"PERSONA_SECURITY_PROTOCOL={settings.security_protocol} is not one of {', '.join(PROTOCOLS)}"
+        )
+    found += settings.security_problems()  # the model's own checks (a model_copy skips them)
+    if uses_sasl(settings):
+        if settings.sasl_mechanism not in MECHANISMS:
+            found.append(
+                f"PERSONA_SASL_MECHANISM={settings.sasl_mechanism} cannot be served: "
+                f"Persona's clients support {', '.join(MECHANISMS)}"
+            )
+        if settings.sasl_password is None or not settings.sasl_password.get_secret_value():
+            found.append("PERSONA_SASL_PASSWORD is required with a SASL security protocol")
+    for name in _FILES:
+        path: Path | None = getattr(settings, name)
+        if path is None:
+            continue
+        env = f"PERSONA_{name.upper()}"
+        if not path.exists():
+            found.append(f"{env}={path}: no such file")
+        elif not path.is_file():
+            found.append(f"{env}={path}: not a file")
+        else:
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                found.append(f"{env}={path}: cannot be read ({exc.strerror or exc})")
+    return found
+
+
+def _refuse(settings: Settings) -> None:
+    found = problems(settings)
+    if found:
+        raise ConfigError("Kafka client settings refused: " + "; ".join(found))
+
+
+def validate(settings: Settings) -> None:
+    """The start-time check: raise :class:`ConfigError` unless every client can be built.
+
+    Beyond :func:`problems` this loads the CA, certificate and key into a TLS context, so
+    a bad PEM file, a key that does not match its certificate or a wrong key password is
+    refused now, not at the first connection.
+    """
+    _refuse(settings)
+    ssl_context(settings)
+
+
+# --- one TLS context -----------------------------------------------------------------------
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The client TLS context of aiokafka and Faust; ``None`` when the protocol has no TLS.
+
+    Built like ``aiokafka.helpers.create_ssl_context``: server authentication against
+    ``ssl_cafile`` (or the system's CAs), the client certificate chain when one is set,
+    and hostname checking unless ``ssl_check_hostname`` is off (the certificate is still
+    verified against the CA).
+    """
+    _refuse(settings)
+    if not uses_tls(settings):
+        return None
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ssl_cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"PERSONA_SSL_CAFILE={settings.ssl_cafile}: not a usable CA file ({exc})") from exc
+    if settings.ssl_certfile is not None:
+        key_password = settings.ssl_key_password
+
+        def password() -> str:
+            # Without this callback OpenSSL would prompt on the terminal for the password
+            # of an encrypted key, and a worker would hang.
+            if key_password is None:
+                raise ConfigError(
+                    f"PERSONA_SSL_KEYFILE={settings.ssl_keyfile} is encrypted: set PERSONA_SSL_KEY_PASSWORD"
+                )
+            return key_password.get_secret_value()
+
+        try:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile, password)
+        except (ssl.SSLError, OSError) as exc:
+            # The message names files and OpenSSL's reason, never the password.
+            raise ConfigError(
+                f"PERSONA_SSL_CERTFILE={settings.ssl_certfile} with PERSONA_SSL_KEYFILE={settings.ssl_keyfile}: "
+                f"cannot load the client certificate and key (wrong PERSONA_SSL_KEY_PASSWORD, a key "
+                f"that does not match the certificate, or not PEM?): {exc}"
+            ) from exc
+    context.check_hostname = settings.ssl_check_hostname
+    return context
+
+
+# --- the clients ---------------------------------------------------------------------------
+
+
+def _password(settings: Settings) -> str:
+    return settings.sasl_password.get_secret_value() if settings.sasl_password is not None else ""
+
+
+def librdkafka(settings: Settings) -> dict[str, Any]:
+    """confluent-kafka ``Producer``/``Consumer``/``AdminClient`` settings, credentials included.
+
+    The TLS files are loaded once here too (:func:`validate`), so a bad key or password is
+    refused with the same message as for the other clients, not as a librdkafka error.
+    """
+    validate(settings)
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "security.protocol": settings.security_protocol,
+    }
+    if uses_sasl(settings):
+        conf["sasl.mechanism"] = settings.sasl_mechanism
+        conf["sasl.username"] = settings.sasl_username
+        conf["sasl.password"] = _password(settings)
+    if uses_tls(settings):
+        if settings.ssl_cafile is not None:
+            conf["ssl.ca.location"] = str(settings.ssl_cafile)
+        if settings.ssl_certfile is not None:
+            conf["ssl.certificate.location"] = str(settings.ssl_certfile)
+        if settings.ssl_keyfile is not None:
+            conf["ssl.key.location"] = str(settings.ssl_keyfile)
+        if settings.ssl_key_password is not None:
+            conf["ssl.key.password"] = settings.ssl_key_password.get_secret_value()
+        conf["ssl.endpoint.identification.algorithm"] = "https" if settings.ssl_check_hostname else "none"
+    return conf
+
+
+def aiokafka(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments of ``AIOKafkaConsumer``/``AIOKafkaProducer``/``AIOKafkaClient``."""
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": [host.strip() for host in settings.bootstrap_servers.split(",") if host.strip()],
+        "security_protocol": settings.security_protocol,
+    }
+    context = ssl_context(settings)  # refuses what cannot be served
+    if context is not None:
+        kwargs["ssl_context"] = context
+    if uses_sasl(settings):
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = _password(settings)
+    return kwargs
+
+
+def faust_credentials(settings: Settings) -> CredentialsT | None:
+    """``faust.App(broker_credentials=...)``: Faust derives its security protocol from it.
+
+    ``faust.SASLCredentials`` means SASL_SSL only when it carries an SSL context (else
+    SASL_PLAINTEXT), and ``faust.SSLCredentials`` means SSL: so the context is always given.
+    """
+    import faust
+
+    context = ssl_context(settings)  # refuses what cannot be served
+    if uses_sasl(settings):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=_password(settings),
+            mechanism=settings.sasl_mechanism,  # faust.types.auth.SASLMechanism(value): the same strings
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
