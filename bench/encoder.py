@@ -24,13 +24,14 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from encoders.artifact import MODEL_FILE, Manifest, read_manifest
+from encoders.artifact import MODEL_FILE, Variant
+from encoders.registry import Registry
 from encoders.runtime import CPU, available_threads, load_encoder, session_options
 from export import reviews
 
 REPO = Path(__file__).resolve().parent.parent
 BATCH_SIZES: tuple[int, ...] = (1, 8, 32, 128)
-VARIANTS: tuple[str, ...] = ("fp32", "int8")
+VARIANTS: tuple[Variant, ...] = ("fp32", "int8")
 #: Batch 1 is slow per text; this keeps a whole run near five minutes on two cores.
 BATCH1_TEXTS = 128
 
@@ -52,26 +53,13 @@ class Row:
         return self.persona_texts_per_s / self.bare_texts_per_s
 
 
-def latest(registry: Path, variant: str) -> Path | None:
-    """The newest complete version of ``variant`` (by manifest created_at)."""
-    found: list[tuple[str, Path]] = []
-    if registry.is_dir():
-        for d in registry.iterdir():
-            if d.name.startswith(".") or not (d / "manifest.json").is_file():
-                continue
-            m: Manifest = read_manifest(d)
-            if m.variant == variant:
-                found.append((m.created_at, d))
-    return max(found)[1] if found else None
-
-
 def trainer_python() -> Path:
     return Path(os.environ.get("PERSONA_TRAIN_PYTHON") or REPO / ".venv-train" / "bin" / "python")
 
 
 def ensure_versions(registry: Path, export_missing: bool) -> dict[str, Path]:
     """fp32 and int8 versions, exported (unpublished) through the trainer env if missing."""
-    missing = [v for v in VARIANTS if latest(registry, v) is None]
+    missing = [v for v in VARIANTS if Registry(registry).latest(v) is None]
     if missing:
         how = f"{trainer_python()} -m stream_app.cli model export --registry {registry} --no-publish " + " ".join(
             f"--variant {v}" for v in missing
@@ -84,7 +72,7 @@ def ensure_versions(registry: Path, export_missing: bool) -> dict[str, Path]:
         subprocess.run(cmd, check=True, cwd=REPO)
     out: dict[str, Path] = {}
     for v in VARIANTS:
-        path = latest(registry, v)
+        path = Registry(registry).latest(v)
         if path is None:
             raise SystemExit(f"export of {v} left no version in {registry}")
         out[v] = path

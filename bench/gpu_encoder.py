@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:  # runnable as a plain script from anywhere
 import msgspec  # noqa: E402
 
 from encoders.artifact import MANIFEST_FILE, MODEL_FILE, read_manifest, sha256_file, verify  # noqa: E402
+from encoders.registry import Registry  # noqa: E402
 from encoders.runtime import Encoder, load_encoder  # noqa: E402
 from state.errors import ModelError  # noqa: E402
 
@@ -59,19 +60,14 @@ def pick_artifacts(paths: list[Path]) -> list[Path]:
     """Version dirs as given; a registry root becomes its newest fp32 and fp16 versions."""
     out: list[Path] = []
     for path in paths:
-        if (path / "manifest.json").is_file():
+        if (path / MANIFEST_FILE).is_file():
             out.append(path)
             continue
-        newest: dict[str, tuple[str, Path]] = {}
-        for d in sorted(path.iterdir()) if path.is_dir() else []:
-            if d.name.startswith(".") or not (d / "manifest.json").is_file():
-                continue
-            m = read_manifest(d)
-            if m.variant in ("fp32", "fp16") and (m.variant not in newest or m.created_at > newest[m.variant][0]):
-                newest[m.variant] = (m.created_at, d)
+        registry = Registry(path)
+        newest = [d for d in (registry.latest("fp32"), registry.latest("fp16")) if d is not None]
         if not newest:
             refuse(f"{path} is neither a version directory nor a registry with fp32/fp16 versions")
-        out.extend(d for _, d in sorted(newest.values()))
+        out.extend(newest)
     return out
 
 

@@ -30,7 +30,7 @@ from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
 
 if TYPE_CHECKING:
-    from stream_app.harness import WorkerProcess
+    from deploy.workers import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def broker(bootstrap: str | None) -> Iterator[str]:
         yield bootstrap
         return
     from deploy.kafka import launcher
-    from stream_app.harness import free_port
+    from deploy.workers import free_port
 
     with tempfile.TemporaryDirectory(prefix="persona-bench-kafka-") as tmp:
         handle = launcher.start(port=free_port(), data_dir=Path(tmp))
@@ -53,7 +53,7 @@ def broker(bootstrap: str | None) -> Iterator[str]:
 
 
 def _settings(bootstrap: str, tag: str, state: Path, **extra: Any) -> Settings:
-    from stream_app.harness import free_port
+    from deploy.workers import free_port
 
     return Settings(
         bootstrap_servers=bootstrap,
@@ -68,7 +68,7 @@ def _settings(bootstrap: str, tag: str, state: Path, **extra: Any) -> Settings:
 
 
 def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    from stream_app.harness import settings_env
+    from deploy.workers import settings_env
 
     env = dict(os.environ)
     env.update(settings_env(settings))
@@ -159,7 +159,7 @@ def _disk_bytes(path: Path) -> int:
 def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> float:
     """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n``, timed from
     the first scrape that shows any (start-up and model loading stay outside the clock)."""
-    from stream_app.harness import metric_sum
+    from deploy.workers import metric_sum
 
     first_t, first_n = 0.0, 0.0
     deadline = time.monotonic() + timeout
@@ -182,7 +182,7 @@ def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: 
 
 def persona_worker(settings: Settings, n: int, workdir: Path) -> tuple[float, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes."""
-    from stream_app.harness import WorkerProcess
+    from deploy.workers import WorkerProcess
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log")
     try:

@@ -17,6 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_app.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
+#: The encoder registry the tests load (``PERSONA_TEST_MODEL_REGISTRY`` overrides it), where
+#: ``make test-models`` (deploy/test-models.sh) exports fp32 and int8: build outputs, never committed.
+TEST_MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY") or REPO / "var" / "test-models" / "encoder")
 
 
 def free_port() -> int:

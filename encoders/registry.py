@@ -19,7 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from encoders.artifact import MANIFEST_FILE
+from encoders.artifact import MANIFEST_FILE, Manifest, Variant, read_manifest
 from state.errors import ModelError
 
 CURRENT_FILE = "CURRENT"
@@ -53,6 +53,20 @@ class Registry:
         return sorted(
             p.name for p in self.root.iterdir() if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
         )
+
+    def manifests(self) -> list[tuple[Path, Manifest]]:
+        """Every complete version's directory with its manifest, oldest name first.
+
+        The one scan of the registry: benchmarks, tests and scripts pick versions from it.
+        A manifest that cannot be read raises :class:`ModelError`.
+        """
+        return [(self.root / name, read_manifest(self.root / name)) for name in self.versions()]
+
+    def latest(self, variant: Variant) -> Path | None:
+        """The newest complete version of ``variant`` (by the manifest's ``created_at``, then
+        name), whether published or not; None when there is none."""
+        found = [(m.created_at, path.name, path) for path, m in self.manifests() if m.variant == variant]
+        return max(found)[2] if found else None
 
     def publish(self, version: str) -> Path:
         """Point CURRENT at ``version`` atomically; the version must already be complete."""

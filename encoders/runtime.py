@@ -8,6 +8,8 @@ for its parity check), and scatter the rows back into input order.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import threading
@@ -85,6 +87,46 @@ def available_threads() -> int:
         return os.cpu_count() or 1
 
 
+#: Files that exist wherever the NVIDIA kernel driver is loaded (bare metal, containers run
+#: with the NVIDIA runtime). WSL2 and Jetson have neither; ``libcuda.so.1`` covers those.
+_NVIDIA_NODES = ("/dev/nvidia0", "/proc/driver/nvidia/version")
+_LIBCUDA = "libcuda.so.1"
+
+
+@functools.cache
+def cuda_possible() -> bool:
+    """Whether this machine can have a usable NVIDIA GPU at all: a cheap probe, cached per process.
+
+    onnxruntime-gpu lists CUDAExecutionProvider on every machine; asking for it on one
+    without a GPU prints a red ERROR (it fails to dlopen cuBLAS) before falling back to
+    CPU. So ``device="auto"`` only asks for CUDA where this says True: an NVIDIA device
+    node or driver file exists, or the driver's ``libcuda.so.1`` loads (it is tiny and part
+    of the driver, unlike cuBLAS/cuDNN). ``CUDA_VISIBLE_DEVICES`` set to empty or ``-1``
+    hides every GPU, so it also means no. ``device="cuda"`` does not consult this: it
+    always tries CUDA and fails loudly.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if any(os.path.exists(node) for node in _NVIDIA_NODES):
+        return True
+    try:
+        ctypes.CDLL(_LIBCUDA)
+    except OSError:
+        return False
+    return True
+
+
+def _try_cuda(device: Device, *, auto_cuda: bool = True) -> bool:
+    """Whether to ask onnxruntime for CUDA: always for ``device="cuda"``; for ``"auto"`` only
+    where a GPU can be present and CUDA has not already failed in this process."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    if device == "cuda":
+        return True
+    return device == "auto" and auto_cuda and not _cuda_failed and cuda_possible()
+
+
 def session_options(threads: int | None) -> ort.SessionOptions:
     """Explicit thread counts: onnxruntime's default spins one thread per *host* core, which
     oversubscribes a container limited to fewer cores and fights the worker's event loop."""
@@ -106,13 +148,14 @@ def open_session(
     onnxruntime-gpu lists CUDAExecutionProvider even where the CUDA libraries are missing;
     asking for it then prints a load error and silently runs on CPU (``get_device()`` still
     says GPU). Only ``session.get_providers()`` tells the truth, so that is what we check.
+    ``device="auto"`` asks for CUDA only where :func:`cuda_possible` finds a GPU, so a CPU
+    machine never sees that load error.
     """
     global _cuda_failed
-    available = CUDA in ort.get_available_providers()
-    if device == "cuda" and not available:
+    if device == "cuda" and CUDA not in ort.get_available_providers():
         raise ModelError("device='cuda' but this onnxruntime build has no CUDAExecutionProvider")
-    try_cuda = available and (device == "cuda" or (device == "auto" and auto_cuda and not _cuda_failed))
-    providers = [CUDA, CPU] if try_cuda else [CPU]
+    # device="auto" on a machine without a GPU goes straight to CPU (see cuda_possible).
+    providers = [CUDA, CPU] if _try_cuda(device, auto_cuda=auto_cuda) else [CPU]
     try:
         session = ort.InferenceSession(str(model), sess_options=session_options(threads), providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind classes, not a common base
@@ -327,7 +370,7 @@ def open_encoder(
     # Padding is ours (per sorted batch); truncation must equal what the export measured.
     tokenizer.no_padding()
     tokenizer.enable_truncation(manifest.max_length)
-    cuda_usable = CUDA in ort.get_available_providers() and not (_cuda_failed and device == "auto")
+    cuda_usable = _try_cuda(device)
     graph = pick_graph(manifest, device, fp16, cuda_usable)
     session, provider = open_session(root / graph, device, threads, auto_cuda=manifest.variant != "int8")
     if graph != MODEL_FILE and provider != CUDA:

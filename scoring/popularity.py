@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import time
+import zlib
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
+
+
+def tie_hash(item_id: str) -> int:
+    """A stable (across processes, unlike ``hash()``), unsalted order for equal popularity.
+    crc32: it runs over the whole candidate set on every cache refresh, so it must be cheap."""
+    return zlib.crc32(item_id.encode())
 
 
 class Popularity:
@@ -43,7 +50,10 @@ class Popularity:
         return self.ranked(candidates, key)[:n]
 
     def ranked(self, candidates: set[str] | None, key: str = "*") -> list[tuple[float, str]]:
-        """All of ``candidates`` by popularity, best first; ties go to the smaller id.
+        """All of ``candidates`` by popularity, best first; equal popularity is ordered by a
+        stable hash of the item id (:func:`tie_hash`), not by the id string, so no id range is
+        favoured when values tie (e.g. all zero right after a restart). The recommender
+        re-orders those ties per user.
 
         Cached per ``key`` for ``refresh_s`` wall seconds: ranking on every emission would
         dominate the per-event cost, and popularity moves slowly.
@@ -57,6 +67,7 @@ class Popularity:
         if cached is not None and (candidates is None or len(cached) == len(candidates)):
             return cached
         pool = self._values.keys() if candidates is None else candidates
-        ranked = sorted(((self.value(i), i) for i in pool), key=lambda t: (-t[0], t[1]))
+        # The id itself only settles a crc32 collision, so the order stays total and reproducible.
+        ranked = sorted(((self.value(i), i) for i in pool), key=lambda t: (-t[0], tie_hash(t[1]), t[1]))
         self._top_cache[key] = ranked
         return ranked

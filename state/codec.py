@@ -11,6 +11,7 @@ from typing import Final
 
 import msgspec
 
+from state.errors import StateError
 from state.profile import Profile
 
 SCHEMA_VERSION: Final[int] = 1
@@ -19,7 +20,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Profile)
 
 
-class SchemaVersionError(ValueError):
+class SchemaVersionError(StateError):
     """A stored profile was written by a newer (unknown) schema."""
 
 
@@ -29,7 +30,7 @@ def dumps(profile: Profile) -> bytes:
 
 def loads(data: bytes) -> Profile:
     if not data:
-        raise ValueError("empty profile record")
+        raise StateError("empty profile record")
     version = data[0]
     if version != SCHEMA_VERSION:
         # Version 1 is the first schema: there is nothing older to migrate from yet.

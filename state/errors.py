@@ -38,7 +38,12 @@ class PersonaError(Exception):
 
 
 class InputError(PersonaError):
-    """A record cannot be used. Never crashes a worker: it becomes a dead letter."""
+    """A record cannot be used. Never crashes a worker: it becomes a dead letter.
+
+    :func:`state.events.decode` builds one of the subclasses below and returns it as a
+    :class:`state.events.DeadLetter` (``DeadLetter.from_error``): the dead letter's
+    ``error`` is the class name, its ``reason`` and ``message`` the error's own.
+    """
 
     reason: DeadLetterReason = "schema"
 
@@ -69,3 +74,15 @@ class ModelError(PersonaError):
 
 class BrokerError(PersonaError):
     """Kafka cannot be reached or refuses us. Crash and let the supervisor retry."""
+
+
+class StateError(PersonaError):
+    """Stored state (a profile record in RocksDB or its changelog) cannot be read by this
+    build: empty, or written by a newer schema. Crash: serving a user without their
+    history would be silently wrong, and an older build must not overwrite newer state."""
+
+
+class DatasetError(PersonaError):
+    """A dataset cannot be read as asked (``stream_app.sources``): a missing file or
+    folder, a malformed record (the message names the file and line), or a format that
+    needs a path and got none. Raised by the replay tools, never inside a worker."""

@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal, TypeAlias, Union
 
 import msgspec
 
-from state.errors import DeadLetterReason
+from state.errors import ContractError, DeadLetterReason, DecodeError, InputError
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 EventTime = Annotated[float, msgspec.Meta(ge=0.0)]
@@ -108,6 +108,13 @@ EVENT_TYPES: Final[dict[EventKind, type[Event]]] = {
     "item": Item,
     "user": User,
 }
+_KINDS: Final[dict[type[Event], EventKind]] = {cls: kind for kind, cls in EVENT_TYPES.items()}
+
+
+def kind_of(event: Event) -> EventKind:
+    """The kind of an event (its ``type`` tag on the wire; ``settings.topic(kind)`` names
+    its topic). The one place that maps event classes to kinds."""
+    return _KINDS[type(event)]
 
 
 def key_of(event: Event) -> str:
@@ -121,6 +128,11 @@ class DeadLetter(msgspec.Struct, frozen=True):
     reason: DeadLetterReason
     error: str  #: the error class, e.g. ``ContractError``
     message: str
+
+    @classmethod
+    def from_error(cls, error: InputError) -> DeadLetter:
+        """The dead letter of an input error: its reason, class name and message."""
+        return cls(reason=error.reason, error=type(error).__name__, message=error.message)
 
 
 DecodeResult: TypeAlias = Union[Event, DeadLetter]
@@ -144,11 +156,11 @@ def encode(event: Event) -> bytes:
 
 
 def _decode_error(reason: DeadLetterReason, message: str) -> DeadLetter:
-    return DeadLetter(reason=reason, error="DecodeError", message=message)
+    return DeadLetter.from_error(DecodeError(reason, message))
 
 
 def _contract_error(reason: DeadLetterReason, message: str) -> DeadLetter:
-    return DeadLetter(reason=reason, error="ContractError", message=message)
+    return DeadLetter.from_error(ContractError(reason, message))
 
 
 def decode(
@@ -195,8 +207,7 @@ def decode(
     except msgspec.DecodeError as exc:
         return _decode_error("bad_json", str(exc))
     if not isinstance(event, EVENT_TYPES[kind]):
-        got = type(event).__name__.lower()
-        return _contract_error("unknown_type", f"a {got!r} event on a topic of {kind!r} events")
+        return _contract_error("unknown_type", f"a {kind_of(event)!r} event on a topic of {kind!r} events")
     expected = key_of(event)
     if key is None:
         return _contract_error("key_mismatch", f"record has no key; payload key is {expected!r}")

@@ -26,7 +26,7 @@ import numpy as np
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
 from state.interest import INTEREST_WEIGHTS, Interest, ItemVector, add_sentiment, add_vector, blend_sentiment
-from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User
+from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User, kind_of
 
 #: Weight of one event in the category affinity, split evenly over the item's categories.
 EVENT_WEIGHTS: Final[dict[str, float]] = {"click": 1.0, "purchase": 3.0, "review": 2.0}
@@ -181,6 +181,10 @@ def apply(
     the only reference, such as the worker's profile cache: copying every dict on every
     event was a measurable share of the per-event cost).
     """
+    # Built-in exceptions on purpose, not PersonaError: these guard invariants of the
+    # caller (the worker routes by kind and by user key before it applies anything, and
+    # looks the vector up by the event's item), so hitting one is a bug to fix, never a
+    # condition a deployment is meant to handle.
     if isinstance(event, Item):
         raise TypeError("catalog events do not belong to a user profile")
     if event.user_id != profile.user_id:
@@ -189,7 +193,7 @@ def apply(
         return None
     p = profile if in_place else _copy(profile)
     ts = event.ts
-    kind = type(event).__name__.lower()
+    kind = kind_of(event)
     p.version += 1
     p.counts[kind] = p.counts.get(kind, 0) + 1
     p.recency[kind] = max(p.recency.get(kind, ts), ts)

@@ -4,7 +4,7 @@ environment (no Faust) and the worker environment (no torch) share this entry po
 from __future__ import annotations
 
 import json
-import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -17,8 +17,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Persona: streaming user profiles and recommendations.", no_args_is_help=True)
 kafka_app = typer.Typer(help="A local Apache Kafka broker (KRaft, no Docker).", no_args_is_help=True)
 inspect_app = typer.Typer(help="Look inside a running system.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: ratios against baselines measured in the same run.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(inspect_app, name="inspect")
 console = Console(stderr=True)
@@ -27,9 +25,8 @@ console = Console(stderr=True)
 def _settings(bootstrap: str | None = None) -> Settings:
     from stream_app.settings import Settings
 
-    if bootstrap:
-        os.environ["PERSONA_BOOTSTRAP_SERVERS"] = bootstrap
-    return Settings()
+    # Init arguments take precedence over PERSONA_* variables; the environment stays as it was.
+    return Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
 
 
 @app.command()
@@ -123,6 +120,7 @@ def worker() -> None:
 
     import faust
 
+    from stream_app.kafka_clients import validate
     from stream_app.settings import Settings
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
@@ -135,6 +133,7 @@ def worker() -> None:
     settings = Settings()
     console.print("[bold]Persona worker[/bold] effective configuration:")
     console.print_json(json.dumps(settings.masked()))
+    validate(settings)  # every Kafka client's security settings, TLS files loaded: refuse now
     ensure_topics(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     faust_app, _ = build_app(settings)
@@ -164,30 +163,13 @@ def inspect_profile(
         render_profile(profile, settings, Console())
 
 
-@bench_app.command("stream")
-def bench_stream(
-    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
-    events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
-    profiles: Annotated[int, typer.Option(help="Users in the footprint run.")] = 100_000,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
-) -> None:
-    """Events/s of one worker vs a trivial Faust agent and a bare consumer; RSS and disk per 100k profiles."""
-    from bench.stream import run
-
-    settings = _settings()
-    report = run(bootstrap, settings.data_dir, events, profiles)
-    _print_report("persona bench stream", report)
-    if json_out:
-        json_out.write_text(json.dumps(report, indent=2))
-
-
 model_app = typer.Typer(help="Text encoder artifacts (export: trainer environment, .venv-train).", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 
 
 def _model_registry(registry: Path | None) -> Path:
-    default = Path(__file__).resolve().parent.parent / "models" / "encoder"
-    return registry or Path(os.environ.get("PERSONA_MODEL_REGISTRY") or default)
+    """``--registry``, else ``PERSONA_MODEL_REGISTRY``, else the settings' default."""
+    return registry or _settings().model_registry
 
 
 @model_app.command("export")
@@ -238,65 +220,54 @@ def model_export(
         print(path)
 
 
-@bench_app.command("encoder")
-def bench_encoder(
-    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
-    texts: Annotated[int, typer.Option(help="Review texts per batch size (batch 1 uses at most 128).")] = 1024,
-    threads: Annotated[Optional[int], typer.Option(help="intra-op threads (default: all available cores).")] = None,
-    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
-    repeat: Annotated[int, typer.Option(help="Timed passes per path; the best one counts.")] = 2,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+#: Commands that live outside ``stream_app`` (the benchmarks, for one) are mounted from this
+#: entry-point group (pyproject.toml), so the production package never imports them.
+COMMAND_GROUP = "persona.commands"
+
+
+def _mount_commands() -> None:
+    for ep in entry_points(group=COMMAND_GROUP):
+        try:
+            sub = ep.load()
+        except Exception as exc:  # a broken optional group must not take the worker down
+            console.print(f"[yellow]persona {ep.name}: not available ({type(exc).__name__}: {exc})[/yellow]")
+            continue
+        if isinstance(sub, typer.Typer):
+            app.add_typer(sub, name=ep.name)
+
+
+_mount_commands()
+
+
+@inspect_app.command("recommendations")
+def inspect_recommendations(
+    users: Annotated[Optional[list[str]], typer.Argument(help="User ids (none: pick a few with differing histories).")] = None,
+    pick: Annotated[int, typer.Option(help="Without USER: how many users to pick.")] = 4,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Texts/s of the Persona encode path vs a bare onnxruntime session on pre-tokenized batches."""
-    from bench.encoder import render, run
+    """Print users' final recommendation message (their latest on the topic) with titles and reasons."""
+    import sys
 
-    rows = run(_model_registry(registry), texts=texts, threads=threads, export_missing=export_missing, repeat=repeat)
-    render(rows, Console())
-    if json_out:
-        json_out.write_text(json.dumps([{**row.__dict__, "ratio": row.ratio} for row in rows], indent=2))
+    import msgspec
 
+    from stream_app.inspect import catalog_titles, latest_recommendations, pick_users, render_recommendations
 
-@bench_app.command("reviews")
-def bench_reviews(
-    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
-    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
-    reviews: Annotated[int, typer.Option(help="Musical Instruments reviews per variant.")] = 2_000,
-    threads: Annotated[Optional[int], typer.Option(help="intra-op threads, worker and baseline (default: all cores).")] = None,
-    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
-) -> None:
-    """Reviews/s through one worker's two-stage review pipeline vs the encoder alone."""
-    from rich.table import Table
-
-    from bench.reviews import run
-
-    settings = _settings()
-    rows = run(
-        bootstrap, settings.data_dir, _model_registry(registry), reviews=reviews, threads=threads, export_missing=export_missing
-    )
-    table = Table(title="persona bench reviews (reviews/s; ratio = pipeline / encoder alone)")
-    for col in ("variant", "reviews", "batch", "threads", "encoder alone", "pipeline", "ratio"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for r in rows:
-        table.add_row(
-            r["variant"], f"{r['reviews']:,}", str(r["batch"]), str(r["threads"]),
-            f"{r['encoder_alone_per_s']:,.1f}", f"{r['pipeline_per_s']:,.1f}", f"{r['ratio']:.3f}",
-        )
-    Console().print(table)
-    if json_out:
-        json_out.write_text(json.dumps(rows, indent=2))
-
-
-def _print_report(title: str, report: dict[str, object]) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in report.items():
-        shown = f"{value:,.3f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else str(value))
-        table.add_row(key, shown)
-    Console().print(table)
+    settings = _settings(bootstrap)
+    latest = latest_recommendations(settings, users or None)
+    chosen = list(users) if users else pick_users(latest, pick)
+    missing = [u for u in chosen if u not in latest]
+    if missing or not chosen:
+        console.print(f"no recommendations for {missing or 'anyone'} on {settings.recommendations_topic}")
+        raise typer.Exit(1)
+    finals = {u: latest[u] for u in chosen}
+    if as_json:
+        for final in finals.values():
+            print(msgspec.json.encode(final.message).decode())
+        return
+    titles = catalog_titles(settings, {s.item_id for f in finals.values() for s in f.message.items})
+    # Piped (make demo | tee, CI logs): wide enough that titles and reasons do not wrap.
+    render_recommendations(finals, titles, Console() if sys.stdout.isatty() else Console(width=160))
 
 
 def main() -> None:

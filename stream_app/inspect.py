@@ -9,14 +9,20 @@ changelog, fine for an operator command.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
+import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from scoring.messages import Recommendations
+from scoring.messages import decode as decode_recommendations
 from state.codec import loads
-from state.events import EVENT_KINDS, DeadLetter, decode
+from state.events import EVENT_KINDS, DeadLetter, Item, decode
 from state.profile import Params, Profile
 from stream_app.settings import Settings
 
@@ -125,3 +131,96 @@ def render_profile(profile: Profile, settings: Settings, console: Console) -> No
     for cat, val in sorted(profile.affinity_at(profile.last_event_ts, params).items(), key=lambda kv: -kv[1])[:15]:
         aff.add_row(cat, f"{val:.4f}")
     console.print(aff)
+
+
+# --- recommendations: the final message per user ------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinalRecommendations:
+    """A user's final message on the recommendations topic, and how many were emitted."""
+
+    message: Recommendations
+    #: Messages seen for this user (the worker coalesces, so fewer than the user's events).
+    emitted: int
+    partition: int
+    offset: int
+
+
+def latest_recommendations(
+    settings: Settings, users: Collection[str] | None = None, *, idle_s: float = 3.0
+) -> dict[str, FinalRecommendations]:
+    """The final recommendation message of every (or every listed) user: the one with the
+    highest profile version ("later versions supersede"), the later record among equals (a
+    re-emission after a restart). Records that do not decode are skipped."""
+    wanted = None if users is None else {u.encode() for u in users}
+    out: dict[str, FinalRecommendations] = {}
+    for key, value, _, p, off in scan(settings, settings.recommendations_topic, idle_s=idle_s):
+        if key is None or value is None or (wanted is not None and key not in wanted):
+            continue
+        try:
+            msg = decode_recommendations(value)
+        except msgspec.DecodeError:
+            continue
+        user = key.decode("utf-8", "replace")
+        prev = out.get(user)
+        emitted = prev.emitted + 1 if prev is not None else 1
+        if prev is None or msg.profile_version >= prev.message.profile_version:
+            out[user] = FinalRecommendations(message=msg, emitted=emitted, partition=p, offset=off)
+        else:
+            out[user] = replace(prev, emitted=emitted)
+    return out
+
+
+def catalog_titles(settings: Settings, item_ids: Collection[str], *, idle_s: float = 3.0) -> dict[str, str]:
+    """Titles of ``item_ids`` from the catalog topic (the latest entry by event time wins,
+    as in the worker's catalog); items without a title are left out."""
+    wanted = set(item_ids)
+    best: dict[str, tuple[float, str]] = {}
+    if not wanted:
+        return {}
+    for key, value, _, _, _ in scan(settings, settings.topic("item"), idle_s=idle_s):
+        if key is None or key.decode("utf-8", "replace") not in wanted:
+            continue
+        item = decode("item", key, value, max_bytes=settings.max_payload_bytes)
+        if isinstance(item, Item) and (item.item_id not in best or item.ts >= best[item.item_id][0]):
+            best[item.item_id] = (item.ts, item.title)
+    return {i: title for i, (_, title) in best.items() if title}
+
+
+def pick_users(latest: Mapping[str, FinalRecommendations], n: int) -> list[str]:
+    """``n`` users with differing histories, the same ones on every run over the same data:
+    spread evenly over the users ordered by history length (the final profile version, which
+    does not depend on timing, unlike the scores), from the shortest to the longest; users of
+    equal length are ordered by a hash of their id."""
+    users = sorted(
+        (u for u, f in latest.items() if f.message.items),
+        key=lambda u: (latest[u].message.profile_version, zlib.crc32(u.encode()), u),
+    )
+    if n <= 0:
+        return []
+    if n == 1 or len(users) <= n:
+        return users[:n]
+    # Distinct spots: with len(users) > n the step (len - 1) / (n - 1) is above 1.
+    return [users[round(j * (len(users) - 1) / (n - 1))] for j in range(n)]
+
+
+def render_recommendations(
+    finals: Mapping[str, FinalRecommendations], titles: Mapping[str, str], console: Console
+) -> None:
+    """One table per user: rank, item and title, score, and the reasons."""
+    for user, final in finals.items():
+        msg = final.message
+        when = datetime.fromtimestamp(msg.trigger_event_ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
+        table = Table(
+            title=f"user {user}: profile version {msg.profile_version}, final of {final.emitted} messages",
+            caption=f"{msg.model}, as of event time {when} UTC ([{final.partition}@{final.offset}])",
+        )
+        table.add_column("#", justify="right")
+        table.add_column("item", no_wrap=True)
+        table.add_column("title", max_width=40)
+        table.add_column("score", justify="right")
+        table.add_column("why")
+        for rank, scored in enumerate(msg.items, 1):
+            table.add_row(str(rank), scored.item_id, titles.get(scored.item_id, ""), f"{scored.score:.4f}", "; ".join(scored.reasons))
+        console.print(table)

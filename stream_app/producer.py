@@ -9,10 +9,8 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, Message, Producer
 
 from state.errors import BrokerError
-from state.events import Event, encode, key_of
+from state.events import Event, encode, key_of, kind_of
 from stream_app.settings import Settings
-
-_KIND = {"Click": "click", "Purchase": "purchase", "Review": "review", "Follow": "follow", "Item": "item", "User": "user"}
 
 
 def make_producer(settings: Settings) -> Producer:
@@ -30,10 +28,6 @@ def make_producer(settings: Settings) -> Producer:
         }
     )
     return Producer(conf)
-
-
-def kind_of(event: Event) -> str:
-    return _KIND[type(event).__name__]
 
 
 def publish(
@@ -62,7 +56,7 @@ def publish(
         bar = tqdm(total=total, unit="ev", desc="produce", mininterval=0.5)
     started = time.monotonic()
     for n, event in enumerate(events, 1):
-        topic = settings.topic(kind_of(event))  # type: ignore[arg-type]
+        topic = settings.topic(kind_of(event))
         while True:
             try:
                 producer.produce(topic, key=key_of(event).encode(), value=encode(event), on_delivery=on_delivery)

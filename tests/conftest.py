@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 from state.events import Click, Follow, Item, Purchase, Review, User
-from stream_app.settings import Settings
-from tests.support import WorkerProcess, free_port
+from encoders.registry import Registry
+from stream_app.settings import DEFAULT_DATA_DIR, Settings
+from tests.support import TEST_MODEL_REGISTRY, WorkerProcess, free_port
 
 log = logging.getLogger("persona.tests")
 
-DATA_DIR = Path(os.environ.get("PERSONA_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("PERSONA_DATA_DIR") or DEFAULT_DATA_DIR)
 _BROKER_KEY = pytest.StashKey[str]()
 
 
@@ -157,16 +158,7 @@ def data_dir() -> Path:
     return DATA_DIR
 
 
-MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY", Path(__file__).resolve().parents[1] / "var" / "test-models" / "encoder"))
-
-
-def _versions_by_variant(root: Path) -> dict[str, str]:
-    import json
-
-    found: dict[str, str] = {}
-    for manifest in sorted(root.glob("*/manifest.json")):
-        found.setdefault(json.loads(manifest.read_text())["variant"], manifest.parent.name)
-    return found
+MODEL_REGISTRY = TEST_MODEL_REGISTRY
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +168,8 @@ def encoder_registry() -> tuple[Path, list[str]]:
     `make test` builds it with the trainer environment (`make test-models`); exports are
     build outputs, so they live under var/ and are never committed.
     """
-    found = _versions_by_variant(MODEL_REGISTRY) if MODEL_REGISTRY.is_dir() else {}
-    if not {"fp32", "int8"} <= set(found):
+    registry = Registry(MODEL_REGISTRY)
+    fp32, int8 = registry.latest("fp32"), registry.latest("int8")
+    if fp32 is None or int8 is None:
         pytest.skip(f"no fp32+int8 encoder exports in {MODEL_REGISTRY}: run `make test-models` (trainer env)")
-    return MODEL_REGISTRY, [found["fp32"], found["int8"]]
+    return MODEL_REGISTRY, [fp32.name, int8.name]

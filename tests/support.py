@@ -1,7 +1,8 @@
-"""Test support lives in :mod:`stream_app.harness` (the benchmarks use it too)."""
+"""Test support lives in :mod:`deploy.workers` (the benchmarks use it too)."""
 
-from stream_app.harness import (
+from deploy.workers import (
     REPO,
+    TEST_MODEL_REGISTRY,
     WorkerProcess,
     free_port,
     group_lag,
@@ -11,4 +12,4 @@ from stream_app.harness import (
     wait_drained,
 )
 
-__all__ = ["REPO", "WorkerProcess", "free_port", "group_lag", "metric_sum", "scrape", "settings_env", "wait_drained"]
+__all__ = ["REPO", "TEST_MODEL_REGISTRY", "WorkerProcess", "free_port", "group_lag", "metric_sum", "scrape", "settings_env", "wait_drained"]

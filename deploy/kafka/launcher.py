@@ -22,6 +22,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from state.errors import BrokerError, ConfigError
+
 KAFKA_VERSION = "4.1.1"
 
 _POM = Path(__file__).resolve().with_name("pom.xml")
@@ -38,6 +40,11 @@ _log = logging.getLogger(__name__)
 # Brokers spawned by this process. Holding the Popen lets us reap them: an
 # unreaped child stays a zombie that os.kill(pid, 0) still reports as alive.
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class LauncherError(BrokerError):
+    """The local broker could not be set up: no Maven to fetch the jars, a busy port, a
+    JVM that exited or was not ready in time, a failing command."""
 
 PathArg = str | os.PathLike[str]
 
@@ -83,7 +90,7 @@ def ensure_jars() -> Path:
         partial = cache / "libs.partial"
         shutil.rmtree(partial, ignore_errors=True)
         if shutil.which("mvn") is None:
-            raise RuntimeError("mvn is not on PATH; it is needed once to fetch the Kafka jars")
+            raise LauncherError("mvn is not on PATH; it is needed once to fetch the Kafka jars")
         _run(["mvn", "-q", "-B", "-f", str(_POM), "dependency:copy-dependencies",
               f"-DoutputDirectory={partial}"])
         shutil.rmtree(libs, ignore_errors=True)
@@ -100,7 +107,7 @@ def start(port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 
     log-dir lock.
     """
     if not 0 < port < 65536:
-        raise ValueError(f"port must be in 1..65535, got {port}")
+        raise ConfigError(f"port must be in 1..65535, got {port}")
     data_dir = (data_dir or default_data_dir()).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     existing = _recorded(data_dir)
@@ -108,10 +115,10 @@ def start(port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 
         _wait_ready(existing, time.monotonic() + timeout_s)
         return existing
     if _bind_probe(port) is None:
-        raise RuntimeError(f"port {port} on {_HOST} is already in use")
+        raise LauncherError(f"port {port} on {_HOST} is already in use")
     cport = _bind_probe(port + 1) or _bind_probe(0)
     if cport is None:
-        raise RuntimeError("no free port for the KRaft controller listener")
+        raise LauncherError("no free port for the KRaft controller listener")
 
     classpath = f"{ensure_jars()}/*"
     log_file = data_dir / _LOG_FILE
@@ -198,8 +205,8 @@ def _wait_ready(handle: BrokerHandle, deadline: float) -> None:
         alive = _alive(handle.pid)
         if not alive or time.monotonic() > deadline:
             problem = "was not ready in time" if alive else "exited during startup"
-            raise RuntimeError(f"Kafka at {handle.bootstrap} (pid {handle.pid}) {problem}; "
-                               f"{handle.log_file} ends with:\n{_tail(handle.log_file)}")
+            raise LauncherError(f"Kafka at {handle.bootstrap} (pid {handle.pid}) {problem}; "
+                                f"{handle.log_file} ends with:\n{_tail(handle.log_file)}")
         # Plain TCP until the port listens: librdkafka backs off reconnects up to
         # 10 s, which would pad every start if it were aimed at a closed port.
         if admin is None and _port_open(handle.bootstrap):
@@ -216,8 +223,8 @@ def _wait_ready(handle: BrokerHandle, deadline: float) -> None:
 def _run(cmd: list[str]) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n"
-                           f"{proc.stdout}{proc.stderr}")
+        raise LauncherError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n"
+                            f"{proc.stdout}{proc.stderr}")
     return proc.stdout
 
 

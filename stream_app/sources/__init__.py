@@ -49,7 +49,7 @@ Mapping per format, and why:
 * ``jsonl`` (a ``.jsonl`` or ``.jsonl.gz`` file of events already in contract form).
   Decoded lazily in **file order, not re-sorted**: the file is taken to be a stream
   someone already ordered (for example one recorded from the topics). An invalid line
-  raises ``ValueError`` naming the file and line.
+  raises ``DatasetError`` naming the file and line.
 * ``synthetic`` (no path). A seeded, deterministic generator for demos and tests; every
   id starts with ``syn-`` so it can never be mistaken for real data.
 """
@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Final, Literal, get_args
 
+from state.errors import DatasetError
 from state.events import Event
 
 from . import amazon, ciao, jsonl, mind, movielens, synthetic
@@ -85,17 +86,18 @@ def read_events(
 
     ``path`` is ignored (and may be ``None``) for ``synthetic``, which uses ``seed``.
     Errors about the arguments or a missing path are raised at the call; a bad record
-    is a ``ValueError`` naming its file and line.
+    is a :class:`state.errors.DatasetError` naming its file and line (as is a missing
+    file or folder, or a format that needs a path); a negative ``limit`` is a ``ValueError``.
     """
     check_limit(limit)
     if fmt == "synthetic":
         return ordered(synthetic.generate(seed), limit)
     if path is None:
-        raise ValueError(f"format {fmt!r} needs a path")
+        raise DatasetError(f"format {fmt!r} needs a path")
     path = Path(path)
     if fmt == "jsonl":
         return take(jsonl.read(path), limit)
     reader = _READERS.get(fmt)
     if reader is None:
-        raise ValueError(f"unknown source format {fmt!r}; expected one of {SOURCE_FORMATS}")
+        raise DatasetError(f"unknown source format {fmt!r}; expected one of {SOURCE_FORMATS}")
     return ordered(reader(path), limit)

@@ -9,6 +9,7 @@ from pathlib import Path
 from io import BufferedReader
 from typing import Final
 
+from state.errors import DatasetError
 from state.events import Click, Event, Follow, Item, Purchase, Review, User
 
 #: The catalog and the declared attributes go first at equal ``ts`` so that a consumer
@@ -53,6 +54,7 @@ def take(events: Iterable[Event], limit: int | None) -> Iterator[Event]:
 
 def check_limit(limit: int | None) -> None:
     if limit is not None and limit < 0:
+        # A ValueError, not a DatasetError: the caller's argument is wrong, not the data.
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
 
 
@@ -70,5 +72,5 @@ def open_binary(path: Path) -> gzip.GzipFile | BufferedReader:
 
 def require_dir(path: Path, fmt: str) -> Path:
     if not path.is_dir():
-        raise NotADirectoryError(f"{fmt}: expected the dataset folder, got {path}")
+        raise DatasetError(f"{fmt}: expected the dataset folder, got {path}")
     return path

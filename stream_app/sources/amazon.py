@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 
+from state.errors import DatasetError
 from state.events import Event, Item, Purchase, Review
 
 from ._order import MAX_CATEGORY, MAX_SUMMARY, MAX_TEXT, MAX_TITLE, clip, open_binary
@@ -46,7 +47,7 @@ _PRICE = re.compile(r"\$\s*(\d[\d,]*(?:\.\d+)?)")
 def read(path: Path) -> list[Event]:
     """The events of one ``*_5.json.gz`` reviews file, in source order (not yet sorted)."""
     if not path.is_file():
-        raise FileNotFoundError(f"amazon: reviews file not found: {path}")
+        raise DatasetError(f"amazon: reviews file not found: {path}")
     events: list[Event] = []
     asins: set[str] = set()
     min_ts: float | None = None
@@ -57,7 +58,7 @@ def read(path: Path) -> list[Event]:
             try:
                 row = _review_decoder.decode(raw)
             except msgspec.DecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: invalid review line: {exc}") from exc
+                raise DatasetError(f"{path}:{line_no}: invalid review line: {exc}") from exc
             ts = float(row.unixReviewTime)
             min_ts = ts if min_ts is None or ts < min_ts else min_ts
             asins.add(row.asin)
@@ -109,7 +110,7 @@ def _decode_meta(raw: bytes, path: Path, line_no: int) -> _MetaLine:
     try:
         return msgspec.convert(ast.literal_eval(raw.decode("utf-8")), _MetaLine)
     except (ValueError, SyntaxError, msgspec.ValidationError) as exc:
-        raise ValueError(f"{path}:{line_no}: invalid metadata line: {exc}") from exc
+        raise DatasetError(f"{path}:{line_no}: invalid metadata line: {exc}") from exc
 
 
 def _items(path: Path, wanted: set[str], ts: float) -> list[Event]:

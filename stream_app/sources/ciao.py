@@ -7,6 +7,7 @@ import datetime as dt
 import re
 from pathlib import Path
 
+from state.errors import DatasetError
 from state.events import Event, Follow, Item, Purchase, Review
 
 from ._order import require_dir
@@ -37,7 +38,7 @@ def read(path: Path) -> list[Event]:
                     midnight[day] = ts
                 rating = float(stars)
             except ValueError as exc:
-                raise ValueError(f"{ratings}:{line_no}: invalid rating row: {exc}") from exc
+                raise DatasetError(f"{ratings}:{line_no}: invalid rating row: {exc}") from exc
             first_genre.setdefault(movie, genre)
             behaviour.append(
                 Purchase(event_id=f"ci-p-{review}", ts=ts, user_id=user, item_id=movie)
@@ -54,7 +55,7 @@ def read(path: Path) -> list[Event]:
                 )
             )
     if not behaviour:
-        raise ValueError(f"{ratings}: no ratings")
+        raise DatasetError(f"{ratings}: no ratings")
     start = min(event.ts for event in behaviour)
     events: list[Event] = [
         Item(
@@ -80,7 +81,7 @@ def _follows(path: Path, ts: float) -> list[Event]:
                 continue
             fields = line.rstrip("\r\n").split(",")
             if len(fields) != 3:
-                raise ValueError(f"{path}:{line_no}: expected trustor,trustee,value")
+                raise DatasetError(f"{path}:{line_no}: expected trustor,trustee,value")
             trustor, trustee = fields[0], fields[1]
             follows.append(
                 Follow(

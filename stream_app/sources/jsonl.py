@@ -7,6 +7,7 @@ from pathlib import Path
 
 import msgspec
 
+from state.errors import DatasetError
 from state.events import Event
 
 from ._order import open_binary
@@ -18,12 +19,12 @@ _decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 def read(path: Path) -> Iterator[Event]:
     """Decode ``path`` lazily, in file order; blank lines are skipped.
 
-    Raises ``ValueError`` naming the file and 1-based line number of the first line that
+    Raises ``DatasetError`` naming the file and 1-based line number of the first line that
     is not JSON or breaks the contract.
     """
     if not path.is_file():
         # Checked here, not in the generator, so the error comes at the call.
-        raise FileNotFoundError(f"jsonl: file not found: {path}")
+        raise DatasetError(f"jsonl: file not found: {path}")
     return _decode_lines(path)
 
 
@@ -35,4 +36,4 @@ def _decode_lines(path: Path) -> Iterator[Event]:
             try:
                 yield _decoder.decode(raw)
             except msgspec.DecodeError as exc:  # ValidationError is a subclass
-                raise ValueError(f"{path}:{line_no}: invalid event: {exc}") from exc
+                raise DatasetError(f"{path}:{line_no}: invalid event: {exc}") from exc

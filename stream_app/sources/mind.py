@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 from typing import NamedTuple
 
+from state.errors import DatasetError
 from state.events import Click, Event, Item
 
 from ._order import MAX_CATEGORY, MAX_TEXT, MAX_TITLE, clip, require_dir
@@ -62,7 +63,7 @@ def read(path: Path) -> list[Event]:
                     )
                 )
             elif label != "0":
-                raise ValueError(f"{behaviors}:{imp.line_no}: bad impression entry {entry!r}")
+                raise DatasetError(f"{behaviors}:{imp.line_no}: bad impression entry {entry!r}")
     # The catalog starts with the earliest behaviour, history clicks included, so that
     # news known from news.tsv is in place before anything clicks it.
     start = min((event.ts for event in clicks), default=min(first_seen.values(), default=0.0))
@@ -79,13 +80,13 @@ def _impressions(path: Path) -> list[_Impression]:
                 continue
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) != 5:
-                raise ValueError(f"{path}:{line_no}: expected 5 fields, got {len(fields)}")
+                raise DatasetError(f"{path}:{line_no}: expected 5 fields, got {len(fields)}")
             impression_id, user, time, history, entries = fields
             try:
                 # MIND publishes the times without a zone; they are treated as UTC.
                 ts = float(calendar.timegm(dt.datetime.strptime(time, _TIME_FORMAT).timetuple()))
             except ValueError as exc:
-                raise ValueError(f"{path}:{line_no}: bad time {time!r}") from exc
+                raise DatasetError(f"{path}:{line_no}: bad time {time!r}") from exc
             out.append(
                 _Impression(line_no, impression_id, user, ts, history.split(), entries.split())
             )
@@ -100,7 +101,7 @@ def _news(path: Path, ts: float) -> list[Event]:
                 continue
             fields = line.rstrip("\r\n").split("\t")
             if len(fields) < 5:
-                raise ValueError(f"{path}:{line_no}: expected at least 5 tab-separated fields")
+                raise DatasetError(f"{path}:{line_no}: expected at least 5 tab-separated fields")
             news_id, category, subcategory, title, abstract = (f.strip() for f in fields[:5])
             categories: list[str] = []
             for name in (category, subcategory):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from state.errors import DatasetError
 from state.events import AttributeValue, Event, Item, Purchase, User
 
 from ._order import MAX_TEXT, MAX_TITLE, clip, require_dir
@@ -46,7 +47,7 @@ def _ratings(path: Path) -> tuple[list[Event], float]:
                 Purchase(event_id=f"ml-r-{user}-{item}", ts=ts, user_id=user, item_id=item)
             )
     if not events:
-        raise ValueError(f"{path}: no ratings")
+        raise DatasetError(f"{path}: no ratings")
     return events, min_ts
 
 
@@ -60,7 +61,7 @@ def _items(path: Path, genres: list[str], ts: float) -> list[Event]:
             fields = line.rstrip("\n").split("|")
             flags = fields[5:]
             if len(flags) != len(genres):
-                raise ValueError(
+                raise DatasetError(
                     f"{path}:{line_no}: {len(flags)} genre flags, {len(genres)} genres"
                 )
             item_id, title = fields[0], fields[1].strip()

@@ -11,10 +11,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from state.events import Event, encode, key_of
+from state.events import Event, encode, key_of, kind_of
 from stream_app import dlq
 from stream_app.inspect import all_profiles, scan
-from stream_app.producer import kind_of, make_producer
+from stream_app.producer import make_producer
 from stream_app.settings import Settings
 from stream_app.sources import read_events
 from tests.support import WorkerProcess, group_lag, metric_sum
@@ -97,9 +97,9 @@ def test_poison_records_are_dead_lettered_and_good_ones_match_a_clean_run(
     good = list(read_events("amazon", path, limit=GOOD))
     clean, dirty = topic_factory(), topic_factory()
 
-    clean_records: list[tuple[str, bytes | None, bytes | None]] = [(clean.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good]  # type: ignore[arg-type]
+    clean_records: list[tuple[str, bytes | None, bytes | None]] = [(clean.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good]
     dirty_records: list[tuple[str, bytes | None, bytes | None]] = [
-        (dirty.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good  # type: ignore[arg-type]
+        (dirty.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good
     ]
     expected_reasons: Counter[str] = Counter()
     expected_per_topic: Counter[str] = Counter()
@@ -107,7 +107,7 @@ def test_poison_records_are_dead_lettered_and_good_ones_match_a_clean_run(
         for _ in range(PER_KIND):
             victim = rng.choice(good)
             key, value, reason = _malformed(victim, kind, rng, dirty.max_payload_bytes)
-            topic = dirty.topic(kind_of(victim))  # type: ignore[arg-type]
+            topic = dirty.topic(kind_of(victim))
             dirty_records.insert(rng.randrange(len(dirty_records) + 1), (topic, key, value))
             expected_reasons[reason] += 1
             expected_per_topic[topic] += 1

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from state.events import Event, Item, Purchase, Review, item_text
-from stream_app.harness import WorkerProcess, free_port, metric_sum, wait_drained, wait_group_stable
+from deploy.workers import WorkerProcess, free_port, metric_sum, wait_drained, wait_group_stable
 from stream_app.inspect import all_profiles, scan
 from stream_app.item_vectors import loads as load_vector
 from stream_app.producer import publish

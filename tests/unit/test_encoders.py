@@ -211,6 +211,7 @@ def _fake_cuda_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
     monkeypatch.setattr(ort, "InferenceSession", session)
     monkeypatch.setattr(runtime, "_cuda_failed", False)
+    monkeypatch.setattr(runtime, "cuda_possible", lambda: True)  # a GPU is there, its libraries are not
 
 
 def test_silent_cuda_fallback_is_detected(
@@ -357,6 +358,7 @@ def _fake_working_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
     monkeypatch.setattr(ort, "InferenceSession", Session)
     monkeypatch.setattr(runtime, "_cuda_failed", False)
+    monkeypatch.setattr(runtime, "cuda_possible", lambda: True)
 
 
 def test_fp16_graph_runs_only_on_cuda_and_only_when_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -437,3 +439,126 @@ def test_exported_head_recovers_a_planted_star_direction() -> None:
     assert spearman(pred, stars[400:]) > 0.8
     # Deterministic: a second fit gives the same weights bit for bit.
     assert fit(x[:400], stars[:400]).w == head.w
+
+
+# --- CPU machines: CUDA is not even tried where no GPU can be (issue 8) ------------------
+
+
+def _recording_session(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """onnxruntime-gpu on a machine without a GPU: CUDA is listed; every session's requested
+    providers are recorded (a CUDA request would fail to start and fall back to CPU)."""
+    real = ort.InferenceSession
+    calls: list[list[str]] = []
+
+    def session(path: str, sess_options: Any = None, providers: list[str] | None = None) -> Any:
+        calls.append(list(providers or []))
+        return real(path, sess_options=sess_options, providers=[p for p in providers or [] if p != runtime.CUDA])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [runtime.CUDA, runtime.CPU])
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    monkeypatch.setattr(runtime, "_cuda_failed", False)
+    return calls
+
+
+def test_no_gpu_auto_goes_straight_to_cpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _with_gpu_graph(tmp_path / "g")
+    calls = _recording_session(monkeypatch)
+    monkeypatch.setattr(runtime, "cuda_possible", lambda: False)
+    with caplog.at_level(logging.INFO, logger="persona.encoders"):
+        enc = load_encoder(root, device="auto")
+    assert (enc.provider, enc.info.graph) == (runtime.CPU, "model.onnx")  # not the fp16 graph
+    assert calls == [[runtime.CPU]]  # one session, CUDA never requested
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.name == "persona.encoders"]
+    assert len(infos) == 1 and runtime.CPU in infos[0]  # the effective provider, logged once
+    assert runtime._cuda_failed is False
+    np.testing.assert_allclose(enc.encode(["great"]), expected(["great"]), atol=1e-6)
+
+
+def test_gpu_probe_true_tries_cuda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _with_gpu_graph(tmp_path / "g")
+    calls = _recording_session(monkeypatch)
+    monkeypatch.setattr(runtime, "cuda_possible", lambda: True)
+    enc = load_encoder(root, device="auto")
+    assert calls[0] == [runtime.CUDA, runtime.CPU]
+    assert enc.provider == runtime.CPU and runtime._cuda_failed is True  # the fake fell back
+
+
+def test_forced_cuda_ignores_the_probe_and_fails_loudly(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recording_session(monkeypatch)
+    monkeypatch.setattr(runtime, "cuda_possible", lambda: False)
+    with pytest.raises(ModelError, match="fell back to CPU"):
+        load_encoder(artifact, device="cuda")
+    assert calls and calls[0][0] == runtime.CUDA
+
+
+@pytest.mark.parametrize(
+    ("visible", "nodes", "libcuda", "want"),
+    [
+        (None, set(), False, False),
+        (None, {"/dev/nvidia0"}, False, True),
+        (None, {"/proc/driver/nvidia/version"}, False, True),
+        (None, set(), True, True),  # WSL2 / Jetson: only the driver library
+        ("", {"/dev/nvidia0"}, True, False),
+        ("-1", {"/dev/nvidia0"}, True, False),
+        ("0", {"/dev/nvidia0"}, False, True),
+    ],
+)
+def test_cuda_possible_probe(
+    monkeypatch: pytest.MonkeyPatch, visible: str | None, nodes: set[str], libcuda: bool, want: bool
+) -> None:
+    import ctypes
+    import os
+
+    loaded: list[str] = []
+
+    def cdll(name: str) -> object:
+        loaded.append(name)
+        if not libcuda:
+            raise OSError(f"{name}: cannot open shared object file")
+        return object()
+
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    monkeypatch.setattr(os.path, "exists", lambda p: p in nodes)
+    monkeypatch.setattr(ctypes, "CDLL", cdll)
+    runtime.cuda_possible.cache_clear()
+    try:
+        assert runtime.cuda_possible() is want
+        assert runtime.cuda_possible() is want
+        assert len(loaded) <= 1  # cached: probed once per process
+        assert all(name == "libcuda.so.1" for name in loaded)  # the driver, never cuBLAS
+    finally:
+        runtime.cuda_possible.cache_clear()
+
+
+def test_registry_manifests_and_latest_per_variant(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    assert reg.manifests() == [] and reg.latest("fp32") is None  # no registry folder yet
+
+    def version(name: str, variant: Variant, created_at: str) -> None:
+        (root / name).mkdir(parents=True)
+        m = msgspec.structs.replace(_manifest_stub(), version=name, variant=variant, created_at=created_at)
+        (root / name / "manifest.json").write_bytes(msgspec.json.encode(m))
+
+    # Names sort one way, creation times the other: latest() goes by the manifest.
+    version("a-fp32", "fp32", "2026-03-01T00:00:00+00:00")
+    version("b-fp32", "fp32", "2026-01-01T00:00:00+00:00")
+    version("c-int8", "int8", "2026-02-01T00:00:00+00:00")
+    (root / ".staging-d").mkdir()  # an export in progress is not a version
+    (root / "e-partial").mkdir()  # nor a directory without a manifest
+    reg.publish("b-fp32")  # published or not makes no difference
+
+    assert [(p.name, m.variant) for p, m in reg.manifests()] == [("a-fp32", "fp32"), ("b-fp32", "fp32"), ("c-int8", "int8")]
+    assert all(p == root / m.version for p, m in reg.manifests())
+    assert reg.latest("fp32") == root / "a-fp32"
+    assert reg.latest("int8") == root / "c-int8"
+    assert reg.latest("fp16") is None
+    (root / "c-int8" / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError, match="bad manifest.json"):
+        reg.latest("fp32")

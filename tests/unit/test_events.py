@@ -25,6 +25,7 @@ from state.events import (
     decode,
     encode,
     key_of,
+    kind_of,
 )
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -98,11 +99,12 @@ STRATEGIES: dict[EventKind, st.SearchStrategy[Any]] = {
 any_event: st.SearchStrategy[Event] = st.one_of(*STRATEGIES.values())
 
 
-def kind_of(event: Event) -> EventKind:
-    for kind, cls in EVENT_TYPES.items():
-        if type(event) is cls:
-            return kind
-    raise AssertionError(f"no kind for {type(event)}")
+@FAST
+@given(event=any_event)
+def test_kind_of_is_the_wire_tag_and_names_the_class(event: Event) -> None:
+    kind = kind_of(event)
+    assert kind == json.loads(encode(event))["type"]
+    assert type(event) is EVENT_TYPES[kind]
 
 
 def valid(kind: EventKind) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state.codec import SCHEMA_VERSION, SchemaVersionError, dumps, loads
+from state.errors import PersonaError, StateError
 from state.decay import SECONDS_PER_DAY, closed_form
-from state.events import AttributeValue, Click, DeadLetter, Event, Follow, Item, Purchase, Review, User, decode, encode
+from state.events import AttributeValue, Click, DeadLetter, Event, Follow, Item, Purchase, Review, User, decode, encode, kind_of
 from state.profile import EVENT_WEIGHTS, Origin, Params, Profile, apply, is_duplicate, new_profile
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,7 +58,7 @@ def with_arrival_offsets(steps: list[Step], partition: int = 0) -> list[Step]:
     counters: dict[str, itertools.count[int]] = {}
     out = []
     for s in steps:
-        topic = f"persona.{type(s.event).__name__.lower()}s"
+        topic = f"persona.{kind_of(s.event)}s"
         offset = next(counters.setdefault(topic, itertools.count()))
         out.append(s._replace(origin=Origin(topic, partition, offset)))
     return out
@@ -142,7 +143,7 @@ def test_fold_equals_sequential_application_through_the_store(steps: list[Step],
     assert fold(fold(new_profile(USER), steps[:k]), steps[k:]) == folded
     # Independent bookkeeping.
     assert folded.version == len(steps)
-    assert folded.counts == dict(Counter(type(s.event).__name__.lower() for s in steps))
+    assert folded.counts == dict(Counter(kind_of(s.event) for s in steps))
     if steps:
         assert folded.first_event_ts == min(s.event.ts for s in steps)
         assert folded.last_event_ts == max(s.event.ts for s in steps)
@@ -168,7 +169,7 @@ def test_scalar_fields_match_the_raw_events(steps: list[Step]) -> None:
     assert p.purchased == expected_purchased
     expected_recency: dict[str, float] = {}
     for ev in events:
-        kind = type(ev).__name__.lower()
+        kind = kind_of(ev)
         expected_recency[kind] = max(expected_recency.get(kind, ev.ts), ev.ts)
     assert p.recency == expected_recency
     expected_applied: dict[str, int] = {}
@@ -262,7 +263,7 @@ def test_affinity_matches_the_closed_form(steps: list[Step], half_life: float) -
     expected: dict[str, float] = {}
     for c in {c for s in with_cats for c in s.categories}:
         pairs = [
-            (s.event.ts, EVENT_WEIGHTS[type(s.event).__name__.lower()] / len(s.categories))
+            (s.event.ts, EVENT_WEIGHTS[kind_of(s.event)] / len(s.categories))
             for s in with_cats
             if c in s.categories
         ]
@@ -480,10 +481,10 @@ def test_unknown_schema_byte_raises(version: int, p: Profile) -> None:
         loads(data)
 
 
-def test_empty_record_raises_and_schema_error_is_a_value_error() -> None:
-    with pytest.raises(ValueError):
+def test_empty_record_raises_and_schema_error_is_a_state_error() -> None:
+    with pytest.raises(StateError, match="empty"):
         loads(b"")
-    assert issubclass(SchemaVersionError, ValueError)
+    assert issubclass(SchemaVersionError, StateError) and issubclass(StateError, PersonaError)
 
 
 @pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30])

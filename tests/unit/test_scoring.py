@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from scoring.baseline import Scored, recommend
+from scoring.baseline import Scored, recommend, tie_key
 from scoring.popularity import Popularity
 from state.catalog import Catalog
 from state.decay import SECONDS_PER_DAY, closed_form
@@ -213,7 +214,8 @@ def test_regression_empty_popularity_after_restart_still_recommends_catalog_item
     recs = recommend(p, catalog, fresh(), k=5, params=Params())
     assert recs and all(r.item_id not in bought for r in recs)
     cold = recommend(new_profile(USER), catalog, fresh(), k=2, params=Params())
-    assert [r.item_id for r in cold] == ["i00", "i01"]
+    # All tie at popularity 0: the user's hash order picks them, not the id string.
+    assert [r.item_id for r in cold] == sorted(catalog.ids(), key=lambda i: tie_key(USER, i))[:2]
 
 
 @FAST
@@ -283,3 +285,95 @@ def test_two_categories_weighted_by_affinity() -> None:
     assert [r.item_id for r in recs] == sorted(expected, key=lambda i: -expected[i])
     for r in recs:
         assert r.score == pytest.approx(expected[r.item_id], rel=1e-12)
+
+
+# --- ties: a per-user hash, never the id string (issue 8) ---------------------------------------
+
+
+def _tied_world(n: int = 12) -> tuple[Catalog, Popularity]:
+    """n items of one category, all equally popular."""
+    items = [f"i{j:02d}" for j in range(n)]
+    return build_catalog({i: ("a",) for i in items + ["seen"]}), build_popularity({i: 3 for i in items})
+
+
+def _affine(user: str, catalog: Catalog) -> Profile:
+    ev = Click(event_id=f"{user}-c", ts=1_000.0, user_id=user, item_id="seen")
+    out = apply(new_profile(user), ev, origin=None, categories=catalog.categories("seen"), params=Params())
+    assert out is not None
+    return out
+
+
+def test_ties_are_broken_by_the_user_hash_not_the_id_string() -> None:
+    catalog, pop = _tied_world()
+    recs = recommend(_affine("alice", catalog), catalog, pop, k=5, params=Params())
+    ids = [r.item_id for r in recs]
+    assert len({r.score for r in recs}) == 1  # a real tie
+    tied = sorted(catalog.items_in("a") - {"seen"}, key=lambda i: tie_key("alice", i))
+    assert ids == tied[:5]
+    assert ids != sorted(ids) and ids != sorted(catalog.ids())[:5]  # not alphabetical
+
+
+def test_ties_differ_between_users_but_not_between_calls() -> None:
+    catalog, pop = _tied_world()
+    orders = {}
+    for user in ("alice", "bob", "carol"):
+        first = [r.item_id for r in recommend(_affine(user, catalog), catalog, pop, k=12, params=Params())]
+        again = [r.item_id for r in recommend(_affine(user, catalog), catalog, pop, k=12, params=Params())]
+        assert first == again
+        orders[user] = first
+    assert len({tuple(o) for o in orders.values()}) == 3
+    assert {frozenset(o) for o in orders.values()} == {frozenset(catalog.ids() - {"seen"})}  # same items
+
+
+def test_tie_order_is_the_same_in_another_process() -> None:
+    """Stable across runs: not Python's salted ``hash()``."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from tests.unit.test_scoring import _tied_world, _affine\n"
+        "from scoring.baseline import recommend\n"
+        "from state.profile import Params\n"
+        "c, p = _tied_world()\n"
+        "print(','.join(r.item_id for r in recommend(_affine('alice', c), c, p, k=12, params=Params())))\n"
+    )
+    catalog, pop = _tied_world()
+    here = [r.item_id for r in recommend(_affine("alice", catalog), catalog, pop, k=12, params=Params())]
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+        assert out.stdout.strip().split(",") == here
+
+
+def test_strictly_better_items_always_beat_the_tie_window() -> None:
+    """The pool is cut after the items that tie at its edge: more popular items are always in,
+    and which tied ones follow is the user's hash order over *all* tied items (not the first by id)."""
+    tied = [f"t{j:02d}" for j in range(40)]
+    catalog = build_catalog({i: ("a",) for i in tied + ["top1", "top2", "seen"]})
+    pop = build_popularity({"top1": 9, "top2": 7} | {i: 1 for i in tied})
+    for user in ("alice", "bob"):
+        recs = recommend(_affine(user, catalog), catalog, pop, k=4, params=Params())
+        ids = [r.item_id for r in recs]
+        assert ids[:2] == ["top1", "top2"]
+        assert ids[2:] == sorted(tied, key=lambda i: tie_key(user, i))[:2]
+
+
+def test_cold_start_on_empty_popularity_differs_per_user_and_says_so() -> None:
+    """Right after a restart nothing is popular: users still get different catalog picks, and
+    the reason does not claim popularity."""
+    catalog = build_catalog({f"i{j:02d}": ("a",) for j in range(30)})
+    lists = {u: recommend(new_profile(u), catalog, fresh(), k=5, params=Params()) for u in ("u1", "u2", "u3")}
+    assert len({tuple(r.item_id for r in recs) for recs in lists.values()}) == 3
+    for recs in lists.values():
+        assert all(r.reasons == ["from the catalog: no activity on it yet"] for r in recs)
+    warm = recommend(new_profile("u1"), catalog, build_popularity({"i07": 2}), k=2, params=Params())
+    assert warm[0].item_id == "i07" and warm[0].reasons == ["popular overall (popularity 2.00)"]
+
+
+def test_popularity_ties_are_not_in_id_order() -> None:
+    pop = build_popularity({f"i{j:02d}": 1 for j in range(10)})
+    ids = [i for _, i in pop.ranked(None)]
+    assert sorted(ids) == [f"i{j:02d}" for j in range(10)] and ids != sorted(ids)
+    assert ids == [i for _, i in build_popularity({f"i{j:02d}": 1 for j in reversed(range(10))}).ranked(None)]

@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from state.errors import DatasetError
 from state.events import (
     Click,
     EVENT_TYPES,
@@ -32,10 +33,10 @@ from state.events import (
     encode,
     key_of,
 )
+from stream_app.settings import DEFAULT_DATA_DIR
 from stream_app.sources import SourceFormat, read_events
 
-REPO = Path(__file__).resolve().parents[2]
-DATA_DIR = Path(os.environ.get("PERSONA_DATA_DIR", REPO / ".." / "shared" / "data"))
+DATA_DIR = Path(os.environ.get("PERSONA_DATA_DIR") or DEFAULT_DATA_DIR)
 
 AMAZON_2014 = (
     DATA_DIR / "amazon2014-musical-instruments-5core" / "reviews_Musical_Instruments_5.json.gz"
@@ -313,12 +314,12 @@ def test_jsonl_bad_line_names_the_line(tmp_path: Path, bad: bytes) -> None:
     path.write_bytes(encode(SAMPLE[0]) + b"\n" + encode(SAMPLE[1]) + b"\n" + bad + b"\n")
     events = read_events("jsonl", path)
     assert next(events) == SAMPLE[0]
-    with pytest.raises(ValueError, match=r"bad\.jsonl:3: invalid event"):
+    with pytest.raises(DatasetError, match=r"bad\.jsonl:3: invalid event"):
         list(events)
 
 
 def test_jsonl_missing_file_fails_at_the_call(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DatasetError, match="file not found"):
         read_events("jsonl", tmp_path / "absent.jsonl")
 
 
@@ -377,5 +378,5 @@ def test_limit_on_real_data() -> None:
 
 
 def test_a_path_is_required_for_real_formats() -> None:
-    with pytest.raises(ValueError, match="needs a path"):
+    with pytest.raises(DatasetError, match="needs a path"):
         read_events("movielens", None)

@@ -1,0 +1,104 @@
+"""``persona bench ...``: mounted into the ``persona`` command through the
+``persona.commands`` entry-point group (see pyproject.toml), so that ``stream_app`` never
+imports ``bench``. Heavy imports happen inside the commands, as in ``stream_app.cli``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Benchmarks: ratios against baselines measured in the same run.", no_args_is_help=True)
+
+_REGISTRY_HELP = "Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder)."
+
+
+def _data_dir() -> Path:
+    from stream_app.settings import Settings
+
+    return Settings().data_dir
+
+
+def _model_registry(registry: Path | None) -> Path:
+    from stream_app.settings import Settings
+
+    return registry or Settings().model_registry
+
+
+@app.command("stream")
+def bench_stream(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
+    profiles: Annotated[int, typer.Option(help="Users in the footprint run.")] = 100_000,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """Events/s of one worker vs a trivial Faust agent and a bare consumer; RSS and disk per 100k profiles."""
+    from bench.stream import run
+
+    report = run(bootstrap, _data_dir(), events, profiles)
+    _print_report("persona bench stream", report)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+@app.command("encoder")
+def bench_encoder(
+    registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
+    texts: Annotated[int, typer.Option(help="Review texts per batch size (batch 1 uses at most 128).")] = 1024,
+    threads: Annotated[Optional[int], typer.Option(help="intra-op threads (default: all available cores).")] = None,
+    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
+    repeat: Annotated[int, typer.Option(help="Timed passes per path; the best one counts.")] = 2,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+) -> None:
+    """Texts/s of the Persona encode path vs a bare onnxruntime session on pre-tokenized batches."""
+    from bench.encoder import render, run
+
+    rows = run(_model_registry(registry), texts=texts, threads=threads, export_missing=export_missing, repeat=repeat)
+    render(rows, Console())
+    if json_out:
+        json_out.write_text(json.dumps([{**row.__dict__, "ratio": row.ratio} for row in rows], indent=2))
+
+
+@app.command("reviews")
+def bench_reviews(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
+    reviews: Annotated[int, typer.Option(help="Musical Instruments reviews per variant.")] = 2_000,
+    threads: Annotated[Optional[int], typer.Option(help="intra-op threads, worker and baseline (default: all cores).")] = None,
+    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+) -> None:
+    """Reviews/s through one worker's two-stage review pipeline vs the encoder alone."""
+    from rich.table import Table
+
+    from bench.reviews import run
+
+    rows = run(
+        bootstrap, _data_dir(), _model_registry(registry), reviews=reviews, threads=threads, export_missing=export_missing
+    )
+    table = Table(title="persona bench reviews (reviews/s; ratio = pipeline / encoder alone)")
+    for col in ("variant", "reviews", "batch", "threads", "encoder alone", "pipeline", "ratio"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        table.add_row(
+            r["variant"], f"{r['reviews']:,}", str(r["batch"]), str(r["threads"]),
+            f"{r['encoder_alone_per_s']:,.1f}", f"{r['pipeline_per_s']:,.1f}", f"{r['ratio']:.3f}",
+        )
+    Console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+
+
+def _print_report(title: str, report: dict[str, object]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in report.items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(key, shown)
+    Console().print(table)
