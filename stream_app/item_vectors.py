@@ -162,8 +162,7 @@ class ItemEncoder:
         if not work:
             return 0
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        encodings = await loop.run_in_executor(None, self._holder.encode, encoder, [t for _, t in work])
+        encodings = await self._holder.encode_items(encoder, [t for _, t in work])
         metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
         for (item_id, text), encoding in zip(work, encodings):
             digest = text_digest(text)

@@ -68,7 +68,15 @@ PROFILE_BYTES = Histogram(
 )
 STALL_RESTARTS = Counter(
     "persona_commit_stall_restarts",
-    "Worker self-restarts after a commit stall (faust#596); the supervisor restarts it.",
+    "Worker self-restarts asked for by this process: a commit stuck behind finished work, "
+    "or a message lost before the agent (faust#596); the supervisor restarts it.",
+    ["cause"],
+    registry=REGISTRY,
+)
+SUPERVISOR_RESTARTS = Counter(
+    "persona_supervisor_restarts",
+    "Restarts of this worker by its `persona worker` supervisor before the current process "
+    "(carried across the restart, unlike every other counter here).",
     registry=REGISTRY,
 )
 MODEL_INFO = Gauge(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,14 @@ class EncoderHolder:
 
     A new version is loaded on a worker thread, checked on its golden inputs and warmed
     up before it replaces the old one; a broken artifact is refused and the old one kept.
+
+    All encoding of a worker runs on *one* thread, reviews first. Review batches and the
+    catalog's item texts used to run concurrently on the loop's default executor, each
+    asking onnxruntime for every core: on a small machine they thrashed each other and the
+    event loop, so one review batch could take longer than the stall timeout while the
+    catalog was re-encoded. One encode at a time keeps the cores for the model and a core's
+    slice for the loop, and a review batch (which holds its partition's commit) waits for at
+    most one in-flight item batch, never for the catalog.
     """
 
     def __init__(self, registry: Path, *, device: str = "auto", threads: int | None = None, fp16: bool = True) -> None:
@@ -73,6 +82,8 @@ class EncoderHolder:
         self.fp16 = fp16
         self.encoder: Any | None = None
         self._failed: str | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persona-encode")
+        self._reviews_waiting = 0
 
     @property
     def version(self) -> str | None:
@@ -109,6 +120,20 @@ class EncoderHolder:
         metrics.MODEL_INFO.labels("encoder", current.name).set(1)
         log.warning("encoder %s -> %s (%s on %s)", old, current.name, encoder.info.graph, encoder.provider)
         return True
+
+    async def encode_reviews(self, encoder: Any, texts: list[str]) -> list[Encoding]:
+        """Encode a review batch on the encode thread, ahead of any item batch not yet started."""
+        self._reviews_waiting += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.encode, encoder, texts)
+        finally:
+            self._reviews_waiting -= 1
+
+    async def encode_items(self, encoder: Any, texts: list[str], *, poll_s: float = 0.01) -> list[Encoding]:
+        """Encode item texts on the encode thread once no review batch is waiting for it."""
+        while self._reviews_waiting:
+            await asyncio.sleep(poll_s)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.encode, encoder, texts)
 
     def encode(self, encoder: Any, texts: list[str]) -> list[Encoding]:
         vectors = encoder.encode(texts)

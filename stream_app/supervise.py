@@ -8,8 +8,8 @@ saw it after kill -9 restarts.
 
 The remedy is the one our idempotent profiles make safe: restart from the last committed
 offset. A :class:`StallDetector` watches, per input partition, the committed offset and
-the offset last handed to the stream; when the commit has not moved for ``stall_s``
-although later messages were already dispatched, the worker process exits with
+the offset last *finished* by an agent; when the commit has not moved for ``stall_s``
+although work past it was already finished, the worker process exits with
 :data:`RESTART_EXIT_CODE`, and the ``persona worker`` supervisor starts it again at once.
 Replayed records are recognised by the profile watermarks, so nothing is applied twice
 and the stuck message is finally processed.
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any, Hashable
 
 log = logging.getLogger("persona.supervise")
@@ -32,33 +33,72 @@ log = logging.getLogger("persona.supervise")
 #: Exit code meaning "restart me" (EX_TEMPFAIL).
 RESTART_EXIT_CODE = 75
 _CHILD_ENV = "PERSONA_WORKER_CHILD"
+#: Restarts the supervisor made so far, handed to each child (persona_supervisor_restarts_total).
+RESTARTS_ENV = "PERSONA_SUPERVISOR_RESTARTS"
+_FAILPOINT_ENV = "PERSONA_FAILPOINT_HOLD_ACK"
+
+
+@dataclass(frozen=True, slots=True)
+class Restart:
+    """A decision to restart the worker from its committed offsets (taken by the worker)."""
+
+    reason: str
+
+
+@dataclass
+class Progress:
+    """What the agents *finished*, per input partition: the watchdog's evidence.
+
+    An offset is recorded once its record's work is done (applied, or encoded and handed
+    on), never when it merely reached an agent or a batching buffer. The difference is the
+    false restart this class fixes: the review stage's batch of 64 was marked when it was
+    *taken*, so one slow batch (a catalog being re-encoded on the same cores) looked like a
+    commit stuck behind processed records.
+    """
+
+    finished: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def done(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        prev = self.finished.get(key)
+        self.finished[key] = offset if prev is None else max(prev, offset)
+
+    def forget(self) -> None:
+        """Partitions moved: what this worker finished before says nothing about the new owner."""
+        self.finished.clear()
 
 
 @dataclass
 class StallDetector:
+    """Tells a stuck commit from a busy worker.
+
+    Stuck (faust#596): work *finished* past the committed offset, yet the commit has not
+    moved for ``stall_s``. Busy: the agent is still working on the record at the commit
+    point (a long encode, a big batch): nothing past the commit is finished, so however
+    long it takes, that is no evidence of a stall.
+    """
+
     stall_s: float
-    _since: dict[Hashable, tuple[int | None, float]] = field(default_factory=dict)
+    _since: dict[Hashable, tuple[int | None, float | None]] = field(default_factory=dict)
 
-    def observe(self, tp: Hashable, committed: int | None, dispatched: int | None, now: float) -> bool:
-        """Whether ``tp`` is stalled: commit unmoved for ``stall_s`` while a message at or
-        past the committed offset was already handed to the stream."""
+    def observe(self, tp: Hashable, committed: int | None, finished: int | None, now: float) -> bool:
+        """Whether ``tp`` is stalled: commit unmoved for ``stall_s`` while a record at or
+        past the committed offset (the next one to commit) was already finished."""
+        waiting = finished is not None and committed is not None and finished >= committed
         last = self._since.get(tp)
-        if last is None or last[0] != committed:
-            self._since[tp] = (committed, now)
+        if not waiting or last is None or last[0] != committed or last[1] is None:
+            # Busy, idle or a moved commit: the clock starts when finished work first
+            # waits on this commit, never earlier.
+            self._since[tp] = (committed, now if waiting else None)
             return False
-        waiting = dispatched is not None and committed is not None and dispatched >= committed
-        return waiting and now - last[1] >= self.stall_s
+        return now - last[1] >= self.stall_s
 
-    def stalled(self, consumer: Any, processed: dict[tuple[str, int], int], now: float) -> list[Hashable]:
-        """Partitions whose agent processed past the committed offset while the commit
-        has not moved for ``stall_s``. ``processed`` holds the last offset each agent
-        *processed*: offsets merely buffered in a stream (a slow batching stage) are not
-        evidence of a stall, and using them gave false restarts."""
+    def stalled(self, assignment: Iterable[Any], committed: Mapping[Any, int | None], progress: Progress, now: float) -> list[Hashable]:
+        """Assigned partitions whose commit is stuck behind finished work for ``stall_s``."""
         out: list[Hashable] = []
-        committed = consumer._committed_offset
-        for tp in consumer.assignment():
+        for tp in assignment:
             key = (tp.topic, tp.partition)
-            if key in processed and self.observe(tp, committed.get(tp), processed[key], now):
+            if key in progress.finished and self.observe(tp, committed.get(tp), progress.finished[key], now):
                 out.append(tp)
         return out
 
@@ -92,6 +132,29 @@ class GapGuard:
         return partition not in self._last
 
 
+def hold_ack_failpoint(topic: str, partition: int, offset: int) -> bool:
+    """Test failpoint: whether this record must stay un-acknowledged forever (faust#596's
+    symptom, made on purpose). ``PERSONA_FAILPOINT_HOLD_ACK`` names a file holding
+    ``topic:partition:first:last``; records ``first..last`` are held, and the file is removed
+    when ``last`` is, so the restarted worker processes them normally. Hold two or more:
+    faust-streaming 0.15.3 commits past a *single* un-acked record at the head of a
+    partition (``Consumer._new_offset`` only sees a gap of two or more), so one held record
+    loses nothing here but stalls nothing either. Unset in production: one lookup per record."""
+    path = os.environ.get(_FAILPOINT_ENV)
+    if not path:
+        return False
+    try:
+        with open(path, encoding="utf-8") as fh:
+            want_topic, want_partition, first, last = fh.read().strip().rsplit(":", 3)
+    except (FileNotFoundError, ValueError):
+        return False
+    if (want_topic, want_partition) != (topic, str(partition)) or not int(first) <= offset <= int(last):
+        return False
+    if offset == int(last):
+        os.unlink(path)
+    return True
+
+
 def is_child() -> bool:
     return os.environ.get(_CHILD_ENV) == "1"
 
@@ -112,12 +175,13 @@ def run_supervised(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     restarts = 0
     while True:
+        env[RESTARTS_ENV] = str(restarts)
         child = subprocess.Popen([sys.executable, *argv], env=env)
         rc = child.wait()
         if rc != RESTART_EXIT_CODE or stopping:
             return rc
         restarts += 1
-        log.warning("worker asked for a restart (commit stall, faust#596); restart #%d", restarts)
+        log.warning("worker asked for a restart (commit stall or lost message, faust#596); restart #%d", restarts)
         time.sleep(0.5)
 
 

@@ -1,0 +1,142 @@
+"""The stall watchdog tells busy from stuck; the gap guard returns decisions; the failpoint is one-shot."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_app.supervise import GapGuard, Progress, StallDetector, hold_ack_failpoint
+
+
+class TP:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic, self.partition = topic, partition
+
+    def __hash__(self) -> int:
+        return hash((self.topic, self.partition))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TP) and (self.topic, self.partition) == (other.topic, other.partition)
+
+    def __repr__(self) -> str:
+        return f"TP({self.topic}, {self.partition})"
+
+
+REVIEWS = TP("reviews", 0)
+
+
+def test_regression_false_restart_behind_a_slow_review_batch() -> None:
+    """Issue 8: a batch of 64 reviews taken from the stream at offsets 256..319 waits on an
+    encoder busy re-encoding the catalog. The commit sits at 256 far longer than the stall
+    timeout; nothing past it is finished, so this is a busy worker, not a stuck one."""
+    detector = StallDetector(stall_s=4.0)
+    progress = Progress()
+    progress.done("reviews", 0, 255)  # the previous batch, committed as 256
+    committed = {REVIEWS: 256}
+    for now in range(0, 120, 5):  # two minutes of encoding one batch
+        assert detector.stalled([REVIEWS], committed, progress, float(now)) == []
+    # The batch finishes: its offsets are finished, and the commit follows within a tick.
+    for offset in range(256, 320):
+        progress.done("reviews", 0, offset)
+    assert detector.stalled([REVIEWS], committed, progress, 121.0) == []
+    committed[REVIEWS] = 320
+    assert detector.stalled([REVIEWS], committed, progress, 122.0) == []
+
+
+def test_a_commit_stuck_behind_finished_records_is_a_stall() -> None:
+    """faust#596: one record stays in flight, later ones are processed, the commit never moves."""
+    detector = StallDetector(stall_s=4.0)
+    progress = Progress()
+    committed = {REVIEWS: 100}
+    progress.done("reviews", 0, 130)
+    assert detector.stalled([REVIEWS], committed, progress, 0.0) == []
+    assert detector.stalled([REVIEWS], committed, progress, 3.9) == []
+    assert detector.stalled([REVIEWS], committed, progress, 4.0) == [REVIEWS]
+
+
+def test_the_stall_clock_starts_when_finished_work_first_waits() -> None:
+    """A long busy phase followed by a stall: the timeout counts from the first finished
+    record past the commit, not from the last commit (which was long ago)."""
+    detector = StallDetector(stall_s=10.0)
+    progress = Progress()
+    committed = {REVIEWS: 50}
+    progress.done("reviews", 0, 49)
+    for now in range(0, 100, 5):
+        assert detector.stalled([REVIEWS], committed, progress, float(now)) == []
+    progress.done("reviews", 0, 60)
+    assert detector.stalled([REVIEWS], committed, progress, 100.0) == []
+    assert detector.stalled([REVIEWS], committed, progress, 109.0) == []
+    assert detector.stalled([REVIEWS], committed, progress, 110.0) == [REVIEWS]
+
+
+def test_unassigned_or_unknown_partitions_are_ignored() -> None:
+    detector = StallDetector(stall_s=1.0)
+    progress = Progress()
+    progress.done("other", 3, 10)
+    assert detector.stalled([REVIEWS], {REVIEWS: 0}, progress, 0.0) == []
+    assert detector.stalled([REVIEWS], {REVIEWS: 0}, progress, 50.0) == []
+    progress.forget()
+    assert progress.finished == {}
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0.0, 3.0)), min_size=1, max_size=60))
+def test_commits_that_keep_moving_never_stall(steps: list[tuple[int, float]]) -> None:
+    """Whatever the work pattern, a commit that moves at least every stall_s never fires."""
+    detector = StallDetector(stall_s=3.5)
+    progress = Progress()
+    committed, now = 0, 0.0
+    for advance, dt in steps:
+        now += dt
+        progress.done("reviews", 0, committed + advance)
+        committed += 1  # the commit moves on every observation
+        assert detector.stalled([REVIEWS], {REVIEWS: committed}, progress, now) == []
+
+
+def test_gap_guard_finds_the_first_missing_offset() -> None:
+    guard = GapGuard()
+    assert guard.check(0, 10, committed=10) is None
+    guard.advance(0, 10)
+    assert guard.check(0, 11, committed=10) is None
+    guard.advance(0, 11)
+    assert guard.check(0, 14, committed=10) == 12
+    assert guard.first_seen(1)
+    assert guard.check(1, 7, committed=5) == 5  # first record after assignment skips 5, 6
+
+
+def test_hold_ack_failpoint_holds_its_range_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "hold"
+    monkeypatch.setenv("PERSONA_FAILPOINT_HOLD_ACK", str(marker))
+    assert not hold_ack_failpoint("t", 0, 5)  # no file: disarmed
+    marker.write_text("t.x:0:5:6\n")
+    assert not hold_ack_failpoint("t.x", 0, 4)
+    assert not hold_ack_failpoint("t.x", 1, 5)
+    assert hold_ack_failpoint("t.x", 0, 5)
+    assert marker.exists()
+    assert hold_ack_failpoint("t.x", 0, 6)
+    assert not marker.exists()
+    assert not hold_ack_failpoint("t.x", 0, 5)  # the restarted worker processes them normally
+    monkeypatch.delenv("PERSONA_FAILPOINT_HOLD_ACK")
+    assert not hold_ack_failpoint("t.x", 0, 5)
+
+
+def test_restart_requests_keep_the_first_decision_and_halt_never_returns() -> None:
+    from stream_app.supervise import Restart
+    from stream_app.worker import RestartRequests
+
+    async def scenario() -> tuple[Restart, bool]:
+        requests = RestartRequests()
+        halted = asyncio.create_task(requests.halt(Restart("first: offset 12 reached the agent but 11 never did")))
+        await asyncio.sleep(0)
+        requests.request(Restart("second"))
+        decision = await requests.wait()
+        await asyncio.sleep(0.05)
+        still_halted = not halted.done()
+        halted.cancel()
+        return decision, still_halted
+
+    decision, still_halted = asyncio.run(scenario())
+    assert decision.reason.startswith("first") and still_halted
