@@ -22,16 +22,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import msgspec
 
-from state.events import EVENT_KINDS, DeadLetter, EventKind
-from state.profile import Origin
+from state.errors import ContractError
+from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
+from state.profile import Encoding, Origin
 from stream_app import metrics
-from stream_app.runtime import Runtime, raw_topic
-from stream_app.settings import Settings
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
-from stream_app.supervise import RESTART_EXIT_CODE, GapGuard, StallDetector, dump_tasks
+from stream_app.runtime import Runtime, raw_topic, record_of
+from stream_app.settings import Settings
+from stream_app.supervise import (
+    RESTART_EXIT_CODE,
+    RESTARTS_ENV,
+    GapGuard,
+    Progress,
+    Restart,
+    StallDetector,
+    dump_tasks,
+    hold_ack_failpoint,
+)
 
 log = logging.getLogger("persona.worker")
 
@@ -53,7 +63,7 @@ class PersonaMonitor(Monitor):
     def on_commit_initiated(self, consumer: Any) -> Any:
         if self.runtime is not None:
             self.runtime.profiles.flush()
-            self.runtime.flush_pending(all_users=True)
+            self.runtime.pipeline.flush_pending(all_users=True)
         return super().on_commit_initiated(consumer)
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
@@ -105,6 +115,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     app.producer.buffer.max_messages = 20_000
     runtime = Runtime(app, settings)
     cast(PersonaMonitor, app.monitor).runtime = runtime
+    progress = Progress()
+    restarts = RestartRequests()
+    metrics.SUPERVISOR_RESTARTS.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
 
     holder = EncoderHolder(
         settings.model_registry, device=settings.model_device, threads=settings.model_threads, fp16=settings.model_fp16
@@ -112,8 +125,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     models_tried = asyncio.Event()
     for kind in EVENT_KINDS:
         if kind != "review":
-            _add_agent(app, runtime, kind, models_tried)
-    _add_review_stages(app, runtime, holder, models_tried)
+                _add_agent(app, runtime, kind, models_tried, progress, restarts)
+    _add_review_stages(app, runtime, holder, models_tried, progress, restarts)
 
     @app.task  # type: ignore[untyped-decorator]
     async def load_models() -> None:
@@ -159,7 +172,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.timer(max(0.05, settings.emit_interval_s / 2))  # type: ignore[untyped-decorator]
     async def flush_due() -> None:
-        runtime.flush_pending(all_users=False)
+        runtime.pipeline.flush_pending(all_users=False)
 
     @app.task  # type: ignore[untyped-decorator]
     async def install_task_dump() -> None:
@@ -171,6 +184,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.profiles.reset()
+        progress.forget()
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -179,16 +193,22 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     detector = StallDetector(settings.stall_timeout_s)
 
-    @app.timer(5.0)  # type: ignore[untyped-decorator]
+    @app.timer(min(5.0, max(0.5, settings.stall_timeout_s / 4)))  # type: ignore[untyped-decorator]
     async def watch_commits() -> None:
-        stalled = detector.stalled(app.consumer, PROCESSED, time.monotonic())
+        consumer: Any = app.consumer
+        stalled = detector.stalled(consumer.assignment(), consumer._committed_offset, progress, time.monotonic())
         if stalled:
-            log.error("commit stalled on %s for %.0fs (faust#596): restarting from committed offsets", stalled, settings.stall_timeout_s)
-            metrics.STALL_RESTARTS.inc()
-            dump_tasks(app)
-            # Skip Faust's shutdown: it would wait on the same in-flight message.
-            logging.shutdown()
-            os._exit(RESTART_EXIT_CODE)
+            restarts.request(Restart(f"commit stuck behind finished records on {stalled} for {settings.stall_timeout_s:.0f}s (faust#596)"))
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def restart_when_asked() -> None:
+        # The one place a worker restarts itself: agents and the watchdog only ask.
+        decision = await restarts.wait()
+        log.error("%s: restarting from committed offsets", decision.reason)
+        dump_tasks(app)
+        # Skip Faust's shutdown: it would wait on the same in-flight message.
+        logging.shutdown()
+        os._exit(RESTART_EXIT_CODE)
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
@@ -203,7 +223,61 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     return app, runtime
 
 
-def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind, models_tried: asyncio.Event) -> None:
+class RestartRequests:
+    """Restart decisions from agents and the watchdog, taken by one task of the worker."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.decision: Restart | None = None
+
+    def request(self, decision: Restart) -> None:
+        if self.decision is None:
+            self.decision = decision
+            metrics.STALL_RESTARTS.labels("lost_message" if "never did" in decision.reason else "stuck_commit").inc()
+            self._event.set()
+
+    async def wait(self) -> Restart:
+        await self._event.wait()
+        assert self.decision is not None
+        return self.decision
+
+    async def halt(self, decision: Restart) -> None:
+        """Ask for a restart and never return: the agent must not apply a later record."""
+        self.request(decision)
+        await asyncio.Event().wait()
+
+
+class OrderCheck:
+    """The gap guard in front of one agent: returns a :class:`Restart` decision, takes none."""
+
+    def __init__(self, app: faust.App) -> None:
+        self._app = app
+        self._guard = GapGuard()
+
+    async def check(self, msg: Any) -> Restart | None:
+        consumer: Any = self._app.consumer
+        tp = faust.types.TP(msg.topic, msg.partition)
+        missing = self._guard.check(msg.partition, msg.offset, consumer._committed_offset.get(tp))
+        if missing is not None and self._guard.first_seen(msg.partition):
+            # Right after (re)assignment a jump can be real: retention deleted the records.
+            earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
+            if earliest >= msg.offset:
+                log.warning("%s: records %d..%d were deleted by retention before being processed", tp, missing, msg.offset - 1)
+                missing = None
+        if missing is not None:
+            return Restart(f"{tp}: offset {msg.offset} reached the agent but {missing} never did (faust#596)")
+        self._guard.advance(msg.partition, msg.offset)
+        return None
+
+
+def _hold(event: Any) -> None:
+    """The failpoint's effect: one more reference, so Faust never acks this message."""
+    event.message.incref()
+
+
+def _add_agent(
+    app: faust.App, runtime: Runtime, kind: EventKind, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests
+) -> None:
     topic = raw_topic(app, runtime.settings.topic(kind), runtime.settings.partitions_for(kind))
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
@@ -213,16 +287,24 @@ def _add_agent(app: faust.App, runtime: Runtime, kind: EventKind, models_tried: 
         if kind in ("click", "purchase"):
             await models_tried.wait()
             await runtime.vectors.ready.wait()
-        guard = GapGuard()
+        order = OrderCheck(app)
         async for event in stream.events():
+            msg = event.message
             if kind != "item":  # the catalog topic is compacted: gaps are normal there
-                await _check_order(app, guard, event.message)
-            await runtime.handle(kind, event)
+                decision = await order.check(msg)
+                if decision is not None:
+                    await restarts.halt(decision)
+            await runtime.handle(kind, msg)
+            if hold_ack_failpoint(msg.topic, msg.partition, msg.offset):
+                _hold(event)
+            progress.done(msg.topic, msg.partition, msg.offset)
 
     app.agent(topic, name=f"persona.agents.{kind}", concurrency=1)(agent)
 
 
-def _add_review_stages(app: faust.App, runtime: Runtime, holder: EncoderHolder, models_tried: asyncio.Event) -> None:
+def _add_review_stages(
+    app: faust.App, runtime: Runtime, holder: EncoderHolder, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests
+) -> None:
     """Stage 1 batches and encodes reviews; stage 2 applies them per event (see reviews.py)."""
     settings = runtime.settings
     source = raw_topic(app, settings.topic("review"), settings.partitions)
@@ -231,76 +313,56 @@ def _add_review_stages(app: faust.App, runtime: Runtime, holder: EncoderHolder, 
     async def encode_stage(stream: faust.StreamT[bytes]) -> None:
         await runtime.replica.ready.wait()
         await models_tried.wait()
-        guard = GapGuard()
-        loop = asyncio.get_running_loop()
+        order = OrderCheck(app)
         batches = cast(Any, stream).take_events(settings.review_batch, within=settings.review_wait_s)
         async for events in batches:
-            reviews = []
+            reviews: list[tuple[Review, Any]] = []
             for event in events:
-                await _check_order(app, guard, event.message)
-                review = await runtime.decode_or_dead_letter("review", event.message)
-                if review is not None:
-                    reviews.append((review, event.message))
+                decision = await order.check(event.message)
+                if decision is not None:
+                    await restarts.halt(decision)
+                decoded = runtime.pipeline.decode("review", record_of(event.message))
+                if isinstance(decoded, DeadLetter):
+                    await runtime.dead_letter("review", event.message, decoded)
+                elif isinstance(decoded, Review):
+                    reviews.append((decoded, event.message))
             encoder = holder.encoder  # one version per batch: swaps happen between batches
-            encodings: list[Any] = [None] * len(reviews)
+            encodings: list[Encoding | None] = [None] * len(reviews)
             if encoder is not None and reviews:
                 started = time.perf_counter()
-                texts = [review_text(r) for r, _ in reviews]  # type: ignore[arg-type]
-                encodings = await loop.run_in_executor(None, holder.encode, encoder, texts)
+                encodings = list(await holder.encode_reviews(encoder, [review_text(r) for r, _ in reviews]))
                 metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
             for (review, msg), encoding in zip(reviews, encodings):
-                record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)  # type: ignore[arg-type]
+                record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)
                 await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)
+            # Finished only now: a batch waiting on the encoder is busy, not stuck.
+            for event in events:
+                progress.done(event.message.topic, event.message.partition, event.message.offset)
 
     async def apply_stage(stream: faust.StreamT[bytes]) -> None:
         await runtime.replica.ready.wait()
-        guard = GapGuard()
+        order = OrderCheck(app)
         async for event in stream.events():
             msg = event.message
-            await _check_order(app, guard, msg)
+            decision = await order.check(msg)
+            if decision is not None:
+                await restarts.halt(decision)
             started = time.perf_counter()
             try:
                 record = load_review(msg.value)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await runtime.dead_letter("review", msg, DeadLetter(reason="schema", error="ContractError", message=str(exc)))
-                continue
-            runtime.apply_event(record.review, record.origin, msg.partition, msg.timestamp, encoding=record.encoding)
-            metrics.PROCESSING.observe(time.perf_counter() - started)
+                await runtime.dead_letter("review", msg, DeadLetter.from_error(ContractError("schema", str(exc))))
+            else:
+                runtime.pipeline.apply_event(record.review, record.origin, msg.partition, msg.timestamp, encoding=record.encoding)
+                metrics.PROCESSING.observe(time.perf_counter() - started)
+            progress.done(msg.topic, msg.partition, msg.offset)
 
     app.agent(source, name="persona.agents.review", concurrency=1)(encode_stage)
     app.agent(encoded, name="persona.agents.review_apply", concurrency=1)(apply_stage)
 
 
-#: (topic, partition) -> last offset an agent processed (read by the stall watchdog).
-PROCESSED: dict[tuple[str, int], int] = {}
-
-
-async def _check_order(app: faust.App, guard: GapGuard, msg: Any) -> None:
-    consumer: Any = app.consumer
-    tp = faust.types.TP(msg.topic, msg.partition)
-    missing = guard.check(msg.partition, msg.offset, consumer._committed_offset.get(tp))
-    if missing is not None and guard.first_seen(msg.partition):
-        # Right after (re)assignment a jump can be real: retention deleted the records.
-        earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
-        if earliest >= msg.offset:
-            log.warning("%s: records %d..%d were deleted by retention before being processed", tp, missing, msg.offset - 1)
-            missing = None
-    if missing is not None:
-        log.error("%s: offset %d reached the agent but %d never did (faust#596): restarting", tp, msg.offset, missing)
-        metrics.STALL_RESTARTS.inc()
-        logging.shutdown()
-        os._exit(RESTART_EXIT_CODE)
-    guard.advance(msg.partition, msg.offset)
-    PROCESSED[(msg.topic, msg.partition)] = msg.offset
-
-
 def _credentials(settings: Settings) -> Any:
-    if not settings.security_protocol.startswith("SASL"):
-        return None
-    password = settings.sasl_password.get_secret_value() if settings.sasl_password else ""
-    return faust.SASLCredentials(
-        username=settings.sasl_username,
-        password=password,
-        mechanism=settings.sasl_mechanism,
-        ssl_context=None,
-    )
+    """Faust's broker credentials (SASL and/or TLS), built with every other client's."""
+    from stream_app import kafka_clients
+
+    return kafka_clients.faust_credentials(settings)

@@ -1,0 +1,234 @@
+"""The per-event path, without Faust: decode -> apply -> scoring state -> coalesce -> score -> message.
+
+The worker's agents only *wire* this object: they turn a Kafka message into a
+:class:`Record`, hand it to :meth:`Pipeline.process`, send the dead letter it returns
+(if any) and keep offsets moving. Everything that decides what a user's profile and
+recommendations become lives here, behind two small seams:
+
+- a :class:`Store` of decoded profiles (the worker's write-back cache over RocksDB; a
+  dict in tests and in the in-process evaluator),
+- an :data:`Emit` callable that takes one encoded recommendation message (the worker
+  buffers it on the producer with ``send_soon``; tests collect it in a list).
+
+Catalog and item vectors come from anything with the replicas' read methods. Clocks are
+injected: ``monotonic`` paces the coalescer, ``wall`` stamps ``generated_at``; scores depend
+on event time only, never on either clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from scoring.baseline import recommend
+from scoring.messages import Recommendations
+from scoring.messages import encode as encode_recs
+from scoring.popularity import Popularity
+from state.catalog import Catalog
+from state.events import DeadLetter, Event, EventKind, Item, decode, kind_of
+from state.interest import ItemVector
+from state.profile import EVENT_WEIGHTS, Encoding, Origin, Params, Profile, apply, new_profile
+from stream_app import metrics
+from stream_app.emitter import Coalescer, Trigger
+
+
+class Store(Protocol):
+    """Decoded profiles by user key; ``partition`` says where a profile lives."""
+
+    def get(self, key: bytes, partition: int) -> Profile | None: ...
+
+    def put(self, key: bytes, profile: Profile, partition: int) -> None: ...
+
+    def touch(self, key: bytes) -> None:
+        """A replayed event was skipped: rewrite the stored copy (see ProfileStore.touch)."""
+
+    def cached(self, key: bytes) -> Profile | None: ...
+
+
+class Vectors(Protocol):
+    """Item text vectors of one wanted encoder version (``None``: no encoder)."""
+
+    @property
+    def wanted(self) -> str | None: ...
+
+    def get(self, item_id: str) -> ItemVector | None: ...
+
+
+#: Takes one recommendation message: ``(key, value)``, both bytes.
+Emit = Callable[[bytes, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One input record, as the pipeline needs it (a Kafka message, minus the client)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    #: Kafka timestamp in seconds, when the record has one.
+    timestamp: float | None = None
+
+    @property
+    def origin(self) -> Origin:
+        return Origin(self.topic, self.partition, self.offset)
+
+
+Outcome = str
+APPLIED: Outcome = "applied"
+DUPLICATE: Outcome = "duplicate"
+CATALOG: Outcome = "catalog"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What :meth:`Pipeline.process` did with a record. ``letter`` is set when the record
+    must go to the dead-letter topic (the caller sends it: sending is I/O)."""
+
+    outcome: str
+    letter: DeadLetter | None = None
+    emitted: bool = False
+
+
+class Pipeline:
+    """The worker's per-event logic over a profile store, a catalog and item vectors."""
+
+    def __init__(
+        self,
+        *,
+        params: Params,
+        store: Store,
+        catalog: Catalog,
+        vectors: Vectors,
+        emit: Emit,
+        topic_of: Callable[[EventKind], str],
+        top_k: int,
+        emit_interval_s: float,
+        popularity_half_life_days: float,
+        max_payload_bytes: int,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.params = params
+        self.store = store
+        self.catalog = catalog
+        self.vectors = vectors
+        self.popularity = Popularity(popularity_half_life_days)
+        self.coalescer = Coalescer(emit_interval_s)
+        self._emit_raw = emit
+        self._topic_of = topic_of
+        self._top_k = top_k
+        self._max_bytes = max_payload_bytes
+        self._monotonic = monotonic
+        self._wall = wall
+
+    # --- per record ------------------------------------------------------------------
+    def decode(self, kind: EventKind, record: Record) -> Event | DeadLetter:
+        return decode(kind, record.key, record.value, max_bytes=self._max_bytes)
+
+    def process(self, kind: EventKind, record: Record) -> Result:
+        """Decode one record of a ``kind`` topic and apply it (or say why not)."""
+        started = time.perf_counter()
+        event = self.decode(kind, record)
+        if isinstance(event, DeadLetter):
+            self.count_dead_letter(record.topic, event)
+            return Result("dead_letter", letter=event)
+        if isinstance(event, Item):
+            # The catalog replica applies it; the items agent only validates and counts.
+            metrics.event_counter(record.topic, CATALOG).inc()
+            return Result(CATALOG)
+        result = self.apply_event(event, record.origin, record.partition, record.timestamp)
+        metrics.PROCESSING.observe(time.perf_counter() - started)
+        return result
+
+    def count_dead_letter(self, topic: str, letter: DeadLetter) -> None:
+        metrics.DEAD_LETTERS.labels(letter.reason).inc()
+        metrics.event_counter(topic, "dead_letter").inc()
+
+    def apply_event(
+        self,
+        event: Event,
+        origin: Origin,
+        partition: int,
+        record_ts: float | None,
+        encoding: Encoding | None = None,
+    ) -> Result:
+        """Fold one decoded event into its user's profile; update scoring state; maybe emit."""
+        if isinstance(event, Item):
+            raise TypeError("catalog events are applied by the catalog replica, not to a profile")
+        kind = kind_of(event)
+        topic = self._topic_of(kind)
+        key = event.user_id.encode()
+        profile = self.store.get(key, partition) or new_profile(event.user_id)
+        item_id: str | None = getattr(event, "item_id", None)
+        categories = self.catalog.categories(item_id) if item_id is not None else ()
+        item_vector = self._item_vector(kind, item_id)
+        updated = apply(
+            profile,
+            event,
+            origin=origin,
+            categories=categories,
+            params=self.params,
+            in_place=True,
+            encoding=encoding,
+            item_vector=item_vector,
+        )
+        if updated is None:
+            self.store.touch(key)
+            metrics.event_counter(topic, DUPLICATE).inc()
+            outcome = DUPLICATE
+        else:
+            self.store.put(key, updated, partition)
+            metrics.PROFILE_UPDATES.inc()
+            metrics.event_counter(topic, APPLIED).inc()
+            if item_id is not None and kind in EVENT_WEIGHTS:
+                self.popularity.add(item_id, EVENT_WEIGHTS[kind], event.ts)
+            outcome = APPLIED
+        trigger = Trigger(event_ts=event.ts, record_ts=record_ts if record_ts is not None else self._wall())
+        emitted = self.coalescer.offer(event.user_id, self._monotonic(), trigger)
+        if emitted:
+            self.emit(event.user_id, updated or profile, trigger)
+        return Result(outcome, emitted=emitted)
+
+    def _item_vector(self, kind: EventKind, item_id: str | None) -> ItemVector | None:
+        if item_id is None or kind not in ("click", "purchase") or self.vectors.wanted is None:
+            return None
+        vector = self.vectors.get(item_id)
+        if vector is None:
+            entry = self.catalog.get(item_id)
+            if entry is not None and entry.text:
+                metrics.ITEM_VECTOR_MISSES.inc()
+        return vector
+
+    # --- emission --------------------------------------------------------------------
+    def recommend(self, profile: Profile, trigger_event_ts: float | None = None) -> Recommendations:
+        """The message for ``profile`` now: scores depend on event time only; ``generated_at``
+        is wall time; ``trigger_event_ts`` defaults to the profile's latest event time."""
+        items = recommend(profile, self.catalog, self.popularity, k=self._top_k, params=self.params)
+        return Recommendations(
+            user_id=profile.user_id,
+            items=items,
+            profile_version=profile.version,
+            generated_at=self._wall(),
+            trigger_event_ts=profile.last_event_ts if trigger_event_ts is None else trigger_event_ts,
+        )
+
+    def emit(self, user_id: str, profile: Profile, trigger: Trigger) -> None:
+        message = self.recommend(profile, trigger.event_ts)
+        self._emit_raw(user_id.encode(), encode_recs(message))
+        metrics.RECOMMENDATIONS.inc()
+        metrics.EVENT_TO_EMIT.observe(max(0.0, message.generated_at - trigger.event_ts))
+        metrics.INGEST_TO_EMIT.observe(max(0.0, message.generated_at - trigger.record_ts))
+
+    def flush_pending(self, *, all_users: bool) -> int:
+        """Emit pending users whose interval ended (or all of them: before every commit)."""
+        clock = self._monotonic()
+        batch = self.coalescer.take_all(clock) if all_users else self.coalescer.take_due(clock)
+        for user_id, trigger in batch:
+            profile = self.store.cached(user_id.encode())
+            if profile is not None:
+                self.emit(user_id, profile, trigger)
+        return len(batch)

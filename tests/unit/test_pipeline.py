@@ -1,0 +1,230 @@
+"""The Faust-free per-event pipeline, with a dict store, a list as emit and a fake clock.
+
+Expectations are computed independently: the profile by ``state.profile.apply`` on a
+copy of the same events, the ranking by ``scoring.baseline.recommend`` on a separately
+built popularity, dead-letter reasons by the contract tables.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from scoring.baseline import recommend
+from scoring.messages import Recommendations
+from scoring.messages import decode as decode_recs
+from scoring.popularity import Popularity
+from state.catalog import Catalog
+from state.events import Event, EventKind, Item, Purchase, Review, encode, key_of, kind_of
+from state.interest import ItemVector, text_digest
+from state.profile import EVENT_WEIGHTS, Origin, Params, Profile, apply, new_profile
+from stream_app import metrics
+from stream_app.pipeline import APPLIED, CATALOG, DUPLICATE, Pipeline, Record
+
+
+@dataclass
+class DictStore:
+    profiles: dict[bytes, Profile] = field(default_factory=dict)
+    touched: list[bytes] = field(default_factory=list)
+
+    def get(self, key: bytes, partition: int) -> Profile | None:
+        return self.profiles.get(key)
+
+    def put(self, key: bytes, profile: Profile, partition: int) -> None:
+        self.profiles[key] = profile
+
+    def touch(self, key: bytes) -> None:
+        self.touched.append(key)
+
+    def cached(self, key: bytes) -> Profile | None:
+        return self.profiles.get(key)
+
+
+@dataclass
+class FakeVectors:
+    wanted: str | None = None
+    by_item: dict[str, ItemVector] = field(default_factory=dict)
+
+    def get(self, item_id: str) -> ItemVector | None:
+        v = self.by_item.get(item_id)
+        return v if v is not None and v.version == self.wanted else None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _catalog(n: int = 30) -> Catalog:
+    catalog = Catalog()
+    for i in range(n):
+        catalog.upsert(Item(event_id=f"i{i}", ts=0.0, item_id=f"m{i}", title=f"Movie {i}", categories=[f"g{i % 3}"]))
+    return catalog
+
+
+def _pipeline(*, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None) -> tuple[Pipeline, DictStore, list[tuple[bytes, bytes]], Clock]:
+    store = DictStore()
+    sent: list[tuple[bytes, bytes]] = []
+    clock = Clock()
+    pipe = Pipeline(
+        params=Params(),
+        store=store,
+        catalog=catalog if catalog is not None else _catalog(),
+        vectors=vectors or FakeVectors(),
+        emit=lambda k, v: sent.append((k, v)),
+        topic_of=lambda kind: f"t.{kind}s",
+        top_k=5,
+        emit_interval_s=interval,
+        popularity_half_life_days=14.0,
+        max_payload_bytes=65_536,
+        monotonic=clock,
+        wall=lambda: 1_800_000_000.0,
+    )
+    return pipe, store, sent, clock
+
+
+def _record(event: Event, offset: int, partition: int = 0) -> Record:
+    kind = kind_of(event)
+    return Record(f"t.{kind}s", partition, offset, key_of(event).encode(), encode(event), timestamp=event.ts + 1)
+
+
+def _purchases(n: int, seed: int = 7) -> list[Purchase]:
+    rng = random.Random(seed)
+    return [
+        Purchase(event_id=f"p{j}", ts=10_000.0 + 60 * j, user_id=f"u{rng.randrange(6)}", item_id=f"m{rng.randrange(30)}")
+        for j in range(n)
+    ]
+
+
+def test_pipeline_folds_events_like_apply_and_emits_what_the_ranker_computes() -> None:
+    pipe, store, sent, _ = _pipeline()
+    events = _purchases(80)
+    catalog = _catalog()
+    truth: dict[str, Profile] = {}
+    pop = Popularity(14.0)
+    for offset, e in enumerate(events):
+        result = pipe.process("purchase", _record(e, offset))
+        assert result.outcome == APPLIED and result.emitted
+        p = truth.get(e.user_id) or new_profile(e.user_id)
+        nxt = apply(p, e, origin=Origin("t.purchases", 0, offset), categories=catalog.categories(e.item_id), params=Params())
+        assert nxt is not None
+        truth[e.user_id] = nxt
+        pop.add(e.item_id, EVENT_WEIGHTS["purchase"], e.ts)
+        # The message sent for this event is the ranker's answer on the independent state.
+        key, value = sent[-1]
+        msg = decode_recs(value)
+        assert key == e.user_id.encode() and msg.user_id == e.user_id
+        assert msg.profile_version == truth[e.user_id].version
+        want = recommend(truth[e.user_id], catalog, pop, k=5, params=Params())
+        assert [s.item_id for s in msg.items] == [s.item_id for s in want]
+        assert not set(s.item_id for s in msg.items) & set(truth[e.user_id].purchased)
+        assert msg.trigger_event_ts == e.ts and msg.generated_at == 1_800_000_000.0
+    assert {k.decode(): v for k, v in store.profiles.items()} == truth
+    assert len(sent) == len(events)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(None, "null_value"), (b"{", "bad_json"), (b"\xff\xfe", "bad_utf8"), (b'{"type":"purchase"}', "schema"), (b'{"type":"click"}', "unknown_type")],
+)
+def test_bad_record_becomes_a_dead_letter_and_changes_nothing(value: bytes | None, reason: str) -> None:
+    pipe, store, sent, _ = _pipeline()
+    before = metrics.DEAD_LETTERS.labels(reason)._value.get()
+    result = pipe.process("purchase", Record("t.purchases", 0, 5, b"u1", value))
+    assert result.outcome == "dead_letter" and result.letter is not None and result.letter.reason == reason
+    assert store.profiles == {} and sent == []
+    assert metrics.DEAD_LETTERS.labels(reason)._value.get() == before + 1
+
+
+def test_replayed_record_is_a_duplicate_touches_the_store_and_leaves_popularity() -> None:
+    pipe, store, sent, _ = _pipeline()
+    e = _purchases(1)[0]
+    assert pipe.process("purchase", _record(e, 3)).outcome == APPLIED
+    popularity = pipe.popularity.value(e.item_id)
+    version = store.profiles[e.user_id.encode()].version
+    again = pipe.process("purchase", _record(e, 3))
+    assert again.outcome == DUPLICATE
+    assert store.touched == [e.user_id.encode()]
+    assert pipe.popularity.value(e.item_id) == popularity
+    assert store.profiles[e.user_id.encode()].version == version
+
+
+def test_catalog_records_are_counted_not_applied() -> None:
+    pipe, store, sent, _ = _pipeline()
+    item = Item(event_id="x", ts=1.0, item_id="new", title="New", categories=["g0"])
+    assert pipe.process("item", Record("t.items", 0, 0, b"new", encode(item))).outcome == CATALOG
+    assert store.profiles == {} and sent == []
+
+
+def test_coalesced_burst_emits_the_final_state_before_a_commit() -> None:
+    pipe, store, sent, clock = _pipeline(interval=10.0)
+    events = [e for e in _purchases(40) if e.user_id == "u1"][:4]
+    assert len(events) == 4
+    for offset, e in enumerate(events):
+        clock.now += 0.1
+        pipe.process("purchase", _record(e, offset))
+    assert len(sent) == 1  # leading edge only; the rest are pending
+    assert pipe.flush_pending(all_users=False) == 0  # interval not over
+    assert pipe.flush_pending(all_users=True) == 1  # what the pre-commit hook does
+    final = decode_recs(sent[-1][1])
+    assert final.profile_version == store.profiles[b"u1"].version == 4
+    assert final.trigger_event_ts == events[-1].ts
+
+
+def test_item_vectors_of_the_wanted_version_reach_the_interest_and_misses_are_counted() -> None:
+    catalog = Catalog()
+    for name in ("a", "b"):
+        catalog.upsert(Item(event_id=name, ts=0.0, item_id=name, title=f"title {name}", text=f"text {name}", categories=["c"]))
+    vec = np.zeros(4, dtype="<f4")
+    vec[0] = 1.0
+    vectors = FakeVectors(
+        wanted="v1",
+        by_item={"a": ItemVector(item_id="a", version="v1", digest=text_digest("x"), vector=vec.tobytes())},
+    )
+    pipe, store, _, _ = _pipeline(catalog=catalog, vectors=vectors)
+    misses = metrics.ITEM_VECTOR_MISSES._value.get()
+    pipe.process("purchase", _record(Purchase(event_id="1", ts=5.0, user_id="u", item_id="a"), 0))
+    interest = store.profiles[b"u"].interest
+    assert interest is not None and interest.version == "v1"
+    np.testing.assert_allclose(interest.mean(), vec)
+    pipe.process("purchase", _record(Purchase(event_id="2", ts=6.0, user_id="u", item_id="b"), 1))
+    assert metrics.ITEM_VECTOR_MISSES._value.get() == misses + 1
+
+
+def test_review_with_encoding_is_applied_through_apply_event() -> None:
+    pipe, store, sent, _ = _pipeline()
+    review = Review(event_id="r", ts=50.0, user_id="w", item_id="m1", text="great", rating=5.0)
+    result = pipe.apply_event(review, Origin("t.reviews", 0, 9), 0, None)
+    assert result.outcome == APPLIED
+    assert store.profiles[b"w"].applied == {"t.reviews:0": 9}
+    assert decode_recs(sent[-1][1]).profile_version == 1
+
+
+def test_emitted_lists_never_contain_purchased_items() -> None:
+    pipe, store, sent, _ = _pipeline()
+    bought: dict[str, set[str]] = {}
+    for offset, e in enumerate(_purchases(300, seed=3)):
+        bought.setdefault(e.user_id, set()).add(e.item_id)
+        pipe.process("purchase", _record(e, offset))
+        msg: Recommendations = decode_recs(sent[-1][1])
+        assert msg.user_id == e.user_id
+        items = [s.item_id for s in msg.items]
+        # Full lists while enough unbought items exist; never a bought one, never twice.
+        assert len(items) == len(set(items)) and 0 < len(items) <= 5
+        assert len(items) == 5 or len(bought[e.user_id]) > 20
+        assert not set(items) & bought[e.user_id], (e.user_id, items)
+
+
+def test_kinds_route_to_their_topic_labels() -> None:
+    pipe, _, _, _ = _pipeline()
+    kinds: list[EventKind] = []
+    for e in _purchases(2):
+        kinds.append(kind_of(e))
+        pipe.process(kind_of(e), _record(e, len(kinds)))
+    assert metrics.event_counter("t.purchases", APPLIED)._value.get() >= 2
