@@ -4,9 +4,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 
 TRAIN := .venv-train
-TEST_MODELS := var/test-models/encoder
+# Empty: the default is deploy/workers.py's TEST_MODEL_REGISTRY.
+TEST_MODELS ?=
 
 .PHONY: setup setup-train test-models demo test test-unit lint clean kafka-down
+
+# How long each step of `make test` takes, printed into the log ("== make <target>: ...").
+# make expands every line of a recipe before it runs the first, so $(T0) in a recipe's last
+# line is the time its first line started.
+T0 = $(shell date +%s)
+STARTED = @echo "== make $@: started $$(date -u +%H:%M:%S) UTC"
+TOOK = @echo "== make $@: took $$(( $$(date +%s) - $(T0) )) s"
 
 setup: $(VENV)/.installed
 
@@ -14,20 +22,26 @@ setup: $(VENV)/.installed
 setup-train: $(TRAIN)/.installed
 
 $(TRAIN)/.installed: pyproject.toml
+	$(STARTED)
 	$(PYTHON) -m venv $(TRAIN)
 	$(TRAIN)/bin/pip install -q --upgrade pip
 	$(TRAIN)/bin/pip install -q -e ".[train,test]"
 	touch $@
+	$(TOOK)
 
 # fp32 and int8 exports of the packaged encoder, for the encoder and hot-swap tests.
 test-models: setup-train
+	$(STARTED)
 	bash deploy/test-models.sh $(TEST_MODELS)
+	$(TOOK)
 
 $(VENV)/.installed: pyproject.toml
+	$(STARTED)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[worker,test]"
 	touch $@
+	$(TOOK)
 
 demo: setup
 	bash deploy/demo.sh
@@ -35,13 +49,17 @@ demo: setup
 # The whole suite (unit, integration on a real broker, chaos). pytest's exit code 5 (no
 # tests collected) is a failure here, and so is any broker or worker left running.
 test: setup test-models
+	$(STARTED)
 	bash deploy/run-tests.sh
+	$(TOOK)
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit
 
+# ruff (pycodestyle, pyflakes, isort, bugbear) over the tree; mypy --strict over every package.
 lint: setup
-	$(BIN)/mypy --strict state scoring stream_app encoders export deploy
+	$(BIN)/ruff check .
+	$(BIN)/mypy --strict state scoring stream_app encoders export deploy bench
 
 kafka-down:
 	-$(BIN)/persona kafka down

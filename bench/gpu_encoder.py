@@ -159,19 +159,19 @@ def bench(path: Path, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
     for batch in (b for b in BATCHES if b <= args.max_batch):
         inputs = feeds(session, batch, args.seq, args.vocab_hi, rng)
-        host = timed(lambda: session.run([output], inputs), args.min_seconds, args.min_iters)
+        host = timed(lambda inputs=inputs: session.run([output], inputs), args.min_seconds, args.min_iters)
         binding = session.io_binding()
         for name, value in inputs.items():
             binding.bind_cpu_input(name, value)
         binding.bind_output(output, "cuda", args.device_id)
 
-        def on_device() -> None:
+        def on_device(binding: Any = binding) -> None:
             session.run_with_iobinding(binding)
 
         device = timed(on_device, args.min_seconds, args.min_iters)
         encoder.batch_size = batch
         chunk = texts[:batch]
-        persona = timed(lambda: encoder.encode(chunk), args.min_seconds, args.min_iters)
+        persona = timed(lambda chunk=chunk: encoder.encode(chunk), args.min_seconds, args.min_iters)
         print(
             f"{batch:>6} {batch / host:>14,.1f} {batch / device:>18,.1f} {batch / persona:>15,.1f} "
             f"{host / persona:>14.3f}",

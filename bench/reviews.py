@@ -20,9 +20,9 @@ from typing import Any
 
 from bench.encoder import ensure_versions
 from bench.stream import _settings, broker, drain_rate
+from deploy.workers import WorkerProcess
 from encoders.runtime import available_threads, load_encoder
 from state.events import Event, Review
-from deploy.workers import WorkerProcess
 from stream_app.producer import publish
 from stream_app.reviews import review_text
 from stream_app.settings import Settings

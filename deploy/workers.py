@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY") or REPO / "var" / "test-models" / "encoder")
 
 
+#: Samples of a /metrics scrape: ``(name, sorted labels) -> value``.
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,7 +86,7 @@ class WorkerProcess:
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         return scrape(self.port)
 
-    def wait_until(self, predicate: Callable[[dict[tuple[str, tuple[tuple[str, str], ...]], float]], bool], timeout: float = 120.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def wait_until(self, predicate: Callable[[Samples], bool], timeout: float = 120.0) -> Samples:
         deadline = time.monotonic() + timeout
         last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         while time.monotonic() < deadline:

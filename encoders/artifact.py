@@ -12,10 +12,9 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
-
-import msgspec
 
 from state.errors import ModelError
 

@@ -243,7 +243,7 @@ class Encoder:
             unique = list(pending)
             vectors = self._encode_uncached(unique)
             with self._lock:
-                for text, vector in zip(unique, vectors):
+                for text, vector in zip(unique, vectors, strict=True):
                     out[pending[text]] = vector
                     # A copy: a row view would pin the whole batch array while any row is cached.
                     self._cache[text] = vector.copy()

@@ -25,8 +25,8 @@ import msgspec
 import numpy as np
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
-from state.interest import INTEREST_WEIGHTS, Interest, ItemVector, add_sentiment, add_vector, blend_sentiment
 from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User, kind_of
+from state.interest import INTEREST_WEIGHTS, Interest, ItemVector, add_sentiment, add_vector, blend_sentiment
 
 #: Weight of one event in the category affinity, split evenly over the item's categories.
 EVENT_WEIGHTS: Final[dict[str, float]] = {"click": 1.0, "purchase": 3.0, "review": 2.0}
@@ -53,6 +53,10 @@ class Params(msgspec.Struct, frozen=True):
     @property
     def half_life_s(self) -> float:
         return self.half_life_days * SECONDS_PER_DAY
+
+
+#: Frozen, so one shared default is safe.
+DEFAULT_PARAMS: Final = Params()
 
 
 class Profile(msgspec.Struct, kw_only=True):
@@ -168,7 +172,7 @@ def apply(
     *,
     origin: Origin | None,
     categories: tuple[str, ...] = (),
-    params: Params = Params(),
+    params: Params = DEFAULT_PARAMS,
     in_place: bool = False,
     encoding: Encoding | None = None,
     item_vector: ItemVector | None = None,
@@ -177,7 +181,8 @@ def apply(
 
     ``categories`` are the catalog categories of the event's item as known when it is
     applied, ``encoding`` a review's text encoding, ``item_vector`` the text vector of a
-    click's or purchase's item (both optional: without them only behaviour changes). Does not mutate ``profile`` unless ``in_place`` (for an owner that keeps
+    click's or purchase's item (both optional: without them only behaviour changes). Does not
+    mutate ``profile`` unless ``in_place`` (for an owner that keeps
     the only reference, such as the worker's profile cache: copying every dict on every
     event was a measurable share of the per-event cost).
     """

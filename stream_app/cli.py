@@ -122,10 +122,9 @@ def worker() -> None:
 
     from stream_app.kafka_clients import validate
     from stream_app.settings import Settings
+    from stream_app.supervise import is_child, run_supervised
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
-
-    from stream_app.supervise import is_child, run_supervised
 
     if not is_child():
         # The parent only supervises: it restarts the worker when it asks (exit 75).
@@ -176,7 +175,7 @@ def _model_registry(registry: Path | None) -> Path:
 def model_export(
     source: Annotated[Optional[Path], typer.Option(help="HF model folder (default: packaged all-MiniLM-L6-v2).")] = None,
     variant: Annotated[list[str], typer.Option(help="fp32|int8|fp16; repeat to export several.")] = ["fp32"],  # noqa: B006
-    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default $PERSONA_MODEL_REGISTRY or <repo>/models/encoder).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help="Registry dir (default: $PERSONA_MODEL_REGISTRY).")] = None,
     texts: Annotated[int, typer.Option(help="Parity texts (every 17th review).")] = 600,
     publish: Annotated[bool, typer.Option(help="Point CURRENT at the new version.")] = True,
     gpu_graph: Annotated[bool, typer.Option(help="fp32: also carry an fp16 graph for CUDA workers.")] = True,

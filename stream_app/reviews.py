@@ -141,5 +141,5 @@ class EncoderHolder:
         version = str(encoder.info.version)
         return [
             Encoding(version=version, vector=np.asarray(v, dtype="<f4").tobytes(), text_sentiment=float(s))
-            for v, s in zip(vectors, sentiments)
+            for v, s in zip(vectors, sentiments, strict=True)
         ]

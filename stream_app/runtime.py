@@ -12,7 +12,7 @@ import faust
 
 from state.events import EVENT_KINDS, DeadLetter, EventKind
 from state.profile import Params
-from stream_app import dlq, metrics
+from stream_app import dlq
 from stream_app.catalog_replica import CatalogReplica
 from stream_app.item_vectors import VectorReplica
 from stream_app.pipeline import Pipeline, Record, Result

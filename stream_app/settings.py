@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         30.0,
         gt=0,
-        description="A partition whose commit is stuck this long behind dispatched messages "
-        "(faust#596) makes the worker restart itself from the committed offset.",
+        description="A partition whose commit is stuck this long behind records an agent already "
+        "finished (faust#596) makes the worker restart itself from the committed offset; a busy "
+        "agent (a long encode) is never taken for a stuck one.",
     )
     # --- worker ------------------------------------------------------------------------
     state_dir: Path = Field(

@@ -24,8 +24,8 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 log = logging.getLogger("persona.supervise")

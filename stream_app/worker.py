@@ -17,10 +17,9 @@ import time
 from typing import Any, cast
 
 import faust
+import msgspec
 from faust.sensors import Monitor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-import msgspec
 
 from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
@@ -332,7 +331,7 @@ def _add_review_stages(
                 started = time.perf_counter()
                 encodings = list(await holder.encode_reviews(encoder, [review_text(r) for r, _ in reviews]))
                 metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
-            for (review, msg), encoding in zip(reviews, encodings):
+            for (review, msg), encoding in zip(reviews, encodings, strict=True):
                 record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)
                 await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)
             # Finished only now: a batch waiting on the encoder is busy, not stuck.

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from state.events import Click, Follow, Item, Purchase, Review, User
 from encoders.registry import Registry
+from state.events import Click, Follow, Item, Purchase, Review, User
 from stream_app.settings import DEFAULT_DATA_DIR, Settings
 from tests.support import TEST_MODEL_REGISTRY, WorkerProcess, free_port
 

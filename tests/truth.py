@@ -33,7 +33,7 @@ def movielens_truth(folder: Path, half_life_days: float) -> dict[str, Expected]:
         for line in fh:
             cols = line.rstrip("\n").split("|")
             flags = cols[5:]
-            item_genres[cols[0]] = [g for g, f in zip(genres, flags) if f == "1"]
+            item_genres[cols[0]] = [g for g, f in zip(genres, flags, strict=True) if f == "1"]
     users: dict[str, Expected] = defaultdict(Expected)
     with open(folder / "u.data") as fh:
         for line in fh:

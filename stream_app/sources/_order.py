@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterable, Iterator
+from io import BufferedReader
 from itertools import islice
 from pathlib import Path
-from io import BufferedReader
 from typing import Final
 
 from state.errors import DatasetError

@@ -65,7 +65,7 @@ def _items(path: Path, genres: list[str], ts: float) -> list[Event]:
                     f"{path}:{line_no}: {len(flags)} genre flags, {len(genres)} genres"
                 )
             item_id, title = fields[0], fields[1].strip()
-            names = [genre for genre, flag in zip(genres, flags) if flag == "1"]
+            names = [genre for genre, flag in zip(genres, flags, strict=True) if flag == "1"]
             items.append(
                 Item(
                     event_id=f"ml-i-{item_id}",

@@ -110,7 +110,7 @@ def _behaviour(
     ratings = np.clip(np.rint(3.0 + np.log(taste + 1e-3) + rng.normal(0.0, 0.8, N_BEHAVIOUR)), 1, 5)
 
     out: list[Event] = []
-    rows = zip(users.tolist(), items.tolist(), kinds.tolist(), times.tolist())
+    rows = zip(users.tolist(), items.tolist(), kinds.tolist(), times.tolist(), strict=True)
     for n, (u, i, kind, ts) in enumerate(rows):
         user_id, item_id = f"syn-u-{u:03d}", f"syn-i-{i:03d}"
         if kind == 0:
@@ -161,5 +161,5 @@ def _follows(rng: np.random.Generator, activity: np.ndarray, end: float) -> list
             user_id=f"syn-u-{a:03d}",
             followee_id=f"syn-u-{b:03d}",
         )
-        for (a, b), ts in zip(pairs, times)
+        for (a, b), ts in zip(pairs, times, strict=True)
     ]

@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from state.events import Event, Item, Purchase, Review, item_text
 from deploy.workers import WorkerProcess, free_port, metric_sum, wait_drained, wait_group_stable
+from state.events import Event, Item, Purchase, Review, item_text
 from stream_app.inspect import all_profiles, scan
 from stream_app.item_vectors import loads as load_vector
 from stream_app.producer import publish
 from stream_app.reviews import review_text
 from stream_app.settings import Settings
 from stream_app.sources import read_events
-
 from tests.integration.test_reviews_encoder import _registry_copy
 from tests.truth import decayed_mean
 
@@ -65,6 +64,8 @@ def test_item_vectors_once_per_item_read_by_every_worker_and_in_interest(
     records = [load_vector(v or b"") for _, v, _, _, _ in scan(settings, settings.item_vectors_topic)]
     assert Counter(r.item_id for r in records) == Counter(with_text)
     assert {r.version for r in records} == {fp32}
+    # The counters below are per process: a restart would reset them (issue 8's false restart).
+    assert [metric_sum(m, "persona_supervisor_restarts_total") for m in samples] == [0, 0]
     encoded = [metric_sum(m, "persona_items_encoded_total") for m in samples]
     assert sum(encoded) == len(with_text)
     assert sum(metric_sum(m, "persona_item_vector_misses_total") for m in samples) == 0
@@ -93,6 +94,7 @@ def test_item_vectors_once_per_item_read_by_every_worker_and_in_interest(
         assert w.stop() == 0
     latest = {r.item_id: r for r in (load_vector(v or b"") for _, v, _, _, _ in scan(settings, settings.item_vectors_topic))}
     assert set(latest) == with_text and {r.version for r in latest.values()} == {int8}
+    assert [metric_sum(m, "persona_supervisor_restarts_total") for m in swapped] == [0, 0]
     assert sum(metric_sum(m, "persona_items_encoded_total") for m in swapped) == 2 * len(with_text)
     new_encoder = load_encoder(registry / int8, device="cpu")
     after_profiles = all_profiles(settings)
@@ -111,14 +113,14 @@ def test_item_vectors_once_per_item_read_by_every_worker_and_in_interest(
     # The interest of every user equals an independent recomputation with the same artifact:
     # purchased items' text vectors (weight 1) and the user's review texts (weight 1).
     encoder = load_encoder(registry / fp32, device="cpu")
-    item_vec = dict(zip(sorted(with_text), encoder.encode([texts[i] for i in sorted(with_text)])))
+    item_vec = dict(zip(sorted(with_text), encoder.encode([texts[i] for i in sorted(with_text)]), strict=True))
     for r in records:  # what the worker published is what the artifact makes of the text
         cos = float(np.dot(np.frombuffer(r.vector, dtype="<f4"), item_vec[r.item_id]))
         assert cos >= 0.9999, (r.item_id, cos)
     contributions: dict[str, list[tuple[float, np.ndarray]]] = defaultdict(list)
     reviews = [e for e in events if isinstance(e, Review)]
     review_vec = encoder.encode([review_text(r) for r in reviews])
-    for r, v in zip(reviews, review_vec):
+    for r, v in zip(reviews, review_vec, strict=True):
         contributions[r.user_id].append((r.ts, v))
     for e in events:
         if isinstance(e, Purchase) and e.item_id in with_text:
@@ -134,5 +136,6 @@ def test_item_vectors_once_per_item_read_by_every_worker_and_in_interest(
     n_items = sum(len(parts) for parts in contributions.values()) - len(reviews)
     print(f"\nitem vectors: {len(with_text)} items encoded once (per worker: {encoded}), again once after the "
           f"swap; interest worst cosine {worst:.6f} over {len(contributions)} users ({n_items} purchased-item "
-          f"vectors + {len(reviews)} review texts); {len(after)} post-swap buyers moved to {int8} (worst cosine {worst_after:.4f} vs int8 alone)")
+          f"vectors + {len(reviews)} review texts); {len(after)} post-swap buyers moved to {int8} "
+          f"(worst cosine {worst_after:.4f} vs int8 alone)")
     assert worst >= 0.9999

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -125,5 +127,5 @@ def test_rate_limit_and_no_lost_final_state(interval: float, gaps: list[tuple[st
     assert c.pending == 0
     for user, trig in newest.items():
         times = [when for when, _ in emitted[user]]
-        assert all(b - a >= interval for a, b in zip(times, times[1:])), times
+        assert all(b - a >= interval for a, b in pairwise(times)), times
         assert emitted[user][-1][1] == trig

@@ -68,7 +68,9 @@ def _catalog(n: int = 30) -> Catalog:
     return catalog
 
 
-def _pipeline(*, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None) -> tuple[Pipeline, DictStore, list[tuple[bytes, bytes]], Clock]:
+def _pipeline(
+    *, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None
+) -> tuple[Pipeline, DictStore, list[tuple[bytes, bytes]], Clock]:
     store = DictStore()
     sent: list[tuple[bytes, bytes]] = []
     clock = Clock()
@@ -131,7 +133,13 @@ def test_pipeline_folds_events_like_apply_and_emits_what_the_ranker_computes() -
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(None, "null_value"), (b"{", "bad_json"), (b"\xff\xfe", "bad_utf8"), (b'{"type":"purchase"}', "schema"), (b'{"type":"click"}', "unknown_type")],
+    [
+        (None, "null_value"),
+        (b"{", "bad_json"),
+        (b"\xff\xfe", "bad_utf8"),
+        (b'{"type":"purchase"}', "schema"),
+        (b'{"type":"click"}', "unknown_type"),
+    ],
 )
 def test_bad_record_becomes_a_dead_letter_and_changes_nothing(value: bytes | None, reason: str) -> None:
     pipe, store, sent, _ = _pipeline()

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from state.codec import SCHEMA_VERSION, SchemaVersionError, dumps, loads
-from state.errors import PersonaError, StateError
 from state.decay import SECONDS_PER_DAY, closed_form
+from state.errors import PersonaError, StateError
 from state.events import AttributeValue, Click, DeadLetter, Event, Follow, Item, Purchase, Review, User, decode, encode, kind_of
-from state.profile import EVENT_WEIGHTS, Origin, Params, Profile, apply, is_duplicate, new_profile
+from state.profile import DEFAULT_PARAMS, EVENT_WEIGHTS, Origin, Params, Profile, apply, is_duplicate, new_profile
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -43,7 +43,7 @@ class Step(NamedTuple):
     categories: tuple[str, ...]
 
 
-def fold(profile: Profile, steps: list[Step], params: Params = Params()) -> Profile:
+def fold(profile: Profile, steps: list[Step], params: Params = DEFAULT_PARAMS) -> Profile:
     """Reduce over ``apply``; a duplicate (``None``) leaves the profile as it was."""
 
     def step(acc: Profile, s: Step) -> Profile:

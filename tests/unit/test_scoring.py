@@ -145,7 +145,7 @@ def worlds(draw: st.DrawFn, single_category: bool = False) -> tuple[dict[str, tu
     }
     # Distinct popularity counts: no ties to argue about.
     counts = draw(st.permutations(range(1, len(ITEM_IDS) + 1)))
-    return spec, dict(zip(ITEM_IDS, counts))
+    return spec, dict(zip(ITEM_IDS, counts, strict=True))
 
 
 def check_shape(recs: list[Scored], k: int, purchased: set[str]) -> None:

@@ -115,7 +115,7 @@ def test_markdown_table_lists_every_field() -> None:
     names = [re.match(r"\| `PERSONA_([A-Z0-9_]+)` \|", row) for row in rows]
     assert all(m is not None for m in names), rows
     assert [m.group(1).lower() for m in names if m is not None] == list(Settings.model_fields)
-    for row, (name, field) in zip(rows, Settings.model_fields.items()):
+    for row, (name, field) in zip(rows, Settings.model_fields.items(), strict=True):
         assert field.description and row.endswith(f"| {field.description} |"), name
     # Paths are shown relative to the repository, never as this machine's absolute path.
     assert str(Path(__file__).resolve().parents[2]) not in table

@@ -12,6 +12,7 @@ import os
 import re
 from collections import Counter
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 
 import msgspec
@@ -19,8 +20,8 @@ import pytest
 
 from state.errors import DatasetError
 from state.events import (
-    Click,
     EVENT_TYPES,
+    Click,
     DeadLetter,
     Event,
     EventKind,
@@ -83,7 +84,7 @@ def raw_json_lines(path: Path) -> list[dict[str, object]]:
 
 def assert_time_ordered(events: tuple[Event, ...] | list[Event]) -> None:
     stamps = [e.ts for e in events]
-    assert all(a <= b for a, b in zip(stamps, stamps[1:]))
+    assert all(a <= b for a, b in pairwise(stamps))
 
 
 # --- every real dataset ---------------------------------------------------------------
@@ -196,8 +197,8 @@ def test_movielens_counts_and_tie_break() -> None:
     ratings = [e for e in events if isinstance(e, Purchase)]
     keys = [line_of[e.event_id] for e in ratings]
     assert keys == sorted(keys)
-    assert sum(1 for a, b in zip(keys, keys[1:]) if a[0] == b[0]) > 0  # ties really occur
-    assert all(e.ts == k[0] for e, k in zip(ratings, keys))
+    assert sum(1 for a, b in pairwise(keys) if a[0] == b[0]) > 0  # ties really occur
+    assert all(e.ts == k[0] for e, k in zip(ratings, keys, strict=True))
 
 
 def test_movielens_items_and_users_content() -> None:
@@ -206,7 +207,7 @@ def test_movielens_items_and_users_content() -> None:
     items = {e.item_id: e for e in events if isinstance(e, Item)}
     for line in (MOVIELENS / "u.item").read_text(encoding="latin-1").splitlines():
         fields = line.split("|")
-        expected = [g for g, flag in zip(genres, fields[5:]) if flag == "1"]
+        expected = [g for g, flag in zip(genres, fields[5:], strict=True) if flag == "1"]
         assert items[fields[0]].title == fields[1].strip()  # a few raw titles end in a space
         assert items[fields[0]].categories == expected
     users = {e.user_id: e for e in events if isinstance(e, User)}
