@@ -5,10 +5,17 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 rc=0
+timings=()
 run() {
-  local py=$1; shift
+  local label=$1 py=$2; shift 2
+  local part_started
+  part_started=$(date +%s)
+  echo "== $label: started $(date -u +%H:%M:%S) UTC"
   "$py" -m pytest -q "$@"
   local code=$?
+  local took=$(( $(date +%s) - part_started ))
+  echo "== $label: took ${took} s (pytest exit $code)"
+  timings+=("$label: ${took} s")
   if [ "$code" -eq 5 ]; then
     echo "pytest collected no tests ($*): failing on purpose" >&2
     code=1
@@ -16,10 +23,10 @@ run() {
   [ "$code" -ne 0 ] && rc=1
   return 0
 }
-export PERSONA_TEST_MODEL_REGISTRY="${PERSONA_TEST_MODEL_REGISTRY:-$PWD/var/test-models/encoder}"
-run .venv/bin/python tests --ignore=tests/train "$@"
+# The test encoder registry: PERSONA_TEST_MODEL_REGISTRY, default in deploy/workers.py.
+run "worker env suite (.venv)" .venv/bin/python tests --ignore=tests/train "$@"
 if [ -x .venv-train/bin/python ]; then
-  run .venv-train/bin/python tests/train "$@"
+  run "trainer env suite (.venv-train)" .venv-train/bin/python tests/train "$@"
 else
   echo "trainer environment missing (.venv-train): export parity tests NOT run" >&2
   rc=1
@@ -30,5 +37,6 @@ if [ -n "$leftover" ]; then
   echo "$leftover" >&2
   rc=1
 fi
+for line in "${timings[@]}"; do echo "  $line"; done
 echo "test run took $(( $(date +%s) - started )) s"
 exit "$rc"

@@ -32,7 +32,7 @@ class _LastHidden(torch.nn.Module):  # type: ignore[misc, unused-ignore]
         self.names = names
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(**dict(zip(self.names, tensors))).last_hidden_state
+        out: torch.Tensor = self.model(**dict(zip(self.names, tensors, strict=True))).last_hidden_state
         return out
 
 

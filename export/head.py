@@ -34,7 +34,7 @@ def ranks(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     starts = np.flatnonzero(np.r_[True, sorted_v[1:] != sorted_v[:-1]])
     ends = np.r_[starts[1:], len(v)]
     out = np.empty(len(v), dtype=np.float64)
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         out[order[start:end]] = (start + end + 1) / 2.0
     return out
 

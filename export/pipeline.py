@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import inspect
 import json
 import logging
+import os
+import platform
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -41,7 +44,8 @@ from encoders.artifact import (
 from encoders.pooling import F32, cosine_rows
 from encoders.registry import Registry
 from encoders.runtime import Encoder, load_encoder, open_encoder
-from export import graph, head as sentiment_head, reference, reviews
+from export import graph, reference, reviews
+from export import head as sentiment_head
 from state.errors import ModelError
 
 log = logging.getLogger("persona.export")
@@ -55,6 +59,13 @@ _FP32_DRAFT = "model.fp32.onnx"
 # Heads are a pure function of (model, max_length, pairs); exporting fp32 and int8 in one
 # process (the tests, a nightly job) should not embed ~8k reviews twice.
 _heads: dict[tuple[str, int, str], Head] = {}
+# The torch reference vectors of the parity texts: a pure function of (model, max_length,
+# texts) too, and the same for every variant exported in one process.
+_references: dict[tuple[str, int, str], F32] = {}
+#: Where head-training embeddings are kept between processes (``make test-models``, then the
+#: trainer suite's own exports). Override with $PERSONA_EXPORT_CACHE; "off" disables it.
+EMBEDDING_CACHE_ENV = "PERSONA_EXPORT_CACHE"
+_CACHE_FORMAT = "persona-head-embeddings-v1"
 
 
 def export_encoder(
@@ -120,7 +131,7 @@ def export_encoder(
         )
         head = _head(staging, draft, fp32_path, src, pairs, threads)
         (staging / HEAD_FILE).write_bytes(msgspec.json.encode(head))
-        ref_parity = reference.embed(model, tokenizer, parity_texts, max_length)
+        ref_parity = _reference_vectors(model, tokenizer, src, parity_texts, max_length)
         parity, golden, golden_from = _measure(staging, draft, fp32_path, parity_texts, ref_parity, threads)
         np.save(staging / GOLDEN_FILE, golden, allow_pickle=False)
         gpu_parity = None
@@ -252,17 +263,109 @@ def _head(
     digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
     key = (str(src.resolve()), draft.max_length, digest)
     if key not in _heads:
-        started = time.perf_counter()
-        vectors = _fp32_encode(staging, draft, fp32_path, [t for t, _ in pairs], threads)
-        log.info("embedded %d head training texts in %.1f s", len(pairs), time.perf_counter() - started)
+        vectors = _head_vectors(staging, draft, fp32_path, [t for t, _ in pairs], threads)
         _heads[key] = sentiment_head.fit(vectors, np.array([r for _, r in pairs], dtype=np.float64))
     return _heads[key]
 
 
-def _write_tokenizer(tokenizer: object, path: Path, max_length: int) -> None:
+def _reference_vectors(model: object, tokenizer: object, src: Path, texts: list[str], max_length: int) -> F32:
+    """``reference.embed`` of the parity texts, once per process for every variant."""
+    digest = hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest()
+    key = (str(src.resolve()), max_length, digest)
+    if key not in _references:
+        vectors = reference.embed(model, tokenizer, texts, max_length)
+        vectors.flags.writeable = False
+        _references[key] = vectors
+    return _references[key]
+
+
+def embedding_cache_dir() -> Path | None:
+    """$PERSONA_EXPORT_CACHE, else <repo>/var/cache/embeddings (``make clean`` removes it);
+    None when the variable is "off", "0" or "none"."""
+    value = os.environ.get(EMBEDDING_CACHE_ENV)
+    if value is not None and value.strip().lower() in ("off", "0", "none", "false"):
+        return None
+    return Path(value) if value else reviews.REPO / "var" / "cache" / "embeddings"
+
+
+def _head_vectors(staging: Path, draft: Manifest, fp32_path: Path, texts: list[str], threads: int | None) -> F32:
+    """The head's training vectors from the fp32 draft graph (:func:`_fp32_encode`), kept on
+    disk under a key over everything that computation reads: the graph's and tokenizer's
+    bytes, the texts, the encode code, the library versions, the intra-op thread count and
+    the CPU. A hit is therefore the very array a fresh run would compute (the fp32 graph is
+    exported byte for byte the same each time, so an fp32 and an int8 export share it)."""
+    cache = embedding_cache_dir()
+    path = cache / f"{_embedding_key(staging, draft, fp32_path, texts, threads)}.npy" if cache else None
+    if path is not None and path.is_file():
+        try:
+            hit = np.load(path, allow_pickle=False)
+        except Exception as exc:  # numpy raises assorted types for a bad file
+            log.warning("ignoring unreadable embedding cache %s: %s", path, exc)
+        else:
+            if hit.dtype == np.float32 and hit.shape == (len(texts), draft.dim):
+                log.info("head training vectors for %d texts from the cache %s", len(texts), path)
+                out: F32 = hit
+                return out
+            log.warning("ignoring embedding cache %s: shape %s %s", path, hit.shape, hit.dtype)
+    started = time.perf_counter()
+    vectors = _fp32_encode(staging, draft, fp32_path, texts, threads)
+    log.info("embedded %d head training texts in %.1f s", len(texts), time.perf_counter() - started)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as fh:
+                np.save(fh, vectors, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("could not write the embedding cache %s: %s", path, exc)
+    return vectors
+
+
+def _embedding_key(staging: Path, draft: Manifest, fp32_path: Path, texts: list[str], threads: int | None) -> str:
+    import onnxruntime
+    import tokenizers
+
+    from encoders import pooling, runtime
+
+    code = hashlib.sha256()
+    for module in (runtime, pooling):
+        code.update(Path(module.__file__ or "").read_bytes())
+    for fn in (_fp32_encode, _draft_encoder):
+        code.update(inspect.getsource(fn).encode())
+    parts = {
+        "format": _CACHE_FORMAT,
+        "graph": sha256_file(fp32_path),
+        "tokenizer": sha256_file(staging / TOKENIZER_FILE),
+        "texts": hashlib.sha256(json.dumps(texts, ensure_ascii=False).encode()).hexdigest(),
+        "max_length": draft.max_length,
+        "pad_id": draft.pad_id,
+        "inputs": draft.inputs,
+        "dim": draft.dim,
+        "code": code.hexdigest(),
+        "versions": [onnxruntime.__version__, tokenizers.__version__, np.__version__],
+        "threads": runtime.session_options(threads).intra_op_num_threads,
+        "cpu": _cpu_identity(),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _cpu_identity() -> str:
+    """onnxruntime picks its kernels by CPU features, so cached floats are per CPU model."""
+    text = platform.machine() + platform.processor()
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return text
+    wanted = ("model name", "flags", "vendor_id", "cpu family", "model\t")
+    lines = sorted({line.strip() for line in info.splitlines() if line.startswith(wanted)})
+    return text + hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _write_tokenizer(tokenizer: Any, path: Path, max_length: int) -> None:
     """The fast tokenizer's own JSON, with truncation at max_length and no fixed padding
     (the packaged file pads every text to 128, which the runtime would have to undo)."""
-    backend = getattr(tokenizer, "backend_tokenizer")
+    backend = tokenizer.backend_tokenizer
     data = json.loads(backend.to_str())
     data["padding"] = None
     data["truncation"] = {"direction": "Right", "max_length": max_length, "strategy": "LongestFirst", "stride": 0}
