@@ -9,7 +9,7 @@ export PERSONA_TOPIC_PREFIX="${PERSONA_TOPIC_PREFIX:-demo$(date +%s).}"
 # One state dir per run: RocksDB remembers changelog offsets of the run that wrote it.
 export PERSONA_STATE_DIR="${PERSONA_STATE_DIR:-${PERSONA_DEMO_DIR:-var/demo}/state/${PERSONA_TOPIC_PREFIX%.}}"
 export PERSONA_APP_ID="${PERSONA_APP_ID:-persona-${PERSONA_TOPIC_PREFIX%.}}"
-DATA="${PERSONA_DATA_DIR:-../shared/data}"
+DATA=$("$BIN/python" -c "from stream_app.settings import Settings; print(Settings().data_dir)")
 # Broker data and the worker log; another dir lets a second demo run beside this one.
 DEMO="${PERSONA_DEMO_DIR:-var/demo}"
 port="${PERSONA_BOOTSTRAP_SERVERS##*:}"

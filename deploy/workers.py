@@ -14,12 +14,13 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from state.paths import DEFAULT_TEST_MODEL_REGISTRY
 from stream_app.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 #: The encoder registry the tests load (``PERSONA_TEST_MODEL_REGISTRY`` overrides it), where
 #: ``make test-models`` (deploy/test-models.sh) exports fp32 and int8: build outputs, never committed.
-TEST_MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY") or REPO / "var" / "test-models" / "encoder")
+TEST_MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY") or DEFAULT_TEST_MODEL_REGISTRY)
 
 
 #: Samples of a /metrics scrape: ``(name, sorted labels) -> value``.
@@ -63,8 +64,12 @@ def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], me
 class WorkerProcess:
     """A ``persona worker`` subprocess with its own state dir and web port."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, allow_restarts: bool = False) -> None:
+        """``allow_restarts=False`` (the default) makes every scrape fail once the supervisor
+        has restarted the worker: its counters start again from zero, and a test reading them
+        would see wrong totals (issue 8's false restart) instead of the real cause."""
         self.settings = settings
+        self.allow_restarts = allow_restarts
         self.port = settings.web_port
         self.log_path = log_path
         env = dict(os.environ)
@@ -83,8 +88,12 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        return scrape(self.port)
+    def metrics(self) -> Samples:
+        samples = scrape(self.port)
+        restarts = metric_sum(samples, "persona_supervisor_restarts_total")
+        if restarts and not self.allow_restarts:
+            raise AssertionError(f"worker was restarted {restarts:.0f}x by its supervisor (counters reset):\n{self.log_tail()}")
+        return samples
 
     def wait_until(self, predicate: Callable[[Samples], bool], timeout: float = 120.0) -> Samples:
         deadline = time.monotonic() + timeout

@@ -46,6 +46,7 @@ from encoders.registry import Registry
 from encoders.runtime import Encoder, load_encoder, open_encoder
 from export import graph, reference, reviews
 from export import head as sentiment_head
+from state import paths
 from state.errors import ModelError
 
 log = logging.getLogger("persona.export")
@@ -285,7 +286,7 @@ def embedding_cache_dir() -> Path | None:
     value = os.environ.get(EMBEDDING_CACHE_ENV)
     if value is not None and value.strip().lower() in ("off", "0", "none", "false"):
         return None
-    return Path(value) if value else reviews.REPO / "var" / "cache" / "embeddings"
+    return Path(value) if value else paths.REPO_ROOT / "var" / "cache" / "embeddings"
 
 
 def _head_vectors(staging: Path, draft: Manifest, fp32_path: Path, texts: list[str], threads: int | None) -> F32:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from state import paths
+from state.errors import DatasetError
 from state.events import encoder_text
 
-REPO = Path(__file__).resolve().parent.parent
 DATASET = Path("amazon2014-musical-instruments-5core") / "reviews_Musical_Instruments_5.json.gz"
 PARITY_EVERY = 17
 HOLDOUT_EVERY = 5
@@ -30,7 +30,7 @@ class Review:
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("PERSONA_DATA_DIR") or REPO.parent / "shared" / "data")
+    return paths.data_dir()
 
 
 def dataset_path(root: Path | None = None) -> Path:
@@ -41,7 +41,7 @@ def read_reviews(path: Path | None = None) -> list[Review]:
     """Reviews with a non-blank ``reviewText``, in file order."""
     path = path or dataset_path()
     if not path.is_file():
-        raise FileNotFoundError(f"review dataset not found: {path} (set PERSONA_DATA_DIR)")
+        raise DatasetError(f"review dataset not found: {path} (set PERSONA_DATA_DIR)")
     out: list[Review] = []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line_no, line in enumerate(fh):

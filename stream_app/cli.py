@@ -15,9 +15,7 @@ if TYPE_CHECKING:
     from stream_app.settings import Settings
 
 app = typer.Typer(help="Persona: streaming user profiles and recommendations.", no_args_is_help=True)
-kafka_app = typer.Typer(help="A local Apache Kafka broker (KRaft, no Docker).", no_args_is_help=True)
 inspect_app = typer.Typer(help="Look inside a running system.", no_args_is_help=True)
-app.add_typer(kafka_app, name="kafka")
 app.add_typer(inspect_app, name="inspect")
 console = Console(stderr=True)
 
@@ -38,40 +36,6 @@ def config(markdown: Annotated[bool, typer.Option(help="Print the README table."
         print(markdown_table())
     else:
         print(json.dumps(_settings().masked(), indent=2))
-
-
-@kafka_app.command("up")
-def kafka_up(
-    port: Annotated[int, typer.Option(help="Broker port on 127.0.0.1.")] = 9092,
-    data_dir: Annotated[Optional[Path], typer.Option(help="Broker data dir.")] = None,
-) -> None:
-    """Fetch the pinned Kafka jars (once) and start a single-node broker; prints the bootstrap."""
-    from deploy.kafka import launcher
-
-    handle = launcher.start(port=port, data_dir=data_dir)
-    console.print(f"Kafka {launcher.KAFKA_VERSION} up (pid {handle.pid}), logs: {handle.log_file}")
-    print(handle.bootstrap)
-
-
-@kafka_app.command("down")
-def kafka_down(data_dir: Annotated[Optional[Path], typer.Option(help="Broker data dir.")] = None) -> None:
-    """Stop the local broker."""
-    from deploy.kafka import launcher
-
-    stopped = launcher.stop(data_dir or launcher.default_data_dir())
-    console.print("stopped" if stopped else "no broker was running")
-
-
-@kafka_app.command("status")
-def kafka_status(data_dir: Annotated[Optional[Path], typer.Option(help="Broker data dir.")] = None) -> None:
-    """Say whether the local broker runs; exit 1 if not."""
-    from deploy.kafka import launcher
-
-    handle = launcher.status(data_dir or launcher.default_data_dir())
-    if handle is None:
-        console.print("not running")
-        raise typer.Exit(1)
-    print(f"running pid={handle.pid} bootstrap={handle.bootstrap}")
 
 
 @app.command()

@@ -14,16 +14,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from state.errors import ConfigError
 from state.events import EventKind
+from state.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_REGISTRY, DEFAULT_STATE_DIR, REPO_ROOT
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-#: The defaults of ``PERSONA_DATA_DIR`` and ``PERSONA_MODEL_REGISTRY``, written once: other
-#: code reads ``Settings().data_dir`` / ``.model_registry`` (or these) instead of its own copy.
-DEFAULT_DATA_DIR = _REPO_ROOT.parent / "shared" / "data"
-DEFAULT_MODEL_REGISTRY = _REPO_ROOT / "models" / "encoder"
+_REPO_ROOT = REPO_ROOT  # defaults come from state.paths, the one place for each
 
 
 class Settings(BaseSettings):
@@ -83,7 +80,7 @@ class Settings(BaseSettings):
     )
     # --- worker ------------------------------------------------------------------------
     state_dir: Path = Field(
-        _REPO_ROOT / "var" / "persona", description="Worker state directory (RocksDB tables)."
+        DEFAULT_STATE_DIR, description="Worker state directory (RocksDB tables)."
     )
     web_host: str = Field("127.0.0.1", description="Host of the worker's web server (/metrics).")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server.")

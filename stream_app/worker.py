@@ -78,8 +78,22 @@ class PersonaMonitor(Monitor):
         return None
 
 
+class RetriableAsWarning(logging.Filter):
+    """aiokafka logs a *retried* coordinator lookup at ERROR ("Group Coordinator Request
+    failed: GroupCoordinatorNotAvailableError" while a fresh broker loads its offsets topic)
+    and then simply retries. An operator's ERROR line should mean something is wrong, so a
+    retriable error is shown as a WARNING; a non-retriable one stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if record.levelno == logging.ERROR and getattr(err, "retriable", False):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     """The Faust app with its agents, table, timers and web views."""
+    logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(RetriableAsWarning())
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],

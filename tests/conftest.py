@@ -106,10 +106,10 @@ def worker_factory(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``persona worker`` subprocesses; all are stopped (or killed) at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(settings: Settings, **overrides: Any) -> WorkerProcess:
+    def start(settings: Settings, *, allow_restarts: bool = False, **overrides: Any) -> WorkerProcess:
         if overrides:
             settings = settings.model_copy(update=overrides)
-        w = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log")
+        w = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", allow_restarts=allow_restarts)
         started.append(w)
         return w
 

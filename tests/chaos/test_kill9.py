@@ -48,7 +48,7 @@ def test_kill_minus_9_during_movielens_replay_loses_and_doubles_nothing(
     settings = topic_factory()
     catalog, rest = split_catalog(data_dir)
     publish_catalog(settings, catalog)
-    worker = worker_factory(settings)
+    worker = worker_factory(settings, allow_restarts=True)
     worker.wait_ready()
     producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 3_000.0})
     producer.start()
@@ -60,7 +60,7 @@ def test_kill_minus_9_during_movielens_replay_loses_and_doubles_nothing(
         duplicates += metric_sum(worker.metrics(), "persona_events_total", outcome="duplicate")
         _wait_mid_stream(settings, producer)
         worker.kill()
-        worker = worker_factory(settings)  # same state dir: restores from RocksDB + changelog
+        worker = worker_factory(settings, allow_restarts=True)  # same state dir: restores from RocksDB + changelog
         restore_s.append(_time_to_first_event(worker))
     producer.join()
     wait_drained(settings, input_topics(settings), [worker])

@@ -28,7 +28,7 @@ def test_rebalance_stop_and_restart_one_of_two_workers(
     second = {"state_dir": tmp_path / "state-second", "web_port": free_port()}
     catalog, rest = split_catalog(data_dir)
     publish_catalog(settings, catalog)
-    w1, w2 = worker_factory(settings), worker_factory(settings, **second)
+    w1, w2 = worker_factory(settings, allow_restarts=True), worker_factory(settings, allow_restarts=True, **second)
     w1.wait_ready()
     w2.wait_ready()
     producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 3_000.0})
@@ -37,7 +37,7 @@ def test_rebalance_stop_and_restart_one_of_two_workers(
     assert group_lag(settings, input_topics(settings)) > 0, "stop would not be mid-stream"
     assert w2.stop() == 0  # its partitions move to w1
     time.sleep(6.0)
-    w2 = worker_factory(settings, **second)  # and back: another rebalance
+    w2 = worker_factory(settings, allow_restarts=True, **second)  # and back: another rebalance
     producer.join()
     wait_drained(settings, input_topics(settings), [w1, w2])
     assert w1.stop() == 0 and w2.stop() == 0

@@ -89,7 +89,7 @@ def test_a_record_held_in_flight_restarts_the_worker_once_and_nothing_is_lost(
     events: list[Event] = [
         Purchase(event_id=f"held-{i}", ts=1_000.0 + i, user_id=f"u{i % 4}", item_id=f"i{i % 9}") for i in range(60)
     ]
-    worker = worker_factory(settings)
+    worker = worker_factory(settings, allow_restarts=True)
     worker.wait_ready()
     publish(settings, events)
     samples = worker.wait_until(lambda m: metric_sum(m, "persona_supervisor_restarts_total") >= 1, timeout=120)

@@ -140,3 +140,19 @@ def test_restart_requests_keep_the_first_decision_and_halt_never_returns() -> No
 
     decision, still_halted = asyncio.run(scenario())
     assert decision.reason.startswith("first") and still_halted
+
+
+def test_retried_coordinator_lookup_is_a_warning_not_an_error() -> None:
+    import logging
+
+    from aiokafka import errors
+
+    from stream_app.worker import RetriableAsWarning
+
+    f = RetriableAsWarning()
+    retried = logging.LogRecord("aiokafka", logging.ERROR, "x", 1, "Group Coordinator Request failed: %s",
+                                (errors.GroupCoordinatorNotAvailableError(),), None)
+    assert f.filter(retried) and retried.levelno == logging.WARNING and retried.levelname == "WARNING"
+    fatal = logging.LogRecord("aiokafka", logging.ERROR, "x", 1, "Group Coordinator Request failed: %s",
+                              (errors.GroupAuthorizationFailedError(),), None)
+    assert f.filter(fatal) and fatal.levelno == logging.ERROR
