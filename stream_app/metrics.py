@@ -73,6 +73,13 @@ STALL_RESTARTS = Counter(
     ["cause"],
     registry=REGISTRY,
 )
+LOOP_LAG = Histogram(
+    "persona_event_loop_lag_seconds",
+    "How late the worker's event loop wakes a 0.25 s sleep: time it could not run because "
+    "something held it (CPU-bound code on the loop, GIL contention, starved cores).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
 SUPERVISOR_RESTARTS = Counter(
     "persona_supervisor_restarts",
     "Restarts of this worker by its `persona worker` supervisor before the current process "

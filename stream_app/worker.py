@@ -214,6 +214,14 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             restarts.request(Restart(f"commit stuck behind finished records on {stalled} for {settings.stall_timeout_s:.0f}s (faust#596)"))
 
     @app.task  # type: ignore[untyped-decorator]
+    async def watch_loop_lag() -> None:
+        # Evidence for "busy vs stuck": encoder threads must not starve the loop that commits.
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(0.25)
+            metrics.LOOP_LAG.observe(max(0.0, time.monotonic() - started - 0.25))
+
+    @app.task  # type: ignore[untyped-decorator]
     async def restart_when_asked() -> None:
         # The one place a worker restarts itself: agents and the watchdog only ask.
         decision = await restarts.wait()

@@ -72,6 +72,11 @@ def test_regression_long_catalog_encode_under_short_stall_timeout_restarts_nothi
     print(f"\nwatchdog: {len(items)} items + {len(reviews)} reviews encoded under stall_timeout_s=1; "
           f"{batches - fast:.0f} of {batches:.0f} encode batches took over 1 s; restarts 0")
     assert batches - fast >= 3
+    # And the encoder threads did not starve the event loop that commits.
+    lags = metric_sum(samples, "persona_event_loop_lag_seconds_count")
+    on_time = metric_sum(samples, "persona_event_loop_lag_seconds_bucket", le="0.25")
+    print(f"event loop: {on_time / lags:.1%} of {lags:.0f} wake-ups within 0.25 s of their time")
+    assert on_time / lags >= 0.95
     assert "restarting" not in worker.log_tail(400)
 
 
