@@ -28,6 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
+from stream_app import metrics
+
 log = logging.getLogger("persona.supervise")
 
 #: Exit code meaning "restart me" (EX_TEMPFAIL).
@@ -130,6 +132,30 @@ class GapGuard:
 
     def first_seen(self, partition: int) -> bool:
         return partition not in self._last
+
+
+class RestartRequests:
+    """Restart decisions from agents and the watchdog, taken by one task of the worker."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.decision: Restart | None = None
+
+    def request(self, decision: Restart) -> None:
+        if self.decision is None:
+            self.decision = decision
+            metrics.STALL_RESTARTS.labels("lost_message" if "never did" in decision.reason else "stuck_commit").inc()
+            self._event.set()
+
+    async def wait(self) -> Restart:
+        await self._event.wait()
+        assert self.decision is not None
+        return self.decision
+
+    async def halt(self, decision: Restart) -> None:
+        """Ask for a restart and never return: the agent must not apply a later record."""
+        self.request(decision)
+        await asyncio.Event().wait()
 
 
 def hold_ack_failpoint(topic: str, partition: int, offset: int) -> bool:

@@ -37,6 +37,7 @@ from stream_app.supervise import (
     GapGuard,
     Progress,
     Restart,
+    RestartRequests,
     StallDetector,
     dump_tasks,
     hold_ack_failpoint,
@@ -242,30 +243,6 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         return web.json({"ready": ready, "catalog_items": len(runtime.replica.catalog)}, status=200 if ready else 503)
 
     return app, runtime
-
-
-class RestartRequests:
-    """Restart decisions from agents and the watchdog, taken by one task of the worker."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self.decision: Restart | None = None
-
-    def request(self, decision: Restart) -> None:
-        if self.decision is None:
-            self.decision = decision
-            metrics.STALL_RESTARTS.labels("lost_message" if "never did" in decision.reason else "stuck_commit").inc()
-            self._event.set()
-
-    async def wait(self) -> Restart:
-        await self._event.wait()
-        assert self.decision is not None
-        return self.decision
-
-    async def halt(self, decision: Restart) -> None:
-        """Ask for a restart and never return: the agent must not apply a later record."""
-        self.request(decision)
-        await asyncio.Event().wait()
 
 
 class OrderCheck:

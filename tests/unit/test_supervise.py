@@ -124,8 +124,7 @@ def test_hold_ack_failpoint_holds_its_range_once(tmp_path: Path, monkeypatch: py
 
 
 def test_restart_requests_keep_the_first_decision_and_halt_never_returns() -> None:
-    from stream_app.supervise import Restart
-    from stream_app.worker import RestartRequests
+    from stream_app.supervise import Restart, RestartRequests
 
     async def scenario() -> tuple[Restart, bool]:
         requests = RestartRequests()
