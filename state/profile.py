@@ -28,8 +28,12 @@ from state.decay import SECONDS_PER_DAY, factor, weight_at
 from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User, kind_of
 from state.interest import INTEREST_WEIGHTS, Interest, ItemVector, add_sentiment, add_vector, blend_sentiment
 
-#: Weight of one event in the category affinity, split evenly over the item's categories.
+#: Default weight of one event in the category affinity (split evenly over the item's
+#: categories) and in item popularity; ``PERSONA_EVENT_WEIGHTS`` overrides it.
 EVENT_WEIGHTS: Final[dict[str, float]] = {"click": 1.0, "purchase": 3.0, "review": 2.0}
+#: Default multiplier of a review's weight by its stars (rounded); ``PERSONA_RATING_WEIGHTS``
+#: overrides it. 1.0 everywhere: stars then count only through the sentiment dimension.
+RATING_WEIGHTS: Final[dict[int, float]] = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}
 
 
 class Origin(msgspec.Struct, frozen=True):
@@ -49,6 +53,18 @@ class Params(msgspec.Struct, frozen=True):
 
     half_life_days: float = 30.0
     dedupe_window: int = 32
+    #: behaviour weight per event kind (affinity and popularity)
+    event_weights: dict[str, float] = msgspec.field(default_factory=lambda: dict(EVENT_WEIGHTS))
+    #: multiplier of a review's weight by its rounded stars
+    rating_weights: dict[int, float] = msgspec.field(default_factory=lambda: dict(RATING_WEIGHTS))
+
+    def weight(self, event: Event) -> float:
+        """The behaviour weight of ``event``: its kind's weight, times its stars' band for a
+        rated review; 0 for kinds that carry no engagement (follows, attributes)."""
+        w = self.event_weights.get(kind_of(event), 0.0)
+        if isinstance(event, Review) and event.rating is not None:
+            w *= self.rating_weights.get(round(event.rating), 1.0)
+        return w
 
     @property
     def half_life_s(self) -> float:
@@ -205,7 +221,7 @@ def apply(
     p.first_event_ts = ts if p.first_event_ts is None else min(p.first_event_ts, ts)
     p.last_event_ts = max(p.last_event_ts, ts)
     if isinstance(event, (Click, Purchase, Review)):
-        _add_affinity(p, categories, EVENT_WEIGHTS[kind], ts, params.half_life_s)
+        _add_affinity(p, categories, params.weight(event), ts, params.half_life_s)
     if item_vector is not None and isinstance(event, (Click, Purchase)):
         if item_vector.item_id != event.item_id:
             raise ValueError(f"vector of item {item_vector.item_id!r} applied to an event on {event.item_id!r}")

@@ -23,7 +23,7 @@ from scoring.messages import Recommendations
 from scoring.messages import decode as decode_recommendations
 from state.codec import loads
 from state.events import EVENT_KINDS, DeadLetter, Item, decode
-from state.profile import Params, Profile
+from state.profile import Profile
 from stream_app.settings import Settings
 
 
@@ -113,7 +113,7 @@ def tail_topic(settings: Settings, topic: str, *, max_records: int, idle_s: floa
 
 
 def render_profile(profile: Profile, settings: Settings, console: Console) -> None:
-    params = Params(half_life_days=settings.half_life_days, dedupe_window=settings.dedupe_window)
+    params = settings.params()
     head = Table(title=f"profile {profile.user_id} (version {profile.version})", show_header=False)
     head.add_row("events", ", ".join(f"{k}={v}" for k, v in sorted(profile.counts.items())))
     head.add_row("event time", f"{profile.first_event_ts} .. {profile.last_event_ts}")

@@ -11,7 +11,6 @@ from typing import Any
 import faust
 
 from state.events import EVENT_KINDS, DeadLetter, EventKind
-from state.profile import Params
 from stream_app import dlq
 from stream_app.catalog_replica import CatalogReplica
 from stream_app.item_vectors import VectorReplica
@@ -36,7 +35,7 @@ class Runtime:
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
         self.settings = settings
-        self.params = Params(half_life_days=settings.half_life_days, dedupe_window=settings.dedupe_window)
+        self.params = settings.params()
         self.replica = CatalogReplica(
             settings,
             settings.topic("item"),

@@ -6,6 +6,7 @@ README's configuration table from this model, so the two cannot drift.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from state.errors import ConfigError
 from state.events import EventKind
 from state.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_REGISTRY, DEFAULT_STATE_DIR, REPO_ROOT
+from state.profile import EVENT_WEIGHTS, RATING_WEIGHTS, Params
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -99,6 +101,16 @@ class Settings(BaseSettings):
     emit_interval_s: float = Field(
         1.0, ge=0, description="At most one recommendation message per user per interval (s)."
     )
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(EVENT_WEIGHTS),
+        description="Behaviour weight of each event kind (category affinity and item popularity), "
+        'as JSON, e.g. `{"click": 1, "purchase": 3, "review": 2}`.',
+    )
+    rating_weights: dict[int, float] = Field(
+        default_factory=lambda: dict(RATING_WEIGHTS),
+        description="Multiplier of a review's weight by its rounded stars, as JSON "
+        '(`{"1": 0, "2": 0.5, ...}`); 1 everywhere by default.',
+    )
     # --- encoders ----------------------------------------------------------------------
     model_registry: Path = Field(
         DEFAULT_MODEL_REGISTRY,
@@ -123,6 +135,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        unknown = set(self.event_weights) - {"click", "purchase", "review"}
+        if unknown:
+            raise ConfigError(f"PERSONA_EVENT_WEIGHTS: unknown event kinds {sorted(unknown)} (click, purchase, review)")
+        if any(w < 0 for w in (*self.event_weights.values(), *self.rating_weights.values())):
+            raise ConfigError("PERSONA_EVENT_WEIGHTS / PERSONA_RATING_WEIGHTS: weights must be >= 0")
+        if set(self.rating_weights) - {1, 2, 3, 4, 5}:
+            raise ConfigError("PERSONA_RATING_WEIGHTS: keys are stars 1..5")
         problems = self.security_problems()
         if problems:
             raise ConfigError("; ".join(problems))
@@ -182,6 +201,15 @@ class Settings(BaseSettings):
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}recommendations"
 
+    def params(self) -> Params:
+        """The profile math's knobs, from these settings (one place for every caller)."""
+        return Params(
+            half_life_days=self.half_life_days,
+            dedupe_window=self.dedupe_window,
+            event_weights=dict(self.event_weights),
+            rating_weights=dict(self.rating_weights),
+        )
+
     def partitions_for(self, kind: EventKind) -> int:
         return self.item_partitions if kind == "item" else self.partitions
 
@@ -213,11 +241,13 @@ def markdown_table() -> str:
     """The configuration table for the README, from the model itself."""
     rows = ["| env var | default | meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         if isinstance(default, Path):
             try:
                 default = "<repo>/" + str(default.relative_to(_REPO_ROOT))
             except ValueError:
                 default = "<repo>/../" + str(default.relative_to(_REPO_ROOT.parent))
+        elif isinstance(default, dict):
+            default = json.dumps(default)  # what the environment variable takes
         rows.append(f"| `PERSONA_{name.upper()}` | `{default}` | {field.description} |")
     return "\n".join(rows)

@@ -555,3 +555,36 @@ def test_default_window_is_32() -> None:
     assert Params().dedupe_window == 32
     events = [Step(Click(event_id=f"e{i}", ts=0.0, user_id=USER, item_id="x"), None, ()) for i in range(40)]
     assert len(fold(new_profile(USER), events).recent_ids) == 32
+
+
+def test_event_and_rating_weights_are_settings_not_constants() -> None:
+    from stream_app.settings import Settings
+
+    params = Settings(event_weights={"click": 0.5, "purchase": 4.0, "review": 2.0}, rating_weights={1: 0.0, 2: 0.25}).params()
+    p = new_profile("u")
+    review_low = Review(event_id="r1", ts=100.0, user_id="u", item_id="i", text="bad", rating=1.0)
+    review_two = Review(event_id="r2", ts=100.0, user_id="u", item_id="j", text="meh", rating=2.0)
+    buy = Purchase(event_id="p1", ts=100.0, user_id="u", item_id="k")
+    for n, (event, cat) in enumerate([(review_low, "a"), (review_two, "b"), (buy, "c")]):
+        nxt = apply(p, event, origin=Origin("t", 0, n), categories=(cat,), params=params)
+        assert nxt is not None
+        p = nxt
+    # Same event time: no decay between them, so the affinities are the weights themselves.
+    assert p.affinity.get("a", 0.0) == 0.0  # a one-star review under band weight 0
+    assert p.affinity["b"] == 2.0 * 0.25
+    assert p.affinity["c"] == 4.0
+    assert params.weight(Review(event_id="r3", ts=1.0, user_id="u", item_id="i", text="", rating=5.0)) == 2.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"event_weights": {"like": 1.0}}, {"event_weights": {"click": -1.0}}, {"rating_weights": {6: 1.0}}],
+)
+def test_unservable_weights_are_refused(bad: dict[str, object]) -> None:
+    from pydantic import ValidationError
+
+    from state.errors import ConfigError
+    from stream_app.settings import Settings
+
+    with pytest.raises((ConfigError, ValidationError)):
+        Settings(**bad)  # type: ignore[arg-type]
