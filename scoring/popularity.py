@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
 
@@ -21,14 +23,20 @@ class Popularity:
     only; reads decay to the common "now" (the latest event time seen).
     """
 
-    def __init__(self, half_life_days: float, refresh_s: float = 2.0) -> None:
+    def __init__(
+        self, half_life_days: float, refresh_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._hl = half_life_days * SECONDS_PER_DAY
+        #: paces the ranking cache only (values never depend on it); injectable so that a replay
+        #: can refresh by event time and be reproducible (stream_app/evaluate.py)
+        self._clock = clock
         self._values: dict[str, tuple[float, float]] = {}
         self.now = 0.0
         self._refresh_s = refresh_s
         self._top_cache: dict[str, list[tuple[float, str]]] = {}
         self._cache_at = 0.0
         self._dirty = False
+        self._hashes: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._values)
@@ -45,20 +53,20 @@ class Popularity:
         value, ref = self._values.get(item_id, (0.0, self.now))
         return weight_at(value, ref, self.now, self._hl)
 
-    def top(self, candidates: set[str] | None, n: int, key: str = "*") -> list[tuple[float, str]]:
+    def top(self, candidates: AbstractSet[str] | None, n: int, key: str = "*") -> list[tuple[float, str]]:
         """The ``n`` most popular of ``candidates`` (all items when None), best first."""
         return self.ranked(candidates, key)[:n]
 
-    def ranked(self, candidates: set[str] | None, key: str = "*") -> list[tuple[float, str]]:
+    def ranked(self, candidates: AbstractSet[str] | None, key: str = "*") -> list[tuple[float, str]]:
         """All of ``candidates`` by popularity, best first; equal popularity is ordered by a
         stable hash of the item id (:func:`tie_hash`), not by the id string, so no id range is
         favoured when values tie (e.g. all zero right after a restart). The recommender
         re-orders those ties per user.
 
-        Cached per ``key`` for ``refresh_s`` wall seconds: ranking on every emission would
-        dominate the per-event cost, and popularity moves slowly.
+        Cached per ``key`` for ``refresh_s`` seconds of ``clock`` (wall seconds by default):
+        ranking on every emission would dominate the per-event cost, and popularity moves slowly.
         """
-        clock = time.monotonic()
+        clock = self._clock()
         if self._dirty and clock - self._cache_at > self._refresh_s:
             self._top_cache.clear()
             self._cache_at = clock
@@ -67,7 +75,18 @@ class Popularity:
         if cached is not None and (candidates is None or len(cached) == len(candidates)):
             return cached
         pool = self._values.keys() if candidates is None else candidates
-        # The id itself only settles a crc32 collision, so the order stays total and reproducible.
-        ranked = sorted(((self.value(i), i) for i in pool), key=lambda t: (-t[0], tie_hash(t[1]), t[1]))
+        # Sorted by (-value, tie_hash, id): the id itself only settles a crc32 collision, so the
+        # order stays total and reproducible. Plain tuples sort without a key function, and each
+        # item's hash is computed once: a rebuild is the hot path of a replay (evaluate).
+        hashes = self._hashes
+        for i in pool:
+            if i not in hashes:
+                hashes[i] = tie_hash(i)
+        values, now, hl = self._values, self.now, self._hl
+        absent = (0.0, now)
+        # weight_at(value, ref, now, hl) is what value() computes; negation is exact.
+        keyed = [(-weight_at(*values.get(i, absent), now, hl), hashes[i], i) for i in pool]
+        keyed.sort()
+        ranked = [(-v, i) for v, _, i in keyed]
         self._top_cache[key] = ranked
         return ranked

@@ -23,6 +23,7 @@ class Catalog:
     def __init__(self) -> None:
         self._items: dict[str, CatalogEntry] = {}
         self._by_category: dict[str, set[str]] = {}
+        self._ids: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -37,8 +38,13 @@ class Catalog:
         entry = self._items.get(item_id)
         return entry.categories if entry is not None else ()
 
-    def ids(self) -> set[str]:
-        return set(self._items)
+    def ids(self) -> frozenset[str]:
+        """Every item id; one shared frozenset until an item is added (a cold-start ranking
+        asks on every message, and copying a large catalog each time was a hot spot)."""
+        ids = self._ids
+        if ids is None:
+            ids = self._ids = frozenset(self._items)
+        return ids
 
     def items_in(self, category: str) -> set[str]:
         return self._by_category.get(category, set())
@@ -60,6 +66,8 @@ class Catalog:
             for c in old.categories:
                 self._by_category.get(c, set()).discard(item.item_id)
         self._items[item.item_id] = entry
+        if old is None:
+            self._ids = None
         for c in entry.categories:
             self._by_category.setdefault(c, set()).add(item.item_id)
         return True

@@ -64,6 +64,57 @@ def produce(
         print(f"{topic}\t{n}")
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    path: Annotated[Optional[Path], typer.Argument(help="Dataset file or folder.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="amazon|movielens|ciao|jsonl (also mind, synthetic)")] = "movielens",
+    meta: Annotated[Optional[Path], typer.Option(help="amazon: the meta_<Name>.json.gz file, when not beside PATH.")] = None,
+    k: Annotated[str, typer.Option("--k", help="Cut-offs K, comma separated (the pipeline ranks max K).")] = "10",
+    variants: Annotated[
+        str, typer.Option(help="Comma separated; all, popularity and item_knn are always included.")
+    ] = "all,popularity,decayed_popularity,item_knn",
+    report_json: Annotated[Optional[Path], typer.Option(help="Write the report as JSON here.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Replay only the first N events.")] = None,
+    emit_interval: Annotated[
+        float, typer.Option(help="Coalesce messages per user over this many event-time seconds (0: every change emits).")
+    ] = 0.0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Prequential Recall/NDCG@K of the pipeline's recommendations and baselines, in process (no Kafka)."""
+    from stream_app.evaluate import evaluate, render, selected_variants
+    from stream_app.sources import SOURCE_FORMATS, read_events
+
+    if fmt not in SOURCE_FORMATS:
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose from {list(SOURCE_FORMATS)}")
+    if fmt != "synthetic" and path is None:
+        raise typer.BadParameter("PATH is required for this format")
+    try:
+        ks = sorted({int(x) for x in k.split(",") if x.strip()})
+        chosen = selected_variants([v.strip() for v in variants.split(",") if v.strip()])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter("--k needs cut-offs >= 1")
+    if fmt == "synthetic":
+        console.print("[yellow]SYNTHETIC data: generated, not a real dataset[/yellow]")
+    events = list(read_events(fmt, path, limit=limit, meta=meta))
+    name = f"{fmt}:{path.name}" if path is not None else fmt
+    report = evaluate(
+        events, _settings(), ks=ks, variants=chosen, emit_interval_s=emit_interval, dataset=name, progress=progress
+    )
+    print(render(report))
+    t = report.timing
+    console.print(
+        f"{report.evaluated:,} positives x {len(chosen)} variants = {int(t['rankings']):,} rankings "
+        f"+ {int(t['messages']):,} pipeline messages in {t['seconds']:.1f} s: "
+        f"{t['rankings_per_s']:,.0f} rankings/s ({t['evaluated_per_s']:,.0f} positives/s); per variant: "
+        + ", ".join(f"{v} {t[v + '_per_s']:,.0f}/s" for v in chosen)
+    )
+    if report_json is not None:
+        report_json.write_text(json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n")
+        console.print(f"report written to {report_json}")
+
+
 @app.command()
 def tail(
     topic: Annotated[str, typer.Argument(help="Topic to read.")],

@@ -11,8 +11,10 @@ recommendations become lives here, behind two small seams:
   buffers it on the producer with ``send_soon``; tests collect it in a list).
 
 Catalog and item vectors come from anything with the replicas' read methods. Clocks are
-injected: ``monotonic`` paces the coalescer, ``wall`` stamps ``generated_at``; scores depend
-on event time only, never on either clock.
+injected: ``monotonic`` paces the coalescer and the popularity ranking cache, ``wall`` stamps
+``generated_at``. Scores are computed from event-time state only; ``monotonic`` decides just
+how stale a cached popularity ranking may get (``Popularity.refresh_s``), so a replay that
+passes event time as ``monotonic`` (the in-process evaluator) is reproducible.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from scoring.popularity import Popularity
 from state.catalog import Catalog
 from state.events import DeadLetter, Event, EventKind, Item, decode, kind_of
 from state.interest import ItemVector
-from state.profile import EVENT_WEIGHTS, Encoding, Origin, Params, Profile, apply, new_profile
+from state.profile import Encoding, Origin, Params, Profile, apply, new_profile
 from stream_app import metrics
 from stream_app.emitter import Coalescer, Trigger
 
@@ -116,7 +118,8 @@ class Pipeline:
         self.store = store
         self.catalog = catalog
         self.vectors = vectors
-        self.popularity = Popularity(popularity_half_life_days)
+        # The ranking cache is paced by the same injected clock as the coalescer.
+        self.popularity = Popularity(popularity_half_life_days, clock=monotonic)
         self.coalescer = Coalescer(emit_interval_s)
         self._emit_raw = emit
         self._topic_of = topic_of
@@ -184,8 +187,8 @@ class Pipeline:
             self.store.put(key, updated, partition)
             metrics.PROFILE_UPDATES.inc()
             metrics.event_counter(topic, APPLIED).inc()
-            if item_id is not None and kind in EVENT_WEIGHTS:
-                self.popularity.add(item_id, EVENT_WEIGHTS[kind], event.ts)
+            if item_id is not None and kind in self.params.event_weights:
+                self.popularity.add(item_id, self.params.weight(event), event.ts)
             outcome = APPLIED
         trigger = Trigger(event_ts=event.ts, record_ts=record_ts if record_ts is not None else self._wall())
         emitted = self.coalescer.offer(event.user_id, self._monotonic(), trigger)

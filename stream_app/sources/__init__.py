@@ -80,16 +80,19 @@ __all__ = ["SOURCE_FORMATS", "SourceFormat", "read_events"]
 
 
 def read_events(
-    fmt: SourceFormat, path: Path | None, *, limit: int | None = None, seed: int = 7
+    fmt: SourceFormat, path: Path | None, *, limit: int | None = None, seed: int = 7, meta: Path | None = None
 ) -> Iterator[Event]:
     """The events of dataset ``path`` in format ``fmt``, ordered as the module describes.
 
-    ``path`` is ignored (and may be ``None``) for ``synthetic``, which uses ``seed``.
+    ``path`` is ignored (and may be ``None``) for ``synthetic``, which uses ``seed``. ``meta``
+    (``amazon`` only) names the metadata file when it does not sit beside the reviews.
     Errors about the arguments or a missing path are raised at the call; a bad record
     is a :class:`state.errors.DatasetError` naming its file and line (as is a missing
     file or folder, or a format that needs a path); a negative ``limit`` is a ``ValueError``.
     """
     check_limit(limit)
+    if meta is not None and fmt != "amazon":
+        raise DatasetError(f"a metadata file is an amazon option, not one of format {fmt!r}")
     if fmt == "synthetic":
         return ordered(synthetic.generate(seed), limit)
     if path is None:
@@ -97,6 +100,8 @@ def read_events(
     path = Path(path)
     if fmt == "jsonl":
         return take(jsonl.read(path), limit)
+    if meta is not None:
+        return ordered(amazon.read(path, Path(meta)), limit)
     reader = _READERS.get(fmt)
     if reader is None:
         raise DatasetError(f"unknown source format {fmt!r}; expected one of {SOURCE_FORMATS}")

@@ -44,8 +44,11 @@ _SPACE = re.compile(r"\s+")
 _PRICE = re.compile(r"\$\s*(\d[\d,]*(?:\.\d+)?)")
 
 
-def read(path: Path) -> list[Event]:
-    """The events of one ``*_5.json.gz`` reviews file, in source order (not yet sorted)."""
+def read(path: Path, meta: Path | None = None) -> list[Event]:
+    """The events of one ``*_5.json.gz`` reviews file, in source order (not yet sorted); the
+    catalog from ``meta`` when given, else from the metadata file beside it (:func:`meta_path`)."""
+    if meta is not None and not meta.is_file():
+        raise DatasetError(f"amazon: metadata file not found: {meta}")
     if not path.is_file():
         raise DatasetError(f"amazon: reviews file not found: {path}")
     events: list[Event] = []
@@ -78,7 +81,7 @@ def read(path: Path) -> list[Event]:
                     rating=row.overall,
                 )
             )
-    meta = meta_path(path)
+    meta = meta if meta is not None else meta_path(path)
     if meta is not None and min_ts is not None:
         events.extend(_items(meta, asins, min_ts))
     return events

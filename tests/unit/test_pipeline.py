@@ -105,11 +105,12 @@ def _purchases(n: int, seed: int = 7) -> list[Purchase]:
 
 
 def test_pipeline_folds_events_like_apply_and_emits_what_the_ranker_computes() -> None:
-    pipe, store, sent, _ = _pipeline()
+    pipe, store, sent, clock = _pipeline()
     events = _purchases(80)
     catalog = _catalog()
     truth: dict[str, Profile] = {}
-    pop = Popularity(14.0)
+    # The same clock paces both ranking caches, so they refresh at the same events.
+    pop = Popularity(14.0, clock=clock)
     for offset, e in enumerate(events):
         result = pipe.process("purchase", _record(e, offset))
         assert result.outcome == APPLIED and result.emitted

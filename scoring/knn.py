@@ -1,0 +1,219 @@
+"""Item-to-item co-occurrence over a stream: the item-kNN baseline and a collaborative candidate source.
+
+Counts are built from the interactions seen so far, in stream order, and nothing else: no
+wall clock, no randomness, so the same stream always gives the same counts and scores.
+
+- ``n(i)``: how many users interacted with item ``i`` (each user once per item);
+- ``c(i, j)``: how many users interacted with both ``i`` and ``j`` *within a window*: when a user
+  interacts with a new item, it co-occurs once with each of that user's last ``window`` distinct
+  items (50 by default: the cost of one interaction is bounded, and a very long history's
+  oldest items say little about the new one);
+- ``sim(i, j) = c(i, j) / sqrt(n(i) * n(j))`` (cosine over binary user vectors);
+- ``score(H, j) = sum over h in H of sim(h, j)`` for a history ``H`` (the user's last ``window``
+  items).
+
+Equal scores are ordered by :func:`scoring.baseline.tie_key` (a per-user hash), never by the
+id string. Storage is sparse (one row per item: neighbour index -> count, plus numpy arrays of
+the same row for vectorised scoring), so a sparse catalogue such as CiaoDVD's 16k films costs
+what its co-occurrences cost, not ``n**2``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Collection, Iterable, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from scoring.baseline import tie_key
+from scoring.popularity import tie_hash
+
+#: Distinct recent items of a user that a new item co-occurs with (and that a score sums over).
+WINDOW = 50
+
+_F64 = npt.NDArray[np.float64]
+_I64 = npt.NDArray[np.int64]
+
+
+class ItemKNN:
+    """Co-occurrence counts, built one interaction at a time (see the module docstring)."""
+
+    def __init__(self, window: int = WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = window
+        self._index: dict[str, int] = {}
+        self._ids: list[str] = []
+        self._users: _F64 = np.zeros(64, dtype=np.float64)
+        # Row r: neighbour index -> position in _nb[r] / _co[r]; arrays grow by doubling.
+        self._pos: list[dict[int, int]] = []
+        self._nb: list[_I64] = []
+        self._co: list[_F64] = []
+        # Per-user convenience state for observe()/recommend().
+        self._history: dict[str, list[str]] = {}
+        self._seen: dict[str, set[str]] = {}
+        self._seen_rows: dict[str, list[int]] = {}
+
+    def __len__(self) -> int:
+        """Items known (every item that was added, or was in a history that was)."""
+        return len(self._ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._index
+
+    # --- building --------------------------------------------------------------------------
+    def _row(self, item_id: str) -> int:
+        r = self._index.get(item_id)
+        if r is None:
+            r = len(self._ids)
+            self._index[item_id] = r
+            self._ids.append(item_id)
+            if r >= self._users.size:
+                self._users = np.concatenate([self._users, np.zeros(self._users.size, dtype=np.float64)])
+            self._pos.append({})
+            self._nb.append(np.empty(4, dtype=np.int64))
+            self._co.append(np.empty(4, dtype=np.float64))
+        return r
+
+    def _inc(self, r: int, c: int) -> None:
+        pos = self._pos[r]
+        p = pos.get(c)
+        if p is not None:
+            self._co[r][p] += 1.0
+            return
+        p = len(pos)
+        if p == self._nb[r].size:
+            self._nb[r] = np.concatenate([self._nb[r], np.empty(p, dtype=np.int64)])
+            self._co[r] = np.concatenate([self._co[r], np.empty(p, dtype=np.float64)])
+        self._nb[r][p] = c
+        self._co[r][p] = 1.0
+        pos[c] = p
+
+    def add(self, history: Iterable[str], item_id: str) -> None:
+        """One user's first interaction with ``item_id``: ``n(item)`` grows by one and the item
+        co-occurs once with each distinct item of ``history`` (that user's earlier items, already
+        cut to the caller's window; ``item_id`` itself is skipped)."""
+        j = self._row(item_id)
+        self._users[j] += 1.0
+        for h in dict.fromkeys(history):
+            if h == item_id:
+                continue
+            i = self._row(h)
+            self._inc(i, j)
+            self._inc(j, i)
+
+    def observe(self, user_id: str, item_id: str) -> bool:
+        """Fold one interaction of ``user_id`` in (its first with the item only): :meth:`add`
+        with the user's last ``window`` items. Returns whether it was a first interaction."""
+        seen = self._seen.setdefault(user_id, set())
+        if item_id in seen:
+            return False
+        history = self._history.setdefault(user_id, [])
+        self.add(history[-self.window :], item_id)
+        seen.add(item_id)
+        history.append(item_id)
+        self._seen_rows.setdefault(user_id, []).append(self._index[item_id])
+        return True
+
+    def history(self, user_id: str) -> list[str]:
+        """The user's last ``window`` distinct items, oldest first (what scores sum over)."""
+        return self._history.get(user_id, [])[-self.window :]
+
+    def seen(self, user_id: str) -> Collection[str]:
+        """Every item the user interacted with (through :meth:`observe`)."""
+        return self._seen.get(user_id, frozenset())
+
+    # --- reading ---------------------------------------------------------------------------
+    def count(self, item_id: str) -> int:
+        """``n(item)``: users who interacted with it."""
+        r = self._index.get(item_id)
+        return 0 if r is None else int(self._users[r])
+
+    def cooccurrence(self, a: str, b: str) -> int:
+        """``c(a, b)`` (symmetric; 0 for unknown items and for ``a == b``)."""
+        ra, rb = self._index.get(a), self._index.get(b)
+        if ra is None or rb is None:
+            return 0
+        p = self._pos[ra].get(rb)
+        return 0 if p is None else int(self._co[ra][p])
+
+    def similarity(self, a: str, b: str) -> float:
+        """``sim(a, b) = c(a, b) / sqrt(n(a) n(b))``."""
+        c = self.cooccurrence(a, b)
+        return c / math.sqrt(self.count(a) * self.count(b)) if c else 0.0
+
+    def neighbours(self, item_id: str, n: int) -> list[tuple[str, float]]:
+        """The ``n`` items most similar to ``item_id``, best first: ``(item, sim)``; equal
+        similarities in a stable hash order (:func:`scoring.popularity.tie_hash`)."""
+        r = self._index.get(item_id)
+        if r is None or n <= 0:
+            return []
+        m = len(self._pos[r])
+        nb = self._nb[r][:m]
+        sims = self._co[r][:m] / np.sqrt(self._users[r] * self._users[nb])
+        pairs = zip(sims.tolist(), (self._ids[c] for c in nb.tolist()), strict=True)
+        best = heapq.nsmallest(n, pairs, key=lambda t: (-t[0], tie_hash(t[1]), t[1]))
+        return [(i, s) for s, i in best]
+
+    def _accumulate(self, history: Iterable[str]) -> tuple[_F64, list[int]]:
+        """Dense scores over all known items for ``history``, and the history's row indices."""
+        n = len(self._ids)
+        acc = np.zeros(n, dtype=np.float64)
+        inv = 1.0 / np.sqrt(np.maximum(self._users[:n], 1.0))
+        rows: list[int] = []
+        for h in dict.fromkeys(history):
+            r = self._index.get(h)
+            if r is None:
+                continue
+            rows.append(r)
+            m = len(self._pos[r])
+            if m:
+                # Indices within one row are distinct, so fancy-index += adds each once.
+                acc[self._nb[r][:m]] += self._co[r][:m] * inv[r]
+        acc *= inv
+        return acc, rows
+
+    def score(self, history: Iterable[str], candidates: Iterable[str] | None = None) -> dict[str, float]:
+        """``score(history, j)`` for each candidate (every co-occurring item when ``None``;
+        those with a positive score only)."""
+        acc, _ = self._accumulate(history)
+        if candidates is None:
+            return {self._ids[c]: float(acc[c]) for c in np.flatnonzero(acc > 0.0).tolist()}
+        out: dict[str, float] = {}
+        for item in candidates:
+            r = self._index.get(item)
+            out[item] = 0.0 if r is None else float(acc[r])
+        return out
+
+    def top(
+        self, history: Sequence[str], k: int, *, user_id: str, exclude: Collection[str] = ()
+    ) -> list[tuple[str, float]]:
+        """The ``k`` best items for ``history`` with a positive score, best first: ``(item,
+        score)``. History items and ``exclude`` are never returned; ties go by
+        ``tie_key(user_id, item)``. May be shorter than ``k`` (only co-occurring items score)."""
+        index = self._index
+        gone = [r for r in (index.get(x) for x in exclude) if r is not None]
+        return self._top(history, k, user_id, gone)
+
+    def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]:
+        """:meth:`top` for a user folded in with :meth:`observe`: over the user's last
+        ``window`` items, never an item the user interacted with."""
+        return self._top(self.history(user_id), k, user_id, self._seen_rows.get(user_id, []))
+
+    def _top(self, history: Sequence[str], k: int, user_id: str, gone: list[int]) -> list[tuple[str, float]]:
+        if k <= 0:
+            return []
+        acc, rows = self._accumulate(history)
+        acc[rows] = 0.0
+        acc[gone] = 0.0
+        cand = np.flatnonzero(acc > 0.0)
+        if cand.size > k:
+            values = acc[cand]
+            kth = np.partition(values, cand.size - k)[cand.size - k]
+            cand = cand[values >= kth]  # the k best and everything tied with the k-th
+        ids = self._ids
+        scored = [(float(acc[c]), ids[c]) for c in cand.tolist()]
+        scored.sort(key=lambda t: (-t[0], tie_key(user_id, t[1])))
+        return [(i, s) for s, i in scored[:k]]
