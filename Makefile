@@ -7,7 +7,7 @@ TRAIN := .venv-train
 # Empty: the default is deploy/workers.py's TEST_MODEL_REGISTRY.
 TEST_MODELS ?=
 
-.PHONY: setup setup-train test-models demo test test-unit lint clean kafka-down
+.PHONY: setup setup-train test-models demo test test-unit lint evaluation clean kafka-down
 
 # How long each step of `make test` takes, printed into the log ("== make <target>: ...").
 # make expands every line of a recipe before it runs the first, so $(T0) in a recipe's last
@@ -52,6 +52,10 @@ test: setup test-models
 	$(STARTED)
 	bash deploy/run-tests.sh
 	$(TOOK)
+
+# docs/EVALUATION.md results and plots: the prequential harness on the test slice of each dataset.
+evaluation: setup
+	$(BIN)/python -m stream_app.evaluation_report --out docs
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -79,6 +79,9 @@ def evaluate_cmd(
         float, typer.Option(help="Coalesce messages per user over this many event-time seconds (0: every change emits).")
     ] = 0.0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    window: Annotated[
+        str, typer.Option("--slice", help="Score only positives in this share of the replay, A:B (e.g. 0.75:1).")
+    ] = "0:1",
 ) -> None:
     """Prequential Recall/NDCG@K of the pipeline's recommendations and baselines, in process (no Kafka)."""
     from stream_app.evaluate import evaluate, render, selected_variants
@@ -100,7 +103,8 @@ def evaluate_cmd(
     events = list(read_events(fmt, path, limit=limit, meta=meta))
     name = f"{fmt}:{path.name}" if path is not None else fmt
     report = evaluate(
-        events, _settings(), ks=ks, variants=chosen, emit_interval_s=emit_interval, dataset=name, progress=progress
+        events, _settings(), ks=ks, variants=chosen, emit_interval_s=emit_interval, dataset=name, progress=progress,
+        window=(float(window.split(":")[0]), float(window.split(":")[1])),
     )
     print(render(report))
     t = report.timing

@@ -42,7 +42,7 @@ from scoring.messages import decode as decode_recs
 from state.catalog import Catalog
 from state.events import DeadLetter, Event, EventKind, Item, encode, key_of, kind_of
 from state.interest import ItemVector
-from state.profile import EVENT_WEIGHTS, Params, Profile
+from state.profile import EVENT_WEIGHTS, Profile
 from stream_app.pipeline import APPLIED, Pipeline, Record
 from stream_app.settings import Settings
 
@@ -134,11 +134,16 @@ def evaluate(
     dataset: str = "",
     progress: bool = False,
     trace: Trace | None = None,
+    window: tuple[float, float] = (0.0, 1.0),
 ) -> Report:
-    """Replay ``events`` (in the given order) and score every variant (see the module doc)."""
-    return _Run(events, settings, ks=ks, variants=variants, emit_interval_s=emit_interval_s, trace=trace).run(
-        dataset, progress
-    )
+    """Replay ``events`` (in the given order) and score every variant (see the module doc).
+
+    ``window`` = ``(a, b)``: every event is applied, but only positives whose position in the
+    replay lies in ``[a·n, b·n)`` are scored: a validation slice to tune on, and a later one
+    to report on that no choice was tuned on."""
+    run = _Run(events, settings, ks=ks, variants=variants, emit_interval_s=emit_interval_s, trace=trace)
+    run.window = (int(window[0] * len(events)), int(window[1] * len(events)))
+    return run.run(dataset, progress)
 
 
 def selected_variants(asked: Sequence[str]) -> tuple[str, ...]:
@@ -176,7 +181,7 @@ class _Run:
         self.last_message: dict[bytes, bytes] = {}
         self.messages = 0
         self.pipeline = Pipeline(
-            params=Params(half_life_days=settings.half_life_days, dedupe_window=settings.dedupe_window),
+            params=settings.params(),
             store=self.store,
             catalog=self.catalog,
             vectors=_NoVectors(),
@@ -186,6 +191,8 @@ class _Run:
             emit_interval_s=emit_interval_s,
             popularity_half_life_days=settings.popularity_half_life_days,
             max_payload_bytes=settings.max_payload_bytes,
+            ranker=settings.ranker,
+            weights=settings.rank_weights(),
             monotonic=self.clock,
             wall=self.clock,
         )
@@ -204,7 +211,10 @@ class _Run:
             "dead_letters": 0,
             "duplicates": 0,
             "filtered_from_all": 0,
+            "outside_window": 0,
         }
+        self.window = (0, len(events))
+        self.position = 0
         self._cats: dict[str, frozenset[str]] = {}
         self.diversity_basis = (
             "categories" if any(isinstance(e, Item) and e.categories for e in events) else "co-occurrence"
@@ -244,6 +254,7 @@ class _Run:
         started = time.perf_counter()
         bar = tqdm(total=n, unit="ev", disable=not progress, mininterval=0.5, desc="evaluate")
         for idx, event in enumerate(events):
+            self.position = idx
             self._step(event, events[idx + 1] if idx + 1 < n else None, offsets)
             bar.update(1)
         bar.close()
@@ -274,8 +285,10 @@ class _Run:
         label = self.interactions.label(event, following)
         if label is not None and label.positive:
             self.tally["positives"] += 1
-            if label.evaluated:
+            if label.evaluated and self.window[0] <= self.position < self.window[1]:
                 self._evaluate(label)
+            elif label.evaluated:
+                self.tally["outside_window"] += 1
             else:
                 self.tally["skipped_no_history"] += 1
         result = pipe.process(kind, record)

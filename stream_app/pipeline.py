@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from scoring.baseline import recommend
+from scoring.knn import ItemKNN
 from scoring.messages import Recommendations
 from scoring.messages import encode as encode_recs
 from scoring.popularity import Popularity
+from scoring.ranker import DEFAULT_WEIGHTS, Weights, history, rank
 from state.catalog import Catalog
-from state.events import DeadLetter, Event, EventKind, Item, decode, kind_of
+from state.events import DeadLetter, Event, EventKind, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, new_profile
 from stream_app import metrics
@@ -113,8 +115,17 @@ class Pipeline:
         max_payload_bytes: int,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        ranker: str = "blend",
+        weights: Weights = DEFAULT_WEIGHTS,
     ) -> None:
         self.params = params
+        #: "blend": scoring.ranker over collaborative, category and trending candidates;
+        #: "baseline": scoring.baseline (category affinity x popularity)
+        self.ranker = ranker
+        self.weights = weights
+        #: item-to-item co-occurrence of the users this pipeline applies (per worker, like
+        #: popularity: see the README's "Recommendations")
+        self.knn = ItemKNN()
         self.store = store
         self.catalog = catalog
         self.vectors = vectors
@@ -167,6 +178,10 @@ class Pipeline:
         key = event.user_id.encode()
         profile = self.store.get(key, partition) or new_profile(event.user_id)
         item_id: str | None = getattr(event, "item_id", None)
+        # A first engagement with an item co-occurs with the user's recent items; read both
+        # before the profile changes in place.
+        first_engagement = isinstance(event, (Purchase, Review)) and item_id is not None and item_id not in profile.purchased
+        recent = history(profile) if first_engagement else []
         categories = self.catalog.categories(item_id) if item_id is not None else ()
         item_vector = self._item_vector(kind, item_id)
         updated = apply(
@@ -189,6 +204,8 @@ class Pipeline:
             metrics.event_counter(topic, APPLIED).inc()
             if item_id is not None and kind in self.params.event_weights:
                 self.popularity.add(item_id, self.params.weight(event), event.ts)
+            if first_engagement and item_id is not None:
+                self.knn.add(recent, item_id)
             outcome = APPLIED
         trigger = Trigger(event_ts=event.ts, record_ts=record_ts if record_ts is not None else self._wall())
         emitted = self.coalescer.offer(event.user_id, self._monotonic(), trigger)
@@ -210,13 +227,25 @@ class Pipeline:
     def recommend(self, profile: Profile, trigger_event_ts: float | None = None) -> Recommendations:
         """The message for ``profile`` now: scores depend on event time only; ``generated_at``
         is wall time; ``trigger_event_ts`` defaults to the profile's latest event time."""
-        items = recommend(profile, self.catalog, self.popularity, k=self._top_k, params=self.params)
+        if self.ranker == "baseline":
+            items = recommend(profile, self.catalog, self.popularity, k=self._top_k, params=self.params)
+        else:
+            items = rank(
+                profile,
+                catalog=self.catalog,
+                popularity=self.popularity,
+                knn=self.knn,
+                params=self.params,
+                k=self._top_k,
+                weights=self.weights,
+            )
         return Recommendations(
             user_id=profile.user_id,
             items=items,
             profile_version=profile.version,
             generated_at=self._wall(),
             trigger_event_ts=profile.last_event_ts if trigger_event_ts is None else trigger_event_ts,
+            model="baseline-v1" if self.ranker == "baseline" else "blend-v1",
         )
 
     def emit(self, user_id: str, profile: Profile, trigger: Trigger) -> None:

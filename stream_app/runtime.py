@@ -69,6 +69,8 @@ class Runtime:
             emit_interval_s=settings.emit_interval_s,
             popularity_half_life_days=settings.popularity_half_life_days,
             max_payload_bytes=settings.max_payload_bytes,
+            ranker=settings.ranker,
+            weights=settings.rank_weights(),
         )
 
     async def handle(self, kind: EventKind, message: Any) -> Result:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scoring.ranker import Weights
 from state.errors import ConfigError
 from state.events import EventKind
 from state.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_REGISTRY, DEFAULT_STATE_DIR, REPO_ROOT
@@ -100,6 +101,18 @@ class Settings(BaseSettings):
     top_k: int = Field(10, ge=1, le=1000, description="Recommendations emitted per user.")
     emit_interval_s: float = Field(
         1.0, ge=0, description="At most one recommendation message per user per interval (s)."
+    )
+    ranker: Literal["blend", "baseline"] = Field(
+        "blend",
+        description="`blend`: collaborative (co-occurrence), category-affinity and trending "
+        "candidates scored by the weights below (scoring/ranker.py); `baseline`: category "
+        "affinity x popularity (scoring/baseline.py).",
+    )
+    rank_cooc_weight: float = Field(1.0, ge=0, description="Ranker weight of the co-occurrence feature.")
+    rank_category_weight: float = Field(0.3, ge=0, description="Ranker weight of the category-affinity feature.")
+    rank_trending_weight: float = Field(0.2, ge=0, description="Ranker weight of the trending (decayed popularity) feature.")
+    rank_diversity: float = Field(
+        0.0, ge=0, le=1, description="MMR diversity weight: 0 ranks by score only; higher repeats categories less."
     )
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(EVENT_WEIGHTS),
@@ -200,6 +213,15 @@ class Settings(BaseSettings):
     @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}recommendations"
+
+    def rank_weights(self) -> Weights:
+        """The ranker's weights, from these settings."""
+        return Weights(
+            cooc=self.rank_cooc_weight,
+            category=self.rank_category_weight,
+            trending=self.rank_trending_weight,
+            diversity=self.rank_diversity,
+        )
 
     def params(self) -> Params:
         """The profile math's knobs, from these settings (one place for every caller)."""

@@ -69,7 +69,7 @@ def _catalog(n: int = 30) -> Catalog:
 
 
 def _pipeline(
-    *, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None
+    *, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None, ranker: str = "baseline"
 ) -> tuple[Pipeline, DictStore, list[tuple[bytes, bytes]], Clock]:
     store = DictStore()
     sent: list[tuple[bytes, bytes]] = []
@@ -87,6 +87,7 @@ def _pipeline(
         max_payload_bytes=65_536,
         monotonic=clock,
         wall=lambda: 1_800_000_000.0,
+        ranker=ranker,
     )
     return pipe, store, sent, clock
 
@@ -237,3 +238,29 @@ def test_kinds_route_to_their_topic_labels() -> None:
         kinds.append(kind_of(e))
         pipe.process(kind_of(e), _record(e, len(kinds)))
     assert metrics.event_counter("t.purchases", APPLIED)._value.get() >= 2
+
+
+def test_blend_pipeline_emits_what_the_ranker_computes_on_independent_state() -> None:
+    from scoring.knn import ItemKNN
+    from scoring.ranker import history, rank
+
+    pipe, store, sent, clock = _pipeline(ranker="blend")
+    catalog = _catalog()
+    truth: dict[str, Profile] = {}
+    pop = Popularity(14.0, clock=clock)
+    knn = ItemKNN()
+    for offset, e in enumerate(_purchases(120, seed=11)):
+        clock.now += 1.0
+        pipe.process("purchase", _record(e, offset))
+        p = truth.get(e.user_id) or new_profile(e.user_id)
+        if e.item_id not in p.purchased:  # a first engagement co-occurs with the recent items
+            knn.add(history(p), e.item_id)
+        nxt = apply(p, e, origin=Origin("t.purchases", 0, offset), categories=catalog.categories(e.item_id), params=Params())
+        assert nxt is not None
+        truth[e.user_id] = nxt
+        pop.add(e.item_id, Params().weight(e), e.ts)
+        msg = decode_recs(sent[-1][1])
+        want = rank(truth[e.user_id], catalog=catalog, popularity=pop, knn=knn, params=Params(), k=5)
+        assert [(s.item_id, s.score, s.reasons) for s in msg.items] == [(s.item_id, s.score, s.reasons) for s in want]
+        assert msg.model == "blend-v1"
+        assert not {s.item_id for s in msg.items} & set(truth[e.user_id].purchased)
