@@ -157,13 +157,16 @@ class ItemKNN:
         best = heapq.nsmallest(n, pairs, key=lambda t: (-t[0], tie_hash(t[1]), t[1]))
         return [(i, s) for s, i in best]
 
-    def _accumulate(self, history: Iterable[str]) -> tuple[_F64, list[int]]:
-        """Dense scores over all known items for ``history``, and the history's row indices."""
+    def _accumulate(self, history: Iterable[str], recency: float = 1.0) -> tuple[_F64, list[int]]:
+        """Dense scores over all known items for ``history``, and the history's row indices.
+        ``recency`` < 1 weighs the newest history item 1, the one before ``recency``, and so on
+        (``history`` is oldest first)."""
         n = len(self._ids)
         acc = np.zeros(n, dtype=np.float64)
         inv = 1.0 / np.sqrt(np.maximum(self._users[:n], 1.0))
         rows: list[int] = []
-        for h in dict.fromkeys(history):
+        items = list(dict.fromkeys(history))
+        for age, h in enumerate(reversed(items)):
             r = self._index.get(h)
             if r is None:
                 continue
@@ -171,7 +174,7 @@ class ItemKNN:
             m = len(self._pos[r])
             if m:
                 # Indices within one row are distinct, so fancy-index += adds each once.
-                acc[self._nb[r][:m]] += self._co[r][:m] * inv[r]
+                acc[self._nb[r][:m]] += self._co[r][:m] * (inv[r] * recency**age)
         acc *= inv
         return acc, rows
 
@@ -188,24 +191,24 @@ class ItemKNN:
         return out
 
     def top(
-        self, history: Sequence[str], k: int, *, user_id: str, exclude: Collection[str] = ()
+        self, history: Sequence[str], k: int, *, user_id: str, exclude: Collection[str] = (), recency: float = 1.0
     ) -> list[tuple[str, float]]:
         """The ``k`` best items for ``history`` with a positive score, best first: ``(item,
         score)``. History items and ``exclude`` are never returned; ties go by
         ``tie_key(user_id, item)``. May be shorter than ``k`` (only co-occurring items score)."""
         index = self._index
         gone = [r for r in (index.get(x) for x in exclude) if r is not None]
-        return self._top(history, k, user_id, gone)
+        return self._top(history, k, user_id, gone, recency)
 
     def recommend(self, user_id: str, k: int) -> list[tuple[str, float]]:
         """:meth:`top` for a user folded in with :meth:`observe`: over the user's last
         ``window`` items, never an item the user interacted with."""
         return self._top(self.history(user_id), k, user_id, self._seen_rows.get(user_id, []))
 
-    def _top(self, history: Sequence[str], k: int, user_id: str, gone: list[int]) -> list[tuple[str, float]]:
+    def _top(self, history: Sequence[str], k: int, user_id: str, gone: list[int], recency: float = 1.0) -> list[tuple[str, float]]:
         if k <= 0:
             return []
-        acc, rows = self._accumulate(history)
+        acc, rows = self._accumulate(history, recency)
         acc[rows] = 0.0
         acc[gone] = 0.0
         cand = np.flatnonzero(acc > 0.0)

@@ -45,6 +45,8 @@ class Weights:
     category: float = 0.3
     trending: float = 0.2
     diversity: float = 0.0
+    #: weight of the k-th most recent history item in the co-occurrence score: recency**k
+    recency: float = 1.0
     #: candidates taken from each generator
     pool: int = 100
 
@@ -83,7 +85,7 @@ def rank(
     affinity = profile.affinity_at(now, params)
     total = sum(affinity.values())
 
-    cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude)) if recent and weights.cooc else {}
+    cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude, recency=weights.recency)) if recent and weights.cooc else {}
     candidates: set[str] = set(cooc)
     # One popularity ranking serves both pools (one sorted list per cache refresh, not one
     # per category): the trending items, and the popular items of the strongest categories.
@@ -105,15 +107,19 @@ def rank(
         return []
 
     best_cooc = max(cooc.values(), default=0.0) or 1.0
-    best_pop = max((popularity.value(i) for i in candidates), default=0.0)
-    log_best = math.log1p(best_pop) or 1.0
-    scored: list[tuple[float, bytes, str, float, float, float]] = []
-    for item in candidates:
+    pops = {i: popularity.value(i) for i in candidates}
+    log_best = math.log1p(max(pops.values(), default=0.0)) or 1.0
+    raw: list[tuple[float, str, float, float, float]] = []
+    for item, pop in pops.items():
         f_cooc = cooc.get(item, 0.0) / best_cooc
-        f_cat = _category_share(catalog.categories(item), affinity, total)
-        f_pop = math.log1p(popularity.value(item)) / log_best
-        score = weights.cooc * f_cooc + weights.category * f_cat + weights.trending * f_pop
-        scored.append((score, tie_key(user, item), item, f_cooc, f_cat, f_pop))
+        f_cat = _category_share(catalog.categories(item), affinity, total) if total > 0.0 else 0.0
+        f_pop = math.log1p(pop) / log_best
+        raw.append((weights.cooc * f_cooc + weights.category * f_cat + weights.trending * f_pop, item, f_cooc, f_cat, f_pop))
+    # Only the head needs the per-user tie order: everything scoring at least the n-th best
+    # (n = k, or MMR's pool of 4k) is ordered by (score, tie_key); the rest never shows.
+    n = 4 * k if weights.diversity > 0.0 else k
+    floor = heapq.nlargest(n, (t[0] for t in raw))[-1]
+    scored = [(s, tie_key(user, i), i, a, b, c) for s, i, a, b, c in raw if s >= floor]
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
     chosen = _mmr(scored, catalog, k, weights.diversity) if weights.diversity > 0.0 else scored[:k]
     return [
