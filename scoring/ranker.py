@@ -94,7 +94,9 @@ def rank(
     if weights.category and total > 0.0:
         strongest = {c for c, _ in heapq.nlargest(5, affinity.items(), key=lambda kv: (kv[1], kv[0]))}
         wanted = weights.pool
-        for _, item in ranked:
+        # Bounded scan: a user's strongest categories may be rare among popular items (CiaoDVD
+        # has 16k films); scanning the whole catalog per ranking dominated its cost.
+        for _, item in ranked[: 20 * weights.pool]:
             if wanted <= 0:
                 break
             if item not in exclude and not strongest.isdisjoint(catalog.categories(item)):

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     rank_category_weight: float = Field(0.3, ge=0, description="Ranker weight of the category-affinity feature.")
     rank_trending_weight: float = Field(0.2, ge=0, description="Ranker weight of the trending (decayed popularity) feature.")
     rank_recency: float = Field(
-        1.0, gt=0, le=1, description="Weight of the n-th most recent history item in the co-occurrence score: recency**n."
+        0.8, gt=0, le=1, description="Weight of the n-th most recent history item in the co-occurrence score: recency**n."
     )
     rank_diversity: float = Field(
         0.0, ge=0, le=1, description="MMR diversity weight: 0 ranks by score only; higher repeats categories less."
