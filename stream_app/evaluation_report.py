@@ -36,7 +36,7 @@ TUNED: dict[str, dict[str, float]] = {
                             "rank_recency": 0.9, "popularity_half_life_days": 365.0},
     "MovieLens-100k": {"rank_cooc_weight": 1.0, "rank_category_weight": 0.3, "rank_trending_weight": 0.2,
                        "rank_recency": 0.8, "popularity_half_life_days": 14.0},
-    "CiaoDVD": {"rank_cooc_weight": 1.0, "rank_category_weight": 0.3, "rank_trending_weight": 1.0,
+    "CiaoDVD": {"rank_cooc_weight": 1.0, "rank_category_weight": 0.3, "rank_trending_weight": 3.0,
                 "rank_recency": 0.8, "popularity_half_life_days": 14.0},
 }
 #: History-length buckets (distinct items before the positive) for the second plot.
