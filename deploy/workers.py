@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -33,12 +34,14 @@ def free_port() -> int:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
+    """``PERSONA_*`` variables that make a child process read the same settings: complex values
+    (dicts) as JSON, which is what pydantic-settings parses, never as a Python repr."""
     env: dict[str, str] = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if value is None or hasattr(value, "get_secret_value"):
             continue
-        env[f"PERSONA_{name.upper()}"] = str(value)
+        env[f"PERSONA_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return env
 
 

@@ -121,3 +121,15 @@ def test_markdown_table_lists_every_field() -> None:
     assert str(Path(__file__).resolve().parents[2]) not in table
     assert "`<repo>/var/persona`" in table
     assert "`<repo>/../shared/data`" in table
+
+
+def test_regression_settings_env_round_trips_dict_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker started by the harness got `PERSONA_EVENT_WEIGHTS={'click': 1.0, ...}` (a Python
+    repr) and refused to start: every setting must survive the trip through the environment."""
+    from deploy.workers import settings_env
+    from stream_app.settings import Settings
+
+    original = Settings(event_weights={"click": 0.5, "purchase": 3.0, "review": 2.0}, rating_weights={1: 0.0}, top_k=7)
+    for key, value in settings_env(original).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == original
