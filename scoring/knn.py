@@ -142,7 +142,9 @@ class ItemKNN:
     def similarity(self, a: str, b: str) -> float:
         """``sim(a, b) = c(a, b) / sqrt(n(a) n(b))``."""
         c = self.cooccurrence(a, b)
-        return c / math.sqrt(self.count(a) * self.count(b)) if c else 0.0
+        # Counts floored at 1, as in scoring (_accumulate): an item can co-occur before it was
+        # added itself (a worker restarted with profiles whose history it never counted).
+        return c / math.sqrt(max(self.count(a), 1) * max(self.count(b), 1)) if c else 0.0
 
     def neighbours(self, item_id: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` items most similar to ``item_id``, best first: ``(item, sim)``; equal
@@ -152,7 +154,7 @@ class ItemKNN:
             return []
         m = len(self._pos[r])
         nb = self._nb[r][:m]
-        sims = self._co[r][:m] / np.sqrt(self._users[r] * self._users[nb])
+        sims = self._co[r][:m] / np.sqrt(np.maximum(self._users[r], 1.0) * np.maximum(self._users[nb], 1.0))
         pairs = zip(sims.tolist(), (self._ids[c] for c in nb.tolist()), strict=True)
         best = heapq.nsmallest(n, pairs, key=lambda t: (-t[0], tie_hash(t[1]), t[1]))
         return [(i, s) for s, i in best]

@@ -94,3 +94,19 @@ def test_collaborative_reason_names_the_anchor_item() -> None:
     p = max(profiles.values(), key=lambda q: len(q.purchased))
     recs = rank(p, catalog=catalog, popularity=pop, knn=knn, params=Params(), k=3, weights=Weights(category=0.0, trending=0.0))
     assert recs and recs[0].reasons[0].startswith("people who engaged with Movie ")
+
+
+def test_regression_history_items_the_counts_never_saw_after_a_restart() -> None:
+    """A restarted worker keeps its profiles (RocksDB) but starts with empty co-occurrence
+    counts: the first engagement then co-occurs with history items whose own count is 0, and
+    `similarity` divided by zero while wording the reason, which crashed the worker's agents."""
+    catalog = Catalog()
+    for i in range(5):
+        catalog.upsert(Item(event_id=f"i{i}", ts=0.0, item_id=f"m{i}", title=f"Movie {i}", categories=["c"]))
+    knn = ItemKNN()
+    knn.add(["m0", "m1"], "m2")  # m0 and m1 were never added themselves
+    assert knn.similarity("m0", "m2") > 0.0 and knn.neighbours("m0", 3)[0][0] == "m2"
+    p = new_profile("u")
+    p.purchased = {"m0": 1.0, "m1": 2.0}
+    recs = rank(p, catalog=catalog, popularity=Popularity(14.0, refresh_s=-1.0), knn=knn, params=Params(), k=3)
+    assert recs[0].item_id == "m2" and recs[0].reasons[0].startswith("people who engaged with Movie")
