@@ -180,19 +180,14 @@ class _Run:
         self.store = _DictStore()
         self.last_message: dict[bytes, bytes] = {}
         self.messages = 0
-        self.pipeline = Pipeline(
-            params=settings.params(),
+        self.pipeline = Pipeline.from_settings(
+            settings,
             store=self.store,
             catalog=self.catalog,
             vectors=_NoVectors(),
             emit=self._capture,
-            topic_of=settings.topic,
             top_k=self.top_k,
             emit_interval_s=emit_interval_s,
-            popularity_half_life_days=settings.popularity_half_life_days,
-            max_payload_bytes=settings.max_payload_bytes,
-            ranker=settings.ranker,
-            weights=settings.rank_weights(),
             monotonic=self.clock,
             wall=self.clock,
         )

@@ -36,6 +36,7 @@ from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, new_profile
 from stream_app import metrics
 from stream_app.emitter import Coalescer, Trigger
+from stream_app.settings import Settings
 
 
 class Store(Protocol):
@@ -138,6 +139,39 @@ class Pipeline:
         self._max_bytes = max_payload_bytes
         self._monotonic = monotonic
         self._wall = wall
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        store: Store,
+        catalog: Catalog,
+        vectors: Vectors,
+        emit: Emit,
+        top_k: int | None = None,
+        emit_interval_s: float | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> Pipeline:
+        """The pipeline the worker runs, from its settings (the evaluator overrides ``top_k``,
+        the emit interval and the clocks)."""
+        return cls(
+            params=settings.params(),
+            store=store,
+            catalog=catalog,
+            vectors=vectors,
+            emit=emit,
+            topic_of=settings.topic,
+            top_k=settings.top_k if top_k is None else top_k,
+            emit_interval_s=settings.emit_interval_s if emit_interval_s is None else emit_interval_s,
+            popularity_half_life_days=settings.popularity_half_life_days,
+            max_payload_bytes=settings.max_payload_bytes,
+            ranker=settings.ranker,
+            weights=settings.rank_weights(),
+            monotonic=monotonic,
+            wall=wall,
+        )
 
     # --- per record ------------------------------------------------------------------
     def decode(self, kind: EventKind, record: Record) -> Event | DeadLetter:

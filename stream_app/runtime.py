@@ -35,7 +35,6 @@ class Runtime:
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
         self.settings = settings
-        self.params = settings.params()
         self.replica = CatalogReplica(
             settings,
             settings.topic("item"),
@@ -57,20 +56,13 @@ class Runtime:
             kind: raw_topic(app, dlq.dlq_topic(settings.topic(kind)), settings.partitions_for(kind))
             for kind in EVENT_KINDS
         }
-        self.pipeline = Pipeline(
-            params=self.params,
+        self.pipeline = Pipeline.from_settings(
+            settings,
             store=self.profiles,
             catalog=self.replica.catalog,
             vectors=self.vectors,
             # send_soon: buffered, flushed by the producer and always before an offset commit.
             emit=lambda key, value: self.recs_topic.send_soon(key=key, value=value),
-            topic_of=settings.topic,
-            top_k=settings.top_k,
-            emit_interval_s=settings.emit_interval_s,
-            popularity_half_life_days=settings.popularity_half_life_days,
-            max_payload_bytes=settings.max_payload_bytes,
-            ranker=settings.ranker,
-            weights=settings.rank_weights(),
         )
 
     async def handle(self, kind: EventKind, message: Any) -> Result:
