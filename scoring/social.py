@@ -1,0 +1,186 @@
+"""The follow graph and what followed users engaged with lately: a social candidate source.
+
+"People you follow engaged with this" is a strong signal where a trust graph exists (CiaoDVD's
+``trusts.txt`` becomes ``Follow`` events), and it is the one signal that reaches a user whose own
+history is empty but who follows somebody. This module keeps the two pieces of state it needs,
+from events only, and scores from them:
+
+- **edges**: per (follower, followee), the latest ``follow`` and the latest ``unfollow`` event
+  time. The edge is on when the follow is newer; an unfollow wins a tie. Both are maxima, so the
+  result does not depend on arrival order: a late (replayed, re-delivered) follow older than an
+  unfollow cannot resurrect the edge. The same rule as :func:`state.profile.apply` uses for a
+  user's own ``following``, so both sides of the graph agree. Tombstones are kept forever (that is
+  what makes the rule order-independent): memory is one entry per pair ever seen. Self-follows
+  are ignored.
+- **recent engagement**: per user, the last ``recent`` distinct items engaged with (by event time)
+  and a decayed weight for each (``sum of weights x 2 ** (-(T - t) / half_life)``, kept at the
+  item's own reference time exactly as :class:`scoring.popularity.Popularity` does). It is kept
+  for *every* user, not only for followed ones, because a follow may arrive after the followee's
+  engagements: memory is at most ``recent x users`` entries. An item evicted from that window
+  loses its accumulated weight; one engaged again later starts over.
+
+Scores: ``score(F, i) = sum over f in F of w_f(i)`` decayed to the caller's ``now``, for the
+followees ``F`` given. Equal scores go by :func:`scoring.popularity.tie_hash` (a stable hash of
+the item id), the id only settling a hash collision, never by the id string alone. Nothing reads
+a wall clock: ``now`` is an event time the caller passes in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Collection, Iterable
+
+from scoring.popularity import tie_hash
+from state.decay import SECONDS_PER_DAY, factor, weight_at
+
+#: Distinct recent items kept per user.
+RECENT = 20
+#: Followers returned by :meth:`SocialGraph.followers_of` (the fan-out of one refresh).
+FANOUT_CAP = 1000
+
+
+class _Engagement:
+    """One user's decayed weight on one item: ``value`` at ``ref`` (its latest event time)."""
+
+    __slots__ = ("value", "ref")
+
+    def __init__(self, value: float, ref: float) -> None:
+        self.value = value
+        self.ref = ref
+
+
+class SocialGraph:
+    """Who follows whom (event-time last-writer-wins, unfollow wins a tie), and what each followed user engaged with recently."""
+
+    def __init__(self, *, half_life_days: float, recent: int = RECENT, fanout_cap: int = FANOUT_CAP) -> None:
+        if not half_life_days > 0.0 or not math.isfinite(half_life_days):
+            raise ValueError(f"half_life_days must be a positive number, got {half_life_days}")
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1, got {recent}")
+        if fanout_cap < 0:
+            raise ValueError(f"fanout_cap must be >= 0, got {fanout_cap}")
+        self._hl = half_life_days * SECONDS_PER_DAY
+        self.recent = recent
+        self.fanout_cap = fanout_cap
+        # (follower, followee) -> (latest follow ts, latest unfollow ts); -inf for "never".
+        self._edges: dict[tuple[str, str], tuple[float, float]] = {}
+        # The edges that are on, both ways: id -> other id -> the follow's event time.
+        self._out: dict[str, dict[str, float]] = {}
+        self._in: dict[str, dict[str, float]] = {}
+        # user -> item -> decayed weight; at most ``recent`` items per user.
+        self._recent: dict[str, dict[str, _Engagement]] = {}
+
+    # --- the graph -------------------------------------------------------------------------
+    def follow(self, follower: str, followee: str, ts: float) -> None:
+        """``follower`` follows ``followee`` as of event time ``ts``."""
+        self._set(follower, followee, ts, follow=True)
+
+    def unfollow(self, follower: str, followee: str, ts: float) -> None:
+        """``follower`` stops following ``followee`` as of ``ts``. Kept as a tombstone, so a
+        follow older than it (or as old) that arrives later does not bring the edge back."""
+        self._set(follower, followee, ts, follow=False)
+
+    def _set(self, follower: str, followee: str, ts: float, *, follow: bool) -> None:
+        if follower == followee:
+            return
+        key = (follower, followee)
+        followed, unfollowed = self._edges.get(key, (-math.inf, -math.inf))
+        if follow:
+            followed = max(followed, ts)
+        else:
+            unfollowed = max(unfollowed, ts)
+        self._edges[key] = (followed, unfollowed)
+        if followed > unfollowed:
+            self._out.setdefault(follower, {})[followee] = followed
+            self._in.setdefault(followee, {})[follower] = followed
+        else:
+            self._drop(self._out, follower, followee)
+            self._drop(self._in, followee, follower)
+
+    @staticmethod
+    def _drop(index: dict[str, dict[str, float]], a: str, b: str) -> None:
+        row = index.get(a)
+        if row is not None and row.pop(b, None) is not None and not row:
+            del index[a]
+
+    def is_following(self, follower: str, followee: str) -> bool:
+        """Whether the edge is on now."""
+        return followee in self._out.get(follower, {})
+
+    def followers(self, user: str) -> int:
+        """How many users follow ``user`` now."""
+        return len(self._in.get(user, {}))
+
+    def followees(self, user: str) -> int:
+        """How many users ``user`` follows now."""
+        return len(self._out.get(user, {}))
+
+    def following_of(self, user: str) -> list[str]:
+        """The users ``user`` follows now, sorted by id (what :meth:`top` takes)."""
+        return sorted(self._out.get(user, {}))
+
+    def followers_of(self, user: str) -> list[str]:
+        """The users following ``user`` now, at most ``fanout_cap`` of them: the earliest
+        following first (by the event time of their latest follow), equal times by id. For the
+        fan-out of refreshes when ``user`` engages with something; the cap bounds what one
+        celebrity's event costs."""
+        row = self._in.get(user)
+        if not row or self.fanout_cap == 0:
+            return []
+        best = heapq.nsmallest(self.fanout_cap, ((ts, f) for f, ts in row.items()))
+        return [f for _, f in best]
+
+    # --- engagement ------------------------------------------------------------------------
+    def engaged(self, user: str, item: str, weight: float, ts: float) -> None:
+        """``user`` engaged with ``item`` with ``weight`` at event time ``ts``.
+
+        The item's weight is decayed by event time (exact, whatever the arrival order, while it
+        stays in the window). A new item enters the user's window of ``recent`` items by pushing
+        out the one engaged with longest ago (by its latest event time, then id); an event older
+        than everything in a full window is dropped, since it would be pushed out at once.
+        """
+        items = self._recent.setdefault(user, {})
+        e = items.get(item)
+        if e is None:
+            if len(items) >= self.recent:
+                oldest = min(items, key=lambda i: (items[i].ref, i))
+                if (ts, item) < (items[oldest].ref, oldest):
+                    return
+                del items[oldest]
+            items[item] = _Engagement(weight, ts)
+            return
+        if ts > e.ref:
+            e.value, e.ref = e.value * factor(ts - e.ref, self._hl), ts
+        e.value += weight_at(weight, ts, e.ref, self._hl)
+
+    def recent_items(self, user: str, now: float) -> dict[str, float]:
+        """The user's window: item -> its weight decayed to ``now``."""
+        return {i: weight_at(e.value, e.ref, now, self._hl) for i, e in self._recent.get(user, {}).items()}
+
+    def interest_users(self, following: Iterable[str]) -> list[str]:
+        """Those of ``following`` (followee ids) that engaged with anything still in their
+        window, sorted and without repeats: the users whose activity :meth:`top` draws on."""
+        return sorted(u for u in set(following) if self._recent.get(u))
+
+    def top(self, following: Iterable[str], k: int, *, exclude: Collection[str], now: float) -> list[tuple[str, float, int]]:
+        """The ``k`` best items the followees ``following`` engaged with recently, not in
+        ``exclude``: ``(item, score, followees who engaged with it)``, best first.
+
+        ``score = sum over followees of their weight on the item decayed to now``; only
+        positive scores are returned (so the list may be shorter than ``k``). Followees are
+        summed in id order so the float result does not depend on the order given.
+        """
+        if k <= 0:
+            return []
+        scores: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        hl = self._hl
+        for user in sorted(set(following)):
+            for item, e in self._recent.get(user, {}).items():
+                if item in exclude:
+                    continue
+                scores[item] = scores.get(item, 0.0) + weight_at(e.value, e.ref, now, hl)
+                counts[item] = counts.get(item, 0) + 1
+        keyed = ((-s, tie_hash(i), i) for i, s in scores.items() if s > 0.0)
+        return [(i, -s, counts[i]) for s, _, i in heapq.nsmallest(k, keyed)]
