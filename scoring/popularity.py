@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
@@ -23,15 +22,14 @@ class Popularity:
     only; reads decay to the common "now" (the latest event time seen).
     """
 
-    def __init__(
-        self, half_life_days: float, refresh_s: float = 2.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, half_life_days: float, refresh_s: float = 2.0, clock: Callable[[], float] | None = None) -> None:
         self._hl = half_life_days * SECONDS_PER_DAY
-        #: paces the ranking cache only (values never depend on it); injectable so that a replay
-        #: can refresh by event time and be reproducible (stream_app/evaluate.py)
-        self._clock = clock
+        #: paces the ranking cache only (values never depend on it). Event time by default (the
+        #: latest event time seen): a cache refreshed by the wall clock made what a worker emitted
+        #: depend on how fast it ran, so a replay through the broker could not reproduce it.
+        self.now: float = 0.0
+        self._clock: Callable[[], float] = clock if clock is not None else self._event_time
         self._values: dict[str, tuple[float, float]] = {}
-        self.now = 0.0
         self._refresh_s = refresh_s
         self._top_cache: dict[str, list[tuple[float, str]]] = {}
         self._cache_at = 0.0
@@ -40,6 +38,9 @@ class Popularity:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def _event_time(self) -> float:
+        return self.now
 
     def add(self, item_id: str, weight: float, ts: float) -> None:
         value, ref = self._values.get(item_id, (0.0, ts))

@@ -1,18 +1,28 @@
 """The ranker: candidates from several generators, one score from the profile's dimensions.
 
-Candidates (each generator pure, over state that depends on event time only):
+Candidates (each generator pure, over state that depends on event time only; the global
+parts live in :class:`scoring.shared.SharedState`):
 
 - *collaborative*: items that co-occur with the user's recent items (:class:`scoring.knn.ItemKNN`);
-- *category affinity*: the most popular unseen items of the user's strongest categories
-  (the baseline ranker's pool);
-- *trending*: the most popular unseen items overall (decayed popularity).
+- *content*: the items nearest to the user's interest vector (the decayed mean of their review
+  texts and of the text vectors of items they engaged with) in the item vector index
+  (:class:`scoring.content.ContentIndex`: catalog text, else the item's review centroid);
+- *category affinity*: the most popular unseen items of the user's strongest categories;
+- *trending*: the most popular unseen items overall (decayed popularity);
+- *social*: what the people the user follows engaged with recently (:class:`scoring.social.SocialGraph`);
+- *attributes*: what users of the same attribute segments engage with (:class:`scoring.segments.SegmentPopularity`),
+  mainly for cold start.
 
 Each candidate gets features in [0, 1]: ``cooc`` (co-occurrence score over the best
-candidate's), ``category`` (the user's decayed affinity share of the item's categories) and
-``trending`` (log popularity over the best candidate's). The score is their weighted sum
-(:class:`Weights`, chosen on a validation time slice: see docs/EVALUATION.md). Never an item
-the user bought. Diversity: maximal marginal relevance with weight ``diversity`` (0 = by score
-only; raising it penalises items whose categories repeat those already chosen). Ties go by
+candidate's), ``category`` (the user's decayed affinity share of the item's categories),
+``trending`` (log popularity over the best candidate's), ``content`` (cosine with the interest
+vector over the best candidate's, negatives at 0), ``social`` and ``segment`` (their generator's
+score over the best candidate's) and ``negative``: the *sentiment* dimension, how close the item
+is to what the user reviewed badly (co-occurrence with those items over the best positive
+co-occurrence, plus the negative mean sentiment of the item's categories). The score is
+the weighted sum, ``negative`` subtracted (:class:`Weights`, chosen on a validation time slice:
+docs/EVALUATION.md). Never an item the user bought (nor one they clicked, when
+``exclude_clicked``). Diversity: maximal marginal relevance with weight ``diversity``. Ties go by
 score, then a stable per-user hash, never by id string. Reasons name the dimension that
 contributed most and its evidence.
 
@@ -24,17 +34,22 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from scoring.baseline import Scored, tie_key
-from scoring.knn import ItemKNN
-from scoring.popularity import Popularity
+from scoring.segments import segments_of
+from scoring.shared import SharedState
 from state.catalog import Catalog
+from state.interest import sentiment_means
 from state.profile import Params, Profile
 
 #: How many recent items a user's collaborative score sums over.
 HISTORY = 50
+#: The features, in the order of a candidate's feature tuple.
+FEATURES = ("cooc", "category", "trending", "content", "social", "segment", "negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +59,28 @@ class Weights:
     cooc: float = 1.0
     category: float = 0.3
     trending: float = 0.2
+    content: float = 0.0
+    social: float = 0.0
+    segment: float = 0.0
+    #: sentiment: weight of the ``negative`` feature (subtracted)
+    sentiment: float = 0.0
     diversity: float = 0.0
     #: weight of the k-th most recent history item in the co-occurrence score: recency**k
     recency: float = 1.0
     #: candidates taken from each generator
     pool: int = 100
+    exclude_clicked: bool = False
+
+    def only(self, *dims: str) -> Weights:
+        """These weights with every optional dimension not named in ``dims`` switched off
+        (the evaluator's per-dimension variants: behaviour only, + text, + sentiment, ...)."""
+        return replace(
+            self,
+            content=self.content if "content" in dims else 0.0,
+            social=self.social if "social" in dims else 0.0,
+            segment=self.segment if "segment" in dims else 0.0,
+            sentiment=self.sentiment if "sentiment" in dims else 0.0,
+        )
 
 
 #: Frozen: one shared default is safe.
@@ -67,26 +99,67 @@ def _category_share(cats: Sequence[str], affinity: dict[str, float], total: floa
     return sum(affinity.get(c, 0.0) for c in cats) / (total * len(cats))
 
 
+class _Exclude(Collection[str]):
+    """Purchased items, plus clicked ones when asked: a view, not a merged copy."""
+
+    def __init__(self, profile: Profile, clicked: bool) -> None:
+        self._a = profile.purchased
+        self._b = profile.clicked if clicked else {}
+
+    def __contains__(self, x: object) -> bool:
+        return x in self._a or x in self._b
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        yield from self._a
+        yield from (x for x in self._b if x not in self._a)
+
+    def __len__(self) -> int:
+        return len(self._a) + sum(1 for x in self._b if x not in self._a)
+
+
+def interest_query(profile: Profile, shared: SharedState) -> np.ndarray | None:
+    """The user's interest vector, when it is of the content index's encoder version."""
+    interest = profile.interest
+    if interest is None or interest.version != shared.content.version or interest.weight <= 0.0:
+        return None
+    return interest.mean()
+
+
 def rank(
     profile: Profile,
     *,
     catalog: Catalog,
-    popularity: Popularity,
-    knn: ItemKNN,
+    shared: SharedState,
     params: Params,
     k: int,
     weights: Weights = DEFAULT_WEIGHTS,
 ) -> list[Scored]:
     """The user's top ``k`` (see the module docstring)."""
     user = profile.user_id
-    exclude = profile.purchased
+    popularity, knn = shared.popularity, shared.knn
+    exclude: Collection[str] = _Exclude(profile, True) if weights.exclude_clicked and profile.clicked else profile.purchased
     recent = history(profile)
+    disliked = [i for i in recent if i in profile.disliked] if weights.sentiment else []
+    if disliked:
+        recent = [i for i in recent if i not in profile.disliked]
     now = max(popularity.now, profile.affinity_ref_ts)
     affinity = profile.affinity_at(now, params)
     total = sum(affinity.values())
 
     cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude, recency=weights.recency)) if recent and weights.cooc else {}
     candidates: set[str] = set(cooc)
+    query = interest_query(profile, shared) if weights.content else None
+    if query is not None:
+        candidates.update(i for i, _ in shared.content.search(query, weights.pool, version=shared.content.version or "", exclude=exclude))
+    social: dict[str, tuple[float, int]] = {}
+    if weights.social and profile.following:
+        social = {i: (s, n) for i, s, n in shared.social.top(profile.following, weights.pool, exclude=exclude, now=now)}
+        candidates.update(social)
+    segs = segments_of(profile.attributes) if weights.segment and profile.attributes else ()
+    segment: dict[str, tuple[float, str]] = {}
+    if segs:
+        segment = {i: (s, g) for i, s, g in shared.segments.top(segs, weights.pool, exclude=exclude, now=now)}
+        candidates.update(segment)
     # One popularity ranking serves both pools (one sorted list per cache refresh, not one
     # per category): the trending items, and the popular items of the strongest categories.
     ranked = popularity.ranked(None, key="all")
@@ -111,26 +184,47 @@ def rank(
     best_cooc = max(cooc.values(), default=0.0) or 1.0
     pops = {i: popularity.value(i) for i in candidates}
     log_best = math.log1p(max(pops.values(), default=0.0)) or 1.0
-    raw: list[tuple[float, str, float, float, float]] = []
+    content = shared.content.similarities(query, list(candidates), version=shared.content.version or "") if query is not None else {}
+    best_content = max(content.values(), default=0.0) or 1.0
+    best_social = max((s for s, _ in social.values()), default=0.0) or 1.0
+    best_segment = max((s for s, _ in segment.values()), default=0.0) or 1.0
+    negative = knn.score(disliked, candidates) if disliked else {}
+    cat_sentiment = _negative_categories(profile) if weights.sentiment else {}
+    w = weights
+    raw: list[tuple[float, str, tuple[float, ...]]] = []
     for item, pop in pops.items():
-        f_cooc = cooc.get(item, 0.0) / best_cooc
-        f_cat = _category_share(catalog.categories(item), affinity, total) if total > 0.0 else 0.0
-        f_pop = math.log1p(pop) / log_best
-        raw.append((weights.cooc * f_cooc + weights.category * f_cat + weights.trending * f_pop, item, f_cooc, f_cat, f_pop))
+        cats = catalog.categories(item)
+        f = (
+            cooc.get(item, 0.0) / best_cooc,
+            _category_share(cats, affinity, total) if total > 0.0 else 0.0,
+            math.log1p(pop) / log_best,
+            max(0.0, content.get(item, 0.0)) / best_content,
+            social[item][0] / best_social if item in social else 0.0,
+            segment[item][0] / best_segment if item in segment else 0.0,
+            min(1.0, negative.get(item, 0.0) / best_cooc + (max(cat_sentiment.get(c, 0.0) for c in cats) if cats and cat_sentiment else 0)),
+        )
+        score = (
+            w.cooc * f[0] + w.category * f[1] + w.trending * f[2] + w.content * f[3] + w.social * f[4] + w.segment * f[5]
+            - w.sentiment * f[6]
+        )
+        raw.append((score, item, f))
     # Only the head needs the per-user tie order: everything scoring at least the n-th best
     # (n = k, or MMR's pool of 4k) is ordered by (score, tie_key); the rest never shows.
     n = 4 * k if weights.diversity > 0.0 else k
     floor = heapq.nlargest(n, (t[0] for t in raw))[-1]
-    scored = [(s, tie_key(user, i), i, a, b, c) for s, i, a, b, c in raw if s >= floor]
+    scored = [(s, tie_key(user, i), i, f) for s, i, f in raw if s >= floor]
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
     chosen = _mmr(scored, catalog, k, weights.diversity) if weights.diversity > 0.0 else scored[:k]
-    return [
-        Scored(item_id=item, score=round(score, 6), reasons=_reasons(item, f, recent, knn, catalog, affinity, total, popularity, weights))
-        for score, _, item, *f in chosen
-    ]
+    evidence = _Evidence(profile, recent, shared, catalog, affinity, total, social, segment, query)
+    return [Scored(item_id=item, score=round(score, 6), reasons=evidence.reasons(item, f, weights)) for score, _, item, f in chosen]
 
 
-def _unseen_top(ranked: list[tuple[float, str]], exclude: dict[str, float], n: int) -> list[tuple[float, str]]:
+def _negative_categories(profile: Profile) -> dict[str, float]:
+    """Category -> how negative the user's mean sentiment on it is (0 when not negative)."""
+    return {c: -m for c, m in sentiment_means(profile.sentiment).items() if m < 0.0 and c != "*"}
+
+
+def _unseen_top(ranked: list[tuple[float, str]], exclude: Collection[str], n: int) -> list[tuple[float, str]]:
     out: list[tuple[float, str]] = []
     for entry in ranked:
         if entry[1] not in exclude:
@@ -147,15 +241,16 @@ def _jaccard(a: tuple[str, ...], b: tuple[str, ...]) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
-def _mmr(
-    scored: list[tuple[float, bytes, str, float, float, float]], catalog: Catalog, k: int, diversity: float
-) -> list[tuple[float, bytes, str, float, float, float]]:
+_Entry = tuple[float, bytes, str, tuple[float, ...]]
+
+
+def _mmr(scored: list[_Entry], catalog: Catalog, k: int, diversity: float) -> list[_Entry]:
     """Greedy maximal marginal relevance over the best ``4k``: relevance scaled to [0, 1],
     minus ``diversity`` times the largest category overlap with what was chosen."""
     pool = scored[: 4 * k]
     top = pool[0][0] or 1.0
     cats = {t[2]: catalog.categories(t[2]) for t in pool}
-    chosen: list[tuple[float, bytes, str, float, float, float]] = []
+    chosen: list[_Entry] = []
     while pool and len(chosen) < k:
         best_i, best_v = 0, -math.inf
         for i, t in enumerate(pool):
@@ -167,38 +262,82 @@ def _mmr(
     return chosen
 
 
-def _reasons(
-    item: str,
-    features: Sequence[float],
-    recent: list[str],
-    knn: ItemKNN,
-    catalog: Catalog,
-    affinity: dict[str, float],
-    total: float,
-    popularity: Popularity,
-    weights: Weights,
-) -> list[str]:
-    f_cooc, f_cat, f_pop = features
-    parts = sorted(
-        [("cooc", weights.cooc * f_cooc), ("category", weights.category * f_cat), ("trending", weights.trending * f_pop)],
-        key=lambda kv: -kv[1],
-    )
-    out: list[str] = []
-    for name, value in parts:
-        if value <= 0.0:
-            continue
-        if name == "cooc":
-            # The evidence: the user's item most similar to this one, among the latest ten
-            # (a reason, not a score: cheap beats exhaustive here).
-            anchor = max(recent[-10:], key=lambda h: (knn.similarity(h, item), h))
-            if knn.similarity(anchor, item) == 0.0:
-                anchor = max(recent, key=lambda h: (knn.similarity(h, item), h))
-            title = catalog.get(anchor)
-            out.append(f"people who engaged with {title.title if title and title.title else anchor} also engaged with this")
-        elif name == "category":
-            cats = catalog.categories(item)
-            lead = max(cats, key=lambda c: (affinity.get(c, 0.0), c))
-            out.append(f"you engage with {lead} ({affinity.get(lead, 0.0) / total:.0%} of your recent activity)")
-        else:
-            out.append(f"trending now (popularity {popularity.value(item):.2f})")
-    return out or ["from the catalog: no activity on it yet"]
+class _Evidence:
+    """Reason texts: the dimension that contributed most to an item, and its evidence."""
+
+    def __init__(
+        self,
+        profile: Profile,
+        recent: list[str],
+        shared: SharedState,
+        catalog: Catalog,
+        affinity: dict[str, float],
+        total: float,
+        social: dict[str, tuple[float, int]],
+        segment: dict[str, tuple[float, str]],
+        query: np.ndarray | None,
+    ) -> None:
+        self.profile, self.recent, self.shared, self.catalog = profile, recent, shared, catalog
+        self.affinity, self.total, self.social, self.segment, self.query = affinity, total, social, segment, query
+
+    def _title(self, item: str) -> str:
+        entry = self.catalog.get(item)
+        return entry.title if entry is not None and entry.title else item
+
+    def reasons(self, item: str, f: tuple[float, ...], w: Weights) -> list[str]:
+        parts = sorted(
+            zip(FEATURES[:6], (w.cooc * f[0], w.category * f[1], w.trending * f[2], w.content * f[3], w.social * f[4], w.segment * f[5]),
+                strict=True),
+            key=lambda kv: -kv[1],
+        )
+        out: list[str] = []
+        for name, value in parts:
+            if value <= 0.0:
+                continue
+            text = getattr(self, f"_{name}")(item)
+            if text:
+                out.append(text)
+        return out or ["from the catalog: no activity on it yet"]
+
+    def _cooc(self, item: str) -> str:
+        # The evidence: the user's item most similar to this one, among the latest ten
+        # (a reason, not a score: cheap beats exhaustive here).
+        knn, recent = self.shared.knn, self.recent
+        if not recent:
+            return ""
+        anchor = max(recent[-10:], key=lambda h: (knn.similarity(h, item), h))
+        if knn.similarity(anchor, item) == 0.0:
+            anchor = max(recent, key=lambda h: (knn.similarity(h, item), h))
+        return f"people who engaged with {self._title(anchor)} also engaged with this"
+
+    def _category(self, item: str) -> str:
+        cats = self.catalog.categories(item)
+        if not cats:
+            return ""
+        lead = max(cats, key=lambda c: (self.affinity.get(c, 0.0), c))
+        return f"you engage with {lead} ({self.affinity.get(lead, 0.0) / self.total:.0%} of your recent activity)"
+
+    def _trending(self, item: str) -> str:
+        return f"trending now (popularity {self.shared.popularity.value(item):.2f})"
+
+    def _content(self, item: str) -> str:
+        content = self.shared.content
+        version = content.version or ""
+        vec = content.vector(item)
+        if vec is None:
+            return ""
+        anchors = [h for h in self.recent[-10:] if h in content]
+        if anchors:
+            sims = content.similarities(vec, anchors, version=version)
+            anchor = max(anchors, key=lambda h: (sims[h], h))
+            return f"close in text to {self._title(anchor)}, which you engaged with (similarity {sims[anchor]:.2f})"
+        return "close to what you wrote and engaged with (text similarity)"
+
+    def _social(self, item: str) -> str:
+        n = self.social[item][1] if item in self.social else 0
+        return f"liked by {n} {'person' if n == 1 else 'people'} you follow" if n else ""
+
+    def _segment(self, item: str) -> str:
+        if item not in self.segment:
+            return ""
+        return f"popular with {self.shared.segments.describe(self.segment[item][1])}"

@@ -34,6 +34,12 @@ EVENT_WEIGHTS: Final[dict[str, float]] = {"click": 1.0, "purchase": 3.0, "review
 #: Default multiplier of a review's weight by its stars (rounded); ``PERSONA_RATING_WEIGHTS``
 #: overrides it. 1.0 everywhere: stars then count only through the sentiment dimension.
 RATING_WEIGHTS: Final[dict[int, float]] = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0}
+#: Clicks remembered per user (for excluding clicked items): clicks are many and cheap, so
+#: the oldest are forgotten rather than letting a profile grow without bound.
+CLICK_MEMORY: Final = 200
+#: A review whose sentiment (text blended with stars, in [-1, 1]) is at most this is a
+#: dislike: two stars are -0.5, three are 0.
+DISLIKE_AT: Final = -0.25
 
 
 class Origin(msgspec.Struct, frozen=True):
@@ -93,6 +99,13 @@ class Profile(msgspec.Struct, kw_only=True):
     purchase_value: float = 0.0
     #: item -> latest purchase time; drives "never recommend what was bought"
     purchased: dict[str, float] = {}
+    #: item -> latest click time, the ``CLICK_MEMORY`` latest only (``exclude_clicked``)
+    clicked: dict[str, float] = {}
+    #: item -> time of the user's latest review of it
+    reviewed: dict[str, float] = {}
+    #: item -> time of the user's latest review of it, when that review was negative
+    #: (sentiment at most ``DISLIKE_AT``): the ranker demotes what is close to these
+    disliked: dict[str, float] = {}
     rating_sum: float = 0.0
     rating_count: int = 0
     # attributes and social
@@ -136,6 +149,9 @@ def _copy(profile: Profile) -> Profile:
         affinity=dict(profile.affinity),
         recency=dict(profile.recency),
         purchased=dict(profile.purchased),
+        clicked=dict(profile.clicked),
+        reviewed=dict(profile.reviewed),
+        disliked=dict(profile.disliked),
         attributes=dict(profile.attributes),
         following=dict(profile.following),
         unfollowed=dict(profile.unfollowed),
@@ -180,6 +196,14 @@ def _apply_language(
     value = blend_sentiment(text_sentiment, event.rating)
     if value is not None:
         p.sentiment_ref_ts = add_sentiment(p.sentiment, p.sentiment_ref_ts, categories, value, event.ts, hl)
+        # The latest review of an item decides, by event time, whatever order they arrive in:
+        # a later good review lifts a dislike, an older bad one arriving late does not return.
+        if event.ts >= p.reviewed.get(event.item_id, float("-inf")):
+            p.reviewed[event.item_id] = event.ts
+            if value <= DISLIKE_AT:
+                p.disliked[event.item_id] = event.ts
+            else:
+                p.disliked.pop(event.item_id, None)
 
 
 def apply(
@@ -228,7 +252,12 @@ def apply(
         p.interest = add_vector(
             p.interest, item_vector.array(), item_vector.version, INTEREST_WEIGHTS[kind], ts, params.half_life_s
         )
-    if isinstance(event, Purchase):
+    if isinstance(event, Click):
+        p.clicked[event.item_id] = max(p.clicked.get(event.item_id, ts), ts)
+        if len(p.clicked) > CLICK_MEMORY:
+            oldest = min(p.clicked.items(), key=lambda kv: (kv[1], kv[0]))[0]
+            del p.clicked[oldest]
+    elif isinstance(event, Purchase):
         if event.price is not None:
             p.purchase_value += event.price * event.quantity
         p.purchased[event.item_id] = max(p.purchased.get(event.item_id, ts), ts)

@@ -127,3 +127,12 @@ ITEM_VECTOR_MISSES = Counter(
     "Clicks and purchases applied while their item had no vector of the current version.",
     registry=REGISTRY,
 )
+SHARED_DELTAS = Counter(
+    "persona_shared_deltas",
+    "Scoring deltas read from the shared topic: replicated (another worker's, applied) or known (already applied).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+SHARED_ITEMS = Gauge(
+    "persona_shared_items", "Items with popularity in this worker's shared scoring state.", registry=REGISTRY
+)

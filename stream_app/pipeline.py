@@ -10,11 +10,17 @@ recommendations become lives here, behind two small seams:
 - an :data:`Emit` callable that takes one encoded recommendation message (the worker
   buffers it on the producer with ``send_soon``; tests collect it in a list).
 
-Catalog and item vectors come from anything with the replicas' read methods. Clocks are
-injected: ``monotonic`` paces the coalescer and the popularity ranking cache, ``wall`` stamps
-``generated_at``. Scores are computed from event-time state only; ``monotonic`` decides just
-how stale a cached popularity ranking may get (``Popularity.refresh_s``), so a replay that
-passes event time as ``monotonic`` (the in-process evaluator) is reproducible.
+Catalog and item vectors come from anything with the replicas' read methods. Global
+scoring knowledge (popularity, co-occurrence, content vectors, segment priors, the social
+graph) is a :class:`scoring.shared.SharedState` fed by :class:`scoring.shared.Delta` records:
+each applied event becomes one, applied here at once and handed to ``publish`` (the worker
+sends it to the ``scoring.deltas`` topic, which every worker tails: see
+``stream_app.shared_replica``); :meth:`Pipeline.apply_delta` folds in the deltas of other workers.
+
+Clocks are injected: ``monotonic`` paces the coalescer, ``wall`` stamps ``generated_at``.
+Scores depend on event-time state only (the popularity ranking cache too is refreshed by
+event time), so a replay gives the same messages whether it runs in process or through
+the broker.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from scoring.messages import Recommendations
 from scoring.messages import encode as encode_recs
 from scoring.popularity import Popularity
 from scoring.ranker import DEFAULT_WEIGHTS, Weights, history, rank
+from scoring.segments import segments_of
+from scoring.shared import ENGAGE, FOLLOW, UNFOLLOW, Delta, SharedState
 from state.catalog import Catalog
-from state.events import DeadLetter, Event, EventKind, Item, Purchase, Review, decode, kind_of
+from state.events import DeadLetter, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, new_profile
 from stream_app import metrics
@@ -63,6 +71,8 @@ class Vectors(Protocol):
 
 #: Takes one recommendation message: ``(key, value)``, both bytes.
 Emit = Callable[[bytes, bytes], None]
+#: Takes one scoring delta this pipeline applied (the worker publishes it for the others).
+Publish = Callable[[Delta], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +128,24 @@ class Pipeline:
         wall: Callable[[], float] = time.time,
         ranker: str = "blend",
         weights: Weights = DEFAULT_WEIGHTS,
+        publish: Publish | None = None,
+        social_fanout: int = 100,
     ) -> None:
         self.params = params
         #: "blend": scoring.ranker over collaborative, category and trending candidates;
         #: "baseline": scoring.baseline (category affinity x popularity)
         self.ranker = ranker
         self.weights = weights
-        #: item-to-item co-occurrence of the users this pipeline applies (per worker, like
-        #: popularity: see the README's "Recommendations")
-        self.knn = ItemKNN()
+        #: global scoring knowledge, the same on every worker (module docstring)
+        self.shared = SharedState(
+            popularity=Popularity(popularity_half_life_days), half_life_days=popularity_half_life_days, fanout_cap=max(social_fanout, 1)
+        )
         self.store = store
         self.catalog = catalog
         self.vectors = vectors
-        # The ranking cache is paced by the same injected clock as the coalescer.
-        self.popularity = Popularity(popularity_half_life_days, clock=monotonic)
+        self._publish = publish
+        #: followers refreshed when someone they follow engages (0: none)
+        self.social_fanout = social_fanout
         self.coalescer = Coalescer(emit_interval_s)
         self._emit_raw = emit
         self._topic_of = topic_of
@@ -153,6 +167,7 @@ class Pipeline:
         emit_interval_s: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        publish: Publish | None = None,
     ) -> Pipeline:
         """The pipeline the worker runs, from its settings (the evaluator overrides ``top_k``,
         the emit interval and the clocks)."""
@@ -169,9 +184,19 @@ class Pipeline:
             max_payload_bytes=settings.max_payload_bytes,
             ranker=settings.ranker,
             weights=settings.rank_weights(),
+            social_fanout=settings.social_fanout,
+            publish=publish,
             monotonic=monotonic,
             wall=wall,
         )
+
+    @property
+    def popularity(self) -> Popularity:
+        return self.shared.popularity
+
+    @property
+    def knn(self) -> ItemKNN:
+        return self.shared.knn
 
     # --- per record ------------------------------------------------------------------
     def decode(self, kind: EventKind, record: Record) -> Event | DeadLetter:
@@ -228,6 +253,7 @@ class Pipeline:
             encoding=encoding,
             item_vector=item_vector,
         )
+        delta: Delta | None = None
         if updated is None:
             self.store.touch(key)
             metrics.event_counter(topic, DUPLICATE).inc()
@@ -236,16 +262,82 @@ class Pipeline:
             self.store.put(key, updated, partition)
             metrics.PROFILE_UPDATES.inc()
             metrics.event_counter(topic, APPLIED).inc()
-            if item_id is not None and kind in self.params.event_weights:
-                self.popularity.add(item_id, self.params.weight(event), event.ts)
-            if first_engagement and item_id is not None:
-                self.knn.add(recent, item_id)
+            delta = self._delta(event, origin, updated, item_id, first_engagement, recent, encoding)
+            if delta is not None:
+                self.shared.apply(delta)
+                if self._publish is not None:
+                    self._publish(delta)
             outcome = APPLIED
         trigger = Trigger(event_ts=event.ts, record_ts=record_ts if record_ts is not None else self._wall())
         emitted = self.coalescer.offer(event.user_id, self._monotonic(), trigger)
         if emitted:
             self.emit(event.user_id, updated or profile, trigger)
+        if delta is not None:
+            self._fan_out(delta, record_ts)  # after the user's own message
         return Result(outcome, emitted=emitted)
+
+    def _delta(
+        self,
+        event: Event,
+        origin: Origin,
+        profile: Profile,
+        item_id: str | None,
+        first: bool,
+        recent: list[str],
+        encoding: Encoding | None,
+    ) -> Delta | None:
+        """What ``event`` teaches the global scoring state (None: nothing)."""
+        if isinstance(event, Item):
+            return None
+        source, offset, user, ts = origin.source, origin.offset, event.user_id, event.ts
+        if isinstance(event, Follow):
+            kind = FOLLOW if event.action == "follow" else UNFOLLOW
+            return Delta(source=source, offset=offset, user=user, ts=ts, kind=kind, target=event.followee_id)
+        if item_id is None:
+            return None
+        vector = encoding.vector if isinstance(event, Review) and encoding is not None else b""
+        return Delta(
+            kind=ENGAGE,
+            item=item_id,
+            weight=self.params.weight(event),
+            first=first,
+            recent=recent if first else [],
+            segments=list(segments_of(profile.attributes)) if profile.attributes else [],
+            vector=vector,
+            version=encoding.version if vector and encoding is not None else "",
+            source=source,
+            offset=offset,
+            user=user,
+            ts=ts,
+        )
+
+    def apply_delta(self, delta: Delta, record_ts: float | None = None) -> bool:
+        """A delta another worker published (the shared-state replica): folded in once; the
+        followers of its user that live here are refreshed."""
+        if not self.shared.apply(delta):
+            return False
+        self._fan_out(delta, record_ts)
+        return True
+
+    def _fan_out(self, delta: Delta, record_ts: float | None) -> None:
+        """Someone engaged: the lists of their followers whose profiles live here are stale
+        (their social candidates moved). Offered to the coalescer like an own event, capped."""
+        if delta.kind != ENGAGE or not self.social_fanout or not self.weights.social or self.ranker != "blend":
+            return
+        followers = self.shared.social.followers_of(delta.user)
+        if not followers:
+            return
+        trigger = Trigger(event_ts=delta.ts, record_ts=record_ts if record_ts is not None else self._wall())
+        for follower in followers[: self.social_fanout]:
+            profile = self.store.cached(follower.encode())
+            if profile is None:
+                continue
+            if self.coalescer.offer(follower, self._monotonic(), trigger):
+                self.emit(follower, profile, trigger)
+
+    def add_item_vector(self, vector: ItemVector) -> None:
+        """An item's catalog-text vector arrived (the item-vectors replica): content candidates."""
+        self.shared.item_vector(vector)
 
     def _item_vector(self, kind: EventKind, item_id: str | None) -> ItemVector | None:
         if item_id is None or kind not in ("click", "purchase") or self.vectors.wanted is None:
@@ -258,7 +350,7 @@ class Pipeline:
         return vector
 
     # --- emission --------------------------------------------------------------------
-    def recommend(self, profile: Profile, trigger_event_ts: float | None = None) -> Recommendations:
+    def recommend(self, profile: Profile, trigger_event_ts: float | None = None, weights: Weights | None = None) -> Recommendations:
         """The message for ``profile`` now: scores depend on event time only; ``generated_at``
         is wall time; ``trigger_event_ts`` defaults to the profile's latest event time."""
         if self.ranker == "baseline":
@@ -267,11 +359,10 @@ class Pipeline:
             items = rank(
                 profile,
                 catalog=self.catalog,
-                popularity=self.popularity,
-                knn=self.knn,
+                shared=self.shared,
                 params=self.params,
                 k=self._top_k,
-                weights=self.weights,
+                weights=self.weights if weights is None else weights,
             )
         return Recommendations(
             user_id=profile.user_id,

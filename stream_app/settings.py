@@ -104,13 +104,27 @@ class Settings(BaseSettings):
     )
     ranker: Literal["blend", "baseline"] = Field(
         "blend",
-        description="`blend`: collaborative (co-occurrence), category-affinity and trending "
-        "candidates scored by the weights below (scoring/ranker.py); `baseline`: category "
-        "affinity x popularity (scoring/baseline.py).",
+        description="`blend`: collaborative (co-occurrence), content (text), category-affinity, trending, "
+        "social and attribute-segment candidates scored by the weights below (scoring/ranker.py); "
+        "`baseline`: category affinity x popularity (scoring/baseline.py).",
     )
     rank_cooc_weight: float = Field(1.0, ge=0, description="Ranker weight of the co-occurrence feature.")
     rank_category_weight: float = Field(0.3, ge=0, description="Ranker weight of the category-affinity feature.")
     rank_trending_weight: float = Field(0.2, ge=0, description="Ranker weight of the trending (decayed popularity) feature.")
+    rank_content_weight: float = Field(
+        0.3, ge=0, description="Ranker weight of the content feature: cosine of the user's interest vector and the item's text vector."
+    )
+    rank_social_weight: float = Field(0.2, ge=0, description="Ranker weight of what the people a user follows engaged with.")
+    rank_segment_weight: float = Field(
+        0.1, ge=0, description="Ranker weight of what users of the same attribute segments (age band, occupation, ...) engage with."
+    )
+    rank_sentiment_weight: float = Field(
+        0.3, ge=0, description="Ranker demotion of items close to what the user reviewed badly (subtracted)."
+    )
+    exclude_clicked: bool = Field(False, description="Never recommend an item the user clicked (purchased items never are).")
+    social_fanout: int = Field(
+        100, ge=0, description="When a user engages, refresh the lists of at most this many of their followers (0: none)."
+    )
     rank_recency: float = Field(
         0.8, gt=0, le=1, description="Weight of the n-th most recent history item in the co-occurrence score: recency**n."
     )
@@ -214,6 +228,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}items.vectors"
 
     @property
+    def scoring_deltas_topic(self) -> str:
+        """Internal: every worker's scoring deltas, read by every worker (stream_app/shared_replica.py)."""
+        return f"{self.topic_prefix}scoring.deltas"
+
+    @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}recommendations"
 
@@ -223,8 +242,13 @@ class Settings(BaseSettings):
             cooc=self.rank_cooc_weight,
             category=self.rank_category_weight,
             trending=self.rank_trending_weight,
+            content=self.rank_content_weight,
+            social=self.rank_social_weight,
+            segment=self.rank_segment_weight,
+            sentiment=self.rank_sentiment_weight,
             diversity=self.rank_diversity,
             recency=self.rank_recency,
+            exclude_clicked=self.exclude_clicked,
         )
 
     def params(self) -> Params:

@@ -17,6 +17,7 @@ from scoring.baseline import recommend
 from scoring.messages import Recommendations
 from scoring.messages import decode as decode_recs
 from scoring.popularity import Popularity
+from scoring.shared import SharedState
 from state.catalog import Catalog
 from state.events import Event, EventKind, Item, Purchase, Review, encode, key_of, kind_of
 from state.interest import ItemVector, text_digest
@@ -110,8 +111,8 @@ def test_pipeline_folds_events_like_apply_and_emits_what_the_ranker_computes() -
     events = _purchases(80)
     catalog = _catalog()
     truth: dict[str, Profile] = {}
-    # The same clock paces both ranking caches, so they refresh at the same events.
-    pop = Popularity(14.0, clock=clock)
+    # Both ranking caches are paced by event time, so they refresh at the same events.
+    pop = Popularity(14.0)
     for offset, e in enumerate(events):
         result = pipe.process("purchase", _record(e, offset))
         assert result.outcome == APPLIED and result.emitted
@@ -247,7 +248,7 @@ def test_blend_pipeline_emits_what_the_ranker_computes_on_independent_state() ->
     pipe, store, sent, clock = _pipeline(ranker="blend")
     catalog = _catalog()
     truth: dict[str, Profile] = {}
-    pop = Popularity(14.0, clock=clock)
+    pop = Popularity(14.0)
     knn = ItemKNN()
     for offset, e in enumerate(_purchases(120, seed=11)):
         clock.now += 1.0
@@ -260,7 +261,8 @@ def test_blend_pipeline_emits_what_the_ranker_computes_on_independent_state() ->
         truth[e.user_id] = nxt
         pop.add(e.item_id, Params().weight(e), e.ts)
         msg = decode_recs(sent[-1][1])
-        want = rank(truth[e.user_id], catalog=catalog, popularity=pop, knn=knn, params=Params(), k=5)
+        shared = SharedState(popularity=pop, knn=knn, half_life_days=14.0)
+        want = rank(truth[e.user_id], catalog=catalog, shared=shared, params=Params(), k=5)
         assert [(s.item_id, s.score, s.reasons) for s in msg.items] == [(s.item_id, s.score, s.reasons) for s in want]
         assert msg.model == "blend-v1"
         assert not {s.item_id for s in msg.items} & set(truth[e.user_id].purchased)

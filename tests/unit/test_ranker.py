@@ -8,6 +8,7 @@ import random
 from scoring.knn import ItemKNN
 from scoring.popularity import Popularity
 from scoring.ranker import Weights, history, rank
+from scoring.shared import SharedState
 from state.catalog import Catalog
 from state.events import Item, Purchase
 from state.profile import Origin, Params, Profile, apply, new_profile
@@ -38,6 +39,10 @@ def _world(seed: int = 1, users: int = 40, items: int = 60) -> tuple[Catalog, Po
     return catalog, pop, knn, profiles
 
 
+def _shared(pop: Popularity, knn: ItemKNN) -> SharedState:
+    return SharedState(popularity=pop, knn=knn, half_life_days=14.0)
+
+
 def _ild(items: list[str], catalog: Catalog) -> float:
     pairs = list(itertools.combinations(items, 2))
     return sum(catalog.categories(a) != catalog.categories(b) for a, b in pairs) / len(pairs)
@@ -46,7 +51,7 @@ def _ild(items: list[str], catalog: Catalog) -> float:
 def test_never_a_purchased_item_and_full_lists() -> None:
     catalog, pop, knn, profiles = _world()
     for p in profiles.values():
-        recs = rank(p, catalog=catalog, popularity=pop, knn=knn, params=Params(), k=10)
+        recs = rank(p, catalog=catalog, shared=_shared(pop, knn), params=Params(), k=10)
         ids = [s.item_id for s in recs]
         assert len(ids) == len(set(ids)) == 10
         assert not set(ids) & set(p.purchased)
@@ -58,7 +63,7 @@ def test_collaborative_signal_ranks_the_users_genre_first() -> None:
     catalog, pop, knn, profiles = _world(items=180)  # 30 per genre: in-genre items remain unbought
     hits = 0
     for u, p in profiles.items():
-        recs = rank(p, catalog=catalog, popularity=pop, knn=knn, params=Params(), k=5, weights=Weights(category=0.0, trending=0.0))
+        recs = rank(p, catalog=catalog, shared=_shared(pop, knn), params=Params(), k=5, weights=Weights(category=0.0, trending=0.0))
         hits += sum(catalog.categories(s.item_id) == (f"g{int(u[1:]) % 6}",) for s in recs)
     # 80% of engagements are in-genre; a random pick would be in-genre 1/6 of the time.
     assert hits / (5 * len(profiles)) > 0.6
@@ -69,7 +74,7 @@ def test_raising_diversity_raises_intra_list_diversity() -> None:
     ild = []
     for lam in (0.0, 0.5, 0.9):
         lists = [
-            [s.item_id for s in rank(p, catalog=catalog, popularity=pop, knn=knn, params=Params(), k=10, weights=Weights(diversity=lam))]
+            [s.item_id for s in rank(p, catalog=catalog, shared=_shared(pop, knn), params=Params(), k=10, weights=Weights(diversity=lam))]
             for p in profiles.values()
         ]
         ild.append(sum(_ild(x, catalog) for x in lists) / len(lists))
@@ -81,18 +86,18 @@ def test_ties_follow_a_per_user_hash_not_the_id_string() -> None:
     for i in range(30):
         catalog.upsert(Item(event_id=f"i{i}", ts=0.0, item_id=f"x{i:02d}", title="", categories=["c"]))
     pop, knn = Popularity(14.0, refresh_s=-1.0), ItemKNN()
-    orders = [[s.item_id for s in rank(new_profile(u), catalog=catalog, popularity=pop, knn=knn, params=Params(), k=8)] for u in "abc"]
+    orders = [[s.item_id for s in rank(new_profile(u), catalog=catalog, shared=_shared(pop, knn), params=Params(), k=8)] for u in "abc"]
     for order in orders:
         assert len(order) == 8 and order != sorted(order)
     assert len({tuple(o) for o in orders}) == 3
-    again = [s.item_id for s in rank(new_profile("a"), catalog=catalog, popularity=pop, knn=knn, params=Params(), k=8)]
+    again = [s.item_id for s in rank(new_profile("a"), catalog=catalog, shared=_shared(pop, knn), params=Params(), k=8)]
     assert again == orders[0]
 
 
 def test_collaborative_reason_names_the_anchor_item() -> None:
     catalog, pop, knn, profiles = _world()
     p = max(profiles.values(), key=lambda q: len(q.purchased))
-    recs = rank(p, catalog=catalog, popularity=pop, knn=knn, params=Params(), k=3, weights=Weights(category=0.0, trending=0.0))
+    recs = rank(p, catalog=catalog, shared=_shared(pop, knn), params=Params(), k=3, weights=Weights(category=0.0, trending=0.0))
     assert recs and recs[0].reasons[0].startswith("people who engaged with Movie ")
 
 
@@ -108,5 +113,5 @@ def test_regression_history_items_the_counts_never_saw_after_a_restart() -> None
     assert knn.similarity("m0", "m2") > 0.0 and knn.neighbours("m0", 3)[0][0] == "m2"
     p = new_profile("u")
     p.purchased = {"m0": 1.0, "m1": 2.0}
-    recs = rank(p, catalog=catalog, popularity=Popularity(14.0, refresh_s=-1.0), knn=knn, params=Params(), k=3)
+    recs = rank(p, catalog=catalog, shared=_shared(Popularity(14.0, refresh_s=-1.0), knn), params=Params(), k=3)
     assert recs[0].item_id == "m2" and recs[0].reasons[0].startswith("people who engaged with Movie")

@@ -1,0 +1,158 @@
+"""Global scoring knowledge, built from deltas: the same on every worker, whatever it owns.
+
+Profiles are partitioned by user, but what the ranker knows about *items* and about *other
+users* is global: popularity, co-occurrence, item content vectors, what each attribute
+segment engages with, and who follows whom. The worker that owns a user's partition turns
+each applied event into a :class:`Delta` (everything that event teaches the global state,
+including the facts only the owner knows, such as the user's history before the event and
+their attribute segments), applies it at once to its own :class:`SharedState` and publishes
+it on the ``scoring.deltas`` topic. Every worker tails all partitions of that topic and
+applies the deltas of the others (``stream_app.shared_replica``).
+
+Idempotent: every delta names its input record (``source`` = topic:partition, ``offset``)
+and the state keeps the highest offset applied per source; a delta at or below it is a
+replay and is skipped. Deltas of one source are produced in offset order by whichever worker
+owns that partition, so the watermark also covers a partition that moved between workers.
+
+Order-free: each part sums contributions that do not depend on the order they arrive in
+(decayed sums kept at a reference time, integer co-occurrence counts, vector sums), so two
+workers that applied the same deltas in different orders agree, up to float rounding in the
+last bits of a decayed sum. Event time only: nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+import numpy as np
+
+from scoring.content import ContentIndex
+from scoring.knn import ItemKNN
+from scoring.popularity import Popularity
+from scoring.segments import SegmentPopularity
+from scoring.social import SocialGraph
+from state.interest import ItemVector
+
+ENGAGE = "engage"
+FOLLOW = "follow"
+UNFOLLOW = "unfollow"
+
+
+class Delta(msgspec.Struct, frozen=True, kw_only=True):
+    """What one applied input record teaches the global scoring state (MessagePack on the wire)."""
+
+    #: the input record: ``topic:partition`` and offset (the idempotency watermark)
+    source: str
+    offset: int
+    kind: str
+    user: str
+    ts: float
+    item: str = ""
+    #: behaviour weight of the engagement (``Params.weight``)
+    weight: float = 0.0
+    #: the user's first engagement with ``item``: it co-occurs with ``recent``
+    first: bool = False
+    #: the user's last items before this one, oldest first (co-occurrence window)
+    recent: list[str] = []
+    #: the user's attribute segments (``scoring.segments.segments_of``) when it engaged
+    segments: list[str] = []
+    #: a review's text vector (float32 bytes) and its encoder version: the item's review centroid
+    vector: bytes = b""
+    version: str = ""
+    #: followee of a follow / unfollow
+    target: str = ""
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Delta)
+
+
+def encode_delta(delta: Delta) -> bytes:
+    return _encoder.encode(delta)
+
+
+def decode_delta(data: bytes) -> Delta:
+    return _decoder.decode(data)
+
+
+class SharedState:
+    """Popularity, co-occurrence, content vectors, segment priors and the social graph."""
+
+    def __init__(
+        self,
+        *,
+        popularity: Popularity,
+        half_life_days: float,
+        knn: ItemKNN | None = None,
+        social_recent: int = 20,
+        fanout_cap: int = 1000,
+    ) -> None:
+        self.popularity = popularity
+        self.knn = knn if knn is not None else ItemKNN()
+        self.content = ContentIndex()
+        self.segments = SegmentPopularity(half_life_days)
+        self.social = SocialGraph(half_life_days=half_life_days, recent=social_recent, fanout_cap=fanout_cap)
+        #: source -> highest offset applied
+        self.watermarks: dict[str, int] = {}
+        #: item -> [sum of its review vectors (float64), version]: the item's text when the
+        #: catalog has none (Amazon Musical Instruments has no metadata at all)
+        self._centroids: dict[str, tuple[np.ndarray, str]] = {}
+        #: items whose vector comes from the catalog text (never overwritten by a centroid)
+        self._catalog_text: set[str] = set()
+        self.applied = 0
+        self.skipped = 0
+
+    def seen(self, delta: Delta) -> bool:
+        return delta.offset <= self.watermarks.get(delta.source, -1)
+
+    def apply(self, delta: Delta) -> bool:
+        """Fold ``delta`` in; ``False`` when it was applied before (a replay)."""
+        if self.seen(delta):
+            self.skipped += 1
+            return False
+        self.watermarks[delta.source] = delta.offset
+        self.applied += 1
+        if delta.kind == ENGAGE:
+            if delta.weight:
+                self.popularity.add(delta.item, delta.weight, delta.ts)
+                if delta.segments:
+                    self.segments.add(delta.segments, delta.item, delta.weight, delta.ts)
+                self.social.engaged(delta.user, delta.item, delta.weight, delta.ts)
+            if delta.first:
+                self.knn.add(delta.recent, delta.item)
+            if delta.vector:
+                self._add_review_vector(delta.item, delta.version, np.frombuffer(delta.vector, dtype="<f4"))
+        elif delta.kind == FOLLOW:
+            self.social.follow(delta.user, delta.target, delta.ts)
+        elif delta.kind == UNFOLLOW:
+            self.social.unfollow(delta.user, delta.target, delta.ts)
+        return True
+
+    def _add_review_vector(self, item: str, version: str, vector: np.ndarray) -> None:
+        if item in self._catalog_text and self.content.version == version:
+            return
+        entry = self._centroids.get(item)
+        if entry is None or entry[1] != version:
+            total = vector.astype(np.float64)
+        else:
+            total = entry[0] + vector
+        self._centroids[item] = (total, version)
+        if float(np.linalg.norm(total)) > 0.0:
+            self.content.upsert(item, version, total.astype(np.float32))
+
+    def item_vector(self, vector: ItemVector) -> None:
+        """An item's catalog-text vector (the item-vectors replica): it wins over the item's
+        review centroid for that encoder version."""
+        self._catalog_text.add(vector.item_id)
+        self.content.upsert(vector.item_id, vector.version, vector.array())
+
+    def summary(self) -> Mapping[str, int]:
+        return {
+            "items_popular": len(self.popularity),
+            "items_cooc": len(self.knn),
+            "items_content": len(self.content),
+            "deltas_applied": self.applied,
+            "deltas_skipped": self.skipped,
+            "sources": len(self.watermarks),
+        }
