@@ -56,6 +56,8 @@ class VectorReplica(TopicTail):
         super().__init__(settings, topic, partitions)
         self.wanted: str | None = None
         self._vectors: dict[str, ItemVector] = {}
+        #: told of every vector of the wanted version (the pipeline's content index)
+        self.on_vector: Callable[[ItemVector], None] | None = None
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -91,6 +93,8 @@ class VectorReplica(TopicTail):
             return
         if vector.version == self.wanted:
             self._vectors[vector.item_id] = vector
+            if self.on_vector is not None:
+                self.on_vector(vector)
 
     def after_batch(self) -> None:
         metrics.ITEM_VECTORS.set(len(self._vectors))

@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 
+from scoring.shared import Delta, encode_delta
 from state.events import EVENT_KINDS, DeadLetter, EventKind
 from stream_app import dlq
 from stream_app.catalog_replica import CatalogReplica
@@ -17,6 +18,7 @@ from stream_app.item_vectors import VectorReplica
 from stream_app.pipeline import Pipeline, Record, Result
 from stream_app.profile_store import ProfileStore
 from stream_app.settings import Settings
+from stream_app.shared_replica import SharedReplica
 
 log = logging.getLogger("persona.worker")
 
@@ -56,6 +58,7 @@ class Runtime:
             kind: raw_topic(app, dlq.dlq_topic(settings.topic(kind)), settings.partitions_for(kind))
             for kind in EVENT_KINDS
         }
+        self.deltas_topic = raw_topic(app, settings.scoring_deltas_topic, settings.partitions)
         self.pipeline = Pipeline.from_settings(
             settings,
             store=self.profiles,
@@ -63,7 +66,14 @@ class Runtime:
             vectors=self.vectors,
             # send_soon: buffered, flushed by the producer and always before an offset commit.
             emit=lambda key, value: self.recs_topic.send_soon(key=key, value=value),
+            publish=self._publish,
         )
+        self.vectors.on_vector = self.pipeline.add_item_vector
+        self.shared = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, self.pipeline)
+
+    def _publish(self, delta: Delta) -> None:
+        # Keyed by the input source: one source's deltas stay in offset order on one partition.
+        self.deltas_topic.send_soon(key=delta.source.encode(), value=encode_delta(delta))
 
     async def handle(self, kind: EventKind, message: Any) -> Result:
         """One Faust message through the pipeline; its dead letter, if any, is sent here."""

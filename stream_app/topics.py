@@ -28,6 +28,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     specs[settings.encoded_reviews_topic] = (settings.partitions, {})
     # Like the catalog: the latest vector per item is all anyone needs.
     specs[settings.item_vectors_topic] = (settings.item_partitions, {"cleanup.policy": "compact"})
+    # The history of the global scoring state: replayed in full at every worker start.
+    specs[settings.scoring_deltas_topic] = (settings.partitions, {"retention.ms": "-1"})
     return specs
 
 

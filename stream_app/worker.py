@@ -165,6 +165,10 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def item_vector_replica() -> None:
         await runtime.vectors.run()
 
+    @app.task  # type: ignore[untyped-decorator]
+    async def shared_replica() -> None:
+        await runtime.shared.run()
+
     items_topic = settings.topic("item")
 
     async def send_vector(key: bytes, value: bytes, partition: int) -> None:
@@ -282,6 +286,8 @@ def _add_agent(
         # Events need the catalog (item categories), engagements the item vectors of the
         # current encoder: wait for the replicas' catch-up.
         await runtime.replica.ready.wait()
+        # Global scoring state (popularity, co-occurrence, social, ...) rebuilt before ranking.
+        await runtime.shared.ready.wait()
         if kind in ("click", "purchase"):
             await models_tried.wait()
             await runtime.vectors.ready.wait()
@@ -339,6 +345,7 @@ def _add_review_stages(
 
     async def apply_stage(stream: faust.StreamT[bytes]) -> None:
         await runtime.replica.ready.wait()
+        await runtime.shared.ready.wait()
         order = OrderCheck(app)
         async for event in stream.events():
             msg = event.message
