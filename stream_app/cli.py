@@ -82,6 +82,13 @@ def evaluate_cmd(
     window: Annotated[
         str, typer.Option("--slice", help="Score only positives in this share of the replay, A:B (e.g. 0.75:1).")
     ] = "0:1",
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help="Text encoder for reviews and item texts: auto (the settings' registry, else the test models), "
+            "none, or a registry or version folder."
+        ),
+    ] = "auto",
 ) -> None:
     """Prequential Recall/NDCG@K of the pipeline's recommendations and baselines, in process (no Kafka)."""
     from stream_app.evaluate import evaluate, render, selected_variants
@@ -102,9 +109,14 @@ def evaluate_cmd(
         console.print("[yellow]SYNTHETIC data: generated, not a real dataset[/yellow]")
     events = list(read_events(fmt, path, limit=limit, meta=meta))
     name = f"{fmt}:{path.name}" if path is not None else fmt
+    settings = _settings()
+    from stream_app.evaluate import open_text_encoder
+
+    text_encoder = open_text_encoder(encoder, settings)
+    console.print(f"text encoder: {text_encoder.info.version if text_encoder is not None else 'none (behaviour only)'}")
     report = evaluate(
-        events, _settings(), ks=ks, variants=chosen, emit_interval_s=emit_interval, dataset=name, progress=progress,
-        window=(float(window.split(":")[0]), float(window.split(":")[1])),
+        events, settings, ks=ks, variants=chosen, emit_interval_s=emit_interval, dataset=name, progress=progress,
+        window=(float(window.split(":")[0]), float(window.split(":")[1])), encoder=text_encoder,
     )
     print(render(report))
     t = report.timing

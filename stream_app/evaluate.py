@@ -3,15 +3,20 @@
 A dataset's events are replayed in the producer's order (``stream_app.sources.read_events``)
 into the very :class:`stream_app.pipeline.Pipeline` the worker runs, built from the worker's
 :class:`Settings`, over a dict store, a catalog fed by the replayed ``item`` events and no
-text encoder (no Kafka, no Faust). Before each positive of a user with an earlier
+text encoder unless one is given (no Kafka, no Faust). With an encoder, every review's text
+and every catalog item's text is encoded up front (cached on disk by content:
+``encoders.text_cache``) and handed to the pipeline as the worker's encoder stage would. Before each positive of a user with an earlier
 interaction (``scoring.evaluation`` has the protocol), every variant ranks for that user over
 the items the user has not interacted with, and the lists are scored against the positive's
 item; then the event is applied. Variants:
 
-- ``all``: the pipeline's own recommendations (:meth:`Pipeline.recommend`; today the baseline
-  ranker), read two ways: *fresh*, computed at the positive, and *last emitted*, the last
-  message the pipeline emitted for the user before it (the emit callable is captured; the
-  emit interval is 0 unless asked, so every change emits);
+- ``all``: the pipeline's own recommendations (:meth:`Pipeline.recommend`, every dimension at
+  the settings' weights), read two ways: *fresh*, computed at the positive, and *last emitted*,
+  the last message the pipeline emitted for the user before it (the emit callable is captured;
+  the emit interval is 0 unless asked, so every change emits);
+- ``behaviour``, ``+text``, ``+sentiment``, ``+social``, ``+attributes``: the same pipeline and
+  state, ranked with only the behaviour features (co-occurrence, category, trending), then with
+  one more dimension each (:meth:`scoring.ranker.Weights.only`);
 - ``popularity``: all-time interaction counts so far;
 - ``decayed_popularity``: ``scoring.popularity`` with the settings' half-life, event time;
 - ``item_knn``: item-to-item co-occurrence (``scoring.knn``) over the events replayed so far.
@@ -28,6 +33,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
+
+from encoders.text_cache import TextEncoder, encode_cached
 from scoring.evaluation import (
     Accumulator,
     CountPopularity,
@@ -39,15 +47,25 @@ from scoring.evaluation import (
 )
 from scoring.knn import WINDOW, ItemKNN
 from scoring.messages import decode as decode_recs
+from scoring.ranker import Weights
 from state.catalog import Catalog
-from state.events import DeadLetter, Event, EventKind, Item, encode, key_of, kind_of
-from state.interest import ItemVector
-from state.profile import EVENT_WEIGHTS, Profile
+from state.events import DeadLetter, Event, EventKind, Item, Review, encode, key_of, kind_of
+from state.interest import ItemVector, text_digest
+from state.profile import EVENT_WEIGHTS, Encoding, Profile
 from stream_app.pipeline import APPLIED, Pipeline, Record
+from stream_app.reviews import review_text
 from stream_app.settings import Settings
 
 ALL: Final = "all"
-VARIANTS: Final[tuple[str, ...]] = (ALL, "popularity", "decayed_popularity", "item_knn")
+#: Per-dimension variants: behaviour features plus the named ranker dimensions.
+DIMENSIONS: Final[dict[str, tuple[str, ...]]] = {
+    "behaviour": (),
+    "+text": ("content",),
+    "+sentiment": ("sentiment",),
+    "+social": ("social",),
+    "+attributes": ("segment",),
+}
+VARIANTS: Final[tuple[str, ...]] = (ALL, *DIMENSIONS, "popularity", "decayed_popularity", "item_knn")
 #: Always in the report, whatever ``variants`` asks for.
 REQUIRED: Final[tuple[str, ...]] = (ALL, "popularity", "item_knn")
 LAST_EMITTED: Final = "last_emitted"
@@ -81,6 +99,22 @@ class _NoVectors:
 
     def get(self, item_id: str) -> ItemVector | None:
         return None
+
+
+class _DictVectors:
+    """Item text vectors of one encoder version, filled as the replay reaches each item
+    (what the worker's item-vector replica holds)."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.vectors: dict[str, ItemVector] = {}
+
+    @property
+    def wanted(self) -> str | None:
+        return self.version
+
+    def get(self, item_id: str) -> ItemVector | None:
+        return self.vectors.get(item_id)
 
 
 class _EventClock:
@@ -135,15 +169,49 @@ def evaluate(
     progress: bool = False,
     trace: Trace | None = None,
     window: tuple[float, float] = (0.0, 1.0),
+    encoder: TextEncoder | None = None,
+    candidates: dict[str, Weights] | None = None,
+    on_message: Callable[[bytes, bytes], None] | None = None,
 ) -> Report:
     """Replay ``events`` (in the given order) and score every variant (see the module doc).
 
     ``window`` = ``(a, b)``: every event is applied, but only positives whose position in the
     replay lies in ``[a·n, b·n)`` are scored: a validation slice to tune on, and a later one
-    to report on that no choice was tuned on."""
-    run = _Run(events, settings, ks=ks, variants=variants, emit_interval_s=emit_interval_s, trace=trace)
+    to report on that no choice was tuned on.
+
+    ``candidates``: more named rankings over the same replay (weights to compare while tuning:
+    one replay scores them all)."""
+    run = _Run(events, settings, ks=ks, variants=variants, emit_interval_s=emit_interval_s, trace=trace, encoder=encoder)
+    run.on_message = on_message
+    for name, weights in (candidates or {}).items():
+        run.extra[name] = weights
+        run.accumulators[name] = Accumulator(run.ks)
+        run.rank_seconds[name] = 0.0
     run.window = (int(window[0] * len(events)), int(window[1] * len(events)))
     return run.run(dataset, progress)
+
+
+def open_text_encoder(choice: str, settings: Settings) -> Any:
+    """The evaluator's text encoder: ``none``; ``auto`` (the settings' registry when it has a
+    CURRENT version, else the test models of ``make test-models``, else none); or a registry or
+    version folder. Loaded on CPU: the figures must not depend on the machine."""
+    from pathlib import Path
+
+    from encoders.registry import Registry
+    from encoders.runtime import load_encoder
+    from state.paths import DEFAULT_TEST_MODEL_REGISTRY
+
+    if choice == "none":
+        return None
+    if choice == "auto":
+        for root in (settings.model_registry, DEFAULT_TEST_MODEL_REGISTRY):
+            current = Registry(root).current()
+            if current is not None:
+                return load_encoder(current, device="cpu")
+        return None
+    folder = Path(choice)
+    current = Registry(folder).current()
+    return load_encoder(current if current is not None else folder, device="cpu")
 
 
 def selected_variants(asked: Sequence[str]) -> tuple[str, ...]:
@@ -165,6 +233,7 @@ class _Run:
         variants: Sequence[str],
         emit_interval_s: float,
         trace: Trace | None,
+        encoder: TextEncoder | None = None,
     ) -> None:
         self.events = events
         self.settings = settings
@@ -180,11 +249,24 @@ class _Run:
         self.store = _DictStore()
         self.last_message: dict[bytes, bytes] = {}
         self.messages = 0
+        self.encodings: dict[int, Encoding] = {}
+        self.item_vectors: dict[int, ItemVector] = {}
+        self.encoder_version: str | None = None
+        vectors: _NoVectors | _DictVectors = _NoVectors()
+        if encoder is not None:
+            self.encoder_version = str(encoder.info.version)
+            self._encode(encoder)
+            vectors = _DictVectors(self.encoder_version)
+        self.vectors = vectors
+        self.weights = settings.rank_weights()
+        self.extra: dict[str, Weights] = {}
+        #: sees every message the pipeline emits, in order (the end-to-end agreement test)
+        self.on_message: Callable[[bytes, bytes], None] | None = None
         self.pipeline = Pipeline.from_settings(
             settings,
             store=self.store,
             catalog=self.catalog,
-            vectors=_NoVectors(),
+            vectors=vectors,
             emit=self._capture,
             top_k=self.top_k,
             emit_interval_s=emit_interval_s,
@@ -216,6 +298,22 @@ class _Run:
         )
         self.similarity: Similarity = self._category_jaccard if self.diversity_basis == "categories" else self._cooc_jaccard
 
+    def _encode(self, encoder: TextEncoder) -> None:
+        """Every review text and catalog item text of the replay, encoded once (cached)."""
+        version = str(encoder.info.version)
+        reviews = [(n, e) for n, e in enumerate(self.events) if isinstance(e, Review) and review_text(e).strip()]
+        items = [(n, e) for n, e in enumerate(self.events) if isinstance(e, Item) and e.text.strip()]
+        if reviews:
+            vectors, sentiments = encode_cached(encoder, [review_text(e) for _, e in reviews])
+            for (n, _), v, sent in zip(reviews, vectors, sentiments, strict=True):
+                self.encodings[n] = Encoding(version=version, vector=np.asarray(v, dtype="<f4").tobytes(), text_sentiment=float(sent))
+        if items:
+            vectors, _ = encode_cached(encoder, [e.text for _, e in items])
+            for (n, e), v in zip(items, vectors, strict=True):
+                self.item_vectors[n] = ItemVector(
+                    item_id=e.item_id, version=version, digest=text_digest(e.text), vector=np.asarray(v, dtype="<f4").tobytes()
+                )
+
     # --- similarity for diversity --------------------------------------------------------
     def _categories(self, item_id: str) -> frozenset[str]:
         cats = self._cats.get(item_id)
@@ -239,6 +337,8 @@ class _Run:
     def _capture(self, key: bytes, value: bytes) -> None:
         self.last_message[key] = value
         self.messages += 1
+        if self.on_message is not None:
+            self.on_message(key, value)
 
     def run(self, dataset: str, progress: bool) -> Report:
         from tqdm import tqdm
@@ -276,6 +376,10 @@ class _Run:
             self._cats.pop(event.item_id, None)
             self._see(event.item_id)
             pipe.process(kind, record)
+            vector = self.item_vectors.get(self.position)
+            if vector is not None and isinstance(self.vectors, _DictVectors):
+                self.vectors.vectors[vector.item_id] = vector  # what the item-vector replica does
+                pipe.add_item_vector(vector)
             return
         label = self.interactions.label(event, following)
         if label is not None and label.positive:
@@ -286,7 +390,12 @@ class _Run:
                 self.tally["outside_window"] += 1
             else:
                 self.tally["skipped_no_history"] += 1
-        result = pipe.process(kind, record)
+        encoding = self.encodings.get(self.position)
+        if encoding is not None:
+            # The worker's review stage: encoded first, then applied with its encoding.
+            result = pipe.apply_event(event, record.origin, record.partition, record.timestamp, encoding=encoding)
+        else:
+            result = pipe.process(kind, record)
         if result.outcome != APPLIED:
             self.tally["duplicates"] += 1
             return
@@ -317,6 +426,8 @@ class _Run:
             t0 = clock()
             if variant == ALL:
                 lists[ALL] = self._fresh(user, exclude)
+            elif variant in DIMENSIONS:
+                lists[variant] = self._fresh(user, exclude, self.weights.only(*DIMENSIONS[variant]), count=False)
             elif variant == "popularity":
                 lists[variant] = [i for i, _ in self.counts.top(user, k, exclude)]
             elif variant == "decayed_popularity":
@@ -325,6 +436,11 @@ class _Run:
                 lists[variant] = [i for i, _ in self.knn.recommend(user, k)]
             self.rank_seconds[variant] += clock() - t0
             self.accumulators[variant].add(lists[variant], target, cold=label.cold, similarity=self.similarity)
+        for name, weights in self.extra.items():
+            t0 = clock()
+            lists[name] = self._fresh(user, exclude, weights, count=False)
+            self.rank_seconds[name] += clock() - t0
+            self.accumulators[name].add(lists[name], target, cold=label.cold, similarity=self.similarity)
         if ALL in self.variants:
             raw = self.last_message.get(user.encode())
             emitted = [s.item_id for s in decode_recs(raw).items] if raw is not None else []
@@ -333,13 +449,14 @@ class _Run:
         if self.trace is not None:
             self.trace(label, lists)
 
-    def _fresh(self, user: str, exclude: Collection[str]) -> list[str]:
+    def _fresh(self, user: str, exclude: Collection[str], weights: Weights | None = None, *, count: bool = True) -> list[str]:
         profile = self.store.cached(user.encode())
         if profile is None:
             return []
-        items = [s.item_id for s in self.pipeline.recommend(profile).items]
+        items = [s.item_id for s in self.pipeline.recommend(profile, weights=weights).items]
         kept = [i for i in items if i not in exclude]
-        self.tally["filtered_from_all"] += len(items) - len(kept)
+        if count:
+            self.tally["filtered_from_all"] += len(items) - len(kept)
         return kept
 
     # --- the report ----------------------------------------------------------------------
@@ -351,7 +468,7 @@ class _Run:
             if name == ALL:
                 variants[name][LAST_EMITTED] = self.last_emitted.result(seen)
         evaluated = self.accumulators[ALL].n
-        rankings = evaluated * len(self.variants)
+        rankings = evaluated * (len(self.variants) + len(self.extra))
         rank_s = sum(self.rank_seconds.values())
         timing: dict[str, float] = {
             "seconds": elapsed,
@@ -378,6 +495,9 @@ class _Run:
                 "half_life_days": self.settings.half_life_days,
                 "popularity_half_life_days": self.settings.popularity_half_life_days,
                 "diversity_basis": self.diversity_basis,
+                "encoder": self.encoder_version,
+                "weights": {f: getattr(self.weights, f) for f in ("cooc", "category", "trending", "content", "social",
+                                                                  "segment", "sentiment", "diversity", "recency")},
                 "items_seen": seen,
             },
             counts={**self.tally, "messages": self.messages, "users": len(self.store.profiles)},
