@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from scoring.evaluation import Label, ndcg, rank_of
-from stream_app.evaluate import VARIANTS, evaluate
+from stream_app.evaluate import VARIANTS, evaluate, open_text_encoder
 from stream_app.settings import Settings
 from stream_app.sources import SourceFormat, read_events
 
@@ -62,7 +62,8 @@ def run(data: Path, name: str, window: tuple[float, float]) -> tuple[dict[str, A
             by_history[variant][bucket].append(ndcg(rank_of(ranked[:K], label.item_id), K))
 
     settings = Settings(**TUNED[name])  # type: ignore[arg-type]
-    report = evaluate(events, settings, ks=(K,), variants=VARIANTS, dataset=name, window=window, trace=trace)
+    encoder = open_text_encoder("auto", settings)
+    report = evaluate(events, settings, ks=(K,), variants=VARIANTS, dataset=name, window=window, trace=trace, encoder=encoder)
     return report.to_json(), {v: dict(b) for v, b in by_history.items()}
 
 
@@ -104,7 +105,7 @@ def _plots(reports: dict[str, dict[str, Any]], hist: dict[str, dict[str, dict[st
     labels = [_bucket(lo) for lo, _ in BUCKETS]
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.5), sharey=False)
     for ax, n in zip(axes if len(names) > 1 else [axes], names, strict=True):
-        for variant in ("all", "popularity", "item_knn"):
+        for variant in ("all", "behaviour", "popularity", "item_knn"):
             series = hist[n].get(variant, {})
             ys = [sum(series[b]) / len(series[b]) if series.get(b) else math.nan for b in labels]
             ax.plot(labels, ys, marker="o", label=variant)

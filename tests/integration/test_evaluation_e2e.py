@@ -48,12 +48,12 @@ def _subset(data_dir: Path) -> tuple[list[Event], list[Event], list[Event]]:
     return items, people, ratings
 
 
-def _probes(ratings: list[Event]) -> list[Event]:
+def _probes(ratings: list[Event], value: str = "1") -> list[Event]:
     users = sorted({e.user_id for e in ratings if isinstance(e, Purchase)})
     last = max(e.ts for e in ratings)
     chosen = random.Random(5).sample(users, min(PROBES, len(users)))
     # An attribute no segment prior knows: the user's lists are ranked again, nothing else moves.
-    return [User(event_id=f"probe-{u}", ts=last, user_id=u, attributes={"probe": "1"}) for u in chosen]
+    return [User(event_id=f"probe{value}-{u}", ts=last, user_id=u, attributes={"probe": value}) for u in chosen]
 
 
 def _messages(settings: Settings) -> list[Recommendations]:
@@ -125,7 +125,7 @@ def test_broker_replay_equals_in_process_harness_and_two_workers_converge(
     # In process: the same events in the same order, then the probes.
     expected: list[Recommendations] = []
     report = evaluate(
-        [*items, *people, *ratings, *_probes(ratings)],
+        [*items, *people, *ratings, *_probes(ratings), *_probes(ratings, "2")],
         one,
         emit_interval_s=0.0,
         variants=("all", "popularity", "item_knn"),
@@ -135,12 +135,25 @@ def test_broker_replay_equals_in_process_harness_and_two_workers_converge(
     assert report.evaluated > 1000
 
     got = _run_workers(one, worker_factory, 1, subset)
+    after_restart = expected[len(got):]
+    expected = expected[: len(got)]
     assert len(got) == len(expected) == len(people) + len(ratings) + len(_probes(ratings))
     mismatches = [(g.user_id, g.profile_version) for g, e in zip(got, expected, strict=True) if _view(g) != _view(e)]
     assert not mismatches, f"{len(mismatches)} messages differ, first {mismatches[:5]}"
     ndcg_broker, n = _ndcg_last_emitted(got, people, ratings)
     ndcg_harness, _ = _ndcg_last_emitted(expected, people, ratings)
     assert n > 1000 and ndcg_broker == ndcg_harness
+
+    # Restarted, the worker rebuilds the shared state from the deltas topic: probed again, its
+    # lists are the harness's (same profiles from RocksDB, same popularity and co-occurrence).
+    again = worker_factory(one)
+    again.wait_ready()
+    again.wait_until(lambda m: metric_sum(m, "persona_shared_deltas_total") >= len(ratings), timeout=120)
+    publish(one, _probes(ratings, "2"))
+    wait_drained(one, [one.topic("user")], [again])
+    assert again.stop() == 0
+    restarted = _messages(one)[len(got):]
+    assert [_view(m) for m in restarted] == [_view(m) for m in after_restart]
 
     two = topic_factory(partitions=2, emit_interval_s=0.0)
     both = _run_workers(two, worker_factory, 2, subset)
