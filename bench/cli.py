@@ -33,13 +33,46 @@ def bench_stream(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
     events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
     profiles: Annotated[int, typer.Option(help="Users in the footprint run.")] = 100_000,
+    ranking: Annotated[bool, typer.Option(help="Also run the in-process `bench ranking` measures (needs MovieLens).")] = True,
+    rankings: Annotated[int, typer.Option(help="In-process rankings timed per ranker (0: skip).")] = 2_000,
+    eval_events: Annotated[int, typer.Option(help="MovieLens events the in-process evaluator replays (0: skip).")] = 30_000,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
 ) -> None:
-    """Events/s of one worker vs a trivial Faust agent and a bare consumer; RSS and disk per 100k profiles."""
-    from bench.stream import run
+    """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
+    from bench import ranking as ranking_bench
+    from bench.stream import render_rankers, run
 
-    report = run(bootstrap, _data_dir(), events, profiles)
+    data_dir = _data_dir()
+    report: dict[str, object] = run(bootstrap, data_dir, events, profiles)
+    console = Console()
     _print_report("persona bench stream", report)
+    render_rankers(report, console)
+    if ranking:
+        if (data_dir / ranking_bench.DATASET).is_dir():
+            inproc = ranking_bench.run(data_dir, rankings=rankings, eval_events=eval_events)
+            ranking_bench.render(inproc, console)
+            report["ranking"] = inproc
+        else:
+            console.print(f"in-process ranking skipped: no {data_dir / ranking_bench.DATASET}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+@app.command("ranking")
+def bench_ranking(
+    rankings: Annotated[int, typer.Option(help="Rankings timed per ranker, over a deterministic sample of users (0: skip).")] = 2_000,
+    eval_events: Annotated[int, typer.Option(help="MovieLens events the in-process evaluator replays (0: skip).")] = 30_000,
+    seed: Annotated[int, typer.Option(help="Seed of the user sample.")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """In process, no broker: p50/p99 of one Pipeline.recommend per ranker on MovieLens-100k; evaluator rankings/s (goal 2,000)."""
+    from bench import ranking as ranking_bench
+
+    data_dir = _data_dir()
+    if not (data_dir / ranking_bench.DATASET).is_dir():
+        raise typer.BadParameter(f"{data_dir / ranking_bench.DATASET} not found (set PERSONA_DATA_DIR)")
+    report = ranking_bench.run(data_dir, rankings=rankings, eval_events=eval_events, seed=seed)
+    ranking_bench.render(report, Console())
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
 

@@ -3,7 +3,21 @@ measured in the same run on the same topic and broker.
 
 * (a) a trivial Faust agent that only counts events: the framework's own ceiling;
 * (b) a bare confluent-kafka consumer draining the topic;
-* Persona: decode, idempotent profile update in RocksDB, coalesced scoring and emission.
+* Persona: decode, idempotent profile update in RocksDB, coalesced scoring and emission;
+  twice, on the same broker and the same events with the same settings but the ranker:
+  ``blend`` (the full ranker, the default) and ``baseline`` (category affinity x popularity).
+  Each ranker gets its own topic prefix, with the same events published to both before any
+  clock starts: the ``scoring.deltas`` topic is named from the prefix and every worker tails
+  it, so on a shared prefix the second worker would also fold in the first one's deltas. The
+  emit interval stays at the settings' default, so coalescing applies as in production; the
+  ratio blend/baseline is printed (goal :data:`GOAL_BLEND_VS_BASELINE`), with the
+  recommendations each worker emitted.
+
+The events are MovieLens-100k (movies with genres, users with attributes, ratings as
+purchases) when the data is there, else SYNTHETIC purchases with the same shape: a catalog of
+items with categories, users with attributes, and users who come back, mostly to their
+favourite categories and to popular items, so both rankers have history, co-occurrence and
+category affinity to work on.
 
 Then a footprint run: one purchase for each of ``--profiles`` synthetic users, and the
 worker's resident memory and on-disk state, scaled to bytes per 100k profiles.
@@ -13,18 +27,21 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer
+from rich.console import Console
 
-from state.events import Event, Item, Purchase, User
+from state.events import AttributeValue, Event, Item, Purchase, User
 from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
@@ -33,6 +50,8 @@ if TYPE_CHECKING:
     from deploy.workers import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
+#: events/s of the blend-ranker worker over the baseline-ranker worker (printed, not asserted)
+GOAL_BLEND_VS_BASELINE = 0.8
 
 
 @contextmanager
@@ -180,15 +199,17 @@ def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: 
     raise RuntimeError("worker did not finish in time")
 
 
-def persona_worker(settings: Settings, n: int, workdir: Path) -> tuple[float, int, int]:
-    """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes."""
-    from deploy.workers import WorkerProcess
+def persona_worker(settings: Settings, n: int, workdir: Path) -> tuple[float, int, int, int]:
+    """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
+    the recommendation messages it emitted (after coalescing)."""
+    from deploy.workers import WorkerProcess, metric_sum
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log")
     try:
         rate = drain_rate(worker, n, topic=settings.topic("purchase"))
         time.sleep(2.0)  # let the last commit and compaction settle
-        return rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir)
+        emitted = int(metric_sum(worker.metrics(), "persona_recommendations_emitted_total"))
+        return rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir), emitted
     finally:
         worker.stop()
 
@@ -204,6 +225,7 @@ def movielens_events(data_dir: Path, limit: int | None) -> tuple[list[Event], li
 
 
 def synthetic_profiles(n: int, items: int = 1000) -> tuple[list[Event], list[Event]]:
+    """The footprint run's events: one purchase for each of ``n`` users."""
     catalog: list[Event] = [
         Item(event_id=f"syn-i-{i}", ts=0.0, item_id=f"syn-i-{i}", categories=[f"syn-cat-{i % 20}"]) for i in range(items)
     ]
@@ -214,29 +236,89 @@ def synthetic_profiles(n: int, items: int = 1000) -> tuple[list[Event], list[Eve
     return catalog, behaviour
 
 
+def synthetic_purchases(
+    n: int, users: int = 2_000, items: int = 1_000, categories: int = 20, seed: int = 7
+) -> tuple[list[Event], list[Event]]:
+    """SYNTHETIC stand-in for MovieLens when it is absent: ``items`` items in ``categories``
+    categories (one or two each) with Zipf-like popularity, ``users`` users with attributes
+    and two favourite categories, and ``n`` purchases by users of log-normal activity (most
+    buy a little, a few a lot), 80% in a favourite category, one event-time minute apart. Deterministic."""
+    rng = random.Random(seed)
+    t0 = 1_700_000_000.0
+    cats: list[list[str]] = []
+    by_cat: list[list[int]] = [[] for _ in range(categories)]
+    for i in range(items):
+        first = i % categories
+        chosen = [first] if rng.random() < 0.5 else sorted({first, rng.randrange(categories)})
+        cats.append([f"syn-cat-{c}" for c in chosen])
+        for c in chosen:
+            by_cat[c].append(i)
+    # The r-th most popular item is drawn ~1/r as often; which item is r-th is shuffled.
+    order = list(range(items))
+    rng.shuffle(order)
+    pop = [0.0] * items
+    for r, i in enumerate(order, 1):
+        pop[i] = 1.0 / r
+    catalog: list[Event] = [
+        Item(event_id=f"syn-item-{i}", ts=t0, item_id=f"syn-i-{i}", title=f"Synthetic item {i}", categories=cats[i])
+        for i in range(items)
+    ]
+    cum_all = list(accumulate(pop[i] for i in order))
+    cum_by_cat = [list(accumulate(pop[i] for i in pool)) for pool in by_cat]
+    favourites = [(rng.randrange(categories), rng.randrange(categories)) for _ in range(users)]
+    for u in range(users):
+        attributes: dict[str, AttributeValue] = {"age": 18 + u % 57, "gender": "FM"[u % 2], "occupation": f"syn-job-{u % 12}"}
+        catalog.append(User(event_id=f"syn-user-{u}", ts=t0, user_id=f"syn-u-{u}", attributes=attributes))
+    # Log-normal activity, as in stream_app/sources/synthetic.py: most users buy a little, a few a lot.
+    activity = [rng.lognormvariate(0.0, 1.0) for _ in range(users)]
+    drawn = rng.choices(range(users), weights=activity, k=n)
+    behaviour: list[Event] = []
+    for e, u in enumerate(drawn):
+        c = rng.choice(favourites[u])
+        pool, cum = (by_cat[c], cum_by_cat[c]) if by_cat[c] and rng.random() < 0.8 else (order, cum_all)
+        item = rng.choices(pool, cum_weights=cum)[0]
+        behaviour.append(
+            Purchase(event_id=f"syn-b-{e}", ts=t0 + 60.0 * (e + 1), user_id=f"syn-u-{u}", item_id=f"syn-i-{item}")
+        )
+    return catalog, behaviour
+
+
 def run(bootstrap: str | None, data_dir: Path, events: int | None, profiles: int = 100_000) -> dict[str, Any]:
-    report: dict[str, Any] = {}
+    # Wall-clock figures: say how busy the machine was.
+    report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
         work = Path(tmp)
         tag = f"bench{int(time.time())}"
-        settings = _settings(bs, tag, work / "state")
+        # The same events for both rankers, each on its own topics (module docstring): only the
+        # ranker, the topic prefix, the consumer group, the state dir and the web port differ.
+        settings = _settings(bs, tag, work / "state", ranker="blend")
+        base_settings = _settings(bs, f"{tag}b", work / "state-baseline", ranker="baseline")
         ensure_topics(settings)
+        ensure_topics(base_settings)
         if (data_dir / "movielens-100k").is_dir():
             catalog, behaviour = movielens_events(data_dir, events)
             report["data"] = f"MovieLens-100k purchases ({len(behaviour)})"
         else:
-            catalog, behaviour = synthetic_profiles(events or 100_000)
+            catalog, behaviour = synthetic_purchases(events or 100_000)
             report["data"] = f"SYNTHETIC purchases ({len(behaviour)})"
-        publish(settings, catalog)
-        publish(settings, behaviour)
+        for target in (settings, base_settings):
+            publish(target, catalog)
+            publish(target, behaviour)
         n = len(behaviour)
         topic = settings.topic("purchase")
+        report["emit_interval_s"] = settings.emit_interval_s
         report["bare_consumer_eps"] = bare_consumer(settings, topic, n)
         report["trivial_faust_eps"] = trivial_agent(settings, topic, n, work)
-        rate, rss, disk = persona_worker(settings, n, work)
-        report["persona_eps"] = rate
+        rate, rss, disk, emitted = persona_worker(settings, n, work)
+        report["persona_eps"] = rate  # the blend ranker: the default, what production runs
+        report["persona_recommendations"] = emitted
         report["rss_bytes_small"] = rss  # the throughput run's few profiles: the fixed cost
         report["disk_bytes_small"] = disk
+        brate, _, _, bemitted = persona_worker(base_settings, n, work)
+        report["persona_baseline_eps"] = brate
+        report["persona_baseline_recommendations"] = bemitted
+        report["blend_vs_baseline"] = rate / brate
+        report["blend_vs_baseline_goal"] = GOAL_BLEND_VS_BASELINE
         report["persona_vs_trivial"] = rate / report["trivial_faust_eps"]
         report["persona_vs_bare"] = rate / report["bare_consumer_eps"]
         report["trivial_vs_bare"] = report["trivial_faust_eps"] / report["bare_consumer_eps"]
@@ -247,11 +329,26 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None, profiles: int
         fcat, fbeh = synthetic_profiles(profiles)
         publish(fsettings, fcat)
         publish(fsettings, fbeh)
-        frate, frss, fdisk = persona_worker(fsettings, len(fbeh), work)
+        frate, frss, fdisk, _ = persona_worker(fsettings, len(fbeh), work)
         scale = 100_000 / profiles
         report["footprint_profiles"] = profiles
         report["footprint_eps"] = frate
         report["rss_bytes_footprint_run"] = frss
         report["rss_bytes_per_100k_profiles"] = int(max(0, frss - rss) * scale)
         report["disk_bytes_per_100k_profiles"] = int(fdisk * scale)
+    report["load_1m_end"] = os.getloadavg()[0]
     return report
+
+
+def render_rankers(report: dict[str, Any], console: Console) -> None:
+    """The two workers side by side: events/s, messages emitted, and the ratio against its goal."""
+    from rich.table import Table
+
+    table = Table(title=f"one worker per ranker, same events ({report['data']}), emit interval {report['emit_interval_s']:g} s")
+    for col in ("ranker", "events/s", "recommendations emitted"):
+        table.add_column(col, justify="left" if col == "ranker" else "right")
+    table.add_row("blend (full)", f"{report['persona_eps']:,.0f}", f"{report['persona_recommendations']:,}")
+    table.add_row("baseline", f"{report['persona_baseline_eps']:,.0f}", f"{report['persona_baseline_recommendations']:,}")
+    console.print(table)
+    ratio, goal = report["blend_vs_baseline"], report["blend_vs_baseline_goal"]
+    console.print(f"events/s blend / baseline = {ratio:.3f} (goal >= {goal}: {'met' if ratio >= goal else 'NOT met'})")
