@@ -146,6 +146,25 @@ class ItemKNN:
         # added itself (a worker restarted with profiles whose history it never counted).
         return c / math.sqrt(max(self.count(a), 1) * max(self.count(b), 1)) if c else 0.0
 
+    def anchor(self, item_id: str, history: Sequence[str]) -> tuple[str, float] | None:
+        """The item of ``history`` most similar to ``item_id`` and that similarity (ties: the
+        larger id), or None when none co-occurs with it: the evidence of a collaborative reason,
+        read from the item's own row instead of one lookup pair per history item."""
+        r = self._index.get(item_id)
+        if r is None:
+            return None
+        pos, co, users = self._pos[r], self._co[r], self._users
+        best: tuple[float, str] | None = None
+        for h in history:
+            c = self._index.get(h)
+            p = pos.get(c) if c is not None else None
+            if p is None or c is None:
+                continue
+            key = (float(co[p]) / math.sqrt(max(users[r], 1.0) * max(users[c], 1.0)), h)
+            if best is None or key > best:
+                best = key
+        return None if best is None else (best[1], best[0])
+
     def neighbours(self, item_id: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` items most similar to ``item_id``, best first: ``(item, sim)``; equal
         similarities in a stable hash order (:func:`scoring.popularity.tie_hash`)."""

@@ -54,6 +54,11 @@ class Popularity:
         value, ref = self._values.get(item_id, (0.0, self.now))
         return weight_at(value, ref, self.now, self._hl)
 
+    def values(self, items: list[str]) -> list[float]:
+        """:meth:`value` of each of ``items`` (one call for a ranking's candidates)."""
+        values, now, hl, absent = self._values, self.now, self._hl, (0.0, self.now)
+        return [weight_at(*values.get(i, absent), now, hl) for i in items]
+
     def top(self, candidates: AbstractSet[str] | None, n: int, key: str = "*") -> list[tuple[float, str]]:
         """The ``n`` most popular of ``candidates`` (all items when None), best first."""
         return self.ranked(candidates, key)[:n]

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -91,12 +91,6 @@ def history(profile: Profile, n: int = HISTORY) -> list[str]:
     """The user's last ``n`` engaged items, oldest first (ties by id: a fixed order, not a rank)."""
     items = sorted(profile.purchased.items(), key=lambda kv: (kv[1], kv[0]))
     return [i for i, _ in items[-n:]]
-
-
-def _category_share(cats: Sequence[str], affinity: dict[str, float], total: float) -> float:
-    if not cats or total <= 0.0:
-        return 0.0
-    return sum(affinity.get(c, 0.0) for c in cats) / (total * len(cats))
 
 
 class _Exclude(Collection[str]):
@@ -158,7 +152,7 @@ def rank(
     segs = segments_of(profile.attributes) if weights.segment and profile.attributes else ()
     segment: dict[str, tuple[float, str]] = {}
     if segs:
-        segment = {i: (s, g) for i, s, g in shared.segments.top(segs, weights.pool, exclude=exclude, now=now)}
+        segment = {i: (s, g) for i, s, g in shared.segments.top(segs, weights.pool // 2, exclude=exclude, now=now, scan=2)}
         candidates.update(segment)
     # One popularity ranking serves both pools (one sorted list per cache refresh, not one
     # per category): the trending items, and the popular items of the strongest categories.
@@ -181,38 +175,47 @@ def rank(
     if not candidates:
         return []
 
-    best_cooc = max(cooc.values(), default=0.0) or 1.0
-    pops = {i: popularity.value(i) for i in candidates}
-    log_best = math.log1p(max(pops.values(), default=0.0)) or 1.0
-    content = shared.content.similarities(query, list(candidates), version=shared.content.version or "") if query is not None else {}
-    best_content = max(content.values(), default=0.0) or 1.0
-    best_social = max((s for s, _ in social.values()), default=0.0) or 1.0
-    best_segment = max((s for s, _ in segment.values()), default=0.0) or 1.0
-    negative = knn.score(disliked, candidates) if disliked else {}
-    cat_sentiment = _negative_categories(profile) if weights.sentiment else {}
+    # Features as one (7, candidates) array: a ranking scores a few hundred candidates, and
+    # one Python expression per feature (not per candidate and feature) is most of the speed.
+    items = list(candidates)
     w = weights
-    raw: list[tuple[float, str, tuple[float, ...]]] = []
-    for item, pop in pops.items():
-        cats = catalog.categories(item)
-        f = (
-            cooc.get(item, 0.0) / best_cooc,
-            _category_share(cats, affinity, total) if total > 0.0 else 0.0,
-            math.log1p(pop) / log_best,
-            max(0.0, content.get(item, 0.0)) / best_content,
-            social[item][0] / best_social if item in social else 0.0,
-            segment[item][0] / best_segment if item in segment else 0.0,
-            min(1.0, negative.get(item, 0.0) / best_cooc + (max(cat_sentiment.get(c, 0.0) for c in cats) if cats and cat_sentiment else 0)),
-        )
-        score = (
-            w.cooc * f[0] + w.category * f[1] + w.trending * f[2] + w.content * f[3] + w.social * f[4] + w.segment * f[5]
-            - w.sentiment * f[6]
-        )
-        raw.append((score, item, f))
+    cat_of = catalog.categories
+    cats = [cat_of(i) for i in items]
+    f = np.zeros((len(FEATURES), len(items)))
+    best_cooc = max(cooc.values(), default=0.0) or 1.0
+    if cooc:
+        f[0] = [cooc.get(i, 0.0) for i in items]
+        f[0] /= best_cooc
+    if total > 0.0 and w.category:
+        share = {c: v / total for c, v in affinity.items()}
+        f[1] = [sum([share.get(x, 0.0) for x in c]) / len(c) if c else 0.0 for c in cats]
+    f[2] = np.log1p(popularity.values(items))
+    f[2] /= f[2].max() or 1.0
+    content = shared.content.similarities(query, items, version=shared.content.version or "") if query is not None else {}
+    if content:
+        f[3] = np.maximum(0.0, [content.get(i, 0.0) for i in items])
+        f[3] /= f[3].max() or 1.0
+    if social:
+        f[4] = [social[i][0] if i in social else 0.0 for i in items]
+        f[4] /= f[4].max() or 1.0
+    if segment:
+        f[5] = [segment[i][0] if i in segment else 0.0 for i in items]
+        f[5] /= f[5].max() or 1.0
+    negative = knn.score(disliked, items) if disliked else {}
+    cat_sentiment = _negative_categories(profile) if w.sentiment else {}
+    if negative or cat_sentiment:
+        f[6] = [
+            negative.get(i, 0.0) / best_cooc + (max(cat_sentiment.get(x, 0.0) for x in c) if c and cat_sentiment else 0.0)
+            for i, c in zip(items, cats, strict=True)
+        ]
+        np.minimum(f[6], 1.0, out=f[6])
+    scores = np.array([w.cooc, w.category, w.trending, w.content, w.social, w.segment, -w.sentiment]) @ f
     # Only the head needs the per-user tie order: everything scoring at least the n-th best
     # (n = k, or MMR's pool of 4k) is ordered by (score, tie_key); the rest never shows.
     n = 4 * k if weights.diversity > 0.0 else k
-    floor = heapq.nlargest(n, (t[0] for t in raw))[-1]
-    scored = [(s, tie_key(user, i), i, f) for s, i, f in raw if s >= floor]
+    floor = float(np.partition(scores, len(items) - n)[len(items) - n]) if len(items) > n else -math.inf
+    head = np.flatnonzero(scores >= floor).tolist()
+    scored = [(float(scores[j]), tie_key(user, items[j]), items[j], tuple(f[:, j].tolist())) for j in head]
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
     chosen = _mmr(scored, catalog, k, weights.diversity) if weights.diversity > 0.0 else scored[:k]
     evidence = _Evidence(profile, recent, shared, catalog, affinity, total, social, segment, query)
@@ -305,9 +308,8 @@ class _Evidence:
         knn, recent = self.shared.knn, self.recent
         if not recent:
             return ""
-        anchor = max(recent[-10:], key=lambda h: (knn.similarity(h, item), h))
-        if knn.similarity(anchor, item) == 0.0:
-            anchor = max(recent, key=lambda h: (knn.similarity(h, item), h))
+        found = knn.anchor(item, recent[-10:]) or knn.anchor(item, recent)
+        anchor = found[0] if found is not None else recent[-1]
         return f"people who engaged with {self._title(anchor)} also engaged with this"
 
     def _category(self, item: str) -> str:

@@ -110,12 +110,15 @@ def describe(segment: str) -> str:
 class _Segment:
     """One segment: item -> (decayed value, its reference time), and a lazily rebuilt ranking."""
 
-    __slots__ = ("values", "ref", "dirty", "shares", "ranking")
+    __slots__ = ("values", "ref", "dirty", "shares", "ranking", "built", "changes", "version")
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[float, float]] = {}
         self.ref = -math.inf  # the latest event time in the segment
         self.dirty = True
+        self.built = -math.inf  # ``ref`` when shares and ranking were last rebuilt
+        self.changes = 0  # engagements since then
+        self.version = 0  # rebuilds so far: what cached merged rankings are checked against
         self.shares: dict[str, float] = {}
         #: ``(-share, tie_hash, item)``, ascending: best first; positive shares only.
         self.ranking: list[tuple[float, int, str]] = []
@@ -124,12 +127,19 @@ class _Segment:
 class SegmentPopularity:
     """Decayed popularity per (segment, item), read as shares of each segment (see the module docstring)."""
 
-    def __init__(self, half_life_days: float) -> None:
+    def __init__(self, half_life_days: float, refresh_s: float = 0.0) -> None:
         if not half_life_days > 0.0 or not math.isfinite(half_life_days):
             raise ValueError(f"half_life_days must be a positive number, got {half_life_days}")
         self._hl = half_life_days * SECONDS_PER_DAY
+        #: a changed segment's shares are rebuilt once its event time moved this far since the
+        #: last rebuild (0: at every read after a change). Event time, not the wall clock, so a
+        #: replay is reproducible; priors move slowly, and a rebuild is O(items in the segment).
+        self.refresh_s = refresh_s
         self._segments: dict[str, _Segment] = {}
         self._hashes: dict[str, int] = {}
+        #: segment set -> (the segments' versions, its merged ranking before exclusions, pool size):
+        #: users of the same age band, gender and occupation share one merge until a rebuild
+        self._merged: dict[tuple[str, ...], tuple[tuple[int, ...], list[tuple[str, float, str]], int]] = {}
 
     def __len__(self) -> int:
         """Segments known."""
@@ -149,6 +159,7 @@ class SegmentPopularity:
             seg.values[item] = (value + weight_at(weight, ts, ref, self._hl), ref)
             seg.ref = max(seg.ref, ts)
             seg.dirty = True
+            seg.changes += 1
         if item not in self._hashes:
             self._hashes[item] = tie_hash(item)
 
@@ -157,6 +168,10 @@ class SegmentPopularity:
         seg = self._segments.get(name)
         if seg is None or not seg.dirty:
             return seg
+        # Stale is fine for a while: until event time moved ``refresh_s`` or 5% of the segment
+        # changed (small segments, where one engagement matters, rebuild often).
+        if seg.ref - seg.built < self.refresh_s and seg.changes < 0.05 * len(seg.values):
+            return seg
         at, hl = seg.ref, self._hl
         decayed = {i: weight_at(v, ref, at, hl) for i, (v, ref) in seg.values.items()}
         total = math.fsum(decayed.values())
@@ -164,6 +179,9 @@ class SegmentPopularity:
         hashes = self._hashes
         seg.ranking = sorted((-s, hashes[i], i) for i, s in seg.shares.items() if s > 0.0)
         seg.dirty = False
+        seg.built = seg.ref
+        seg.changes = 0
+        seg.version += 1
         return seg
 
     def share(self, segment: str, item: str) -> float:
@@ -171,13 +189,17 @@ class SegmentPopularity:
         seg = self._fresh(segment)
         return 0.0 if seg is None else seg.shares.get(item, 0.0)
 
-    def top(self, segments: Sequence[str], k: int, *, exclude: Collection[str], now: float) -> list[tuple[str, float, str]]:
+    def top(
+        self, segments: Sequence[str], k: int, *, exclude: Collection[str], now: float, scan: int = SCAN_FACTOR
+    ) -> list[tuple[str, float, str]]:
         """The ``k`` items most popular in ``segments``, not in ``exclude``: ``(item, score, the
         segment whose share contributed most)``, best first; positive scores only, so the list
         may be shorter than ``k``. Empty ``segments`` (or ``k <= 0``) gives ``[]``.
 
-        Candidates are each segment's best ``SCAN_FACTOR x k`` items that are not excluded; each
-        candidate's score then sums its shares over all of ``segments``. An item outside every
+        Candidates are each segment's best ``scan x k`` items (merged once per segment set and
+        segment rebuild, then the user's exclusions skipped; when that leaves fewer than ``k``,
+        each segment's best ``scan x k`` items that are not excluded); each candidate's score
+        sums its shares over all of ``segments``. An item outside every
         segment's pool cannot make the list unless its shares across several segments add up
         past the pools' best. ``now`` does not change a share (see the module docstring); it is
         taken for symmetry with the other candidate sources.
@@ -187,7 +209,22 @@ class SegmentPopularity:
         if k <= 0 or not names:
             return []
         fresh = [(n, s) for n, s in ((n, self._fresh(n)) for n in names) if s is not None]
-        pool = SCAN_FACTOR * k
+        # The merge without exclusions, cached per segment set; a user's exclusions are then
+        # skipped in it. Only when they leave fewer than k is the exact merge computed.
+        key = tuple(names)
+        versions = tuple(s.version for _, s in fresh)
+        pool = scan * k
+        cached = self._merged.get(key)
+        if cached is None or cached[0] != versions or cached[2] < pool:
+            cached = (versions, self._merge(fresh, pool, ()), pool)
+            self._merged[key] = cached
+        out = [t for t in cached[1] if t[0] not in exclude][:k]
+        if len(out) == k or len(cached[1]) < pool:
+            return out
+        return self._merge(fresh, pool, exclude)[:k]
+
+    def _merge(self, fresh: list[tuple[str, _Segment]], pool: int, exclude: Collection[str]) -> list[tuple[str, float, str]]:
+        """Each segment's best ``pool`` items not in ``exclude``, scored over all the segments, best first."""
         candidates: set[str] = set()
         for _, seg in fresh:
             taken = 0
@@ -210,7 +247,7 @@ class SegmentPopularity:
             if total > 0.0:
                 keyed.append((-total, self._hashes[item], item, lead))
         keyed.sort()
-        return [(item, -score, lead) for score, _, item, lead in keyed[:k]]
+        return [(item, -score, lead) for score, _, item, lead in keyed]
 
     def score(self, segments: Sequence[str], items: Iterable[str], now: float) -> dict[str, float]:
         """The :meth:`top` score of each of ``items`` (0 for items, or segments, never seen)."""

@@ -91,7 +91,10 @@ class SharedState:
         self.popularity = popularity
         self.knn = knn if knn is not None else ItemKNN()
         self.content = ContentIndex()
-        self.segments = SegmentPopularity(half_life_days)
+        # Priors rebuilt once per event-time hour or 5% of a segment changed: they move slowly and
+        # a rebuild sorts the segment's items (on MovieLens, rebuilding per read was most of a
+        # ranking's cost).
+        self.segments = SegmentPopularity(half_life_days, refresh_s=3600.0)
         self.social = SocialGraph(half_life_days=half_life_days, recent=social_recent, fanout_cap=fanout_cap)
         #: source -> highest offset applied
         self.watermarks: dict[str, int] = {}
@@ -152,6 +155,7 @@ class SharedState:
             "items_popular": len(self.popularity),
             "items_cooc": len(self.knn),
             "items_content": len(self.content),
+            "follow_edges": self.social.edges(),
             "deltas_applied": self.applied,
             "deltas_skipped": self.skipped,
             "sources": len(self.watermarks),

@@ -104,6 +104,10 @@ class SocialGraph:
         if row is not None and row.pop(b, None) is not None and not row:
             del index[a]
 
+    def edges(self) -> int:
+        """Follow edges that are on now."""
+        return sum(len(row) for row in self._out.values())
+
     def is_following(self, follower: str, followee: str) -> bool:
         """Whether the edge is on now."""
         return followee in self._out.get(follower, {})

@@ -349,10 +349,13 @@ class _Run:
         started = time.perf_counter()
         bar = tqdm(total=n, unit="ev", disable=not progress, mininterval=0.5, desc="evaluate")
         for idx, event in enumerate(events):
+            if idx >= self.window[1]:
+                break  # nothing after the scored slice can change its figures
             self.position = idx
             self._step(event, events[idx + 1] if idx + 1 < n else None, offsets)
             bar.update(1)
         bar.close()
+        n = min(n, self.window[1])
         if self.emit_interval_s > 0:
             self.pipeline.flush_pending(all_users=True)
         elapsed = time.perf_counter() - started

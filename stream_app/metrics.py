@@ -136,3 +136,6 @@ SHARED_DELTAS = Counter(
 SHARED_ITEMS = Gauge(
     "persona_shared_items", "Items with popularity in this worker's shared scoring state.", registry=REGISTRY
 )
+FOLLOW_EDGES = Gauge(
+    "persona_follow_edges", "Follow edges on now in this worker's shared social graph (every worker's follows).", registry=REGISTRY
+)

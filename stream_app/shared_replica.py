@@ -56,6 +56,7 @@ class SharedReplica(TopicTail):
 
     def after_batch(self) -> None:
         metrics.SHARED_ITEMS.set(len(self.pipeline.shared.popularity))
+        metrics.FOLLOW_EDGES.set(self.pipeline.shared.social.edges())
 
     def on_ready(self) -> None:
         log.info("shared scoring replica ready: %s", dict(self.pipeline.shared.summary()))
