@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import numpy as np
@@ -191,6 +191,20 @@ def evaluate(
     return run.run(dataset, progress)
 
 
+def dimension_weights(weights: Weights, dims: tuple[str, ...]) -> Weights:
+    """Behaviour plus ``dims``: each at its weight in ``weights``, or, where that is 0 (the
+    dimension was switched off for this dataset), at the settings' default weight, so that the
+    variant still says what adding the dimension does."""
+    default = {d: float(Settings.model_fields[f"rank_{d}_weight"].default) for d in ("content", "social", "segment", "sentiment")}
+    chosen = weights.only(*dims)
+
+    def pick(d: str) -> float:
+        value: float = getattr(chosen, d)
+        return value or (default[d] if d in dims else 0.0)
+
+    return replace(chosen, content=pick("content"), social=pick("social"), segment=pick("segment"), sentiment=pick("sentiment"))
+
+
 def open_text_encoder(choice: str, settings: Settings) -> Any:
     """The evaluator's text encoder: ``none``; ``auto`` (the settings' registry when it has a
     CURRENT version, else the test models of ``make test-models``, else none); or a registry or
@@ -260,6 +274,7 @@ class _Run:
         self.vectors = vectors
         self.weights = settings.rank_weights()
         self.extra: dict[str, Weights] = {}
+        self.dimension_weights = {name: dimension_weights(self.weights, dims) for name, dims in DIMENSIONS.items()}
         #: sees every message the pipeline emits, in order (the end-to-end agreement test)
         self.on_message: Callable[[bytes, bytes], None] | None = None
         self.pipeline = Pipeline.from_settings(
@@ -430,7 +445,7 @@ class _Run:
             if variant == ALL:
                 lists[ALL] = self._fresh(user, exclude)
             elif variant in DIMENSIONS:
-                lists[variant] = self._fresh(user, exclude, self.weights.only(*DIMENSIONS[variant]), count=False)
+                lists[variant] = self._fresh(user, exclude, self.dimension_weights[variant], count=False)
             elif variant == "popularity":
                 lists[variant] = [i for i, _ in self.counts.top(user, k, exclude)]
             elif variant == "decayed_popularity":

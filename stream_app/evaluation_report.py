@@ -33,11 +33,17 @@ DATASETS: dict[str, tuple[SourceFormat, str]] = {
 #: The ranker settings chosen on the validation slice (see docs/EVALUATION.md, "Tuning").
 TUNED: dict[str, dict[str, float]] = {
     "Musical Instruments": {"rank_cooc_weight": 1.0, "rank_category_weight": 0.0, "rank_trending_weight": 2.0,
-                            "rank_recency": 0.9, "popularity_half_life_days": 365.0},
+                            "rank_recency": 0.9, "popularity_half_life_days": 365.0,
+                            "rank_content_weight": 0.3, "rank_sentiment_weight": 0.1, "rank_social_weight": 0.0,
+                            "rank_segment_weight": 0.0},
     "MovieLens-100k": {"rank_cooc_weight": 1.0, "rank_category_weight": 0.3, "rank_trending_weight": 0.2,
-                       "rank_recency": 0.8, "popularity_half_life_days": 14.0},
+                       "rank_recency": 0.8, "popularity_half_life_days": 14.0,
+                       "rank_content_weight": 0.0, "rank_sentiment_weight": 0.0, "rank_social_weight": 0.0,
+                       "rank_segment_weight": 0.05},
     "CiaoDVD": {"rank_cooc_weight": 1.0, "rank_category_weight": 0.3, "rank_trending_weight": 3.0,
-                "rank_recency": 0.8, "popularity_half_life_days": 14.0},
+                "rank_recency": 0.8, "popularity_half_life_days": 14.0,
+                "rank_content_weight": 0.0, "rank_sentiment_weight": 0.0, "rank_social_weight": 0.1,
+                "rank_segment_weight": 0.0},
 }
 #: History-length buckets (distinct items before the positive) for the second plot.
 BUCKETS = ((1, 2), (3, 5), (6, 10), (11, 25), (26, 50), (51, 10**9))

@@ -114,12 +114,12 @@ class Settings(BaseSettings):
     rank_content_weight: float = Field(
         0.3, ge=0, description="Ranker weight of the content feature: cosine of the user's interest vector and the item's text vector."
     )
-    rank_social_weight: float = Field(0.2, ge=0, description="Ranker weight of what the people a user follows engaged with.")
+    rank_social_weight: float = Field(0.1, ge=0, description="Ranker weight of what the people a user follows engaged with.")
     rank_segment_weight: float = Field(
-        0.1, ge=0, description="Ranker weight of what users of the same attribute segments (age band, occupation, ...) engage with."
+        0.05, ge=0, description="Ranker weight of what users of the same attribute segments (age band, occupation, ...) engage with."
     )
     rank_sentiment_weight: float = Field(
-        0.3, ge=0, description="Ranker demotion of items close to what the user reviewed badly (subtracted)."
+        0.1, ge=0, description="Ranker demotion of items close to what the user reviewed badly (subtracted)."
     )
     exclude_clicked: bool = Field(False, description="Never recommend an item the user clicked (purchased items never are).")
     social_fanout: int = Field(
