@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from scoring.baseline import Scored, tie_key
+from scoring.popularity import tie_hash
 from scoring.segments import segments_of
 from scoring.shared import SharedState
 from state.catalog import Catalog
@@ -48,6 +49,8 @@ from state.profile import Params, Profile
 
 #: How many recent items a user's collaborative score sums over.
 HISTORY = 50
+#: Catalog items taken past k when filling a short list, so the per-user tie order picks among them.
+TIE_FILL = 20
 #: The features, in the order of a candidate's feature tuple.
 FEATURES = ("cooc", "category", "trending", "content", "social", "segment", "negative")
 
@@ -154,24 +157,33 @@ def rank(
     if segs:
         segment = {i: (s, g) for i, s, g in shared.segments.top(segs, weights.pool // 2, exclude=exclude, now=now, scan=2)}
         candidates.update(segment)
-    # One popularity ranking serves both pools (one sorted list per cache refresh, not one
-    # per category): the trending items, and the popular items of the strongest categories.
-    ranked = popularity.ranked(None, key="all")
-    candidates.update(i for _, i in _unseen_top(ranked, exclude, max(weights.pool // 2, k)))
+    # One popularity order serves both pools (kept incrementally by Popularity.order, not
+    # re-sorted per ranking): the trending items, and the popular items of the strongest categories.
+    order = popularity.order()
+    wanted = max(weights.pool // 2, k)
+    for _, _, item in order:
+        if wanted <= 0:
+            break
+        if item not in exclude:
+            candidates.add(item)
+            wanted -= 1
     if weights.category and total > 0.0:
         strongest = {c for c, _ in heapq.nlargest(5, affinity.items(), key=lambda kv: (kv[1], kv[0]))}
         wanted = weights.pool
         # Bounded scan: a user's strongest categories may be rare among popular items (CiaoDVD
         # has 16k films); scanning the whole catalog per ranking dominated its cost.
-        for _, item in ranked[: 20 * weights.pool]:
+        for _, _, item in order[: 20 * weights.pool]:
             if wanted <= 0:
                 break
             if item not in exclude and not strongest.isdisjoint(catalog.categories(item)):
                 candidates.add(item)
                 wanted -= 1
-    if len(candidates) < k:  # a tiny or empty history: fill from the catalog
-        for _, item in _unseen_top(popularity.ranked(catalog.ids(), key="catalog"), exclude, k):
-            candidates.add(item)
+    if len(candidates) < k:  # nothing popular yet (a stream's first events): fill from the catalog
+        for item in _catalog_order(shared, catalog):
+            if len(candidates) >= k + TIE_FILL:
+                break
+            if item not in exclude:
+                candidates.add(item)
     if not candidates:
         return []
 
@@ -222,19 +234,20 @@ def rank(
     return [Scored(item_id=item, score=round(score, 6), reasons=evidence.reasons(item, f, weights)) for score, _, item, f in chosen]
 
 
+def _catalog_order(shared: SharedState, catalog: Catalog) -> list[str]:
+    """The catalog in a stable hash order, cached until the catalog's id set changes. The items
+    taken from it all score 0, so the final per-user tie order decides among them."""
+    ids = catalog.ids()
+    cached = shared.cache.get("catalog_order")
+    if cached is None or cached[0] is not ids:
+        cached = (ids, sorted(ids, key=lambda i: (tie_hash(i), i)))
+        shared.cache["catalog_order"] = cached
+    return cached[1]
+
+
 def _negative_categories(profile: Profile) -> dict[str, float]:
     """Category -> how negative the user's mean sentiment on it is (0 when not negative)."""
     return {c: -m for c, m in sentiment_means(profile.sentiment).items() if m < 0.0 and c != "*"}
-
-
-def _unseen_top(ranked: list[tuple[float, str]], exclude: Collection[str], n: int) -> list[tuple[float, str]]:
-    out: list[tuple[float, str]] = []
-    for entry in ranked:
-        if entry[1] not in exclude:
-            out.append(entry)
-            if len(out) >= n:
-                break
-    return out
 
 
 def _jaccard(a: tuple[str, ...], b: tuple[str, ...]) -> float:

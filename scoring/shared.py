@@ -23,6 +23,7 @@ last bits of a decayed sum. Event time only: nothing here reads a clock.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -105,6 +106,8 @@ class SharedState:
         self._catalog_text: set[str] = set()
         self.applied = 0
         self.skipped = 0
+        #: derived data the ranker keeps between rankings (e.g. the catalog's fill order)
+        self.cache: dict[str, Any] = {}
 
     def seen(self, delta: Delta) -> bool:
         return delta.offset <= self.watermarks.get(delta.source, -1)

@@ -377,3 +377,27 @@ def test_popularity_ties_are_not_in_id_order() -> None:
     ids = [i for _, i in pop.ranked(None)]
     assert sorted(ids) == [f"i{j:02d}" for j in range(10)] and ids != sorted(ids)
     assert ids == [i for _, i in build_popularity({f"i{j:02d}": 1 for j in reversed(range(10))}).ranked(None)]
+
+
+def test_popularity_order_is_kept_incrementally_and_equals_a_full_sort() -> None:
+    """Popularity.order moves only the items added to; at every step it must equal sorting all
+    items by their value decayed to now (out-of-order event times included)."""
+    import random
+
+    from scoring.popularity import Popularity, tie_hash
+
+    rng = random.Random(9)
+    pop = Popularity(3.0)
+    ts = 1_700_000_000.0
+    for step in range(600):
+        ts += rng.choice([0.0, 600.0, 86_400.0])
+        pop.add(f"i{rng.randrange(80)}", rng.choice([1.0, 2.0, 3.0]), ts - rng.choice([0.0, 0.0, 3 * 86_400.0]))
+        if step % 25 == 0:
+            items = [i for _, _, i in pop.order()]
+            values = {i: pop.value(i) for i in items}
+            # Equal up to float noise in the values: compare orders where values differ clearly.
+            for a, b in zip(items, items[1:], strict=False):
+                assert values[a] >= values[b] * (1 - 1e-9), (a, b, values[a], values[b])
+                if abs(values[a] - values[b]) <= 1e-12 * max(values[a], 1e-300):
+                    assert (tie_hash(a), a) <= (tie_hash(b), b)
+            assert set(items) == {i for i in (f"i{n}" for n in range(80)) if pop.value(i) > 0}
