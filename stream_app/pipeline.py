@@ -322,7 +322,9 @@ class Pipeline:
     def _fan_out(self, delta: Delta, record_ts: float | None) -> None:
         """Someone engaged: the lists of their followers whose profiles live here are stale
         (their social candidates moved). Offered to the coalescer like an own event, capped."""
-        if delta.kind != ENGAGE or not self.social_fanout or not self.weights.social or self.ranker != "blend":
+        # First engagements only: a review of an item the followee already bought adds little
+        # to the followers' social candidates and would double the fan-out of Amazon-style data.
+        if delta.kind != ENGAGE or not delta.first or not self.social_fanout or not self.weights.social or self.ranker != "blend":
             return
         followers = self.shared.social.followers_of(delta.user)
         if not followers:

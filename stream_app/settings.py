@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     )
     exclude_clicked: bool = Field(False, description="Never recommend an item the user clicked (purchased items never are).")
     social_fanout: int = Field(
-        100, ge=0, description="When a user engages, refresh the lists of at most this many of their followers (0: none)."
+        20, ge=0, description="When a user engages, refresh the lists of at most this many of their followers (0: none)."
     )
     rank_recency: float = Field(
         0.8, gt=0, le=1, description="Weight of the n-th most recent history item in the co-occurrence score: recency**n."
