@@ -189,7 +189,10 @@ def rank(
 
     # Features as one (7, candidates) array: a ranking scores a few hundred candidates, and
     # one Python expression per feature (not per candidate and feature) is most of the speed.
-    items = list(candidates)
+    # Sorted, not set order: string hashing is salted per process, and a vectorised sum may round
+    # an element differently at a different position, so the same candidates in another order
+    # could score a last bit apart in another process (the worker vs the in-process harness).
+    items = sorted(candidates)
     w = weights
     cat_of = catalog.categories
     cats = [cat_of(i) for i in items]

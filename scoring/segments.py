@@ -12,12 +12,13 @@ rather than raw values means a big segment (``gender=m``: 670 of MovieLens's 943
 drown a small one (``occupation=doctor``: 7 users) in the sum. Every value in a segment decays at
 the same rate, so a share does not change with the time it is read at: it is computed at the
 segment's latest event time (which also keeps far-future reads from underflowing to 0/0), and a
-segment's ranking stays valid until an event lands in it. Equal scores go by
+segment's order changes only for the items an event lands on (kept incrementally). Equal scores go by
 :func:`scoring.popularity.tie_hash`, then the id. Pure: event time only, no wall clock.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
@@ -39,6 +40,7 @@ AGE_BANDS: tuple[tuple[int, str], ...] = (
 #: codes and ids are nearly unique per user (MovieLens has 795 zip codes for 943 users), so their
 #: segments would hold a user or two and say nothing about anybody else.
 IGNORED: frozenset[str] = frozenset({"zip", "zipcode", "postcode", "postalcode", "id", "userid"})
+_LN2 = math.log(2.0)
 #: Candidates read from each segment's ranking per requested item (see :meth:`SegmentPopularity.top`).
 SCAN_FACTOR = 20
 
@@ -108,38 +110,38 @@ def describe(segment: str) -> str:
 
 
 class _Segment:
-    """One segment: item -> (decayed value, its reference time), and a lazily rebuilt ranking."""
+    """One segment: item -> (decayed value, its reference time), the decayed total, and the
+    items' order kept incrementally (as :meth:`scoring.popularity.Popularity.order`)."""
 
-    __slots__ = ("values", "ref", "dirty", "shares", "ranking", "built", "changes", "version")
+    __slots__ = ("values", "ref", "total", "total_ref", "keys", "order", "moved")
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[float, float]] = {}
         self.ref = -math.inf  # the latest event time in the segment
-        self.dirty = True
-        self.built = -math.inf  # ``ref`` when shares and ranking were last rebuilt
-        self.changes = 0  # engagements since then
-        self.version = 0  # rebuilds so far: what cached merged rankings are checked against
-        self.shares: dict[str, float] = {}
-        #: ``(-share, tie_hash, item)``, ascending: best first; positive shares only.
-        self.ranking: list[tuple[float, int, str]] = []
+        #: the decayed sum of every value, at ``total_ref``
+        self.total = 0.0
+        self.total_ref = -math.inf
+        #: item -> ln(value) + ref * ln 2 / half-life: ordering by it is ordering by value at any time
+        self.keys: dict[str, float] = {}
+        #: ``(-key, tie_hash, item)``, ascending: best first
+        self.order: list[tuple[float, int, str]] = []
+        #: item -> its key when the order was last brought up to date (None: not in it yet)
+        self.moved: dict[str, float | None] = {}
 
 
 class SegmentPopularity:
-    """Decayed popularity per (segment, item), read as shares of each segment (see the module docstring)."""
+    """Decayed popularity per (segment, item), read as shares of each segment (see the module docstring).
 
-    def __init__(self, half_life_days: float, refresh_s: float = 0.0) -> None:
+    Exact at every read and independent of when reads happen: a cache refreshed by reads made
+    the state depend on the read pattern, so a worker that rebuilt it from the deltas topic
+    after a restart ranked differently from one that had ranked all along."""
+
+    def __init__(self, half_life_days: float) -> None:
         if not half_life_days > 0.0 or not math.isfinite(half_life_days):
             raise ValueError(f"half_life_days must be a positive number, got {half_life_days}")
         self._hl = half_life_days * SECONDS_PER_DAY
-        #: a changed segment's shares are rebuilt once its event time moved this far since the
-        #: last rebuild (0: at every read after a change). Event time, not the wall clock, so a
-        #: replay is reproducible; priors move slowly, and a rebuild is O(items in the segment).
-        self.refresh_s = refresh_s
         self._segments: dict[str, _Segment] = {}
         self._hashes: dict[str, int] = {}
-        #: segment set -> (the segments' versions, its merged ranking before exclusions, pool size):
-        #: users of the same age band, gender and occupation share one merge until a rebuild
-        self._merged: dict[tuple[str, ...], tuple[tuple[int, ...], list[tuple[str, float, str]], int]] = {}
 
     def __len__(self) -> int:
         """Segments known."""
@@ -149,45 +151,55 @@ class SegmentPopularity:
         """One engagement with ``item`` of weight ``weight`` at event time ``ts`` by a user in
         ``segments`` (repeats counted once): each segment's value for the item grows by it,
         decayed by event time."""
+        hl = self._hl
         for name in dict.fromkeys(segments):
             seg = self._segments.get(name)
             if seg is None:
                 seg = self._segments[name] = _Segment()
             value, ref = seg.values.get(item, (0.0, ts))
             if ts > ref:
-                value, ref = value * factor(ts - ref, self._hl), ts
-            seg.values[item] = (value + weight_at(weight, ts, ref, self._hl), ref)
+                value, ref = value * factor(ts - ref, hl), ts
+            add = weight_at(weight, ts, ref, hl)
+            new = value + add
+            seg.values[item] = (new, ref)
             seg.ref = max(seg.ref, ts)
-            seg.dirty = True
-            seg.changes += 1
+            if seg.total_ref == -math.inf:
+                seg.total, seg.total_ref = 0.0, ts
+            if ts > seg.total_ref:
+                seg.total, seg.total_ref = seg.total * factor(ts - seg.total_ref, hl), ts
+            seg.total += weight_at(weight, ts, seg.total_ref, hl)
+            if new > 0.0:
+                if item not in seg.moved:
+                    seg.moved[item] = seg.keys.get(item)
+                seg.keys[item] = math.log(new) + ref * _LN2 / hl
         if item not in self._hashes:
             self._hashes[item] = tie_hash(item)
 
     def _fresh(self, name: str) -> _Segment | None:
-        """The segment with its shares and ranking up to date (rebuilt only after a change)."""
+        """The segment with its order up to date (only the items added to since the last read move)."""
         seg = self._segments.get(name)
-        if seg is None or not seg.dirty:
+        if seg is None or not seg.moved:
             return seg
-        # Stale is fine for a while: until event time moved ``refresh_s`` or 5% of the segment
-        # changed (small segments, where one engagement matters, rebuild often).
-        if seg.ref - seg.built < self.refresh_s and seg.changes < 0.05 * len(seg.values):
-            return seg
-        at, hl = seg.ref, self._hl
-        decayed = {i: weight_at(v, ref, at, hl) for i, (v, ref) in seg.values.items()}
-        total = math.fsum(decayed.values())
-        seg.shares = {i: v / total for i, v in decayed.items()} if total > 0.0 else {}
-        hashes = self._hashes
-        seg.ranking = sorted((-s, hashes[i], i) for i, s in seg.shares.items() if s > 0.0)
-        seg.dirty = False
-        seg.built = seg.ref
-        seg.changes = 0
-        seg.version += 1
+        order, hashes = seg.order, self._hashes
+        for item, old in seg.moved.items():
+            h = hashes[item]
+            if old is not None:
+                del order[bisect.bisect_left(order, (-old, h, item))]
+            bisect.insort(order, (-seg.keys[item], h, item))
+        seg.moved.clear()
         return seg
+
+    def _share(self, seg: _Segment, item: str) -> float:
+        entry = seg.values.get(item)
+        if entry is None or seg.total <= 0.0:
+            return 0.0
+        at, hl = seg.ref, self._hl
+        return weight_at(entry[0], entry[1], at, hl) / weight_at(seg.total, seg.total_ref, at, hl)
 
     def share(self, segment: str, item: str) -> float:
         """``share_segment(item)`` (0 for an unknown segment or item)."""
-        seg = self._fresh(segment)
-        return 0.0 if seg is None else seg.shares.get(item, 0.0)
+        seg = self._segments.get(segment)
+        return 0.0 if seg is None else self._share(seg, item)
 
     def top(
         self, segments: Sequence[str], k: int, *, exclude: Collection[str], now: float, scan: int = SCAN_FACTOR
@@ -196,10 +208,8 @@ class SegmentPopularity:
         segment whose share contributed most)``, best first; positive scores only, so the list
         may be shorter than ``k``. Empty ``segments`` (or ``k <= 0``) gives ``[]``.
 
-        Candidates are each segment's best ``scan x k`` items (merged once per segment set and
-        segment rebuild, then the user's exclusions skipped; when that leaves fewer than ``k``,
-        each segment's best ``scan x k`` items that are not excluded); each candidate's score
-        sums its shares over all of ``segments``. An item outside every
+        Candidates are each segment's best ``scan x k`` items that are not excluded; each
+        candidate's score then sums its shares over all of ``segments``. An item outside every
         segment's pool cannot make the list unless its shares across several segments add up
         past the pools' best. ``now`` does not change a share (see the module docstring); it is
         taken for symmetry with the other candidate sources.
@@ -209,26 +219,11 @@ class SegmentPopularity:
         if k <= 0 or not names:
             return []
         fresh = [(n, s) for n, s in ((n, self._fresh(n)) for n in names) if s is not None]
-        # The merge without exclusions, cached per segment set; a user's exclusions are then
-        # skipped in it. Only when they leave fewer than k is the exact merge computed.
-        key = tuple(names)
-        versions = tuple(s.version for _, s in fresh)
         pool = scan * k
-        cached = self._merged.get(key)
-        if cached is None or cached[0] != versions or cached[2] < pool:
-            cached = (versions, self._merge(fresh, pool, ()), pool)
-            self._merged[key] = cached
-        out = [t for t in cached[1] if t[0] not in exclude][:k]
-        if len(out) == k or len(cached[1]) < pool:
-            return out
-        return self._merge(fresh, pool, exclude)[:k]
-
-    def _merge(self, fresh: list[tuple[str, _Segment]], pool: int, exclude: Collection[str]) -> list[tuple[str, float, str]]:
-        """Each segment's best ``pool`` items not in ``exclude``, scored over all the segments, best first."""
         candidates: set[str] = set()
         for _, seg in fresh:
             taken = 0
-            for _, _, item in seg.ranking:
+            for _, _, item in seg.order:
                 if taken >= pool:
                     break
                 if item in exclude:
@@ -236,24 +231,24 @@ class SegmentPopularity:
                 candidates.add(item)
                 taken += 1
         keyed: list[tuple[float, int, str, str]] = []
-        for item in candidates:
+        for item in sorted(candidates):
             total = 0.0
             lead, lead_share = "", -math.inf
             for name, seg in fresh:
-                s = seg.shares.get(item, 0.0)
+                s = self._share(seg, item)
                 total += s
                 if s > lead_share:  # names ascend: the first of equal shares (smallest id) stays
                     lead, lead_share = name, s
             if total > 0.0:
                 keyed.append((-total, self._hashes[item], item, lead))
         keyed.sort()
-        return [(item, -score, lead) for score, _, item, lead in keyed]
+        return [(item, -score, lead) for score, _, item, lead in keyed[:k]]
 
     def score(self, segments: Sequence[str], items: Iterable[str], now: float) -> dict[str, float]:
         """The :meth:`top` score of each of ``items`` (0 for items, or segments, never seen)."""
         del now
-        fresh = [s for s in (self._fresh(n) for n in sorted(set(segments))) if s is not None]
-        return {item: sum((seg.shares.get(item, 0.0) for seg in fresh), 0.0) for item in items}
+        fresh = [s for s in (self._segments.get(n) for n in sorted(set(segments))) if s is not None]
+        return {item: sum((self._share(seg, item) for seg in fresh), 0.0) for item in items}
 
     def describe(self, segment: str) -> str:
         """Human text for a segment key (:func:`describe`)."""

@@ -92,10 +92,7 @@ class SharedState:
         self.popularity = popularity
         self.knn = knn if knn is not None else ItemKNN()
         self.content = ContentIndex()
-        # Priors rebuilt once per event-time hour or 5% of a segment changed: they move slowly and
-        # a rebuild sorts the segment's items (on MovieLens, rebuilding per read was most of a
-        # ranking's cost).
-        self.segments = SegmentPopularity(half_life_days, refresh_s=3600.0)
+        self.segments = SegmentPopularity(half_life_days)
         self.social = SocialGraph(half_life_days=half_life_days, recent=social_recent, fanout_cap=fanout_cap)
         #: source -> highest offset applied
         self.watermarks: dict[str, int] = {}
