@@ -37,7 +37,6 @@ class SharedReplica(TopicTail):
     def __init__(self, settings: Settings, topic: str, partitions: int, pipeline: Pipeline) -> None:
         super().__init__(settings, topic, partitions)
         self.pipeline = pipeline
-        self.applied = 0
 
     def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         if value is None:
@@ -49,7 +48,6 @@ class SharedReplica(TopicTail):
             log.error("unreadable scoring delta at key %r: %s", key, exc)
             return
         if self.pipeline.apply_delta(delta):
-            self.applied += 1
             metrics.SHARED_DELTAS.labels("replicated").inc()
         else:
             metrics.SHARED_DELTAS.labels("known").inc()
