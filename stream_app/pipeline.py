@@ -130,6 +130,7 @@ class Pipeline:
         weights: Weights = DEFAULT_WEIGHTS,
         publish: Publish | None = None,
         social_fanout: int = 100,
+        cooc_neighbours: int = 0,
     ) -> None:
         self.params = params
         #: "blend": scoring.ranker over collaborative, category and trending candidates;
@@ -138,7 +139,10 @@ class Pipeline:
         self.weights = weights
         #: global scoring knowledge, the same on every worker (module docstring)
         self.shared = SharedState(
-            popularity=Popularity(popularity_half_life_days), half_life_days=popularity_half_life_days, fanout_cap=max(social_fanout, 1)
+            popularity=Popularity(popularity_half_life_days),
+            knn=ItemKNN(max_neighbours=cooc_neighbours),
+            half_life_days=popularity_half_life_days,
+            fanout_cap=max(social_fanout, 1),
         )
         self.store = store
         self.catalog = catalog
@@ -185,6 +189,7 @@ class Pipeline:
             ranker=settings.ranker,
             weights=settings.rank_weights(),
             social_fanout=settings.social_fanout,
+            cooc_neighbours=settings.cooc_neighbours,
             publish=publish,
             monotonic=monotonic,
             wall=wall,

@@ -345,6 +345,54 @@ def test_item_knn_ties_follow_the_user_hash() -> None:
     assert knn.recommend("u", 1)[0][0] == got[0]
 
 
+def test_item_knn_bounded_rows_match_a_reference_that_cuts_by_count() -> None:
+    """``max_neighbours=N``: a row reaching 2N entries keeps its N largest counts (ties by the
+    stable hash); recomputed here with plain dicts, increment by increment."""
+    from scoring.popularity import tie_hash
+
+    rng = random.Random(3)
+    window, bound = 6, 4
+    stream = [(f"u{rng.randrange(40)}", f"i{min(rng.randrange(60), rng.randrange(60))}") for _ in range(1500)]
+    knn = ItemKNN(window, max_neighbours=bound)
+    rows: dict[str, dict[str, int]] = {}
+    histories: dict[str, list[str]] = {}
+
+    def inc(a: str, b: str) -> None:
+        row = rows.setdefault(a, {})
+        if b not in row and len(row) >= 2 * bound:
+            kept = sorted(row, key=lambda x: (-row[x], tie_hash(x), x))[:bound]
+            rows[a] = row = {x: row[x] for x in row if x in kept}
+        row[b] = row.get(b, 0) + 1
+
+    for user, item in stream:
+        h = histories.setdefault(user, [])
+        if item in h:
+            continue
+        knn.observe(user, item)
+        for other in h[-window:]:
+            inc(other, item)
+            inc(item, other)
+        h.append(item)
+    assert knn.cuts > 0
+    for a, row in rows.items():
+        assert knn.neighbour_count(a) == len(row) <= 2 * bound
+        for b, c in row.items():
+            assert knn.cooccurrence(a, b) == c, (a, b)
+
+
+@pytest.mark.parametrize("bound", [0, 3])
+def test_item_knn_bound_keeps_every_count_below_it(bound: int) -> None:
+    knn, full = ItemKNN(max_neighbours=bound), ItemKNN()
+    for k in (knn, full):
+        for user in range(5):
+            for item in ("a", "b", "c"):
+                k.observe(f"u{user}", item)
+    assert knn.cuts == 0
+    assert all(knn.cooccurrence(a, b) == full.cooccurrence(a, b) for a in "abc" for b in "abc")
+    with pytest.raises(ValueError):
+        ItemKNN(max_neighbours=-1)
+
+
 @pytest.mark.parametrize("window", [0, -1])
 def test_item_knn_window_must_be_positive(window: int) -> None:
     with pytest.raises(ValueError):
