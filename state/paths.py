@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 #: The encoder registry (versions + CURRENT).
 DEFAULT_MODEL_REGISTRY = REPO_ROOT / "models" / "encoder"
+#: The trained-ranker registry (versions + CURRENT), written by `persona train`.
+DEFAULT_RANKER_REGISTRY = REPO_ROOT / "models" / "ranker"
 #: The worker's RocksDB state.
 DEFAULT_STATE_DIR = REPO_ROOT / "var" / "persona"
 #: The fp32 + int8 test encoders `make test-models` exports.

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from scoring.ranker import Weights
 from state.errors import ConfigError
 from state.events import EventKind
-from state.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_REGISTRY, DEFAULT_STATE_DIR, REPO_ROOT
+from state.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_REGISTRY, DEFAULT_RANKER_REGISTRY, DEFAULT_STATE_DIR, REPO_ROOT
 from state.profile import EVENT_WEIGHTS, RATING_WEIGHTS, Params
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     social_fanout: int = Field(
         20, ge=0, description="When a user engages, refresh the lists of at most this many of their followers (0: none)."
     )
+    cooc_neighbours: int = Field(
+        500,
+        ge=0,
+        description="Co-occurrence neighbours kept per item: a row reaching twice this is cut to its largest counts (0: unbounded).",
+    )
     rank_recency: float = Field(
         0.8, gt=0, le=1, description="Weight of the n-th most recent history item in the co-occurrence score: recency**n."
     )
@@ -146,6 +151,11 @@ class Settings(BaseSettings):
         DEFAULT_MODEL_REGISTRY,
         description="Encoder registry folder (versions + CURRENT); reviews get no text "
         "vectors while it has no CURRENT.",
+    )
+    ranker_registry: Path = Field(
+        DEFAULT_RANKER_REGISTRY,
+        description="Trained-ranker registry folder (versions + CURRENT, written by `persona train`); "
+        "the hand-set weights rank while it has no CURRENT.",
     )
     model_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where encoders run: CUDA when available (auto), or forced."
