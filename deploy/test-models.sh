@@ -27,3 +27,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   HF_HUB_OFFLINE=1 .venv-train/bin/persona model export "${missing[@]}" --registry "$registry"
   echo "test models: exported ${missing[*]} in $(( $(date +%s) - started )) s"
 fi
+
+# A trained ranker for the worker suite's hot-swap tests: fitted on a MovieLens-100k prefix
+# (no text encoder, a handful of epochs) and published whatever the gate says (--margin -1):
+# it is a fixture, not a candidate for production.
+ranker_registry="$(dirname "$registry")/ranker"
+if [ -f "$ranker_registry/CURRENT" ]; then
+  echo "test models: a ranker already in $ranker_registry"
+else
+  started=$(date +%s)
+  data="${PERSONA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+  PERSONA_RANKER_REGISTRY="$ranker_registry" .venv-train/bin/persona train --format movielens "$data/movielens-100k" \
+    --limit 12000 --epochs 20 --encoder none --margin -1 --no-progress
+  echo "test models: ranker trained in $(( $(date +%s) - started )) s"
+fi

@@ -36,8 +36,10 @@ import heapq
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from scoring.baseline import Scored, tie_key
 from scoring.popularity import tie_hash
@@ -53,6 +55,17 @@ HISTORY = 50
 TIE_FILL = 20
 #: The features, in the order of a candidate's feature tuple.
 FEATURES = ("cooc", "category", "trending", "content", "social", "segment", "negative")
+
+
+class Scorer(Protocol):
+    """A trained ranker: scores for a (features, candidates) array, one per candidate.
+
+    It sees every feature (each generator runs as if its hand weight were positive), so
+    the weights it was trained with, not the hand-set ones, decide what counts."""
+
+    version: str
+
+    def __call__(self, features: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,8 @@ class Weights:
     #: candidates taken from each generator
     pool: int = 100
     exclude_clicked: bool = False
+    #: a trained ranker replacing the weighted sum (None: the hand-set weights above)
+    model: Scorer | None = None
 
     def only(self, *dims: str) -> Weights:
         """These weights with every optional dimension not named in ``dims`` switched off
@@ -122,6 +137,36 @@ def interest_query(profile: Profile, shared: SharedState) -> np.ndarray | None:
     return interest.mean()
 
 
+def all_on(weights: Weights) -> Weights:
+    """What the generators run with under a trained ranker: every dimension on."""
+    return replace(weights, cooc=1.0, category=1.0, trending=1.0, content=1.0, social=1.0, segment=1.0, sentiment=1.0)
+
+
+@dataclass(slots=True)
+class Pool:
+    """One ranking's candidates (sorted ids) and their (features, candidates) array, with the
+    evidence the reasons cite."""
+
+    items: list[str]
+    f: npt.NDArray[np.float64]
+    evidence: _Evidence
+
+
+def features(
+    profile: Profile,
+    *,
+    catalog: Catalog,
+    shared: SharedState,
+    params: Params,
+    k: int,
+    weights: Weights = DEFAULT_WEIGHTS,
+) -> Pool | None:
+    """The candidates and features that :func:`rank` would score (every dimension on): the
+    trainer's view of a ranking, point in time by construction (it reads the state as it
+    is now). None when there is no candidate."""
+    return _pool(profile, catalog, shared, params, k, all_on(weights))
+
+
 def rank(
     profile: Profile,
     *,
@@ -131,7 +176,57 @@ def rank(
     k: int,
     weights: Weights = DEFAULT_WEIGHTS,
 ) -> list[Scored]:
-    """The user's top ``k`` (see the module docstring)."""
+    """The user's top ``k`` (see the module docstring): the weighted sum of the features, or
+    ``weights.model``'s scores when a trained ranker is set."""
+    model = weights.model
+    pool = _pool(profile, catalog, shared, params, k, weights if model is None else all_on(weights))
+    if pool is None:
+        return []
+    items, f, user = pool.items, pool.f, profile.user_id
+    w = weights
+    if model is None:
+        scores = np.array([w.cooc, w.category, w.trending, w.content, w.social, w.segment, -w.sentiment]) @ f
+    else:
+        scores = np.asarray(model(f), dtype=np.float64).reshape(-1)
+    # Only the head needs the per-user tie order: everything scoring at least the n-th best
+    # (n = k, or MMR's pool of 4k) is ordered by (score, tie_key); the rest never shows.
+    n = 4 * k if weights.diversity > 0.0 else k
+    floor = float(np.partition(scores, len(items) - n)[len(items) - n]) if len(items) > n else -math.inf
+    head = np.flatnonzero(scores >= floor).tolist()
+    scored = [(float(scores[j]), tie_key(user, items[j]), items[j], tuple(f[:, j].tolist())) for j in head]
+    scored.sort(key=lambda t: (-t[0], t[1], t[2]))
+    chosen = _mmr(scored, catalog, k, weights.diversity) if weights.diversity > 0.0 else scored[:k]
+    if model is None:
+        parts = [_linear_parts(fj, w) for _, _, _, fj in chosen]
+    else:
+        parts = _occlusion_parts(model, [fj for _, _, _, fj in chosen])
+    return [
+        Scored(item_id=item, score=round(score, 6), reasons=pool.evidence.reasons(item, part))
+        for (score, _, item, _), part in zip(chosen, parts, strict=True)
+    ]
+
+
+def _linear_parts(f: tuple[float, ...], w: Weights) -> tuple[float, ...]:
+    """Each positive dimension's share of a hand-weighted score."""
+    return (w.cooc * f[0], w.category * f[1], w.trending * f[2], w.content * f[3], w.social * f[4], w.segment * f[5])
+
+
+def _occlusion_parts(model: Scorer, chosen: list[tuple[float, ...]]) -> list[tuple[float, ...]]:
+    """Each positive dimension's share of a trained ranker's score: how much the score drops
+    when that feature is zeroed (one batched call for the whole list)."""
+    if not chosen:
+        return []
+    base = np.array(chosen, dtype=np.float64).T  # (features, k)
+    dims = 6
+    stacked = np.repeat(base[:, None, :], dims + 1, axis=1)  # (features, 1 + dims, k)
+    for d in range(dims):
+        stacked[d, d + 1, :] = 0.0
+    out = np.asarray(model(stacked.reshape(len(FEATURES), -1)), dtype=np.float64).reshape(dims + 1, -1)
+    drop = out[0][None, :] - out[1:]
+    return [tuple(float(x) if base[d, j] > 0.0 else 0.0 for d, x in enumerate(drop[:, j])) for j in range(base.shape[1])]
+
+
+def _pool(profile: Profile, catalog: Catalog, shared: SharedState, params: Params, k: int, weights: Weights) -> Pool | None:
     user = profile.user_id
     popularity, knn = shared.popularity, shared.knn
     exclude: Collection[str] = _Exclude(profile, True) if weights.exclude_clicked and profile.clicked else profile.purchased
@@ -185,7 +280,7 @@ def rank(
             if item not in exclude:
                 candidates.add(item)
     if not candidates:
-        return []
+        return None
 
     # Features as one (7, candidates) array: a ranking scores a few hundred candidates, and
     # one Python expression per feature (not per candidate and feature) is most of the speed.
@@ -224,17 +319,7 @@ def rank(
             for i, c in zip(items, cats, strict=True)
         ]
         np.minimum(f[6], 1.0, out=f[6])
-    scores = np.array([w.cooc, w.category, w.trending, w.content, w.social, w.segment, -w.sentiment]) @ f
-    # Only the head needs the per-user tie order: everything scoring at least the n-th best
-    # (n = k, or MMR's pool of 4k) is ordered by (score, tie_key); the rest never shows.
-    n = 4 * k if weights.diversity > 0.0 else k
-    floor = float(np.partition(scores, len(items) - n)[len(items) - n]) if len(items) > n else -math.inf
-    head = np.flatnonzero(scores >= floor).tolist()
-    scored = [(float(scores[j]), tie_key(user, items[j]), items[j], tuple(f[:, j].tolist())) for j in head]
-    scored.sort(key=lambda t: (-t[0], t[1], t[2]))
-    chosen = _mmr(scored, catalog, k, weights.diversity) if weights.diversity > 0.0 else scored[:k]
-    evidence = _Evidence(profile, recent, shared, catalog, affinity, total, social, segment, query)
-    return [Scored(item_id=item, score=round(score, 6), reasons=evidence.reasons(item, f, weights)) for score, _, item, f in chosen]
+    return Pool(items, f, _Evidence(profile, recent, shared, catalog, affinity, total, social, segment, query))
 
 
 def _catalog_order(shared: SharedState, catalog: Catalog) -> list[str]:
@@ -303,12 +388,9 @@ class _Evidence:
         entry = self.catalog.get(item)
         return entry.title if entry is not None and entry.title else item
 
-    def reasons(self, item: str, f: tuple[float, ...], w: Weights) -> list[str]:
-        parts = sorted(
-            zip(FEATURES[:6], (w.cooc * f[0], w.category * f[1], w.trending * f[2], w.content * f[3], w.social * f[4], w.segment * f[5]),
-                strict=True),
-            key=lambda kv: -kv[1],
-        )
+    def reasons(self, item: str, contributions: tuple[float, ...]) -> list[str]:
+        """Reason texts for the dimensions that raised the item's score, largest first."""
+        parts = sorted(zip(FEATURES[:6], contributions, strict=True), key=lambda kv: -kv[1])
         out: list[str] = []
         for name, value in parts:
             if value <= 0.0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -64,6 +64,77 @@ def produce(
         print(f"{topic}\t{n}")
 
 
+@app.command("train")
+def train_cmd(
+    path: Annotated[Path, typer.Argument(help="Dataset file or folder: the history to learn from.")],
+    fmt: Annotated[str, typer.Option("--format", help="amazon|movielens|ciao|jsonl (also mind)")] = "movielens",
+    meta: Annotated[Optional[Path], typer.Option(help="amazon: the meta_<Name>.json.gz file, when not beside PATH.")] = None,
+    train_slice: Annotated[str, typer.Option(help="Positives to learn from, as a share of the replay A:B.")] = "0:0.5",
+    gate_slice: Annotated[str, typer.Option(help="The later slice the candidate must win on, A:B.")] = "0.5:0.75",
+    margin: Annotated[float, typer.Option(help="Publish only if NDCG@10 >= production's x (1 + margin).")] = 0.0,
+    negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of sampling, initialisation and shuffles.")] = 0,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    device: Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when torch sees a GPU).")] = "cpu",
+    encoder: Annotated[str, typer.Option(help="Text encoder: auto, none, or a registry or version folder.")] = "auto",
+    publish: Annotated[bool, typer.Option(help="Publish a candidate that passes the gate.")] = True,
+    every: Annotated[Optional[str], typer.Option(help="Run periodically: 90s, 15m, 6h, 1d.")] = None,
+    runs: Annotated[Optional[int], typer.Option(help="With --every: stop after this many runs.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    report_json: Annotated[Optional[Path], typer.Option(help="Write the last run's result as JSON here.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Read only the first N events.")] = None,
+) -> None:
+    """Fit the ranker (BCE) on the history, gate it against production on a later slice, export ONNX, publish."""
+    from stream_app.sources import SOURCE_FORMATS, read_events
+    from stream_app.train import every as every_loop
+    from stream_app.train import parse_duration, train_once
+
+    if fmt not in SOURCE_FORMATS or fmt == "synthetic":
+        raise typer.BadParameter(f"unknown format {fmt!r}; choose from {[f for f in SOURCE_FORMATS if f != 'synthetic']}")
+
+    def _slice(text: str) -> tuple[float, float]:
+        try:
+            a, b = (float(x) for x in text.split(":"))
+        except ValueError as exc:
+            raise typer.BadParameter(f"a slice is A:B, got {text!r}") from exc
+        return a, b
+
+    settings = _settings()
+    windows = _slice(train_slice), _slice(gate_slice)
+
+    def once() -> Any:
+        events = list(read_events(fmt, path, meta=meta, limit=limit))  # read again each period: the history grows
+        result = train_once(
+            events, settings, source={"format": fmt, "path": str(path), "events_read": len(events)},
+            train_window=windows[0], gate_window=windows[1], margin=margin, negatives=negatives, seed=seed,
+            epochs=epochs, device=device, encoder=encoder, publish=publish, progress=progress,
+        )
+        gate = result.gate
+        console.print(
+            f"{result.version}: NDCG@10 {gate['candidate']['ndcg@10']:.4f} vs production "
+            f"({gate['production']['version']}) {gate['production']['ndcg@10']:.4f} on {gate['evaluated']:,} positives "
+            f"of slice {gate_slice}: {'[green]published[/green]' if result.published else '[yellow]not published[/yellow]'}"
+        )
+        if report_json is not None:
+            report_json.write_text(
+                json.dumps({"version": result.version, "published": result.published, "gate": gate, "seconds": result.seconds}, indent=2)
+                + "\n"
+            )
+        return result
+
+    from state.errors import PersonaError
+
+    try:
+        if every is None:
+            once()
+            return
+        counts = every_loop(parse_duration(every), once, runs=runs)
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"runs: {counts}")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     path: Annotated[Optional[Path], typer.Argument(help="Dataset file or folder.")] = None,
@@ -89,6 +160,11 @@ def evaluate_cmd(
             "none, or a registry or version folder."
         ),
     ] = "auto",
+    ranker: Annotated[
+        str,
+        typer.Option(help="Ranker of the `all` variant: hand (the settings' weights), current (the ranker registry's "
+                     "CURRENT), or a ranker registry or version folder."),
+    ] = "hand",
 ) -> None:
     """Prequential Recall/NDCG@K of the pipeline's recommendations and baselines, in process (no Kafka)."""
     from stream_app.evaluate import evaluate, render, selected_variants
@@ -110,13 +186,17 @@ def evaluate_cmd(
     events = list(read_events(fmt, path, limit=limit, meta=meta))
     name = f"{fmt}:{path.name}" if path is not None else fmt
     settings = _settings()
-    from stream_app.evaluate import open_text_encoder
+    from stream_app.models import open_ranker, open_text_encoder
+
+    model = open_ranker(ranker, settings)
+    if model is not None:
+        console.print(f"ranker: {model.version}")
 
     text_encoder = open_text_encoder(encoder, settings)
     console.print(f"text encoder: {text_encoder.info.version if text_encoder is not None else 'none (behaviour only)'}")
     report = evaluate(
         events, settings, ks=ks, variants=chosen, emit_interval_s=emit_interval, dataset=name, progress=progress,
-        window=(float(window.split(":")[0]), float(window.split(":")[1])), encoder=text_encoder,
+        window=(float(window.split(":")[0]), float(window.split(":")[1])), encoder=text_encoder, model=model,
     )
     print(render(report))
     t = report.timing

@@ -47,7 +47,7 @@ from scoring.evaluation import (
 )
 from scoring.knn import WINDOW, ItemKNN
 from scoring.messages import decode as decode_recs
-from scoring.ranker import Weights
+from scoring.ranker import Scorer, Weights
 from state.catalog import Catalog
 from state.events import DeadLetter, Event, EventKind, Item, Review, encode, key_of, kind_of
 from state.interest import ItemVector, text_digest
@@ -172,6 +172,7 @@ def evaluate(
     encoder: TextEncoder | None = None,
     candidates: dict[str, Weights] | None = None,
     on_message: Callable[[bytes, bytes], None] | None = None,
+    model: Scorer | None = None,
 ) -> Report:
     """Replay ``events`` (in the given order) and score every variant (see the module doc).
 
@@ -180,9 +181,12 @@ def evaluate(
     to report on that no choice was tuned on.
 
     ``candidates``: more named rankings over the same replay (weights to compare while tuning:
-    one replay scores them all)."""
-    run = _Run(events, settings, ks=ks, variants=variants, emit_interval_s=emit_interval_s, trace=trace, encoder=encoder)
+    one replay scores them all). ``model``: the trained ranker the pipeline serves (``all``)."""
+    run = Replay(events, settings, ks=ks, variants=variants, emit_interval_s=emit_interval_s, trace=trace, encoder=encoder)
     run.on_message = on_message
+    if model is not None:  # the `all` variant ranks with a trained ranker, as a worker serving it does
+        run.pipeline.use_ranker(model)
+        run.weights = run.pipeline.weights
     for name, weights in (candidates or {}).items():
         run.extra[name] = weights
         run.accumulators[name] = Accumulator(run.ks)
@@ -205,29 +209,6 @@ def dimension_weights(weights: Weights, dims: tuple[str, ...]) -> Weights:
     return replace(chosen, content=pick("content"), social=pick("social"), segment=pick("segment"), sentiment=pick("sentiment"))
 
 
-def open_text_encoder(choice: str, settings: Settings) -> Any:
-    """The evaluator's text encoder: ``none``; ``auto`` (the settings' registry when it has a
-    CURRENT version, else the test models of ``make test-models``, else none); or a registry or
-    version folder. Loaded on CPU: the figures must not depend on the machine."""
-    from pathlib import Path
-
-    from encoders.registry import Registry
-    from encoders.runtime import load_encoder
-    from state.paths import DEFAULT_TEST_MODEL_REGISTRY
-
-    if choice == "none":
-        return None
-    if choice == "auto":
-        for root in (settings.model_registry, DEFAULT_TEST_MODEL_REGISTRY):
-            current = Registry(root).current()
-            if current is not None:
-                return load_encoder(current, device="cpu")
-        return None
-    folder = Path(choice)
-    current = Registry(folder).current()
-    return load_encoder(current if current is not None else folder, device="cpu")
-
-
 def selected_variants(asked: Sequence[str]) -> tuple[str, ...]:
     """``asked`` plus the required variants, in :data:`VARIANTS` order; unknown names refused."""
     unknown = [v for v in asked if v not in VARIANTS]
@@ -237,7 +218,11 @@ def selected_variants(asked: Sequence[str]) -> tuple[str, ...]:
     return tuple(v for v in VARIANTS if v in wanted)
 
 
-class _Run:
+class Replay:
+    """One prequential replay through the worker's pipeline: :func:`evaluate` scores the
+    variants at each positive of the window (:meth:`_evaluate`); the trainer's example
+    collection (:mod:`stream_app.training_data`) reads the ranker's features there instead."""
+
     def __init__(
         self,
         events: Sequence[Event],

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from scoring.evaluation import Label, ndcg, rank_of
-from stream_app.evaluate import VARIANTS, evaluate, open_text_encoder
+from stream_app.evaluate import VARIANTS, evaluate
+from stream_app.models import open_text_encoder
 from stream_app.settings import Settings
 from stream_app.sources import SourceFormat, read_events
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from scoring.baseline import recommend
@@ -35,7 +35,7 @@ from scoring.knn import ItemKNN
 from scoring.messages import Recommendations
 from scoring.messages import encode as encode_recs
 from scoring.popularity import Popularity
-from scoring.ranker import DEFAULT_WEIGHTS, Weights, history, rank
+from scoring.ranker import DEFAULT_WEIGHTS, Scorer, Weights, history, rank
 from scoring.segments import segments_of
 from scoring.shared import ENGAGE, FOLLOW, UNFOLLOW, Delta, SharedState
 from state.catalog import Catalog
@@ -194,6 +194,11 @@ class Pipeline:
             monotonic=monotonic,
             wall=wall,
         )
+
+    def use_ranker(self, model: Scorer | None) -> None:
+        """Rank with a trained ranker from the next ranking on (None: the hand-set weights).
+        The worker calls it when the ranker registry's CURRENT moves: a hot swap, no restart."""
+        self.weights = replace(self.weights, model=model)
 
     @property
     def popularity(self) -> Popularity:

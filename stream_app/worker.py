@@ -21,6 +21,8 @@ import msgspec
 from faust.sensors import Monitor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from encoders.ranker_model import RankerHolder
+from scoring.ranker import FEATURES
 from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
 from state.profile import Encoding, Origin
@@ -152,10 +154,31 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         finally:
             models_tried.set()
 
+    rankers = RankerHolder(settings.ranker_registry, FEATURES)
+
+    async def refresh_ranker() -> None:
+        old = rankers.version
+        failures = rankers.failures
+        # Loading is a few milliseconds (a graph of two small layers), on the loop: a ranking
+        # never sees half a swap.
+        if rankers.refresh():
+            runtime.pipeline.use_ranker(rankers.ranker)
+            if old is not None:
+                metrics.MODEL_INFO.remove("ranker", old)
+            metrics.MODEL_INFO.labels("ranker", rankers.version).set(1)
+            log.warning("ranker %s -> %s", old or "hand-set weights", rankers.version)
+        elif rankers.failures > failures:
+            metrics.MODEL_RELOAD_FAILURES.inc()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def load_ranker() -> None:
+        await refresh_ranker()
+
     @app.timer(settings.model_poll_s)  # type: ignore[untyped-decorator]
     async def watch_models() -> None:
         if models_tried.is_set() and await holder.refresh():
             runtime.vectors.want(holder.version)
+        await refresh_ranker()
 
     @app.task  # type: ignore[untyped-decorator]
     async def catalog_replica() -> None:

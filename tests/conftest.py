@@ -159,6 +159,17 @@ def data_dir() -> Path:
 
 
 MODEL_REGISTRY = TEST_MODEL_REGISTRY
+#: The trained ranker `make test-models` fits on a MovieLens prefix (deploy/test-models.sh).
+RANKER_REGISTRY = TEST_MODEL_REGISTRY.parent / "ranker"
+
+
+@pytest.fixture(scope="session")
+def trained_ranker() -> Path:
+    """The published version folder of the test ranker registry."""
+    current = Registry(RANKER_REGISTRY).current()
+    if current is None:
+        pytest.skip(f"no trained ranker in {RANKER_REGISTRY}: run `make test-models` (trainer env)")
+    return current
 
 
 @pytest.fixture(scope="session")
