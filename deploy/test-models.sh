@@ -31,7 +31,8 @@ fi
 # A trained ranker for the worker suite's hot-swap tests: fitted on a MovieLens-100k prefix
 # (no text encoder, a handful of epochs) and published whatever the gate says (--margin -1):
 # it is a fixture, not a candidate for production.
-ranker_registry="$(dirname "$registry")/ranker"
+# Keyed by the trainer's code, so that a checkout whose network changed trains a fresh one.
+ranker_registry="$(dirname "$registry")/ranker-$(cat export/ranker.py stream_app/training_data.py | sha256sum | cut -c1-12)"
 if [ -f "$ranker_registry/CURRENT" ]; then
   echo "test models: a ranker already in $ranker_registry"
 else

@@ -141,10 +141,42 @@ class RankerHolder:
         self.ranker: OnnxRanker | None = None
         self.failures = 0
         self._tried: str | None = None
+        #: (ranker, "shadow" | "share", share) on trial beside the current one
+        self.candidate: tuple[OnnxRanker, str, float] | None = None
+        self._candidate_tried: str | None = None
 
     @property
     def version(self) -> str | None:
         return None if self.ranker is None else self.ranker.version
+
+    def refresh_candidate(self) -> bool:
+        """Follow the registry's CANDIDATE (a version in shadow or on a share); True when the
+        candidate changed (:attr:`candidate` is then ``(ranker, mode, share)`` or None)."""
+        try:
+            wanted = self.registry.candidate()
+        except ModelError as exc:
+            wanted = None
+            if self._candidate_tried != "unreadable":
+                self.failures += 1
+                log.error("%s", exc)
+            self._candidate_tried = "unreadable"
+        key = None if wanted is None else " ".join(map(str, wanted))
+        if key == self._candidate_tried or (wanted is None and self.candidate is None):
+            return False
+        self._candidate_tried = key
+        if wanted is None:
+            self.candidate = None
+            return True
+        name, mode, share = wanted
+        try:
+            same = self.ranker is not None and self.ranker.version == name
+            ranker = self.ranker if same and self.ranker is not None else load_ranker(self.registry.root / name, self.features)
+        except ModelError as exc:
+            self.failures += 1
+            log.error("candidate ranker %s not loaded: %s", name, exc)
+            return False
+        self.candidate = (ranker, mode, share)
+        return True
 
     def refresh(self) -> bool:
         """Load ``CURRENT`` if it names a version not tried yet; True when the ranker changed."""

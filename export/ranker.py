@@ -3,9 +3,11 @@ cross-entropy, exported to ONNX and checked against itself before anyone may pub
 
 Input: :class:`Arrays` of point-in-time examples (``stream_app.training_data`` builds them
 from a replay: each positive's column labelled 1, sampled candidates of the same ranking 0).
-The network is ``features -> Linear(hidden) -> ReLU -> Linear(1)``, a logit per candidate;
+The network is the replaced ranker's weighted sum plus ``features -> Linear(hidden) -> ReLU ->
+Linear(1)`` (:class:`RankerNet`), a logit per candidate;
 BCE with logits, Adam, full shuffles under a fixed seed, the best epoch kept by the loss on the
-last ``holdout`` share of the positives (later in event time than everything it was fitted on).
+last ``holdout`` share of the positives (later in event time than everything it was fitted on),
+stopping once that loss has not improved for ``patience`` epochs.
 CPU by default and deterministic there (``torch.use_deterministic_algorithms``); on a GPU when
 one is present and asked for.
 
@@ -72,13 +74,26 @@ class Fitted:
 
 
 class RankerNet(nn.Module):  # type: ignore[misc]  # torch ships no stubs for Module here
-    def __init__(self, n_features: int, hidden: int) -> None:
+    """``logit = scale * (features @ prior) + bias + out(relu(hidden(features)))``.
+
+    ``prior`` (fixed) is the ranker being replaced, the hand-set weights; ``out`` starts at
+    zero, so training starts from production's order (``scale`` > 0 keeps it) and the network
+    learns what to add to it. Fitted from scratch on Musical Instruments' few thousand positives,
+    the same network fell short of the hand-set weights (validation NDCG@10 .068 vs .070)."""
+
+    def __init__(self, n_features: int, hidden: int, prior: npt.NDArray[np.float64] | None = None) -> None:
         super().__init__()
+        self.register_buffer("prior", torch.zeros(n_features) if prior is None else torch.tensor(prior, dtype=torch.float32))
+        self.scale = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
         self.hidden = nn.Linear(n_features, hidden)
         self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.hidden(features))).squeeze(-1)
+        residual = self.out(torch.relu(self.hidden(features))).squeeze(-1)
+        return self.scale * (features @ self.prior) + self.bias + residual
 
 
 def pick_device(device: str) -> torch.device:
@@ -93,15 +108,19 @@ def fit(
     *,
     seed: int = 0,
     hidden: int = HIDDEN,
-    epochs: int = 30,
+    epochs: int = 150,
     lr: float = 1e-2,
-    batch: int = 4096,
+    batch: int = 512,
     holdout: float = 0.1,
+    prior: Sequence[float] | None = None,
+    weight_decay: float = 1e-4,
+    patience: int = 15,
     device: str = "cpu",
     progress: bool = False,
 ) -> Fitted:
-    """Fit the network (see the module docstring). Raises :class:`ModelError` when there is
-    nothing to learn from (no positive or no negative)."""
+    """Fit the network (see the module docstring); ``prior``: the weights of the ranker it
+    replaces (:class:`RankerNet`). Raises :class:`ModelError` when there is nothing to learn
+    from (no positive or no negative)."""
     from tqdm import tqdm
 
     y = data.labels
@@ -117,8 +136,8 @@ def fit(
     y_fit = torch.from_numpy(y[fit_rows]).to(dev)
     x_val = torch.from_numpy(data.features[~fit_rows]).to(dev)
     y_val = torch.from_numpy(y[~fit_rows]).to(dev)
-    model = RankerNet(data.features.shape[1], hidden).to(dev)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    model = RankerNet(data.features.shape[1], hidden, None if prior is None else np.asarray(prior, dtype=np.float64)).to(dev)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(seed)
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
@@ -142,6 +161,8 @@ def fit(
         bar.set_postfix(train=f"{losses[-1][0]:.4f}", holdout=f"{val:.4f}")
         if best is None or val < best[0]:
             best = (val, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        elif epoch - best[1] >= patience:
+            break  # the held-out loss stopped improving
     assert best is not None
     model.load_state_dict(best[2])
     model = model.to("cpu").eval()
@@ -151,11 +172,15 @@ def fit(
         "fit_examples": int(fit_rows.sum()),
         "holdout_examples": int((~fit_rows).sum()),
         "epochs": epochs,
+        "epochs_run": len(losses),
+        "patience": patience,
         "best_epoch": best[1],
         "holdout_bce": best[0],
         "train_bce": losses[best[1]][0],
         "bce_by_epoch": [[round(a, 6), round(b, 6)] for a, b in losses],
         "lr": lr,
+        "prior": None if prior is None else [float(x) for x in prior],
+        "weight_decay": weight_decay,
         "batch": batch,
         "device": str(dev),
     }

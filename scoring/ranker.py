@@ -137,6 +137,11 @@ def interest_query(profile: Profile, shared: SharedState) -> np.ndarray | None:
     return interest.mean()
 
 
+def linear(w: Weights) -> tuple[float, ...]:
+    """The hand-set ranker as one weight per feature (``negative`` subtracted)."""
+    return (w.cooc, w.category, w.trending, w.content, w.social, w.segment, -w.sentiment)
+
+
 def all_on(weights: Weights) -> Weights:
     """What the generators run with under a trained ranker: every dimension on."""
     return replace(weights, cooc=1.0, category=1.0, trending=1.0, content=1.0, social=1.0, segment=1.0, sentiment=1.0)
@@ -185,7 +190,7 @@ def rank(
     items, f, user = pool.items, pool.f, profile.user_id
     w = weights
     if model is None:
-        scores = np.array([w.cooc, w.category, w.trending, w.content, w.social, w.segment, -w.sentiment]) @ f
+        scores = np.array(linear(w)) @ f
     else:
         scores = np.asarray(model(f), dtype=np.float64).reshape(-1)
     # Only the head needs the per-user tie order: everything scoring at least the n-th best

@@ -74,7 +74,7 @@ def train_cmd(
     margin: Annotated[float, typer.Option(help="Publish only if NDCG@10 >= production's x (1 + margin).")] = 0.0,
     negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of sampling, initialisation and shuffles.")] = 0,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the examples (the best on the held-out share is kept).")] = 150,
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when torch sees a GPU).")] = "cpu",
     encoder: Annotated[str, typer.Option(help="Text encoder: auto, none, or a registry or version folder.")] = "auto",
     publish: Annotated[bool, typer.Option(help="Publish a candidate that passes the gate.")] = True,
@@ -273,7 +273,9 @@ def inspect_profile(
         render_profile(profile, settings, Console())
 
 
-model_app = typer.Typer(help="Text encoder artifacts (export: trainer environment, .venv-train).", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Model registries: encoders (export: trainer environment, .venv-train) and trained rankers.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 
 
@@ -328,6 +330,98 @@ def model_export(
         if g is not None and g.min_cos is not None:
             console.print(f"{v}: fp16 graph for CUDA, parity min cos {g.min_cos:.6f} over {g.n} texts (run on CPU)")
         print(path)
+
+
+def _registries(kind: str | None) -> list[tuple[str, Path]]:
+    settings = _settings()
+    both = [("ranker", settings.ranker_registry), ("encoder", settings.model_registry)]
+    if kind is not None and kind not in dict(both):
+        raise typer.BadParameter(f"--kind is ranker or encoder, got {kind!r}")
+    return [(k, p) for k, p in both if kind is None or k == kind]
+
+
+@model_app.command("list")
+def model_list(
+    kind: Annotated[Optional[str], typer.Option(help="ranker or encoder (default: both).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every version in the registries: status (serving, published before, rejected, ...), metrics, training window."""
+    from stream_app.model_ops import list_versions
+
+    rows = [row for k, root in _registries(kind) for row in list_versions(k, root)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table("kind", "version", "status", "quality", "trained on", "created")
+    for r in rows:
+        table.add_row(r["kind"], r["version"], r["status"], r["quality"], r["window"], r["created_at"])
+    import sys
+
+    Console().print(table) if sys.stdout.isatty() else Console(width=200).print(table)
+
+
+@model_app.command("promote")
+def model_promote(
+    version: Annotated[str, typer.Argument(help="A complete version (see `persona model list`).")],
+    kind: Annotated[str, typer.Option(help="ranker or encoder.")] = "ranker",
+) -> None:
+    """Serve VERSION: point CURRENT at it. Every worker swaps to it within PERSONA_MODEL_POLL_S, no restart."""
+    from encoders.registry import Registry
+    from state.errors import ModelError
+
+    ((_, root),) = _registries(kind)
+    try:
+        Registry(root).publish(version)
+    except ModelError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{kind} {version} is CURRENT in {root}")
+
+
+@model_app.command("rollback")
+def model_rollback(kind: Annotated[str, typer.Option(help="ranker or encoder.")] = "ranker") -> None:
+    """Serve the version published before the current one again (every worker, no restart)."""
+    from encoders.registry import Registry
+    from state.errors import ModelError
+
+    ((_, root),) = _registries(kind)
+    try:
+        target = Registry(root).rollback()
+    except ModelError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{kind} rolled back to {target} in {root}")
+
+
+@model_app.command("shadow")
+def model_shadow(
+    version: Annotated[Optional[str], typer.Argument(help="A complete ranker version (none with --stop).")] = None,
+    share: Annotated[
+        Optional[float], typer.Option(min=0.0, max=1.0, help="Serve it to this share of users (a stable hash of the user id) "
+                                      "instead of running it in shadow.")
+    ] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="End the trial: production only.")] = False,
+) -> None:
+    """Try a ranker beside production: in shadow (ranked and scored by the live hit rate, never shown) or on an A/B share."""
+    from encoders.registry import Registry
+    from state.errors import ModelError
+
+    ((_, root),) = _registries("ranker")
+    registry = Registry(root)
+    try:
+        if stop:
+            registry.clear_candidate()
+            console.print("ranker trial stopped: production only")
+            return
+        if version is None:
+            raise typer.BadParameter("name a VERSION, or pass --stop")
+        registry.set_candidate(version, "shadow" if share is None else "share", share or 0.0)
+    except ModelError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"ranker {version}: " + ("in shadow" if share is None else f"serving {share:.0%} of users"))
 
 
 #: Commands that live outside ``stream_app`` (the benchmarks, for one) are mounted from this

@@ -127,6 +127,18 @@ ITEM_VECTOR_MISSES = Counter(
     "Clicks and purchases applied while their item had no vector of the current version.",
     registry=REGISTRY,
 )
+LIVE_HITS = Counter(
+    "persona_live_hits",
+    "Positive events whose item was in the last list the ranker made for that user (the prequential hit, online).",
+    ["ranker", "role"],
+    registry=REGISTRY,
+)
+LIVE_POSITIVES = Counter(
+    "persona_live_positives",
+    "Positive events of users the ranker had made a list for (the live hit rate's denominator).",
+    ["ranker", "role"],
+    registry=REGISTRY,
+)
 SHARED_DELTAS = Counter(
     "persona_shared_deltas",
     "Scoring deltas read from the shared topic: replicated (another worker's, applied) or known (already applied).",

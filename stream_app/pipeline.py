@@ -44,6 +44,7 @@ from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, new_profile
 from stream_app import metrics
 from stream_app.emitter import Coalescer, Trigger
+from stream_app.experiment import SERVED, SHADOW, Candidate, LiveQuality, assigned
 from stream_app.settings import Settings
 
 
@@ -151,6 +152,10 @@ class Pipeline:
         #: followers refreshed when someone they follow engages (0: none)
         self.social_fanout = social_fanout
         self.coalescer = Coalescer(emit_interval_s)
+        #: a trained ranker in shadow or on an A/B share (None: production only)
+        self.candidate: Candidate | None = None
+        #: the live hit rate, per ranker version (stream_app.experiment)
+        self.live = LiveQuality()
         self._emit_raw = emit
         self._topic_of = topic_of
         self._top_k = top_k
@@ -199,6 +204,18 @@ class Pipeline:
         """Rank with a trained ranker from the next ranking on (None: the hand-set weights).
         The worker calls it when the ranker registry's CURRENT moves: a hot swap, no restart."""
         self.weights = replace(self.weights, model=model)
+
+    def use_candidate(self, candidate: Candidate | None) -> None:
+        """Run a candidate ranker in shadow or on an A/B share (:mod:`stream_app.experiment`);
+        None stops it."""
+        self.candidate = candidate
+
+    def ranker_version(self, weights: Weights | None = None) -> str:
+        """The name a list's ranker goes by (the message's ``model``, the live-quality label)."""
+        model = (self.weights if weights is None else weights).model
+        if self.ranker == "baseline":
+            return "baseline-v1"
+        return "blend-v1" if model is None else model.version
 
     @property
     def popularity(self) -> Popularity:
@@ -250,6 +267,8 @@ class Pipeline:
         # A first engagement with an item co-occurs with the user's recent items; read both
         # before the profile changes in place.
         first_engagement = isinstance(event, (Purchase, Review)) and item_id is not None and item_id not in profile.purchased
+        if first_engagement and item_id is not None and (not isinstance(event, Review) or event.rating is None or event.rating >= 4):
+            self.live.positive(event.user_id, item_id)  # before the event moves anything
         recent = history(profile) if first_engagement else []
         categories = self.catalog.categories(item_id) if item_id is not None else ()
         item_vector = self._item_vector(kind, item_id)
@@ -362,9 +381,18 @@ class Pipeline:
         return vector
 
     # --- emission --------------------------------------------------------------------
+    def serving(self, user_id: str) -> Weights:
+        """The ranker ``user_id`` is served: the candidate's when they are in its A/B share."""
+        c = self.candidate
+        if c is not None and c.mode == "share" and self.ranker != "baseline" and assigned(user_id, c.share):
+            return replace(self.weights, model=c.model)
+        return self.weights
+
     def recommend(self, profile: Profile, trigger_event_ts: float | None = None, weights: Weights | None = None) -> Recommendations:
         """The message for ``profile`` now: scores depend on event time only; ``generated_at``
-        is wall time; ``trigger_event_ts`` defaults to the profile's latest event time."""
+        is wall time; ``trigger_event_ts`` defaults to the profile's latest event time.
+        ``weights``: rank with these instead of what the user is served (:meth:`serving`)."""
+        weights = self.serving(profile.user_id) if weights is None else weights
         if self.ranker == "baseline":
             items = recommend(profile, self.catalog, self.popularity, k=self._top_k, params=self.params)
         else:
@@ -374,7 +402,7 @@ class Pipeline:
                 shared=self.shared,
                 params=self.params,
                 k=self._top_k,
-                weights=self.weights if weights is None else weights,
+                weights=weights,
             )
         return Recommendations(
             user_id=profile.user_id,
@@ -382,12 +410,21 @@ class Pipeline:
             profile_version=profile.version,
             generated_at=self._wall(),
             trigger_event_ts=profile.last_event_ts if trigger_event_ts is None else trigger_event_ts,
-            model="baseline-v1" if self.ranker == "baseline" else "blend-v1",
+            model=self.ranker_version(weights),
         )
 
     def emit(self, user_id: str, profile: Profile, trigger: Trigger) -> None:
         message = self.recommend(profile, trigger.event_ts)
         self._emit_raw(user_id.encode(), encode_recs(message))
+        self.live.ranked(user_id, SERVED, message.model, [s.item_id for s in message.items])
+        c = self.candidate
+        if c is not None and c.mode == "shadow" and self.ranker != "baseline":
+            # Ranked, scored by the live hit rate, never emitted: a second ranking per message.
+            shadow = rank(profile, catalog=self.catalog, shared=self.shared, params=self.params, k=self._top_k,
+                          weights=replace(self.weights, model=c.model))
+            self.live.ranked(user_id, SHADOW, c.model.version, [s.item_id for s in shadow])
+        else:
+            self.live.forget_shadow(user_id)
         metrics.RECOMMENDATIONS.inc()
         metrics.EVENT_TO_EMIT.observe(max(0.0, message.generated_at - trigger.event_ts))
         metrics.INGEST_TO_EMIT.observe(max(0.0, message.generated_at - trigger.record_ts))

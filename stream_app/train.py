@@ -33,7 +33,7 @@ from typing import Any
 
 from encoders.ranker_model import OnnxRanker, load_ranker
 from encoders.registry import Registry
-from scoring.ranker import FEATURES, Weights
+from scoring.ranker import FEATURES, Weights, linear
 from state.errors import ModelError, PersonaError
 from state.events import Event
 from stream_app.evaluate import evaluate
@@ -78,7 +78,7 @@ def train_once(
     margin: float = 0.0,
     negatives: int = NEGATIVES,
     seed: int = 0,
-    epochs: int = 30,
+    epochs: int = 150,
     device: str = "cpu",
     encoder: str = "auto",
     publish: bool = True,
@@ -96,7 +96,10 @@ def train_once(
     seconds["collect"] = time.perf_counter() - t0
     log.info("ranker examples: %s", examples.stats)
     t0 = time.perf_counter()
-    fitted = fit(Arrays(examples.features, examples.labels, examples.groups), seed=seed, epochs=epochs, device=device, progress=progress)
+    fitted = fit(
+        Arrays(examples.features, examples.labels, examples.groups),
+        seed=seed, epochs=epochs, device=device, progress=progress, prior=linear(settings.rank_weights()),
+    )
     seconds["fit"] = time.perf_counter() - t0
     training = {**source, **examples.stats, "negatives": negatives}
     staging, manifest = write_version(

@@ -27,6 +27,7 @@ from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
 from state.profile import Encoding, Origin
 from stream_app import metrics
+from stream_app.experiment import Candidate
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
@@ -167,8 +168,21 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
                 metrics.MODEL_INFO.remove("ranker", old)
             metrics.MODEL_INFO.labels("ranker", rankers.version).set(1)
             log.warning("ranker %s -> %s", old or "hand-set weights", rankers.version)
-        elif rankers.failures > failures:
-            metrics.MODEL_RELOAD_FAILURES.inc()
+        trial = rankers.candidate
+        if rankers.refresh_candidate():
+            if trial is not None:
+                metrics.MODEL_INFO.remove("ranker-candidate", trial[0].version)
+            trial = rankers.candidate
+            if trial is None:
+                runtime.pipeline.use_candidate(None)
+                log.warning("ranker trial stopped")
+            else:
+                model, mode, share = trial
+                runtime.pipeline.use_candidate(Candidate(model, "shadow" if mode == "shadow" else "share", share))
+                metrics.MODEL_INFO.labels("ranker-candidate", model.version).set(1)
+                log.warning("ranker %s on trial: %s", model.version, mode if mode == "shadow" else f"a {share:.0%} share")
+        if rankers.failures > failures:
+            metrics.MODEL_RELOAD_FAILURES.inc(rankers.failures - failures)
 
     @app.task  # type: ignore[untyped-decorator]
     async def load_ranker() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from encoders.registry import Registry
 from state.events import Click, Follow, Item, Purchase, Review, User
+from state.paths import REPO_ROOT as REPO
 from stream_app.settings import DEFAULT_DATA_DIR, Settings
 from tests.support import TEST_MODEL_REGISTRY, WorkerProcess, free_port
 
@@ -159,8 +161,10 @@ def data_dir() -> Path:
 
 
 MODEL_REGISTRY = TEST_MODEL_REGISTRY
-#: The trained ranker `make test-models` fits on a MovieLens prefix (deploy/test-models.sh).
-RANKER_REGISTRY = TEST_MODEL_REGISTRY.parent / "ranker"
+#: The trained ranker `make test-models` fits on a MovieLens prefix (deploy/test-models.sh),
+#: in a folder keyed by the trainer's code (the same digest as the script's).
+_TRAINER_CODE = b"".join((REPO / name).read_bytes() for name in ("export/ranker.py", "stream_app/training_data.py"))
+RANKER_REGISTRY = TEST_MODEL_REGISTRY.parent / f"ranker-{hashlib.sha256(_TRAINER_CODE).hexdigest()[:12]}"
 
 
 @pytest.fixture(scope="session")

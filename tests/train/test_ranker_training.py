@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch", reason="needs the trainer environment (.ven
 
 from encoders.ranker_model import WEIGHTS_FILE, load_ranker, read_ranker_manifest  # noqa: E402
 from encoders.registry import Registry  # noqa: E402
-from export.ranker import Arrays, fit, scores, write_version  # noqa: E402
+from export.ranker import Arrays, RankerNet, fit, scores, write_version  # noqa: E402
 from scoring.evaluation import Interactions  # noqa: E402
 from scoring.ranker import FEATURES, features  # noqa: E402
 from state.errors import ModelError  # noqa: E402
@@ -90,12 +90,17 @@ def test_bce_fit_learns_and_the_onnx_export_scores_like_torch_and_numpy(tmp_path
     logit = 4.0 * x[:, 0] - 3.0 * x[:, 6] + 1.5 * x[:, 0] * x[:, 2] - 1.5
     y = (rng.random(6000) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
     data = Arrays(x, y, np.arange(6000, dtype=np.int64))
-    fitted = fit(data, seed=3, epochs=25, batch=512)
+    prior = (1.0, 0.0, 0.5, 0.0, 0.0, 0.0, -1.0)  # a production ranker to start from
+    # Untrained, the network is that ranker exactly: training starts from production's order.
+    start = RankerNet(len(FEATURES), 16, np.array(prior))
+    with torch.no_grad():
+        np.testing.assert_allclose(start(torch.from_numpy(x[:100])).numpy(), x[:100] @ np.array(prior, dtype=np.float32), rtol=1e-6)
+    fitted = fit(data, seed=3, epochs=25, batch=512, prior=prior)
     base = y.mean()
     constant_bce = -(base * math.log(base) + (1 - base) * math.log(1 - base))
     assert fitted.history["holdout_bce"] < constant_bce - 0.05
     # Same seed, same model (deterministic on CPU).
-    again = fit(data, seed=3, epochs=25, batch=512)
+    again = fit(data, seed=3, epochs=25, batch=512, prior=prior)
     np.testing.assert_array_equal(scores(fitted, x[:50]), scores(again, x[:50]))
 
     staging, manifest = write_version(
@@ -107,7 +112,9 @@ def test_bce_fit_learns_and_the_onnx_export_scores_like_torch_and_numpy(tmp_path
     np.testing.assert_allclose(onnx_scores, scores(fitted, probe), atol=1e-5)
     with np.load(staging / WEIGHTS_FILE) as w:
         hidden = np.maximum(probe @ w["hidden_weight"].T + w["hidden_bias"], 0.0)
-        by_hand = (hidden @ w["out_weight"].T + w["out_bias"]).reshape(-1)
+        residual = (hidden @ w["out_weight"].T + w["out_bias"]).reshape(-1)
+        by_hand = w["scale"] * (probe @ w["prior"]) + w["bias"] + residual
+        np.testing.assert_array_equal(w["prior"], np.array(prior, dtype=np.float32))
     np.testing.assert_allclose(onnx_scores, by_hand, atol=1e-5)
     assert manifest.features == list(FEATURES) and manifest.seed == 3
     # A tampered graph is refused.

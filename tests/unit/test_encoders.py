@@ -304,7 +304,9 @@ def test_registry_publish_and_current(tmp_path: Path) -> None:
     assert reg.current() == tmp_path / "reg" / "v1"
     reg.publish("v2")
     assert reg.current_name() == "v2"
-    assert sorted(p.name for p in (tmp_path / "reg").iterdir()) == [".staging-x", "CURRENT", "v1", "v2"]
+    # No temporary file left behind; every publish recorded, in order.
+    assert sorted(p.name for p in (tmp_path / "reg").iterdir()) == [".staging-x", "CURRENT", "HISTORY", "v1", "v2"]
+    assert [(a, v) for _, a, v in reg.history()] == [("publish", "v1"), ("publish", "v2")]
     for bad in ("v3", ".staging-x", "../v1"):
         with pytest.raises(ModelError):
             reg.publish(bad)
