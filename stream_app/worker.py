@@ -170,8 +170,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             log.warning("ranker %s -> %s", old or "hand-set weights", rankers.version)
         trial = rankers.candidate
         if rankers.refresh_candidate():
+            # One series per trial: name "ranker-shadow" or "ranker-share" (the share is logged).
             if trial is not None:
-                metrics.MODEL_INFO.remove("ranker-candidate", trial[0].version)
+                metrics.MODEL_INFO.remove(f"ranker-{trial[1]}", trial[0].version)
             trial = rankers.candidate
             if trial is None:
                 runtime.pipeline.use_candidate(None)
@@ -179,7 +180,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             else:
                 model, mode, share = trial
                 runtime.pipeline.use_candidate(Candidate(model, "shadow" if mode == "shadow" else "share", share))
-                metrics.MODEL_INFO.labels("ranker-candidate", model.version).set(1)
+                metrics.MODEL_INFO.labels(f"ranker-{mode}", model.version).set(1)
                 log.warning("ranker %s on trial: %s", model.version, mode if mode == "shadow" else f"a {share:.0%} share")
         if rankers.failures > failures:
             metrics.MODEL_RELOAD_FAILURES.inc(rankers.failures - failures)
