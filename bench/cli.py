@@ -64,14 +64,21 @@ def bench_ranking(
     eval_events: Annotated[int, typer.Option(help="MovieLens events the in-process evaluator replays (0: skip).")] = 30_000,
     seed: Annotated[int, typer.Option(help="Seed of the user sample.")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+    trained: Annotated[
+        str, typer.Option(help="Also time a trained ranker: current (the ranker registry's CURRENT), a folder, or none.")
+    ] = "current",
 ) -> None:
     """In process, no broker: p50/p99 of one Pipeline.recommend per ranker on MovieLens-100k; evaluator rankings/s (goal 2,000)."""
     from bench import ranking as ranking_bench
+    from stream_app.models import open_ranker
+    from stream_app.settings import Settings
+
+    model = None if trained == "none" else open_ranker(trained, Settings())
 
     data_dir = _data_dir()
     if not (data_dir / ranking_bench.DATASET).is_dir():
         raise typer.BadParameter(f"{data_dir / ranking_bench.DATASET} not found (set PERSONA_DATA_DIR)")
-    report = ranking_bench.run(data_dir, rankings=rankings, eval_events=eval_events, seed=seed)
+    report = ranking_bench.run(data_dir, rankings=rankings, eval_events=eval_events, seed=seed, trained=model)
     ranking_bench.render(report, Console())
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))

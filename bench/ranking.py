@@ -38,6 +38,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from scoring.ranker import Scorer
 from state.catalog import Catalog
 from state.events import Event, EventKind, Item, kind_of
 from state.profile import Origin
@@ -161,12 +162,22 @@ def _latency(ranker: str, mode: str, costs_ns: list[int], users: int, feed_s: fl
 
 
 def latency(
-    events: Sequence[Event], settings: Settings, *, rankings: int = 2_000, seed: int = 0, warmup: int = 200
+    events: Sequence[Event],
+    settings: Settings,
+    *,
+    rankings: int = 2_000,
+    seed: int = 0,
+    warmup: int = 200,
+    model: Scorer | None = None,
+    name: str | None = None,
 ) -> list[Latency]:
     """Replay ``events`` into the pipeline of ``settings``, timing :meth:`Pipeline.recommend`
     interleaved with the last ``rankings`` behaviour events, then after the replay for
-    ``rankings`` sampled users: ``[after replay, interleaved]``."""
+    ``rankings`` sampled users: ``[after replay, interleaved]``. ``model``: a trained ranker
+    the pipeline serves (reported as ``name``)."""
     replay = _Replay(settings)
+    if model is not None:
+        replay.pipeline.use_ranker(model)
     pipeline, profiles = replay.pipeline, replay.store.profiles
     behaviour = [i for i, e in enumerate(events) if not isinstance(e, Item)]
     split = behaviour[-rankings] if 0 < rankings <= len(behaviour) else len(events)
@@ -194,9 +205,10 @@ def latency(
         t0 = clock()
         pipeline.recommend(profile)
         after.append(clock() - t0)
+    label = name or settings.ranker
     return [
-        _latency(settings.ranker, AFTER_REPLAY, after, len(set(sample)), feed_s),
-        _latency(settings.ranker, INTERLEAVED, interleaved, len(touched), feed_s),
+        _latency(label, AFTER_REPLAY, after, len(set(sample)), feed_s),
+        _latency(label, INTERLEAVED, interleaved, len(touched), feed_s),
     ]
 
 
@@ -228,9 +240,11 @@ def run(
     rankers: Sequence[str] = RANKERS,
     seed: int = 0,
     settings: Settings | None = None,
+    trained: Scorer | None = None,
 ) -> dict[str, Any]:
     """Both in-process measures (module docstring); ``rankings=0`` or ``eval_events=0`` skips one.
-    ``settings`` (default: ``Settings()``, i.e. ``PERSONA_*``) is the base; only ``ranker`` varies."""
+    ``settings`` (default: ``Settings()``, i.e. ``PERSONA_*``) is the base; only ``ranker`` varies.
+    ``trained``: also time the blend ranker's candidates scored by this trained ranker."""
     from state.paths import data_dir as default_data_dir
 
     base = settings or Settings()
@@ -244,6 +258,10 @@ def run(
         for ranker in rankers:
             settings_r = base.model_copy(update={"ranker": ranker})
             rows += [asdict(row) for row in latency(events, settings_r, rankings=rankings, seed=seed)]
+        if trained is not None:
+            settings_t = base.model_copy(update={"ranker": "blend"})
+            rows += [asdict(row) for row in latency(events, settings_t, rankings=rankings, seed=seed, model=trained, name="trained")]
+            report["trained_ranker"] = trained.version
         report["latency"] = rows
         by = {(r["ranker"], r["mode"]): r for r in rows}
         for mode in (AFTER_REPLAY, INTERLEAVED):
@@ -252,6 +270,11 @@ def run(
                 tag = mode.replace(" ", "_")
                 report[f"blend_vs_baseline_p50_{tag}"] = blend["p50_ms"] / baseline["p50_ms"]
                 report[f"blend_vs_baseline_p99_{tag}"] = blend["p99_ms"] / baseline["p99_ms"]
+            trained_row = by.get(("trained", mode))
+            if blend and trained_row and blend["p50_ms"] > 0 and blend["p99_ms"] > 0:
+                tag = mode.replace(" ", "_")
+                report[f"trained_vs_blend_p50_{tag}"] = trained_row["p50_ms"] / blend["p50_ms"]
+                report[f"trained_vs_blend_p99_{tag}"] = trained_row["p99_ms"] / blend["p99_ms"]
     if eval_events > 0:
         report["evaluator"] = evaluator(events[:eval_events], base)
     report["load_1m_after"] = os.getloadavg()[0]
@@ -283,6 +306,11 @@ def render(report: dict[str, Any], console: Console) -> None:
                 console.print(
                     f"blend / baseline cost, {mode}: p50 x{report[f'blend_vs_baseline_p50_{tag}']:.2f}, "
                     f"p99 x{report[f'blend_vs_baseline_p99_{tag}']:.2f}"
+                )
+            if f"trained_vs_blend_p50_{tag}" in report:
+                console.print(
+                    f"trained ({report['trained_ranker']}) / blend cost, {mode}: p50 x{report[f'trained_vs_blend_p50_{tag}']:.2f}, "
+                    f"p99 x{report[f'trained_vs_blend_p99_{tag}']:.2f}"
                 )
     ev: dict[str, Any] | None = report.get("evaluator")
     if ev:
