@@ -66,7 +66,12 @@ def produce(
 
 @app.command("train")
 def train_cmd(
-    path: Annotated[Path, typer.Argument(help="Dataset file or folder: the history to learn from.")],
+    path: Annotated[Optional[Path], typer.Argument(help="Dataset file or folder: the history to learn from.")] = None,
+    from_topics: Annotated[
+        bool, typer.Option("--from-topics", help="Learn from the input topics (the accumulated history) instead of a file.")
+    ] = False,
+    since: Annotated[Optional[float], typer.Option(help="--from-topics: events from this event time (epoch seconds).")] = None,
+    until: Annotated[Optional[float], typer.Option(help="--from-topics: events before this event time.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="amazon|movielens|ciao|jsonl (also mind)")] = "movielens",
     meta: Annotated[Optional[Path], typer.Option(help="amazon: the meta_<Name>.json.gz file, when not beside PATH.")] = None,
     train_slice: Annotated[str, typer.Option(help="Positives to learn from, as a share of the replay A:B.")] = "0:0.5",
@@ -102,10 +107,22 @@ def train_cmd(
     settings = _settings()
     windows = _slice(train_slice), _slice(gate_slice)
 
+    if (path is None) == (not from_topics):
+        raise typer.BadParameter("give a dataset PATH or --from-topics (one of them)")
+
     def once() -> Any:
-        events = list(read_events(fmt, path, meta=meta, limit=limit))  # read again each period: the history grows
+        # Read again each period: the history grows.
+        if from_topics:
+            from stream_app.history import read_history
+
+            history = read_history(settings, since=since, until=until)
+            events, source = history.events[:limit] if limit else history.events, history.source()
+        else:
+            assert path is not None
+            events = list(read_events(fmt, path, meta=meta, limit=limit))
+            source = {"format": fmt, "path": str(path), "events_read": len(events)}
         result = train_once(
-            events, settings, source={"format": fmt, "path": str(path), "events_read": len(events)},
+            events, settings, source=source,
             train_window=windows[0], gate_window=windows[1], margin=margin, negatives=negatives, seed=seed,
             epochs=epochs, device=device, encoder=encoder, publish=publish, progress=progress,
         )
