@@ -97,9 +97,23 @@ class User(_Event, tag="user", frozen=True):
     attributes: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], AttributeValue] = {}
 
 
-Event: TypeAlias = Union[Click, Purchase, Review, Follow, Item, User]
-EventKind = Literal["click", "purchase", "review", "follow", "item", "user"]
-EVENT_KINDS: Final[tuple[EventKind, ...]] = ("click", "purchase", "review", "follow", "item", "user")
+#: Items one impression may list (MIND's longest impressions list about 300).
+MAX_SHOWN = 1_000
+
+
+class Impression(_Event, tag="impression", frozen=True):
+    """The items a client actually showed ``user_id``, in display order, and which of them
+    were clicked (a subset; each click also arrives as its own ``click`` event). Shown but
+    not clicked is what the trainer learns negatives from."""
+
+    user_id: Id
+    items: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=MAX_SHOWN)]
+    clicked: Annotated[list[Id], msgspec.Meta(max_length=MAX_SHOWN)] = []
+
+
+Event: TypeAlias = Union[Click, Purchase, Review, Follow, Item, User, Impression]
+EventKind = Literal["click", "purchase", "review", "follow", "item", "user", "impression"]
+EVENT_KINDS: Final[tuple[EventKind, ...]] = ("click", "purchase", "review", "follow", "item", "user", "impression")
 EVENT_TYPES: Final[dict[EventKind, type[Event]]] = {
     "click": Click,
     "purchase": Purchase,
@@ -107,6 +121,7 @@ EVENT_TYPES: Final[dict[EventKind, type[Event]]] = {
     "follow": Follow,
     "item": Item,
     "user": User,
+    "impression": Impression,
 }
 _KINDS: Final[dict[type[Event], EventKind]] = {cls: kind for kind, cls in EVENT_TYPES.items()}
 
@@ -219,4 +234,7 @@ def decode(
         return _contract_error(
             "key_mismatch", f"record key {key_text!r} != payload key {expected!r}"
         )
+    if isinstance(event, Impression) and not set(event.clicked) <= set(event.items):
+        stray = sorted(set(event.clicked) - set(event.items))[:3]
+        return _contract_error("schema", f"impression clicked items not among those shown: {stray}")
     return event

@@ -5,7 +5,7 @@ Every input topic (one per event kind) is read from its earliest retained offset
 at the time of the read. Records that do not decode are skipped and counted (the worker
 dead-lettered them too). Events are put in event-time order; ties (many: datasets have
 one-second or one-day timestamps) go by user, then kind (a purchase before the review of the
-same line), then topic, partition and offset. That order is
+same line, an impression before its clicks), then topic, partition and offset. That order is
 deterministic whatever the partitioning and however the producers interleaved (catalog, user
 and follow events of a second come before that second's behaviour), and it keeps
 a purchase next to the review that rates it, which the positive rule reads
@@ -25,7 +25,7 @@ from stream_app.inspect import scan
 from stream_app.settings import Settings
 
 #: Tie order of kinds at equal (time, user): what must exist before behaviour refers to it.
-KIND_ORDER: dict[EventKind, int] = {"item": 0, "user": 1, "follow": 2, "click": 3, "purchase": 4, "review": 5}
+KIND_ORDER: dict[EventKind, int] = {"item": 0, "user": 1, "follow": 2, "impression": 3, "click": 4, "purchase": 5, "review": 6}
 
 
 @dataclass
@@ -62,7 +62,7 @@ def read_history(settings: Settings, *, since: float | None = None, until: float
                 continue
             who = str(getattr(event, "user_id", None) or getattr(event, "item_id", ""))
             rank = KIND_ORDER[kind]
-            keyed.append(((event.ts, rank >= KIND_ORDER["click"], who, rank, topic, partition, offset), event))
+            keyed.append(((event.ts, rank >= KIND_ORDER["impression"], who, rank, topic, partition, offset), event))
     keyed.sort(key=lambda kv: kv[0])
     history.events = [e for _, e in keyed]
     return history

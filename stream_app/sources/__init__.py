@@ -40,9 +40,9 @@ Mapping per format, and why:
   at the first rating time, before all behaviour.
 * ``mind`` (the MIND folder). ``news.tsv`` rows are ``Item`` events (title, title +
   abstract as text, category and subcategory). In ``behaviors.tsv`` (times are
-  ``M/D/YYYY h:mm:ss AM/PM``, taken as UTC) every clicked impression entry (``N1-1``)
-  is a ``Click`` at the impression time; shown-but-not-clicked entries are dropped, as
-  no contract carries impressions. History entries have no time: each distinct
+  ``M/D/YYYY h:mm:ss AM/PM``, taken as UTC) each impression row is an ``Impression``
+  (every shown news id in order, and the clicked ones), followed at the same time by a
+  ``Click`` per clicked entry (``N1-1``). History entries have no time: each distinct
   (user, news) becomes one ``Click`` one second before that user's first impression. The
   catalog is placed at the earliest of all these clicks (not the earliest impression),
   so that it still precedes the history clicks.

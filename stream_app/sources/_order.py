@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from state.errors import DatasetError
-from state.events import Click, Event, Follow, Item, Purchase, Review, User
+from state.events import Click, Event, Follow, Impression, Item, Purchase, Review, User
 
 #: The catalog and the declared attributes go first at equal ``ts`` so that a consumer
 #: already knows an item or a user when the first behaviour that mentions it arrives.
@@ -21,6 +21,8 @@ KIND_RANK: Final[dict[type[Event], int]] = {
     Click: 3,
     Purchase: 3,
     Review: 3,
+    # After the catalog; before its clicks by source order (the sort is stable).
+    Impression: 3,
 }
 
 # Mirrors the ``max_length`` of the contract fields in state/events.py: an event built

@@ -1,4 +1,5 @@
-"""MIND (Microsoft News) as Item (news articles) and Click (clicked impressions and histories)."""
+"""MIND (Microsoft News) as Item (news articles), Impression (what was shown, what was clicked)
+and Click (clicked impression entries and histories)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from state.errors import DatasetError
-from state.events import Click, Event, Item
+from state.events import MAX_SHOWN, Click, Event, Impression, Item
 
 from ._order import MAX_CATEGORY, MAX_TEXT, MAX_TITLE, clip, require_dir
 
@@ -50,9 +51,28 @@ def read(path: Path) -> list[Event]:
                         item_id=news,
                     )
                 )
+        shown, clicked = [], []
         for entry in imp.entries:
             news, _, label = entry.rpartition("-")
-            # Label 0 is "shown, not clicked"; there is no impression contract to carry it.
+            if label not in ("0", "1"):
+                raise DatasetError(f"{behaviors}:{imp.line_no}: bad impression entry {entry!r}")
+            shown.append(news)
+            if label == "1":
+                clicked.append(news)
+        if shown:
+            # The impression first, then its clicks (same time): a reader of the impression
+            # sees the user as they were when the list was shown.
+            clicks.append(
+                Impression(
+                    event_id=f"mi-s-{imp.impression_id}",
+                    ts=imp.ts,
+                    user_id=imp.user,
+                    items=shown[:MAX_SHOWN],
+                    clicked=[n for n in dict.fromkeys(clicked) if n in set(shown[:MAX_SHOWN])],
+                )
+            )
+        for entry in imp.entries:
+            news, _, label = entry.rpartition("-")
             if label == "1":
                 clicks.append(
                     Click(
@@ -62,8 +82,6 @@ def read(path: Path) -> list[Event]:
                         item_id=news,
                     )
                 )
-            elif label != "0":
-                raise DatasetError(f"{behaviors}:{imp.line_no}: bad impression entry {entry!r}")
     # The catalog starts with the earliest behaviour, history clicks included, so that
     # news known from news.tsv is in place before anything clicks it.
     start = min((event.ts for event in clicks), default=min(first_seen.values(), default=0.0))

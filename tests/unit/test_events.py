@@ -18,6 +18,7 @@ from state.events import (
     Event,
     EventKind,
     Follow,
+    Impression,
     Item,
     Purchase,
     Review,
@@ -88,7 +89,18 @@ users = st.builds(
     user_id=ids,
     attributes=st.dictionaries(st.text(min_size=1, max_size=12), attr_values, max_size=4),
 )
+impressions = st.lists(ids, min_size=1, max_size=8, unique=True).flatmap(
+    lambda shown: st.builds(
+        Impression,
+        event_id=ids,
+        ts=times,
+        user_id=ids,
+        items=st.just(shown),
+        clicked=st.lists(st.sampled_from(shown), unique=True, max_size=len(shown)),
+    )
+)
 STRATEGIES: dict[EventKind, st.SearchStrategy[Any]] = {
+    "impression": impressions,
     "click": clicks,
     "purchase": purchases,
     "review": reviews,
@@ -119,6 +131,7 @@ def valid(kind: EventKind) -> dict[str, Any]:
         "review": {"item_id": "i-1", "text": "good", "rating": 4.0},
         "follow": {"followee_id": "u-2", "action": "follow"},
         "user": {"attributes": {"age": 30, "gender": "F"}},
+        "impression": {"items": ["i-1", "i-2", "i-3"], "clicked": ["i-2"]},
     }
     return base | extra[kind]
 
@@ -466,3 +479,11 @@ def test_decode_does_not_raise_on_deeply_nested_json(opener: bytes, closer: byte
     assert len(value) < 65_536
     result = decode("click", b"u-1", value)
     assert isinstance(result, DeadLetter)
+
+
+def test_an_impression_whose_clicks_were_not_shown_is_dead_lettered() -> None:
+    payload = valid("impression") | {"clicked": ["i-2", "i-9"]}
+    result = decode("impression", b"u-1", raw(payload))
+    assert reason(result) == "schema"
+    assert isinstance(result, DeadLetter) and "i-9" in result.message
+    assert reason(decode("impression", b"u-1", raw(valid("impression") | {"items": []}))) == "schema"

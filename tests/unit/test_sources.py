@@ -26,6 +26,7 @@ from state.events import (
     Event,
     EventKind,
     Follow,
+    Impression,
     Item,
     Purchase,
     Review,
@@ -253,22 +254,33 @@ def test_ciao_items_use_the_readme_genre_names() -> None:
 # --- mind -----------------------------------------------------------------------------
 
 
-def test_mind_clicks_match_the_raw_entries() -> None:
+def test_mind_clicks_and_impressions_match_the_raw_entries() -> None:
     events = events_of("mind", MIND)
     clicked = 0
     history: set[tuple[str, str]] = set()
+    raw_impressions: dict[str, tuple[str, list[str], list[str]]] = {}
     with (MIND / "behaviors.tsv").open(encoding="utf-8") as fh:
         for line in fh:
-            _, user, _, hist, entries = line.rstrip("\n").split("\t")
+            imp_id, user, _, hist, entries = line.rstrip("\n").split("\t")
             clicked += sum(1 for entry in entries.split() if entry.endswith("-1"))
             history.update((user, news) for news in hist.split())
+            shown = [e.rsplit("-", 1)[0] for e in entries.split()]
+            raw_impressions[imp_id] = (user, shown, [e.rsplit("-", 1)[0] for e in entries.split() if e.endswith("-1")])
     n_news = len((MIND / "news.tsv").read_text(encoding="utf-8").splitlines())
 
     clicks = [e for e in events if isinstance(e, Click)]
     assert sum(1 for c in clicks if c.event_id.startswith("mi-c-")) == clicked
     assert {(c.user_id, c.item_id) for c in clicks if c.event_id.startswith("mi-h-")} == history
-    assert kinds(events) == {"Item": n_news, "Click": clicked + len(history)}
+    assert kinds(events) == {"Item": n_news, "Click": clicked + len(history), "Impression": len(raw_impressions)}
     assert all(isinstance(e, Item) for e in events[:n_news])  # catalog before history clicks
+    # Every impression row, shown and clicked entries in order, before its own clicks.
+    position = {e.event_id: n for n, e in enumerate(events)}
+    for e in events:
+        if isinstance(e, Impression):
+            user, shown, hit = raw_impressions[e.event_id.removeprefix("mi-s-")]
+            assert (e.user_id, e.items, e.clicked) == (user, shown, hit)
+            imp_id = e.event_id.removeprefix("mi-s-")
+            assert all(position[e.event_id] < position[f"mi-c-{imp_id}-{n}"] for n in hit)
 
     first_impression: dict[str, float] = {}
     for c in clicks:
