@@ -243,10 +243,10 @@ class ItemKNN:
         acc *= inv
         return acc, rows
 
-    def score(self, history: Iterable[str], candidates: Iterable[str] | None = None) -> dict[str, float]:
+    def score(self, history: Iterable[str], candidates: Iterable[str] | None = None, recency: float = 1.0) -> dict[str, float]:
         """``score(history, j)`` for each candidate (every co-occurring item when ``None``;
-        those with a positive score only)."""
-        acc, _ = self._accumulate(history)
+        those with a positive score only); ``recency`` as in :meth:`top`."""
+        acc, _ = self._accumulate(history, recency)
         if candidates is None:
             return {self._ids[c]: float(acc[c]) for c in np.flatnonzero(acc > 0.0).tolist()}
         out: dict[str, float] = {}

@@ -165,11 +165,13 @@ def features(
     params: Params,
     k: int,
     weights: Weights = DEFAULT_WEIGHTS,
+    items: Collection[str] | None = None,
 ) -> Pool | None:
     """The candidates and features that :func:`rank` would score (every dimension on): the
     trainer's view of a ranking, point in time by construction (it reads the state as it
-    is now). None when there is no candidate."""
-    return _pool(profile, catalog, shared, params, k, all_on(weights))
+    is now). ``items``: these candidates instead of the generators' (e.g. the items of an
+    impression, shown or bought before or not). None when there is no candidate."""
+    return _pool(profile, catalog, shared, params, k, all_on(weights), items)
 
 
 def rank(
@@ -231,7 +233,15 @@ def _occlusion_parts(model: Scorer, chosen: list[tuple[float, ...]]) -> list[tup
     return [tuple(float(x) if base[d, j] > 0.0 else 0.0 for d, x in enumerate(drop[:, j])) for j in range(base.shape[1])]
 
 
-def _pool(profile: Profile, catalog: Catalog, shared: SharedState, params: Params, k: int, weights: Weights) -> Pool | None:
+def _pool(
+    profile: Profile,
+    catalog: Catalog,
+    shared: SharedState,
+    params: Params,
+    k: int,
+    weights: Weights,
+    only: Collection[str] | None = None,
+) -> Pool | None:
     user = profile.user_id
     popularity, knn = shared.popularity, shared.knn
     exclude: Collection[str] = _Exclude(profile, True) if weights.exclude_clicked and profile.clicked else profile.purchased
@@ -243,7 +253,12 @@ def _pool(profile: Profile, catalog: Catalog, shared: SharedState, params: Param
     affinity = profile.affinity_at(now, params)
     total = sum(affinity.values())
 
-    cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude, recency=weights.recency)) if recent and weights.cooc else {}
+    if not (recent and weights.cooc):
+        cooc: dict[str, float] = {}
+    elif only is not None:
+        cooc = {i: v for i, v in knn.score(recent, only, recency=weights.recency).items() if v > 0.0}
+    else:
+        cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude, recency=weights.recency))
     candidates: set[str] = set(cooc)
     query = interest_query(profile, shared) if weights.content else None
     if query is not None:
@@ -257,17 +272,19 @@ def _pool(profile: Profile, catalog: Catalog, shared: SharedState, params: Param
     if segs:
         segment = {i: (s, g) for i, s, g in shared.segments.top(segs, weights.pool // 2, exclude=exclude, now=now, scan=2)}
         candidates.update(segment)
+    if only is not None:
+        candidates = set(only)
     # One popularity order serves both pools (kept incrementally by Popularity.order, not
     # re-sorted per ranking): the trending items, and the popular items of the strongest categories.
     order = popularity.order()
-    wanted = max(weights.pool // 2, k)
+    wanted = max(weights.pool // 2, k) if only is None else 0
     for _, _, item in order:
         if wanted <= 0:
             break
         if item not in exclude:
             candidates.add(item)
             wanted -= 1
-    if weights.category and total > 0.0:
+    if weights.category and total > 0.0 and only is None:
         strongest = {c for c, _ in heapq.nlargest(5, affinity.items(), key=lambda kv: (kv[1], kv[0]))}
         wanted = weights.pool
         # Bounded scan: a user's strongest categories may be rare among popular items (CiaoDVD
@@ -278,7 +295,7 @@ def _pool(profile: Profile, catalog: Catalog, shared: SharedState, params: Param
             if item not in exclude and not strongest.isdisjoint(catalog.categories(item)):
                 candidates.add(item)
                 wanted -= 1
-    if len(candidates) < k:  # nothing popular yet (a stream's first events): fill from the catalog
+    if len(candidates) < k and only is None:  # nothing popular yet (a stream's first events): fill from the catalog
         for item in _catalog_order(shared, catalog):
             if len(candidates) >= k + TIE_FILL:
                 break

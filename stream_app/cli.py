@@ -152,6 +152,33 @@ def train_cmd(
     console.print(f"runs: {counts}")
 
 
+@app.command("impressions-study")
+def impressions_study_cmd(
+    path: Annotated[Path, typer.Argument(help="A stream with impressions (the MIND folder).")],
+    fmt: Annotated[str, typer.Option("--format", help="mind, or jsonl with impression events.")] = "mind",
+    train_slice: Annotated[float, typer.Option(help="Impressions before this share of the replay train.")] = 0.7,
+    negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per click, for the sampled-negatives ranker.")] = 4,
+    encoder: Annotated[str, typer.Option(help="Text encoder: auto, none, or a registry or version folder.")] = "none",
+    seed: Annotated[int, typer.Option()] = 0,
+    report_json: Annotated[Optional[Path], typer.Option(help="Write the report as JSON here.")] = None,
+) -> None:
+    """Train the ranker with impression negatives and with sampled negatives; AUC and NDCG@10 of both on later impressions."""
+    from stream_app.impressions import study
+    from stream_app.models import open_text_encoder
+    from stream_app.sources import read_events
+
+    settings = _settings()
+    events = list(read_events(fmt, path))  # type: ignore[arg-type]
+    report = study(
+        events, settings, train=train_slice, test=(train_slice, 1.0), negatives=negatives, seed=seed,
+        encoder=open_text_encoder(encoder, settings),
+    )
+    for name, r in report["rankers"].items():
+        print(f"{name:22s} AUC {r['auc']:.4f}  NDCG@10 {r['ndcg@10']:.4f}  on {r['impressions']:,} test impressions")
+    if report_json is not None:
+        report_json.write_text(json.dumps(report, indent=2) + "\n")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     path: Annotated[Optional[Path], typer.Argument(help="Dataset file or folder.")] = None,

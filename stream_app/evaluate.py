@@ -49,7 +49,7 @@ from scoring.knn import WINDOW, ItemKNN
 from scoring.messages import decode as decode_recs
 from scoring.ranker import Scorer, Weights
 from state.catalog import Catalog
-from state.events import DeadLetter, Event, EventKind, Item, Review, encode, key_of, kind_of
+from state.events import DeadLetter, Event, EventKind, Impression, Item, Review, encode, key_of, kind_of
 from state.interest import ItemVector, text_digest
 from state.profile import EVENT_WEIGHTS, Encoding, Profile
 from stream_app.pipeline import APPLIED, Pipeline, Record
@@ -374,6 +374,8 @@ class Replay:
             self.tally["dead_letters"] += 1
             pipe.process(kind, record)
             return
+        if isinstance(event, Impression):
+            self._impression(event)  # before it (and its clicks, which follow) is applied
         if isinstance(event, Item):
             self.catalog.upsert(event)  # what the catalog replica does
             self._cats.pop(event.item_id, None)
@@ -416,6 +418,10 @@ class Replay:
             self.seen_items.add(item_id)
             self.counts.see(item_id)
             self.decayed.see(item_id)
+
+    def _impression(self, event: Impression) -> None:
+        """What a shown list says, read before it is applied: nothing here; the trainer's
+        impression study (:mod:`stream_app.impressions`) reads it."""
 
     # --- one evaluated positive ----------------------------------------------------------
     def _evaluate(self, label: Label) -> None:

@@ -143,3 +143,27 @@ def test_the_gate_publishes_only_a_candidate_that_wins(movielens: list[Event], t
     third = train_once(movielens, settings, margin=10.0, **kwargs)  # type: ignore[arg-type]
     assert third.gate["production"]["version"] == accepted.version
     assert registry.current_name() == accepted.version
+
+
+def test_impression_study_learns_from_every_shown_item_and_scores_later_impressions() -> None:
+    from state.events import Impression
+    from stream_app.impressions import study
+
+    events = list(read_events("mind", data_dir() / "mind-small-sample"))
+    report = study(events, Settings(), train=0.7, test=(0.7, 1.0), negatives=2, epochs=5)
+    stats = report["stats"]
+    impressions = [e for e in events if isinstance(e, Impression)]
+    assert stats["impressions"] == len(impressions)
+    assert stats["train"] > 0 and stats["test"] > 0
+    n, cut = len(events), int(0.7 * len(events))
+    position = {e.event_id: i for i, e in enumerate(events)}
+    # Every distinct shown item of a training impression is one example (users with history
+    # only, which is why this is an upper bound), its clicks the positives.
+    train_imps = [e for e in impressions if position[e.event_id] < cut]
+    assert report["rankers"]["impression_negatives"]["examples"] <= sum(len(set(e.items)) for e in train_imps)
+    assert report["rankers"]["impression_negatives"]["positives"] == report["rankers"]["sampled_negatives"]["positives"]
+    for name in ("impression_negatives", "sampled_negatives", "hand_set_weights"):
+        r = report["rankers"][name]
+        assert 0.0 <= r["auc"] <= 1.0 and 0.0 <= r["ndcg@10"] <= 1.0
+        assert r["impressions"] == stats["test"] <= sum(1 for e in impressions if position[e.event_id] >= cut)
+    assert n == report["events"]

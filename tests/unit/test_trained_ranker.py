@@ -7,6 +7,7 @@ over the features the ranker's own candidate generation gives.
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -278,3 +279,16 @@ def test_an_ab_share_serves_the_candidate_to_its_users_only(trained_ranker: Path
     tally = run.pipeline.live.tally
     assert tally[(version, "served")][1] > 0 and tally[("blend-v1", "served")][1] > 0
     assert not [k for k in tally if k[1] == "shadow"]
+
+
+def test_impression_metrics_by_hand() -> None:
+    from stream_app.impressions import auc, ndcg_at
+
+    labels = np.array([0.0, 1.0, 0.0, 1.0])
+    # Pairs (clicked, not): (1,0) (1,2) (3,0) (3,2): scores .9>.1, .9>.5, .5=.5 (half), .5>.1.
+    assert auc(np.array([0.1, 0.9, 0.5, 0.5]), labels) == pytest.approx(3.5 / 4)
+    assert auc(np.array([0.9, 0.1, 0.8, 0.2]), labels) == 0.0
+    # Order by score, ties by position shown: [1, 2, 3, 0] -> clicks at ranks 1 and 3.
+    want = (1 / math.log2(2) + 1 / math.log2(4)) / (1 / math.log2(2) + 1 / math.log2(3))
+    assert ndcg_at(np.array([0.1, 0.9, 0.5, 0.5]), labels) == pytest.approx(want)
+    assert ndcg_at(np.array([0.0, 1.0, 0.0, 1.0]), labels) == pytest.approx(1.0)
