@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from scoring.baseline import Scored, tie_key
+from scoring.migrate import migrated_interest
 from scoring.popularity import tie_hash
 from scoring.segments import segments_of
 from scoring.shared import SharedState
@@ -129,9 +130,13 @@ class _Exclude(Collection[str]):
         return len(self._a) + sum(1 for x in self._b if x not in self._a)
 
 
-def interest_query(profile: Profile, shared: SharedState) -> np.ndarray | None:
-    """The user's interest vector, when it is of the content index's encoder version."""
+def interest_query(profile: Profile, shared: SharedState, half_life_s: float | None = None) -> np.ndarray | None:
+    """The user's interest vector in the content index's encoder version. An interest of
+    another version (the encoder was swapped) is rebuilt from the engaged items' new vectors
+    (:func:`scoring.migrate.migrated_interest`) when ``half_life_s`` is given."""
     interest = profile.interest
+    if interest is not None and interest.version != shared.content.version and half_life_s is not None:
+        interest = migrated_interest(profile, shared.content, half_life_s)
     if interest is None or interest.version != shared.content.version or interest.weight <= 0.0:
         return None
     return interest.mean()
@@ -260,7 +265,7 @@ def _pool(
     else:
         cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude, recency=weights.recency))
     candidates: set[str] = set(cooc)
-    query = interest_query(profile, shared) if weights.content else None
+    query = interest_query(profile, shared, params.half_life_s) if weights.content else None
     if query is not None:
         candidates.update(i for i, _ in shared.content.search(query, weights.pool, version=shared.content.version or "", exclude=exclude))
     social: dict[str, tuple[float, int]] = {}

@@ -34,6 +34,7 @@ from scoring.baseline import recommend
 from scoring.knn import ItemKNN
 from scoring.messages import Recommendations
 from scoring.messages import encode as encode_recs
+from scoring.migrate import migrated_interest
 from scoring.popularity import Popularity
 from scoring.ranker import DEFAULT_WEIGHTS, Scorer, Weights, history, rank
 from scoring.segments import segments_of
@@ -41,7 +42,7 @@ from scoring.shared import ENGAGE, FOLLOW, UNFOLLOW, Delta, SharedState
 from state.catalog import Catalog
 from state.events import DeadLetter, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
-from state.profile import Encoding, Origin, Params, Profile, apply, new_profile
+from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.experiment import SERVED, SHADOW, Candidate, LiveQuality, assigned
@@ -272,6 +273,7 @@ class Pipeline:
         recent = history(profile) if first_engagement else []
         categories = self.catalog.categories(item_id) if item_id is not None else ()
         item_vector = self._item_vector(kind, item_id)
+        self._migrate_interest(profile, event, origin, item_vector, encoding)
         updated = apply(
             profile,
             event,
@@ -365,6 +367,20 @@ class Pipeline:
                 continue
             if self.coalescer.offer(follower, self._monotonic(), trigger):
                 self.emit(follower, profile, trigger)
+
+    def _migrate_interest(
+        self, profile: Profile, event: Event, origin: Origin, vector: ItemVector | None, encoding: Encoding | None
+    ) -> None:
+        """Before the user's first vector of a new encoder version is added, move the stored
+        interest to that version (:mod:`scoring.migrate`) instead of restarting it from one
+        vector. Not for a duplicate: it changes nothing then."""
+        version = vector.version if vector is not None else (encoding.version if encoding is not None else None)
+        old = profile.interest
+        if version is None or old is None or old.version == version or version != self.shared.content.version:
+            return
+        if is_duplicate(profile, event, origin):
+            return
+        profile.interest = migrated_interest(profile, self.shared.content, self.params.half_life_s)
 
     def add_item_vector(self, vector: ItemVector) -> None:
         """An item's catalog-text vector arrived (the item-vectors replica): content candidates."""

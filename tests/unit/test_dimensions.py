@@ -339,3 +339,56 @@ def test_review_encoding_goes_into_the_delta() -> None:
     pipe.apply_event(r, Origin("t.review", 0, 0), 0, None, encoding=Encoding(version="v1", vector=vec.tobytes(), text_sentiment=0.9))
     assert len(published) == 1 and published[0].vector == vec.tobytes() and published[0].version == "v1"
     assert pipe.shared.content.vector("m1") is not None
+
+
+# --- interests across an encoder swap --------------------------------------------------------
+
+
+def test_an_interest_of_the_old_encoder_is_rebuilt_from_the_engaged_items_new_vectors() -> None:
+    from scoring.migrate import migrated_interest
+    from scoring.ranker import interest_query
+    from state.interest import Interest, add_vector
+
+    rng = np.random.default_rng(4)
+    params = Params()
+    hl = params.half_life_s
+    shared = _shared()
+    new = {f"m{i}": _unit(rng) for i in range(6)}
+    for item, v in new.items():
+        shared.content.upsert(item, "v2", v)
+    p = new_profile("u")
+    day = 86_400.0
+    engaged = [(Click, "m0", 1 * day), (Purchase, "m1", 3 * day), (Click, "m2", 5 * day), (Purchase, "m9", 6 * day)]
+    for n, (cls, item, ts) in enumerate(engaged):
+        p = _apply(p, cls(event_id=f"e{n}", ts=ts, user_id="u", item_id=item), n)
+    p.interest = Interest(version="v1", ref_ts=6 * day, weight=1.0, sum=_unit(rng).astype("<f4").tobytes())  # the old encoder's
+    # Independently: clicks weigh 0.5, purchases 1, each halved per half-life before the latest
+    # event (day 6); m9 has no vector of v2 and does not count.
+    want_sum = np.zeros(DIM)
+    want_w = 0.0
+    for cls, item, ts in engaged:
+        if item in new:
+            share = (0.5 if cls is Click else 1.0) * 2.0 ** (-(6 * day - ts) / hl)
+            want_sum += new[item].astype(np.float16).astype(np.float64) * share  # the index keeps float16
+            want_w += share
+    got = migrated_interest(p, shared.content, hl)
+    assert got is not None and got.version == "v2" and got.ref_ts == 6 * day
+    assert got.weight == pytest.approx(want_w, rel=1e-12)
+    np.testing.assert_allclose(np.frombuffer(got.sum, dtype="<f4"), want_sum, rtol=1e-6, atol=1e-7)
+    query = interest_query(p, shared, hl)
+    assert query is not None
+    np.testing.assert_allclose(query, (want_sum / want_w).astype(np.float32), rtol=1e-5, atol=1e-6)
+    assert interest_query(p, shared) is None  # without the half-life: no migration, no query
+
+    # Written: the first event with a v2 vector continues from the rebuilt interest.
+    sent: list[tuple[bytes, bytes]] = []
+    pipe = _pipe(sent)
+    pipe.shared = shared
+    pipe.store.put(b"u", p, 0)  # type: ignore[attr-defined]
+    vec = ItemVector(item_id="m3", version="v2", digest="d", vector=new["m3"].astype("<f4").tobytes())
+    before = migrated_interest(p, shared.content, hl)
+    pipe._migrate_interest(p, Click(event_id="e9", ts=7 * day, user_id="u", item_id="m3"), Origin("t.click", 0, 99), vec, None)
+    assert p.interest is not None and p.interest.version == "v2"
+    assert before is not None and p.interest.weight == before.weight
+    after = add_vector(p.interest, new["m3"], "v2", 0.5, 7 * day, hl)
+    assert after.weight > 0.5  # not restarted from the one new vector
