@@ -83,6 +83,7 @@ def train_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, or auto (CUDA when torch sees a GPU).")] = "cpu",
     encoder: Annotated[str, typer.Option(help="Text encoder: auto, none, or a registry or version folder.")] = "auto",
     publish: Annotated[bool, typer.Option(help="Publish a candidate that passes the gate.")] = True,
+    announce: Annotated[bool, typer.Option(help="Announce a published version on the control topic.")] = True,
     every: Annotated[Optional[str], typer.Option(help="Run periodically: 90s, 15m, 6h, 1d.")] = None,
     runs: Annotated[Optional[int], typer.Option(help="With --every: stop after this many runs.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
@@ -124,7 +125,7 @@ def train_cmd(
         result = train_once(
             events, settings, source=source,
             train_window=windows[0], gate_window=windows[1], margin=margin, negatives=negatives, seed=seed,
-            epochs=epochs, device=device, encoder=encoder, publish=publish, progress=progress,
+            epochs=epochs, device=device, encoder=encoder, publish=publish, announce=announce, progress=progress,
         )
         gate = result.gate
         console.print(
@@ -410,8 +411,9 @@ def model_list(
 def model_promote(
     version: Annotated[str, typer.Argument(help="A complete version (see `persona model list`).")],
     kind: Annotated[str, typer.Option(help="ranker or encoder.")] = "ranker",
+    announce: Annotated[bool, typer.Option(help="Tell the workers on the control topic (they also poll).")] = True,
 ) -> None:
-    """Serve VERSION: point CURRENT at it. Every worker swaps to it within PERSONA_MODEL_POLL_S, no restart."""
+    """Serve VERSION: point CURRENT at it. Every worker swaps to it without a restart (at once when announced)."""
     from encoders.registry import Registry
     from state.errors import ModelError
 
@@ -422,10 +424,17 @@ def model_promote(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"{kind} {version} is CURRENT in {root}")
+    if announce:
+        from stream_app.control import announce as send
+
+        send(_settings(), kind, "publish", version)
 
 
 @model_app.command("rollback")
-def model_rollback(kind: Annotated[str, typer.Option(help="ranker or encoder.")] = "ranker") -> None:
+def model_rollback(
+    kind: Annotated[str, typer.Option(help="ranker or encoder.")] = "ranker",
+    announce: Annotated[bool, typer.Option(help="Tell the workers on the control topic (they also poll).")] = True,
+) -> None:
     """Serve the version published before the current one again (every worker, no restart)."""
     from encoders.registry import Registry
     from state.errors import ModelError
@@ -437,6 +446,10 @@ def model_rollback(kind: Annotated[str, typer.Option(help="ranker or encoder.")]
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"{kind} rolled back to {target} in {root}")
+    if announce:
+        from stream_app.control import announce as send
+
+        send(_settings(), kind, "rollback", target)
 
 
 @model_app.command("shadow")
@@ -447,6 +460,7 @@ def model_shadow(
                                       "instead of running it in shadow.")
     ] = None,
     stop: Annotated[bool, typer.Option("--stop", help="End the trial: production only.")] = False,
+    announce: Annotated[bool, typer.Option(help="Tell the workers on the control topic (they also poll).")] = True,
 ) -> None:
     """Try a ranker beside production: in shadow (ranked and scored by the live hit rate, never shown) or on an A/B share."""
     from encoders.registry import Registry
@@ -458,6 +472,10 @@ def model_shadow(
         if stop:
             registry.clear_candidate()
             console.print("ranker trial stopped: production only")
+            if announce:
+                from stream_app.control import announce as send
+
+                send(_settings(), "ranker", "stop")
             return
         if version is None:
             raise typer.BadParameter("name a VERSION, or pass --stop")
@@ -466,6 +484,10 @@ def model_shadow(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"ranker {version}: " + ("in shadow" if share is None else f"serving {share:.0%} of users"))
+    if announce:
+        from stream_app.control import announce as send
+
+        send(_settings(), "ranker", "shadow" if share is None else "share", version)
 
 
 #: Commands that live outside ``stream_app`` (the benchmarks, for one) are mounted from this

@@ -243,6 +243,11 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}scoring.deltas"
 
     @property
+    def control_topic(self) -> str:
+        """Model announcements (publish, rollback, trials), read by every worker (stream_app/control.py)."""
+        return f"{self.topic_prefix}control"
+
+    @property
     def recommendations_topic(self) -> str:
         return f"{self.topic_prefix}recommendations"
 

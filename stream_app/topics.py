@@ -30,6 +30,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     specs[settings.item_vectors_topic] = (settings.item_partitions, {"cleanup.policy": "compact"})
     # The history of the global scoring state: replayed in full at every worker start.
     specs[settings.scoring_deltas_topic] = (settings.partitions, {"retention.ms": "-1"})
+    # One partition, latest announcement per registry kind: a worker starting reads the few records.
+    specs[settings.control_topic] = (1, {"cleanup.policy": "compact"})
     return specs
 
 

@@ -82,9 +82,11 @@ def train_once(
     device: str = "cpu",
     encoder: str = "auto",
     publish: bool = True,
+    announce: bool = True,
     progress: bool = False,
 ) -> TrainResult:
-    """One training run (see the module docstring)."""
+    """One training run (see the module docstring). ``announce``: tell the workers on the
+    control topic when a version is published (:mod:`stream_app.control`)."""
     from export.ranker import Arrays, finish_version, fit, write_version
 
     if not (0.0 <= train_window[0] < train_window[1] <= gate_window[0] < gate_window[1] <= 1.0):
@@ -140,6 +142,10 @@ def train_once(
     if passed and publish:
         Registry(settings.ranker_registry).publish(manifest.version)
         published = True
+        if announce:
+            from stream_app.control import announce as send
+
+            send(settings, "ranker", "publish", manifest.version)
     log.info(
         "ranker %s: %s %.4f vs production %s %.4f (margin %.2f): %s",
         manifest.version, GATE_METRIC, new, prod_name, old, margin, "published" if published else "not published",

@@ -27,6 +27,7 @@ from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
 from state.profile import Encoding, Origin
 from stream_app import metrics
+from stream_app.control import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
@@ -194,6 +195,22 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         if models_tried.is_set() and await holder.refresh():
             runtime.vectors.want(holder.version)
         await refresh_ranker()
+
+    control = ControlTail(settings)
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def control_replica() -> None:
+        await control.run()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def on_announcements() -> None:
+        # An announcement makes the worker look at the registries now, not at its next poll.
+        while True:
+            await control.poke.wait()
+            control.poke.clear()
+            if models_tried.is_set() and await holder.refresh():
+                runtime.vectors.want(holder.version)
+            await refresh_ranker()
 
     @app.task  # type: ignore[untyped-decorator]
     async def catalog_replica() -> None:

@@ -135,3 +135,32 @@ def test_promote_shadow_share_and_rollback_on_a_running_worker(
     profiles = all_profiles(settings)
     assert {u: p.version for u, p in profiles.items()} == dict(applied)
 
+
+
+def test_an_announcement_on_the_control_topic_swaps_at_once_not_at_the_next_poll(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    trained_ranker: Path,
+    tmp_path: Path,
+) -> None:
+    from stream_app.control import announce
+
+    root = tmp_path / "rankers"
+    root.mkdir()
+    for name in ("ranker-a", "ranker-b"):
+        _version_copy(trained_ranker, root, name)
+    registry = Registry(root)
+    # A poll period no test waits for: only the announcement can make the worker look.
+    settings = topic_factory(ranker_registry=root, model_poll_s=3600.0)
+    worker = worker_factory(settings)
+    worker.wait_ready()
+    registry.publish("ranker-a")
+    assert announce(settings, "ranker", "publish", "ranker-a")
+    worker.wait_until(lambda m: metric_sum(m, "persona_model_info", name="ranker", version="ranker-a") == 1, timeout=30)
+    registry.set_candidate("ranker-b", "shadow")
+    assert announce(settings, "ranker", "shadow", "ranker-b")
+    worker.wait_until(lambda m: metric_sum(m, "persona_model_info", name="ranker-shadow", version="ranker-b") == 1, timeout=30)
+    assert worker.stop() == 0
+    # A broker nobody answers on: the announcement fails softly (the registry stays the truth).
+    dead = settings.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})
+    assert announce(dead, "ranker", "publish", "ranker-a", timeout_s=2.0) is False

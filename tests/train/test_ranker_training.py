@@ -128,7 +128,7 @@ def test_bce_fit_learns_and_the_onnx_export_scores_like_torch_and_numpy(tmp_path
 def test_the_gate_publishes_only_a_candidate_that_wins(movielens: list[Event], tmp_path: Path) -> None:
     settings = Settings(ranker_registry=tmp_path / "rankers")
     registry = Registry(settings.ranker_registry)
-    kwargs = {"source": {"dataset": "movielens-100k", "limit": LIMIT}, "encoder": "none", "epochs": 5, "negatives": 5}
+    kwargs = {"source": {"dataset": "movielens-100k", "limit": LIMIT}, "encoder": "none", "epochs": 5, "negatives": 5, "announce": False}
     refused = train_once(movielens, settings, margin=10.0, **kwargs)  # type: ignore[arg-type]
     assert not refused.published and registry.current_name() is None
     gate = read_ranker_manifest(refused.path).metrics["gate"]

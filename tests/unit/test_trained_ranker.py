@@ -184,11 +184,11 @@ def test_promote_and_rollback_walk_the_published_versions(tmp_path: Path, traine
     with pytest.raises(ModelError, match="roll back"):
         registry.rollback()  # nothing published yet
     for name in ("ranker-a", "ranker-b", "ranker-c"):
-        assert runner.invoke(app, ["model", "promote", name], env=env).exit_code == 0
+        assert runner.invoke(app, ["model", "promote", name, "--no-announce"], env=env).exit_code == 0
     assert registry.current_name() == "ranker-c"
     holder = RankerHolder(root, FEATURES)
     assert holder.refresh() and holder.version is not None
-    assert runner.invoke(app, ["model", "rollback"], env=env).exit_code == 0
+    assert runner.invoke(app, ["model", "rollback", "--no-announce"], env=env).exit_code == 0
     assert registry.current_name() == "ranker-b"
     assert holder.refresh() is True  # a worker's holder follows the rollback
     assert registry.rollback() == "ranker-a"  # a second rollback goes one further back
@@ -202,7 +202,7 @@ def test_promote_and_rollback_walk_the_published_versions(tmp_path: Path, traine
     statuses = {r["version"]: r["status"] for r in list_versions("ranker", root)}
     # (the fixture ranker passed its gate: --margin -1)
     assert statuses == {"ranker-a": "serving", "ranker-b": "served before", "ranker-c": "served before", "ranker-unused": "not published"}
-    bad = runner.invoke(app, ["model", "promote", "no-such-version"], env=env)
+    bad = runner.invoke(app, ["model", "promote", "no-such-version", "--no-announce"], env=env)
     assert bad.exit_code == 1 and "not a complete version" in bad.output
     listed = runner.invoke(app, ["model", "list", "--kind", "ranker", "--json"], env=env)
     assert listed.exit_code == 0 and '"ranker-a"' in listed.output
