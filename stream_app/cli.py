@@ -128,9 +128,10 @@ def train_cmd(
             epochs=epochs, device=device, encoder=encoder, publish=publish, announce=announce, progress=progress,
         )
         gate = result.gate
+        scored = f"{gate['impressions']:,} impressions" if "impressions" in gate else f"{gate['evaluated']:,} positives"
         console.print(
-            f"{result.version}: NDCG@10 {gate['candidate']['ndcg@10']:.4f} vs production "
-            f"({gate['production']['version']}) {gate['production']['ndcg@10']:.4f} on {gate['evaluated']:,} positives "
+            f"{result.version}: {gate['metric']} {gate['value']['candidate']:.4f} vs production "
+            f"({gate['production']['version']}) {gate['value']['production']:.4f} on {scored} "
             f"of slice {gate_slice}: {'[green]published[/green]' if result.published else '[yellow]not published[/yellow]'}"
         )
         if report_json is not None:

@@ -132,6 +132,23 @@ def ndcg_at(scores: npt.NDArray[np.float64], labels: npt.NDArray[np.float64], k:
     return dcg / ideal if ideal else 0.0
 
 
+def held_impressions(
+    events: Sequence[Event], settings: Settings, window: tuple[float, float], encoder: TextEncoder | None = None
+) -> list[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]]:
+    """The impressions of ``window`` (users with history, some but not all shown items
+    clicked): the shown items' features, read before the impression, and the click labels."""
+    n = len(events)
+    run = _Study(events, settings, train_end=0, test=(int(window[0] * n), int(window[1] * n)), negatives=0, seed=0, encoder=encoder)
+    run.run("impressions", False)
+    return run.held
+
+
+def mean_auc(held: Sequence[tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]], score: Any) -> float:
+    """Mean per-impression AUC of ``score`` (features -> scores) over ``held``."""
+    values = [auc(np.asarray(score(f), dtype=np.float64), labels) for f, labels in held]
+    return float(np.mean(values)) if values else 0.0
+
+
 def study(
     events: Sequence[Event],
     settings: Settings,

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from encoders.ranker_model import OnnxRanker, load_ranker
 from encoders.registry import Registry
 from scoring.ranker import FEATURES, Weights, linear
@@ -126,10 +128,26 @@ def train_once(
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    metric = GATE_METRIC
     new, old = report.variants["candidate"][GATE_METRIC], report.variants["production"][GATE_METRIC]
+    extra: dict[str, Any] = {}
+    if report.evaluated == 0 and examples.stats.get("impressions"):
+        # A stream of clicks and impressions (MIND) has no purchase or review to score
+        # prequentially: gate on the later impressions' AUC instead.
+        from stream_app.impressions import held_impressions, mean_auc
+
+        held = held_impressions(events, settings, gate_window, text_encoder)
+        prod_model = prod_weights.model
+        hand = np.array(linear(settings.rank_weights()))
+        new = mean_auc(held, candidate)
+        old = mean_auc(held, prod_model if prod_model is not None else (lambda f: hand @ f))
+        metric = "impression_auc"
+        extra = {"impressions": len(held)}
     passed = new >= old * (1.0 + margin) and new > 0.0
     gate = {
-        "metric": GATE_METRIC,
+        "metric": metric,
+        **extra,
+        "value": {"candidate": new, "production": old},
         "window": list(gate_window),
         "evaluated": report.evaluated,
         "candidate": {m: report.variants["candidate"][m] for m in ("ndcg@10", "recall@10")},
@@ -148,7 +166,7 @@ def train_once(
             send(settings, "ranker", "publish", manifest.version)
     log.info(
         "ranker %s: %s %.4f vs production %s %.4f (margin %.2f): %s",
-        manifest.version, GATE_METRIC, new, prod_name, old, margin, "published" if published else "not published",
+        manifest.version, metric, new, prod_name, old, margin, "published" if published else "not published",
     )
     return TrainResult(version=manifest.version, path=path, published=published, gate=gate, seconds=seconds)
 

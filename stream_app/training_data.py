@@ -12,6 +12,11 @@ test pins this by collecting from a prefix of the stream and from the whole stre
 
 A positive whose item is not among the candidates teaches the ranker nothing (it can only
 reorder the pool) and is counted in ``stats["outside_pool"]``.
+
+An ``impression`` in the window (a stream that carries them: the MIND replay) adds every shown
+item, labelled by whether it was clicked: the items the user really passed over are better
+negatives than sampled ones (``persona impressions-study`` measures it). ``groups`` number
+positives and impressions together, in replay order.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import numpy.typing as npt
 from encoders.text_cache import TextEncoder
 from scoring.evaluation import Label
 from scoring.ranker import FEATURES, features, linear
-from state.events import Event
+from state.events import Event, Impression
 from stream_app.evaluate import Replay
 from stream_app.settings import Settings
 
@@ -73,10 +78,13 @@ class _Collect(Replay):
         self.groups: list[int] = []
         self.ts: list[float] = []
         self.positions: list[int] = []
-        self.stats: dict[str, Any] = {"positives": 0, "outside_pool": 0, "first_ts": None, "last_ts": None}
+        self.stats: dict[str, Any] = {"positives": 0, "outside_pool": 0, "impressions": 0, "first_ts": None, "last_ts": None}
+        self._group = 0
 
     def _evaluate(self, label: Label) -> None:
         self.stats["positives"] += 1
+        group = self._group  # every positive numbered, in the pool or not
+        self._group += 1
         pipe = self.pipeline
         profile = self.store.cached(label.user_id.encode())
         pool = None
@@ -95,10 +103,12 @@ class _Collect(Replay):
         taken = set(chosen) | {j}
         rest = [c for c in range(len(pool.items)) if c not in taken]
         chosen += self.rng.sample(rest, min(self.negatives - n_hard, len(rest)))
-        group = self.stats["positives"] - 1
+        self._add(group, pool.f, [(j, 1.0), *((c, 0.0) for c in chosen)])
+
+    def _add(self, group: int, f: npt.NDArray[np.float64], labelled: Sequence[tuple[int, float]]) -> None:
         ts = self.events[self.position].ts
-        for col, y in [(j, 1.0), *((c, 0.0) for c in chosen)]:
-            self.rows.append(pool.f[:, col])
+        for col, y in labelled:
+            self.rows.append(f[:, col])
             self.labels.append(y)
             self.groups.append(group)
             self.ts.append(ts)
@@ -106,6 +116,25 @@ class _Collect(Replay):
         if self.stats["first_ts"] is None:
             self.stats["first_ts"] = ts
         self.stats["last_ts"] = ts
+
+    def _impression(self, event: Impression) -> None:
+        """An impression in the window: every shown item an example, labelled by its click
+        (negatives the user really passed over; see ``persona impressions-study``)."""
+        if not (self.window[0] <= self.position < self.window[1]):
+            return
+        profile = self.store.cached(event.user_id.encode())
+        clicked = set(event.clicked)
+        shown = list(dict.fromkeys(event.items))
+        if profile is None or not (profile.clicked or profile.purchased) or not clicked or len(clicked) == len(shown):
+            return
+        pipe = self.pipeline
+        pool = features(profile, catalog=pipe.catalog, shared=pipe.shared, params=pipe.params, k=self.top_k, weights=pipe.weights,
+                        items=shown)
+        if pool is None:
+            return
+        self.stats["impressions"] += 1
+        self._group += 1
+        self._add(self._group - 1, pool.f, [(c, 1.0 if item in clicked else 0.0) for c, item in enumerate(pool.items)])
 
 
 def collect(

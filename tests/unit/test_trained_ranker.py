@@ -292,3 +292,21 @@ def test_impression_metrics_by_hand() -> None:
     want = (1 / math.log2(2) + 1 / math.log2(4)) / (1 / math.log2(2) + 1 / math.log2(3))
     assert ndcg_at(np.array([0.1, 0.9, 0.5, 0.5]), labels) == pytest.approx(want)
     assert ndcg_at(np.array([0.0, 1.0, 0.0, 1.0]), labels) == pytest.approx(1.0)
+
+
+def test_impressions_in_the_training_window_become_examples_labelled_by_their_clicks() -> None:
+    from state.events import Impression
+    from stream_app.training_data import collect
+
+    events: list[Event] = list(read_events("mind", data_dir() / "mind-small-sample", limit=40_000))
+    shown = [e for e in events if isinstance(e, Impression) and e.clicked and len(set(e.clicked)) < len(set(e.items))]
+    assert shown, "the prefix has impressions with a contrast"
+    examples = collect(events, Settings(), window=(0.0, 1.0), negatives=3)
+    assert examples.stats["positives"] == 0  # clicks are not positives of the prequential protocol
+    assert 0 < examples.stats["impressions"] <= len(shown)
+    sizes = {len(set(e.items)): len(set(e.clicked)) for e in shown}
+    for g in np.unique(examples.groups):
+        labels = examples.labels[examples.groups == g]
+        # One row per distinct shown item, the clicked ones labelled 1: some, never all.
+        assert 0 < labels.sum() < len(labels)
+        assert len(labels) in sizes
