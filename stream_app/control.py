@@ -4,20 +4,18 @@ The registries are the source of truth (a worker serves what ``CURRENT`` and ``C
 name, and polls them every ``PERSONA_MODEL_POLL_S``). Whoever changes a registry, ``persona
 train`` publishing, ``persona model promote``, ``rollback`` or ``shadow``, also announces it on
 ``<prefix>control`` (compacted, keyed by registry kind). Every worker tails that topic
-(:class:`ControlTail`) and looks at the registries as soon as an announcement arrives, instead
+(:class:`stream_app.control_replica.ControlTail`) and looks at the registries as soon as an announcement arrives, instead
 of at its next poll. An announcement that cannot be sent is logged, never an error: the poll
 still finds the change.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import msgspec
 
-from stream_app.catalog_replica import TopicTail
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,24 +51,3 @@ def announce(settings: Settings, kind: str, action: str, version: str = "", time
                     kind, action, version, settings.control_topic, exc)
         return False
     return True
-
-
-class ControlTail(TopicTail):
-    """Sets :attr:`poke` whenever an announcement arrives (and once at catch-up)."""
-
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, settings.control_topic, 1)
-        self.poke = asyncio.Event()
-        self.received = 0
-
-    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
-        if value is None:
-            return
-        try:
-            note = msgspec.json.decode(value, type=Announcement)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            log.error("unreadable control record at key %r: %s", key, exc)
-            return
-        self.received += 1
-        log.info("announced: %s %s %s", note.kind, note.action, note.version)
-        self.poke.set()

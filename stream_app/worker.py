@@ -27,7 +27,7 @@ from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
 from state.profile import Encoding, Origin
 from stream_app import metrics
-from stream_app.control import ControlTail
+from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
