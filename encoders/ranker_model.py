@@ -22,7 +22,6 @@ between the worker and the in-process evaluator.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from encoders.artifact import sha256_file
 from encoders.registry import Registry
 from state.errors import ModelError
 
@@ -61,14 +61,6 @@ class RankerManifest(msgspec.Struct, frozen=True, kw_only=True):
     seed: int
     torch: str = ""
     onnxruntime: str = ""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_ranker_manifest(folder: Path) -> RankerManifest:
@@ -116,7 +108,7 @@ def load_ranker(folder: Path | str, features: Sequence[str]) -> OnnxRanker:
         path = folder / name
         if not path.is_file():
             raise ModelError(f"ranker {folder}: missing {name}")
-        if sha256(path) != manifest.sha256.get(name):
+        if sha256_file(path) != manifest.sha256.get(name):
             raise ModelError(f"ranker {folder}: {name} does not match its sha256 in the manifest")
     try:
         ranker = OnnxRanker(folder, manifest)

@@ -36,6 +36,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from encoders.artifact import sha256_file
 from encoders.ranker_model import (
     GOLDEN_FILE,
     GOLDEN_TOLERANCE,
@@ -45,7 +46,6 @@ from encoders.ranker_model import (
     WEIGHTS_FILE,
     OnnxRanker,
     RankerManifest,
-    sha256,
 )
 from state.errors import ModelError
 
@@ -241,7 +241,7 @@ def write_version(
             created_at=created.isoformat(timespec="seconds"),
             features=list(feature_names),
             hidden=fitted.hidden,
-            sha256={name: sha256(staging / name) for name in HASHED_FILES},
+            sha256={name: sha256_file(staging / name) for name in HASHED_FILES},
             training=training,
             metrics={**metrics, "fit": fitted.history},
             seed=seed,
