@@ -43,6 +43,15 @@ def _version_copy(src: Path, root: Path, name: str) -> None:
     (root / name / MANIFEST_FILE).write_bytes(msgspec.json.encode(msgspec.structs.replace(manifest, version=name)))
 
 
+def _two_versions(trained_ranker: Path, tmp_path: Path) -> tuple[Path, Registry]:
+    """A registry holding the test ranker as ``ranker-a`` and ``ranker-b``, nothing published."""
+    root = tmp_path / "rankers"
+    root.mkdir()
+    for name in ("ranker-a", "ranker-b"):
+        _version_copy(trained_ranker, root, name)
+    return root, Registry(root)
+
+
 def test_promote_shadow_share_and_rollback_on_a_running_worker(
     topic_factory: Callable[..., Settings],
     worker_factory: Callable[..., WorkerProcess],
@@ -50,11 +59,7 @@ def test_promote_shadow_share_and_rollback_on_a_running_worker(
     trained_ranker: Path,
     tmp_path: Path,
 ) -> None:
-    root = tmp_path / "rankers"
-    root.mkdir()
-    for name in ("ranker-a", "ranker-b"):
-        _version_copy(trained_ranker, root, name)
-    registry = Registry(root)
+    root, registry = _two_versions(trained_ranker, tmp_path)
     settings = topic_factory(ranker_registry=root, model_poll_s=0.5, emit_interval_s=0.0)
     events = list(read_events("movielens", data_dir / "movielens-100k"))
     items = [e for e in events if isinstance(e, Item)]
@@ -145,11 +150,7 @@ def test_an_announcement_on_the_control_topic_swaps_at_once_not_at_the_next_poll
 ) -> None:
     from stream_app.control import announce
 
-    root = tmp_path / "rankers"
-    root.mkdir()
-    for name in ("ranker-a", "ranker-b"):
-        _version_copy(trained_ranker, root, name)
-    registry = Registry(root)
+    root, registry = _two_versions(trained_ranker, tmp_path)
     # A poll period no test waits for: only the announcement can make the worker look.
     settings = topic_factory(ranker_registry=root, model_poll_s=3600.0)
     worker = worker_factory(settings)
