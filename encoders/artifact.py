@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -78,6 +78,11 @@ class Manifest(msgspec.Struct, frozen=True):
     gpu_model: str = ""
     #: Parity of ``gpu_model`` against torch (measured on CPU, on a subset of the texts).
     gpu_parity: Parity | None = None
+    #: What a fine-tuned version learned from (``persona train --encoder``): the window, the
+    #: pairs, the data's positions or offsets, the settings. Empty for an export of a base model.
+    training: dict[str, Any] = {}
+    #: The quality gate's figures against production, and whether it passed.
+    gate: dict[str, Any] = {}
 
 
 class Head(msgspec.Struct, frozen=True):

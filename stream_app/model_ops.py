@@ -15,7 +15,8 @@ from state.errors import ModelError
 def list_versions(kind: str, root: Path) -> list[dict[str, Any]]:
     """One row per complete version, oldest first: ``serving`` (CURRENT), ``served before``
     (published once), ``rejected`` (a ranker the quality gate refused), ``not published``, or
-    ``unreadable`` (a manifest that does not parse)."""
+    ``unreadable`` (a manifest that does not parse). A fine-tuned encoder shows its gate like a
+    ranker; an exported base model its parity."""
     registry = Registry(root)
     current = registry.current_name()
     published = {v for _, a, v in registry.history() if a in ("publish", "rollback")}
@@ -39,8 +40,22 @@ def list_versions(kind: str, root: Path) -> list[dict[str, Any]]:
                 from encoders.artifact import read_manifest
 
                 em = read_manifest(root / name)
-                row["quality"] = f"parity min cos {em.parity.min_cos:.6f}" if em.parity.min_cos is not None else em.parity.note
-                row["window"] = em.variant
+                parity = f"parity min cos {em.parity.min_cos:.6f}" if em.parity.min_cos is not None else em.parity.note
+                cand, prod = em.gate.get("candidate", {}), em.gate.get("production", {})
+                if cand:
+                    # A fine-tuned version (persona train): its gate's figures before the parity.
+                    rho = cand.get("sentiment_spearman")
+                    row["quality"] = (
+                        f"NDCG@10 {cand['ndcg@10']:.4f} vs {prod.get('ndcg@10', 0.0):.4f} ({prod.get('version', '?')})"
+                        + (f"; sentiment rho {rho:.3f} vs {prod.get('sentiment_spearman') or 0.0:.3f}" if rho is not None else "")
+                        + f"; {parity}"
+                    )
+                    row["gate_passed"] = em.gate.get("passed")
+                    row["metrics"] = {"gate": em.gate}
+                else:
+                    row["quality"] = parity
+                t = em.training
+                row["window"] = f"{em.variant} {t.get('format', '')} {t.get('path', '')} slice {t.get('window', '')}" if t else em.variant
                 row["created_at"] = em.created_at
         except ModelError:
             row["status"] = "unreadable"
