@@ -39,6 +39,6 @@ else
   started=$(date +%s)
   data="${PERSONA_DATA_DIR:-$(cd .. && pwd)/shared/data}"
   PERSONA_RANKER_REGISTRY="$ranker_registry" .venv-train/bin/persona train --format movielens "$data/movielens-100k" \
-    --limit 12000 --epochs 20 --encoder none --margin -1 --no-announce --no-progress
+    --models ranker --limit 12000 --epochs 20 --encoder none --margin -1 --no-announce --no-progress
   echo "test models: ranker trained in $(( $(date +%s) - started )) s"
 fi

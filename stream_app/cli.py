@@ -4,6 +4,7 @@ environment (no Faust) and the worker environment (no torch) share this entry po
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -89,8 +90,16 @@ def train_cmd(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     report_json: Annotated[Optional[Path], typer.Option(help="Write the last run's result as JSON here.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Read only the first N events.")] = None,
+    models: Annotated[str, typer.Option(help="What to train, in order: encoder, ranker, or both (encoder,ranker).")] = "encoder,ranker",
+    freeze: Annotated[int, typer.Option(min=0, help="Encoder: transformer layers (from the bottom) kept frozen.")] = 4,
+    encoder_epochs: Annotated[int, typer.Option(min=1, help="Encoder: passes over the pairs.")] = 1,
+    encoder_pairs: Annotated[
+        Optional[int], typer.Option(help="Encoder: at most this many pairs, evenly over the slice (default 6,400 on CPU, all on a GPU).")
+    ] = None,
 ) -> None:
-    """Fit the ranker (BCE) on the history, gate it against production on a later slice, export ONNX, publish."""
+    """Fine-tune the text encoder (contrastive + sentiment) and fit the ranker (BCE) on the history.
+
+    Each is gated against production on a later slice, exported to ONNX, and published only if it wins."""
     from stream_app.sources import SOURCE_FORMATS, read_events
     from stream_app.train import every as every_loop
     from stream_app.train import parse_duration, train_once
@@ -107,6 +116,9 @@ def train_cmd(
 
     settings = _settings()
     windows = _slice(train_slice), _slice(gate_slice)
+    wanted = [m.strip() for m in models.split(",") if m.strip()]
+    if not wanted or set(wanted) - {"encoder", "ranker"}:
+        raise typer.BadParameter(f"--models is encoder, ranker or encoder,ranker; got {models!r}")
 
     if (path is None) == (not from_topics):
         raise typer.BadParameter("give a dataset PATH or --from-topics (one of them)")
@@ -122,10 +134,40 @@ def train_cmd(
             assert path is not None
             events = list(read_events(fmt, path, meta=meta, limit=limit))
             source = {"format": fmt, "path": str(path), "events_read": len(events)}
+        serving_encoder = encoder
+        report: dict[str, Any] = {}
+        published = False
+        if "encoder" in wanted:
+            from export.finetune import FinetuneConfig, pick_device
+            from stream_app.train_encoder import CPU_PAIRS, train_encoder_once
+
+            on_gpu = pick_device(device).type == "cuda"
+            tuned = train_encoder_once(
+                events, settings, source=source, train_window=windows[0], gate_window=windows[1], margin=margin,
+                config=FinetuneConfig(epochs=encoder_epochs, freeze=freeze, seed=seed, device=device),
+                pairs_limit=encoder_pairs if encoder_pairs is not None else (None if on_gpu else CPU_PAIRS),
+                production_encoder=encoder, publish=publish, announce=announce, progress=progress,
+            )
+            g = tuned.gate
+            console.print(
+                f"{tuned.version}: ndcg@10 {g['candidate']['ndcg@10']:.4f} vs production ({g['production']['version']}) "
+                f"{g['production']['ndcg@10']:.4f}; sentiment Spearman {g['candidate'].get('sentiment_spearman')} vs "
+                f"{g['production'].get('sentiment_spearman')}: "
+                f"{'[green]published[/green]' if tuned.published else '[yellow]not published[/yellow]'}"
+            )
+            report["encoder"] = {"version": tuned.version, "published": tuned.published, "gate": g, "seconds": tuned.seconds}
+            published = tuned.published
+            if tuned.gate["passed"]:
+                # The ranker learns the features the workers will compute with this encoder.
+                serving_encoder = str(tuned.path)
+        if "ranker" not in wanted:
+            if report_json is not None:
+                report_json.write_text(json.dumps(report, indent=2) + "\n")
+            return _Outcome(published)
         result = train_once(
             events, settings, source=source,
             train_window=windows[0], gate_window=windows[1], margin=margin, negatives=negatives, seed=seed,
-            epochs=epochs, device=device, encoder=encoder, publish=publish, announce=announce, progress=progress,
+            epochs=epochs, device=device, encoder=serving_encoder, publish=publish, announce=announce, progress=progress,
         )
         gate = result.gate
         scored = f"{gate['impressions']:,} impressions" if "impressions" in gate else f"{gate['evaluated']:,} positives"
@@ -134,12 +176,10 @@ def train_cmd(
             f"({gate['production']['version']}) {gate['value']['production']:.4f} on {scored} "
             f"of slice {gate_slice}: {'[green]published[/green]' if result.published else '[yellow]not published[/yellow]'}"
         )
+        report["ranker"] = {"version": result.version, "published": result.published, "gate": gate, "seconds": result.seconds}
         if report_json is not None:
-            report_json.write_text(
-                json.dumps({"version": result.version, "published": result.published, "gate": gate, "seconds": result.seconds}, indent=2)
-                + "\n"
-            )
-        return result
+            report_json.write_text(json.dumps(report, indent=2) + "\n")
+        return _Outcome(published or result.published)
 
     from state.errors import PersonaError
 
@@ -152,6 +192,13 @@ def train_cmd(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"runs: {counts}")
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What ``every`` counts: whether the run published anything."""
+
+    published: bool
 
 
 @app.command("impressions-study")

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -105,22 +105,17 @@ def train_once(
         seed=seed, epochs=epochs, device=device, progress=progress, prior=linear(settings.rank_weights()),
     )
     seconds["fit"] = time.perf_counter() - t0
-    training = {**source, **examples.stats, "negatives": negatives}
+    # The features depend on the text encoder: record which one the ranker learned them from.
+    encoder_version = None if text_encoder is None else str(text_encoder.info.version)
+    training = {**source, **examples.stats, "negatives": negatives, "encoder": encoder_version}
     staging, manifest = write_version(
         fitted, settings.ranker_registry, feature_names=FEATURES, golden=examples.features, training=training, metrics={}, seed=seed
     )
     try:
         t0 = time.perf_counter()
-        candidate = OnnxRanker(staging, manifest)
-        prod_name, prod_weights = production(settings)
-        report = evaluate(
-            events,
-            settings,
-            variants=(),
-            window=gate_window,
-            encoder=text_encoder,
-            candidates={"candidate": replace(settings.rank_weights(), model=candidate), "production": prod_weights},
-            progress=progress,
+        gate = gate_ranker(
+            events, settings, OnnxRanker(staging, manifest), gate_window=gate_window, margin=margin,
+            encoder=text_encoder, impressions=bool(examples.stats.get("impressions")), progress=progress,
         )
         seconds["gate"] = time.perf_counter() - t0
     except BaseException:
@@ -128,33 +123,8 @@ def train_once(
 
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    metric = GATE_METRIC
-    new, old = report.variants["candidate"][GATE_METRIC], report.variants["production"][GATE_METRIC]
-    extra: dict[str, Any] = {}
-    if report.evaluated == 0 and examples.stats.get("impressions"):
-        # A stream of clicks and impressions (MIND) has no purchase or review to score
-        # prequentially: gate on the later impressions' AUC instead.
-        from stream_app.impressions import held_impressions, mean_auc
-
-        held = held_impressions(events, settings, gate_window, text_encoder)
-        prod_model = prod_weights.model
-        hand = np.array(linear(settings.rank_weights()))
-        new = mean_auc(held, candidate)
-        old = mean_auc(held, prod_model if prod_model is not None else (lambda f: hand @ f))
-        metric = "impression_auc"
-        extra = {"impressions": len(held)}
-    passed = new >= old * (1.0 + margin) and new > 0.0
-    gate = {
-        "metric": metric,
-        **extra,
-        "value": {"candidate": new, "production": old},
-        "window": list(gate_window),
-        "evaluated": report.evaluated,
-        "candidate": {m: report.variants["candidate"][m] for m in ("ndcg@10", "recall@10")},
-        "production": {"version": prod_name, **{m: report.variants["production"][m] for m in ("ndcg@10", "recall@10")}},
-        "margin": margin,
-        "passed": passed,
-    }
+    passed, metric = gate["passed"], gate["metric"]
+    new, old, prod_name = gate["value"]["candidate"], gate["value"]["production"], gate["production"]["version"]
     path = finish_version(staging, manifest, gate)
     published = False
     if passed and publish:
@@ -171,9 +141,67 @@ def train_once(
     return TrainResult(version=manifest.version, path=path, published=published, gate=gate, seconds=seconds)
 
 
+class Outcome(Protocol):
+    @property
+    def published(self) -> bool: ...
+
+
+def gate_ranker(
+    events: Sequence[Event],
+    settings: Settings,
+    candidate: Any,
+    *,
+    gate_window: tuple[float, float],
+    margin: float,
+    encoder: Any,
+    impressions: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The quality gate: ``candidate`` (a :class:`~scoring.ranker.Scorer`) against production on
+    the later ``gate_window``, by prequential NDCG@10; on a stream without purchases or reviews
+    to score but with impressions (MIND), by the later impressions' mean AUC. Passes when the
+    candidate's figure is at least production's times ``1 + margin`` (and above zero)."""
+    prod_name, prod_weights = production(settings)
+    report = evaluate(
+        events,
+        settings,
+        variants=(),
+        window=gate_window,
+        encoder=encoder,
+        candidates={"candidate": replace(settings.rank_weights(), model=candidate), "production": prod_weights},
+        progress=progress,
+    )
+    metric = GATE_METRIC
+    new, old = report.variants["candidate"][GATE_METRIC], report.variants["production"][GATE_METRIC]
+    extra: dict[str, Any] = {}
+    if report.evaluated == 0 and impressions:
+        # A stream of clicks and impressions (MIND) has no purchase or review to score
+        # prequentially: gate on the later impressions' AUC instead.
+        from stream_app.impressions import held_impressions, mean_auc
+
+        held = held_impressions(events, settings, gate_window, encoder)
+        prod_model = prod_weights.model
+        hand = np.array(linear(settings.rank_weights()))
+        new = mean_auc(held, candidate)
+        old = mean_auc(held, prod_model if prod_model is not None else (lambda f: hand @ f))
+        metric = "impression_auc"
+        extra = {"impressions": len(held)}
+    return {
+        "metric": metric,
+        **extra,
+        "value": {"candidate": new, "production": old},
+        "window": list(gate_window),
+        "evaluated": report.evaluated,
+        "candidate": {m: report.variants["candidate"][m] for m in ("ndcg@10", "recall@10")},
+        "production": {"version": prod_name, **{m: report.variants["production"][m] for m in ("ndcg@10", "recall@10")}},
+        "margin": margin,
+        "passed": bool(new >= old * (1.0 + margin) and new > 0.0),
+    }
+
+
 def every(
     period_s: float,
-    run: Callable[[], TrainResult],
+    run: Callable[[], Outcome],
     *,
     runs: int | None = None,
     sleep: Callable[[float], None] = time.sleep,

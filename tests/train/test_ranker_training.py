@@ -20,14 +20,14 @@ from encoders.ranker_model import WEIGHTS_FILE, load_ranker, read_ranker_manifes
 from encoders.registry import Registry  # noqa: E402
 from export.ranker import Arrays, RankerNet, fit, scores, write_version  # noqa: E402
 from scoring.evaluation import Interactions  # noqa: E402
-from scoring.ranker import FEATURES, features  # noqa: E402
+from scoring.ranker import FEATURES, features, linear  # noqa: E402
 from state.errors import ModelError  # noqa: E402
 from state.events import Event, Purchase  # noqa: E402
 from state.paths import data_dir  # noqa: E402
 from stream_app.evaluate import Replay  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
 from stream_app.sources import read_events  # noqa: E402
-from stream_app.train import train_once  # noqa: E402
+from stream_app.train import gate_ranker, train_once  # noqa: E402
 from stream_app.training_data import collect  # noqa: E402
 
 LIMIT = 9000
@@ -143,6 +143,31 @@ def test_the_gate_publishes_only_a_candidate_that_wins(movielens: list[Event], t
     third = train_once(movielens, settings, margin=10.0, **kwargs)  # type: ignore[arg-type]
     assert third.gate["production"]["version"] == accepted.version
     assert registry.current_name() == accepted.version
+
+
+def test_a_deliberately_degraded_ranker_is_refused_by_the_gate(movielens: list[Event], tmp_path: Path) -> None:
+    """Trained on inverted labels, the ranker learns to put the items users chose last: the
+    gate (margin 0, the default) must refuse it, while the same network trained on the true
+    labels from the same examples is not far below production."""
+    settings = Settings(ranker_registry=tmp_path / "rankers")
+    train, gate_window = (0.0, 0.5), (0.5, 0.75)
+    examples = collect(movielens, settings, window=train, negatives=5, seed=2)
+    prior = linear(settings.rank_weights())  # as train_once starts: from production's weights
+    candidates = {}
+    for name, labels in (("true", examples.labels), ("inverted", 1.0 - examples.labels)):
+        fitted = fit(Arrays(examples.features, labels, examples.groups), seed=2, epochs=10, prior=prior)
+        staging, manifest = write_version(
+            fitted, tmp_path / name, feature_names=FEATURES, golden=examples.features, training={}, metrics={}, seed=2
+        )
+        candidates[name] = gate_ranker(
+            movielens, settings, load_ranker(staging, FEATURES), gate_window=gate_window, margin=0.0, encoder=None
+        )
+    bad, good = candidates["inverted"], candidates["true"]
+    assert bad["passed"] is False
+    # Independently of the gate's own rule: the degraded model is far below production.
+    assert bad["candidate"]["ndcg@10"] < 0.5 * bad["production"]["ndcg@10"]
+    assert good["candidate"]["ndcg@10"] > 2.0 * bad["candidate"]["ndcg@10"]
+    assert bad["production"] == good["production"]
 
 
 def test_impression_study_learns_from_every_shown_item_and_scores_later_impressions() -> None:
