@@ -77,7 +77,7 @@ def train_cmd(
     meta: Annotated[Optional[Path], typer.Option(help="amazon: the meta_<Name>.json.gz file, when not beside PATH.")] = None,
     train_slice: Annotated[str, typer.Option(help="Positives to learn from, as a share of the replay A:B.")] = "0:0.5",
     gate_slice: Annotated[str, typer.Option(help="The later slice the candidate must win on, A:B.")] = "0.5:0.75",
-    margin: Annotated[float, typer.Option(help="Publish only if NDCG@10 >= production's x (1 + margin).")] = 0.0,
+    margin: Annotated[float, typer.Option(help="Publish only if NDCG@10 > production's x (1 + margin).")] = 0.0,
     negatives: Annotated[int, typer.Option(min=1, help="Sampled negatives per positive.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of sampling, initialisation and shuffles.")] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the examples (the best on the held-out share is kept).")] = 150,

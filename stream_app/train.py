@@ -11,7 +11,8 @@ One run (:func:`train_once`):
    prequential harness as ``persona evaluate``: the candidate against production (the
    registry's CURRENT ranker, else the hand-set weights);
 5. write the version with the gate's figures in its manifest, and publish it (``CURRENT``)
-   only when the candidate's NDCG@10 is at least production's times ``1 + margin``. Workers
+   only when the candidate's NDCG@10 beats production's times ``1 + margin`` (a tie is not a
+   win: publishing an equal model is churn). Workers
    pick a published version up within ``PERSONA_MODEL_POLL_S`` without a restart.
 
 ``persona train --every 6h`` repeats this; a run that fails is logged and counted and the
@@ -160,7 +161,7 @@ def gate_ranker(
     """The quality gate: ``candidate`` (a :class:`~scoring.ranker.Scorer`) against production on
     the later ``gate_window``, by prequential NDCG@10; on a stream without purchases or reviews
     to score but with impressions (MIND), by the later impressions' mean AUC. Passes when the
-    candidate's figure is at least production's times ``1 + margin`` (and above zero)."""
+    candidate's figure is above production's times ``1 + margin`` (and above zero; a tie fails)."""
     prod_name, prod_weights = production(settings)
     report = evaluate(
         events,
@@ -195,7 +196,7 @@ def gate_ranker(
         "candidate": {m: report.variants["candidate"][m] for m in ("ndcg@10", "recall@10")},
         "production": {"version": prod_name, **{m: report.variants["production"][m] for m in ("ndcg@10", "recall@10")}},
         "margin": margin,
-        "passed": bool(new >= old * (1.0 + margin) and new > 0.0),
+        "passed": bool(new > old * (1.0 + margin) and new > 0.0),
     }
 
 

@@ -12,7 +12,7 @@ One run (:func:`train_encoder_once`):
    ranker; and the text-only sentiment Spearman of both on the later slice's rated reviews,
    each through a head fitted on the same training reviews;
 5. publish (``CURRENT``) and announce on the control topic only when the candidate's NDCG@10
-   is at least production's times ``1 + margin``. Workers hot-swap it; interests move to the
+   beats production's times ``1 + margin``. Workers hot-swap it; interests move to the
    new version from the engaged items' new vectors (:mod:`scoring.migrate`).
 """
 
@@ -79,7 +79,7 @@ def gate_encoder(
 ) -> dict[str, Any]:
     """The encoder's quality gate: prequential NDCG@10 on the later ``gate_window`` with the
     ``candidate`` encoder against ``current`` (None: no text encoder), both under the production
-    ranker; passes when the candidate's is at least production's times ``1 + margin``.
+    ranker; passes when the candidate's beats production's times ``1 + margin`` (a tie fails).
     ``rated``: (training, later) rated reviews for the sentiment Spearman of each (recorded,
     not gated on: a ranker may weigh sentiment at 0)."""
     from stream_app.train import production
@@ -96,7 +96,7 @@ def gate_encoder(
     new, old = scores["candidate"]["ndcg@10"], scores["production"]["ndcg@10"]
     return {
         "metric": "ndcg@10", "window": list(gate_window), "margin": margin,
-        "passed": bool(new >= old * (1.0 + margin) and new > 0.0),
+        "passed": bool(new > old * (1.0 + margin) and new > 0.0),
         "ranker": prod_ranker, "held_rated_reviews": len(rated[1]), **scores,
     }
 

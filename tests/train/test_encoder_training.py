@@ -1,5 +1,6 @@
 """Fine-tuning the text encoder: frozen layers stay frozen, seeds fix the result, the export is
-checked, and the gate publishes only what wins (a deliberately broken encoder is refused).
+checked, and the gate refuses a deliberately broken encoder. (A fine-tuned encoder published by
+a periodic run, its manifest and its rollout: tests/integration/test_periodic_training.py.)
 
 Trainer environment only (torch, transformers).
 """
@@ -14,7 +15,6 @@ import pytest
 pytestmark = [pytest.mark.train]
 torch = pytest.importorskip("torch", reason="needs the trainer environment (.venv-train)")
 
-from encoders.artifact import read_manifest  # noqa: E402
 from encoders.registry import Registry  # noqa: E402
 from encoders.runtime import load_encoder  # noqa: E402
 from export import reference  # noqa: E402
@@ -25,7 +25,7 @@ from state.events import Event, Review  # noqa: E402
 from state.paths import DEFAULT_TEST_MODEL_REGISTRY, data_dir  # noqa: E402
 from stream_app.settings import Settings  # noqa: E402
 from stream_app.sources import read_events  # noqa: E402
-from stream_app.train_encoder import gate_encoder, train_encoder_once  # noqa: E402
+from stream_app.train_encoder import gate_encoder  # noqa: E402
 
 MI = data_dir() / "amazon2014-musical-instruments-5core" / "reviews_Musical_Instruments_5.json.gz"
 SMALL = FinetuneConfig(batch_size=16, max_length=32, freeze=4, seed=5)
@@ -58,30 +58,6 @@ def test_finetune_trains_only_the_unfrozen_layers_and_a_seed_fixes_the_result(in
     assert all(torch.equal(wa[k], wb[k]) for k in base)
     trainable = sum(v.numel() for k, v in base.items() if k.startswith(("encoder.layer.4.", "encoder.layer.5.")))
     assert a.trainable == trainable
-
-
-def test_the_encoder_gate_publishes_a_winner_and_records_its_window(instruments: list[Event], tmp_path: Path) -> None:
-    settings = Settings(model_registry=tmp_path / "encoders", ranker_registry=tmp_path / "rankers")
-    production = str(Registry(DEFAULT_TEST_MODEL_REGISTRY).current())
-    result = train_encoder_once(
-        instruments, settings, source={"dataset": "musical-instruments", "limit": 3000},
-        train_window=(0.0, 0.8), gate_window=(0.8, 1.0), margin=-1.0, config=SMALL, pairs_limit=64,
-        production_encoder=production, announce=False,
-    )
-    assert result.published and Registry(settings.model_registry).current_name() == result.version
-    manifest = read_manifest(result.path)
-    assert manifest.parity.checked and manifest.parity.min_cos is not None and manifest.parity.min_cos >= 0.9999
-    # Every pair came from the training slice; the gate scored only the later one.
-    assert manifest.training["positions"][1] < 0.8 * len(instruments) <= manifest.gate["window"][0] * len(instruments)
-    assert manifest.gate == result.gate and manifest.gate["passed"] is True
-    assert manifest.gate["production"]["version"] == Path(production).name
-    for role in ("candidate", "production"):
-        rho = manifest.gate[role]["sentiment_spearman"]
-        assert rho is not None and 0.0 < rho < 1.0
-    # The published version is what a worker loads (hashes, golden vectors).
-    encoder = load_encoder(result.path, device="cpu")
-    encoder.golden_check()
-    assert encoder.info.version == result.version
 
 
 def test_a_deliberately_broken_encoder_is_refused_by_the_gate(instruments: list[Event], tmp_path: Path) -> None:

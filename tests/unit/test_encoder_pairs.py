@@ -48,7 +48,7 @@ def test_history_is_newest_first_and_bounded() -> None:
     assert pairs.queries[0] == "text 0"
     assert pairs.queries[-1] == "text 4 | text 3 | text 2"
     assert pairs.positives[-1] == "text 5"
-    long = [Item(event_id="i", ts=0.0, item_id="a", text="y" * 5000), Item(event_id="j", ts=0.0, item_id="b", text="z")]
+    long: list[Event] = [Item(event_id="i", ts=0.0, item_id="a", text="y" * 5000), Item(event_id="j", ts=0.0, item_id="b", text="z")]
     long += [Purchase(event_id="p", ts=1.0, user_id="u", item_id="a"), Purchase(event_id="q", ts=2.0, user_id="u", item_id="b")]
     assert pairs_from(long, (0.0, 1.0)).queries == ["y" * QUERY_CHARS]
 
