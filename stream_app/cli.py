@@ -137,17 +137,26 @@ def train_cmd(
         serving_encoder = encoder
         report: dict[str, Any] = {}
         published = False
+        tuned_ok = False
         if "encoder" in wanted:
             from export.finetune import FinetuneConfig, pick_device
-            from stream_app.train_encoder import CPU_PAIRS, train_encoder_once
+            from stream_app.train_encoder import CPU_PAIRS, NotEnoughPairs, train_encoder_once
 
             on_gpu = pick_device(device).type == "cuda"
-            tuned = train_encoder_once(
-                events, settings, source=source, train_window=windows[0], gate_window=windows[1], margin=margin,
-                config=FinetuneConfig(epochs=encoder_epochs, freeze=freeze, seed=seed, device=device),
-                pairs_limit=encoder_pairs if encoder_pairs is not None else (None if on_gpu else CPU_PAIRS),
-                production_encoder=encoder, publish=publish, announce=announce, progress=progress,
-            )
+            try:
+                tuned = train_encoder_once(
+                    events, settings, source=source, train_window=windows[0], gate_window=windows[1], margin=margin,
+                    config=FinetuneConfig(epochs=encoder_epochs, freeze=freeze, seed=seed, device=device),
+                    pairs_limit=encoder_pairs if encoder_pairs is not None else (None if on_gpu else CPU_PAIRS),
+                    production_encoder=encoder, publish=publish, announce=announce, progress=progress,
+                )
+            except NotEnoughPairs as exc:
+                # A stream with little text (the MIND sample): its ranker is still worth training.
+                console.print(f"[yellow]encoder not fine-tuned: {exc}[/yellow]")
+                tuned_ok = False
+            else:
+                tuned_ok = True
+        if "encoder" in wanted and tuned_ok:
             g = tuned.gate
             console.print(
                 f"{tuned.version}: ndcg@10 {g['candidate']['ndcg@10']:.4f} vs production ({g['production']['version']}) "

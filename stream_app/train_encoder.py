@@ -45,6 +45,10 @@ CPU_PAIRS = 6_400
 PARITY_TEXTS = 500
 
 
+class NotEnoughPairs(PersonaError):
+    """The stream has too little text to fine-tune on (the ranker can still be trained)."""
+
+
 @dataclass
 class EncoderTrainResult:
     version: str
@@ -127,6 +131,11 @@ def train_encoder_once(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     pairs = pairs_from(events, train_window, limit=pairs_limit)
+    if len(pairs.queries) < config.batch_size:
+        raise NotEnoughPairs(
+            f"the training slice {train_window} has {len(pairs.queries)} (history text, next item text) pairs; fine-tuning "
+            f"needs at least a batch ({config.batch_size}): does the stream carry item or review text?"
+        )
     held = pairs_from(events, gate_window).rated
     seconds["pairs"] = time.perf_counter() - t0
     registry = Path(settings.model_registry)

@@ -90,3 +90,14 @@ def test_a_deliberately_broken_encoder_is_refused_by_the_gate(instruments: list[
     assert gate["passed"] is False
     # Independently of the gate's rule: far below the base encoder (measured: .0029 vs .0426).
     assert gate["candidate"]["ndcg@10"] < 0.25 * gate["production"]["ndcg@10"]
+
+
+def test_a_stream_without_enough_text_is_a_clear_error_not_a_crash(instruments: list[Event], tmp_path: Path) -> None:
+    from stream_app.train_encoder import NotEnoughPairs, train_encoder_once
+
+    settings = Settings(model_registry=tmp_path / "encoders")
+    with pytest.raises(NotEnoughPairs, match="needs at least a batch"):
+        train_encoder_once(
+            instruments[:60], settings, source={}, train_window=(0.0, 0.8), gate_window=(0.8, 1.0), config=SMALL, announce=False
+        )
+    assert not (tmp_path / "encoders").exists() or not any((tmp_path / "encoders").iterdir())
