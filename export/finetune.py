@@ -34,6 +34,7 @@ import torch
 
 from export import reference
 from export.encoder_data import EncoderPairs
+from export.ranker import pick_device
 
 log = logging.getLogger("persona.finetune")
 
@@ -65,16 +66,8 @@ class FinetuneResult:
 
 def _pool(model: Any, tokenizer: Any, texts: list[str], max_length: int, device: torch.device) -> torch.Tensor:
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
-    hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+    pooled: torch.Tensor = reference.mean_pool(model(**enc).last_hidden_state, enc["attention_mask"])
+    return pooled
 
 
 def finetune(

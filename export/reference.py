@@ -54,8 +54,13 @@ def _embed(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_
         enc = tokenizer(
             [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         )
-        hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        out[rows] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+        out[rows] = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
     return out
+
+
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """Mean over the real tokens, then L2-normalised (sentence-transformers' pooling), in torch:
+    the reference here and the fine-tuning objective (``export.finetune``) share it."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)

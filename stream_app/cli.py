@@ -137,9 +137,9 @@ def train_cmd(
         serving_encoder = encoder
         report: dict[str, Any] = {}
         published = False
-        tuned_ok = False
         if "encoder" in wanted:
-            from export.finetune import FinetuneConfig, pick_device
+            from export.finetune import FinetuneConfig
+            from export.ranker import pick_device
             from stream_app.train_encoder import CPU_PAIRS, NotEnoughPairs, train_encoder_once
 
             on_gpu = pick_device(device).type == "cuda"
@@ -153,22 +153,19 @@ def train_cmd(
             except NotEnoughPairs as exc:
                 # A stream with little text (the MIND sample): its ranker is still worth training.
                 console.print(f"[yellow]encoder not fine-tuned: {exc}[/yellow]")
-                tuned_ok = False
             else:
-                tuned_ok = True
-        if "encoder" in wanted and tuned_ok:
-            g = tuned.gate
-            console.print(
-                f"{tuned.version}: ndcg@10 {g['candidate']['ndcg@10']:.4f} vs production ({g['production']['version']}) "
-                f"{g['production']['ndcg@10']:.4f}; sentiment Spearman {g['candidate'].get('sentiment_spearman')} vs "
-                f"{g['production'].get('sentiment_spearman')}: "
-                f"{'[green]published[/green]' if tuned.published else '[yellow]not published[/yellow]'}"
-            )
-            report["encoder"] = {"version": tuned.version, "published": tuned.published, "gate": g, "seconds": tuned.seconds}
-            published = tuned.published
-            if tuned.gate["passed"]:
-                # The ranker learns the features the workers will compute with this encoder.
-                serving_encoder = str(tuned.path)
+                g = tuned.gate
+                console.print(
+                    f"{tuned.version}: ndcg@10 {g['candidate']['ndcg@10']:.4f} vs production ({g['production']['version']}) "
+                    f"{g['production']['ndcg@10']:.4f}; sentiment Spearman {g['candidate'].get('sentiment_spearman')} vs "
+                    f"{g['production'].get('sentiment_spearman')}: "
+                    f"{'[green]published[/green]' if tuned.published else '[yellow]not published[/yellow]'}"
+                )
+                report["encoder"] = {"version": tuned.version, "published": tuned.published, "gate": g, "seconds": tuned.seconds}
+                published = tuned.published
+                if g["passed"]:
+                    # The ranker learns the features the workers will compute with this encoder.
+                    serving_encoder = str(tuned.path)
         if "ranker" not in wanted:
             if report_json is not None:
                 report_json.write_text(json.dumps(report, indent=2) + "\n")

@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from state.events import Event
 from stream_app.evaluate import evaluate
 from stream_app.models import open_text_encoder
 from stream_app.settings import Settings
+from stream_app.train import TrainResult, production
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,6 @@ PARITY_TEXTS = 500
 
 class NotEnoughPairs(PersonaError):
     """The stream has too little text to fine-tune on (the ranker can still be trained)."""
-
-
-@dataclass
-class EncoderTrainResult:
-    version: str
-    path: Path
-    published: bool
-    gate: dict[str, Any]
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def sentiment_spearman(encoder: Any, train: Sequence[tuple[str, float]], held: Sequence[tuple[str, float]]) -> float | None:
@@ -86,8 +77,6 @@ def gate_encoder(
     ranker; passes when the candidate's beats production's times ``1 + margin`` (a tie fails).
     ``rated``: (training, later) rated reviews for the sentiment Spearman of each (recorded,
     not gated on: a ranker may weigh sentiment at 0)."""
-    from stream_app.train import production
-
     prod_ranker, weights = production(settings)
     scores: dict[str, dict[str, Any]] = {}
     for role, enc in (("candidate", candidate), ("production", current)):
@@ -119,7 +108,7 @@ def train_encoder_once(
     publish: bool = True,
     announce: bool = True,
     progress: bool = False,
-) -> EncoderTrainResult:
+) -> TrainResult:
     from encoders.runtime import load_encoder
     from export.encoder_data import pairs_from
     from export.finetune import FinetuneConfig, finetune
@@ -189,4 +178,4 @@ def train_encoder_once(
         "encoder %s: ndcg@10 %.4f vs production %s %.4f (margin %.2f): %s",
         manifest.version, new, gate["production"]["version"], old, margin, "published" if published else "not published",
     )
-    return EncoderTrainResult(version=manifest.version, path=version_dir, published=published, gate=gate, seconds=seconds)
+    return TrainResult(version=manifest.version, path=version_dir, published=published, gate=gate, seconds=seconds)
