@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from state.events import DeadLetter
 
 #: Header names on every dead-letter record.
@@ -13,6 +16,11 @@ H_REASON = "persona.error.reason"
 H_CLASS = "persona.error.class"
 H_MESSAGE = "persona.error.message"
 
+#: On a record re-published by ``persona dlq redrive``: the original record's
+#: ``topic:partition:offset``, its identity across redrives (stream_app.dlq_ops). A dead
+#: letter of such a copy carries it on, so a copy that fails again is not redriven again.
+H_REDRIVE_OF = "persona.redrive.of"
+
 DLQ_SUFFIX = ".dlq"
 
 
@@ -20,11 +28,28 @@ def dlq_topic(topic: str) -> str:
     return topic + DLQ_SUFFIX
 
 
+def redrive_of(source_headers: object) -> bytes | None:
+    """The ``persona.redrive.of`` header among a record's headers (Faust gives a list of
+    pairs or a mapping; confluent-kafka a list of pairs)."""
+    pairs: Iterable[Any] = source_headers.items() if isinstance(source_headers, Mapping) else (source_headers or [])  # type: ignore[assignment]
+    for name, value in pairs:
+        if name == H_REDRIVE_OF and value is not None:
+            return value if isinstance(value, bytes) else str(value).encode()
+    return None
+
+
 def headers(
-    letter: DeadLetter, *, topic: str, partition: int, offset: int, timestamp_ms: int | None
+    letter: DeadLetter,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp_ms: int | None,
+    redriven_from: bytes | None = None,
 ) -> list[tuple[str, bytes]]:
     """Headers for the dead-letter copy of the record at ``topic:partition@offset``."""
-    return [
+    carried = [(H_REDRIVE_OF, redriven_from)] if redriven_from is not None else []
+    return carried + [
         (H_TOPIC, topic.encode()),
         (H_PARTITION, str(partition).encode()),
         (H_OFFSET, str(offset).encode()),

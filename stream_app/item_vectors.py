@@ -168,6 +168,7 @@ class ItemEncoder:
         started = time.perf_counter()
         encodings = await self._holder.encode_items(encoder, [t for _, t in work])
         metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
+        metrics.ENCODE_TEXTS.observe(len(work))
         for (item_id, text), encoding in zip(work, encodings, strict=True):
             digest = text_digest(text)
             vector = ItemVector(item_id=item_id, version=version, digest=digest, vector=encoding.vector)

@@ -100,7 +100,13 @@ MODEL_RELOAD_FAILURES = Counter(
 ENCODE_SECONDS = Histogram(
     "persona_encode_batch_seconds",
     "Time to encode one micro-batch of texts (reviews or catalog items).",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=REGISTRY,
+)
+ENCODE_TEXTS = Histogram(
+    "persona_encode_batch_texts",
+    "Texts in one encoded micro-batch; rate(persona_encode_batch_texts_sum) is the encoder's texts/s.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
     registry=REGISTRY,
 )
 CATALOG_ITEMS = Gauge(
@@ -150,4 +156,41 @@ SHARED_ITEMS = Gauge(
 )
 FOLLOW_EDGES = Gauge(
     "persona_follow_edges", "Follow edges on now in this worker's shared social graph (every worker's follows).", registry=REGISTRY
+)
+LAST_EMIT = Gauge(
+    "persona_last_emit_timestamp_seconds",
+    "Unix time of this worker's last emitted recommendation message (0: none since start).",
+    registry=REGISTRY,
+)
+CONSUMER_LAG = Gauge(
+    "persona_consumer_lag",
+    "Records between a partition's high watermark and the group's committed offset, per "
+    "partition this worker owns (sampled every few seconds; series of revoked partitions removed).",
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
+REBALANCES = Counter(
+    "persona_rebalances", "Partition assignments this worker received (each rebalance it took part in).", registry=REGISTRY
+)
+RESTORE_RECORDS = Counter(
+    "persona_state_restore_records",
+    "Changelog records applied to the local RocksDB tables while restoring state.",
+    registry=REGISTRY,
+)
+RESTORE_SECONDS = Histogram(
+    "persona_state_restore_seconds",
+    "Duration of one table recovery after a rebalance (Faust's recovery start to its end).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0),
+    registry=REGISTRY,
+)
+STATE_BYTES = Gauge(
+    "persona_state_bytes",
+    "Bytes on disk of this worker's local state, by store (the RocksDB profile table).",
+    ["store"],
+    registry=REGISTRY,
+)
+PROFILES = Gauge(
+    "persona_profiles",
+    "Profiles in this worker's RocksDB table for the partitions it owns (RocksDB's key estimate).",
+    registry=REGISTRY,
 )

@@ -442,6 +442,7 @@ class Pipeline:
         else:
             self.live.forget_shadow(user_id)
         metrics.RECOMMENDATIONS.inc()
+        metrics.LAST_EMIT.set(message.generated_at)
         metrics.EVENT_TO_EMIT.observe(max(0.0, message.generated_at - trigger.event_ts))
         metrics.INGEST_TO_EMIT.observe(max(0.0, message.generated_at - trigger.record_ts))
 

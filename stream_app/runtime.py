@@ -94,6 +94,7 @@ class Runtime:
             partition=msg.partition,
             offset=msg.offset,
             timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
+            redriven_from=dlq.redrive_of(getattr(msg, "headers", None)),
         )
         await self.dlq_topics[kind].send(key=msg.key, value=msg.value, headers=headers)
         log.warning("dead letter %s@%s:%s %s: %s", msg.topic, msg.partition, msg.offset, letter.reason, letter.message)

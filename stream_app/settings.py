@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Host of the worker's web server (/metrics).")
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the worker's web server.")
     log_level: LogLevel = Field("INFO", description="Worker log level.")
+    ops_sample_s: float = Field(
+        5.0, gt=0, description="How often the worker samples consumer lag and state size for /metrics (s)."
+    )
     # --- profiles and recommendations ----------------------------------------------------
     half_life_days: float = Field(
         30.0, gt=0, description="Half-life of decayed affinities, in event-time days."

@@ -30,6 +30,7 @@ from stream_app import metrics
 from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.item_vectors import ItemEncoder, owned_partitions
+from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
@@ -263,6 +264,16 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         # Another worker may have changed these users while we did not own them.
         runtime.profiles.reset()
+        metrics.REBALANCES.inc()
+
+    instrument_restore(app, runtime.table)
+    lag = LagGauge()
+
+    @app.timer(settings.ops_sample_s)  # type: ignore[untyped-decorator]
+    async def sample_operations() -> None:
+        # Lag from the consumer's own view (no broker round trip); state size from the disk.
+        lag.sample(app.consumer)
+        sample_state(settings.state_dir, runtime.table)
 
     detector = StallDetector(settings.stall_timeout_s)
 
@@ -391,6 +402,7 @@ def _add_review_stages(
                 started = time.perf_counter()
                 encodings = list(await holder.encode_reviews(encoder, [review_text(r) for r, _ in reviews]))
                 metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
+                metrics.ENCODE_TEXTS.observe(len(reviews))
             for (review, msg), encoding in zip(reviews, encodings, strict=True):
                 record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)
                 await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)

@@ -1,0 +1,142 @@
+"""Operators' commands: ``persona status`` and ``persona dlq list|redrive`` (mounted by stream_app.cli)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from state.errors import PersonaError
+
+dlq_app = typer.Typer(help="Dead-letter topics: list them, redrive them after a fix.", no_args_is_help=True)
+console = Console(stderr=True)
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> float:
+    """Unix seconds from ``2h``/``30m``/``1d`` (ago), an ISO-8601 time (UTC unless it says), or epoch seconds."""
+    m = _DURATION.match(text.strip())
+    if m:
+        return now - float(m.group(1)) * _UNIT[m.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--since is a duration (2h, 30m, 1d), an ISO time or epoch seconds; got {text!r}") from exc
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def status_cmd(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Group lag per topic, the last emitted recommendation, published models, dead letters in the last hour."""
+    from stream_app.settings import Settings
+    from stream_app.status import status
+
+    settings = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+    try:
+        s = status(settings)
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(json.dumps(s.to_json(), indent=2, sort_keys=True))
+        return
+    out = Console()
+    table = Table(title=f"group {s.group}: lag per input topic")
+    for col in ("topic", "records", "lag", "committed partitions"):
+        table.add_column(col, justify="left" if col == "topic" else "right")
+    for t in s.lags:
+        table.add_row(t.topic, f"{t.records:,}", f"{t.lag:,}", f"{t.committed_partitions}/{t.partitions}")
+    out.print(table)
+    if s.last_emit is None:
+        out.print("last recommendation: [yellow]none emitted yet[/yellow]")
+    else:
+        out.print(f"last recommendation: {_iso(s.last_emit)} ({s.checked_at - s.last_emit:,.0f} s ago); {s.recommendations:,} on the topic")
+    out.print("models: " + ", ".join(f"{k} {v or '(none published)'}" for k, v in s.models.items()))
+    total = sum(s.dead_letters_last_hour.values())
+    detail = ", ".join(f"{t} {n:,}" for t, n in sorted(s.dead_letters_last_hour.items()) if n)
+    out.print(f"dead letters in the last hour: {total:,}" + (f" ({detail})" if detail else ""))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    topic: Annotated[str, typer.Argument(help="Event kind (purchase), input topic (persona.purchase) or its .dlq topic.")],
+    since: Annotated[Optional[str], typer.Option(help="Only letters from then on: 2h, 30m, 1d, an ISO time or epoch seconds.")] = None,
+    limit: Annotated[int, typer.Option(help="Print at most N (the newest).")] = 50,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter.")] = False,
+) -> None:
+    """The dead letters of a topic: where each came from, why, and whether it was redriven."""
+    from stream_app.dlq_ops import read_letters, redriven, resolve
+    from stream_app.settings import Settings
+
+    settings = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+    try:
+        source, dlq_topic = resolve(settings, topic)
+        since_ms = int(parse_since(since, time.time()) * 1000) if since else None
+        letters = read_letters(settings, dlq_topic, since_ms=since_ms)
+        done = redriven(settings, source, since_ms=min(x.timestamp_ms for x in letters)) if letters else set()
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    shown = letters[-limit:] if limit else letters
+    if as_json:
+        for x in shown:
+            print(json.dumps({
+                "dlq": f"{x.dlq_topic}:{x.partition}:{x.offset}", "time": x.timestamp_ms / 1000, "source": x.source,
+                "origin": x.origin, "reason": x.reason, "message": x.message, "redriven": x.origin in done,
+            }))
+        return
+    table = Table(title=f"{dlq_topic}: {len(letters):,} dead letters" + (f", the newest {len(shown):,}" if len(shown) < len(letters) else ""))
+    for col in ("at", "time (UTC)", "source", "reason", "message", "redriven"):
+        table.add_column(col)
+    for x in shown:
+        table.add_row(
+            f"{x.partition}@{x.offset}", _iso(x.timestamp_ms / 1000)[:-4], x.source, x.reason, x.message[:80], "yes" if x.origin in done else ""
+        )
+    Console(width=200).print(table)
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    topic: Annotated[str, typer.Argument(help="Event kind (purchase), input topic (persona.purchase) or its .dlq topic.")],
+    since: Annotated[Optional[str], typer.Option(help="Only letters from then on: 2h, 30m, 1d, an ISO time or epoch seconds.")] = None,
+    reason: Annotated[Optional[list[str]], typer.Option(help="Only letters with this reason (repeatable), e.g. oversized.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be sent; send nothing.")] = False,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Re-publish dead letters to their source topic after a fix; each original record at most once."""
+    from stream_app.dlq_ops import redrive
+    from stream_app.settings import Settings
+
+    settings = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+    try:
+        since_ms = int(parse_since(since, time.time()) * 1000) if since else None
+        report = redrive(settings, topic, since_ms=since_ms, reasons=reason, dry_run=dry_run)
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    verb = "would send" if dry_run else "sent"
+    print(
+        f"{report.dlq_topic} -> {report.source_topic}: {report.selected} selected, {report.already} already redriven, "
+        f"{report.repeated} repeated, {verb} {report.sent if not dry_run else report.selected - report.already - report.repeated}"
+    )

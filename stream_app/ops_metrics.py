@@ -1,0 +1,109 @@
+"""Operational gauges the per-event path does not produce: consumer lag per partition, local
+state size, table recovery (records and seconds). Sampled by a worker timer or hooked into
+Faust's recovery; nothing here runs per event.
+
+Faust keeps what these need in private attributes (the consumer's committed offsets, the
+recovery's start and end times); each read is guarded, so a Faust upgrade that renames one
+leaves a gauge unset instead of crashing the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from stream_app import metrics
+
+log = logging.getLogger("persona.worker")
+
+
+def partition_lags(assignment: Iterable[Any], highwater: Any, committed: Mapping[Any, int | None]) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> records not yet committed`` for the assigned partitions whose
+    high watermark and committed offset are both known (Kafka's sense: the committed offset is
+    the next record to read, the high watermark the next one to be written)."""
+    out: dict[tuple[str, int], int] = {}
+    for tp in assignment:
+        try:
+            end = highwater(tp)
+        except Exception:  # not fetched yet (aiokafka raises or returns None until the first fetch)
+            continue
+        done = committed.get(tp)
+        if end is None or done is None:
+            continue
+        out[(tp.topic, tp.partition)] = max(0, int(end) - int(done))
+    return out
+
+
+class LagGauge:
+    """``persona_consumer_lag`` per owned partition; series of partitions no longer owned are
+    removed, so a rebalance does not leave a stale lag behind."""
+
+    def __init__(self) -> None:
+        self._shown: set[tuple[str, int]] = set()
+
+    def update(self, lags: Mapping[tuple[str, int], int]) -> None:
+        for topic, partition in self._shown - set(lags):
+            try:
+                metrics.CONSUMER_LAG.remove(topic, str(partition))
+            except KeyError:
+                pass
+        for (topic, partition), lag in lags.items():
+            metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+        self._shown = set(lags)
+
+    def sample(self, consumer: Any) -> None:
+        self.update(partition_lags(consumer.assignment(), consumer.highwater, getattr(consumer, "_committed_offset", {})))
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist): RocksDB's SST, log and
+    manifest files, as the disk sees them."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:  # a compaction removed it between the listing and the stat
+                continue
+    return total
+
+
+def sample_state(state_dir: Path, table: Any) -> None:
+    """``persona_state_bytes{store="profiles"}`` and ``persona_profiles`` (RocksDB's key estimate
+    over the partitions this worker opened)."""
+    metrics.STATE_BYTES.labels("profiles").set(directory_bytes(state_dir))
+    keys = 0
+    for db in getattr(table.data, "_dbs", {}).values():
+        try:
+            keys += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
+        except Exception:  # closed during a rebalance
+            continue
+    metrics.PROFILES.set(keys)
+
+
+def instrument_restore(app: Any, table: Any) -> None:
+    """Count the changelog records Faust's recovery applies to ``table``, and observe each
+    recovery's duration when it completes."""
+    apply = table.apply_changelog_batch
+
+    def counted(batch: Any) -> None:
+        if not isinstance(batch, list):
+            batch = list(batch)
+        if batch:
+            metrics.RESTORE_RECORDS.inc(len(batch))
+        apply(batch)
+
+    table.apply_changelog_batch = counted
+
+    async def completed() -> None:
+        recovery = getattr(app.tables, "recovery", None)
+        started = getattr(recovery, "_recovery_started_at", None)
+        ended = getattr(recovery, "_recovery_ended_at", None)
+        if started is not None and ended is not None and ended >= started:
+            metrics.RESTORE_SECONDS.observe(ended - started)
+            log.info("state restore took %.3f s", ended - started)
+
+    table.on_recover(completed)

@@ -1,0 +1,129 @@
+"""``persona status``: what an operator asks first, read from Kafka and the registries only
+(no worker needs to answer): the group's lag per input topic, when the last recommendation
+was emitted, which model versions are published, and dead letters in the last hour."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from encoders.registry import Registry
+from state.events import EVENT_KINDS
+from stream_app.dlq_ops import recent_counts
+from stream_app.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class TopicLag:
+    topic: str
+    #: records on the topic (sum of end offsets minus start offsets)
+    records: int
+    #: records the group has not committed yet (partitions without a commit count whole)
+    lag: int
+    committed_partitions: int
+    partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    group: str
+    lags: list[TopicLag]
+    #: unix time (s) of the newest record on the recommendations topic; None: none
+    last_emit: float | None
+    recommendations: int
+    models: dict[str, str | None]
+    dead_letters_last_hour: dict[str, int]
+    checked_at: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _consumer(settings: Settings) -> Consumer:
+    # The group's committed offsets are read with the group's id; this consumer never
+    # subscribes, so it never joins the group nor moves a partition.
+    return Consumer(settings.kafka_config() | {"group.id": settings.app_id, "enable.auto.commit": False})
+
+
+def group_lags(settings: Settings, topics: list[str]) -> list[TopicLag]:
+    consumer = _consumer(settings)
+    out: list[TopicLag] = []
+    try:
+        for topic in topics:
+            meta = consumer.list_topics(topic, timeout=10)
+            if topic not in meta.topics or meta.topics[topic].error is not None:
+                continue
+            tps = [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
+            records = lag = committed_n = 0
+            for tp in consumer.committed(tps, timeout=10):
+                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                records += high - low
+                if tp.offset >= 0:
+                    committed_n += 1
+                    lag += max(0, high - max(tp.offset, low))
+                else:
+                    lag += high - low
+            out.append(TopicLag(topic, records, lag, committed_n, len(tps)))
+    finally:
+        consumer.close()
+    return out
+
+
+def last_record_time(settings: Settings, topic: str) -> tuple[float | None, int]:
+    """Unix time of the newest record of ``topic`` (the last of each partition, the latest of
+    those) and the topic's record count."""
+    consumer = Consumer(settings.kafka_config() | {"group.id": f"persona-status-{time.time_ns()}", "enable.auto.commit": False})
+    newest: float | None = None
+    total = 0
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return None, 0
+        for p in sorted(meta.topics[topic].partitions):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high - low
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(topic, p, high - 1)])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                msg = consumer.poll(0.5)
+                if msg is None or msg.error() is not None:
+                    continue
+                ts_type, ts = msg.timestamp()
+                if ts_type:
+                    newest = max(newest or 0.0, ts / 1000)
+                break
+            consumer.unassign()
+    finally:
+        consumer.close()
+    return newest, total
+
+
+def published_models(settings: Settings) -> dict[str, str | None]:
+    """The CURRENT version of each registry (None: nothing published; the worker then serves
+    no encoder, or the hand-set ranker weights)."""
+    out: dict[str, str | None] = {}
+    for name, root in (("encoder", settings.model_registry), ("ranker", settings.ranker_registry)):
+        current = Registry(root).current()
+        out[name] = current.name if current is not None else None
+    return out
+
+
+def status(settings: Settings, *, now: float | None = None) -> Status:
+    now = time.time() if now is None else now
+    inputs = [settings.topic(kind) for kind in EVENT_KINDS] + [settings.encoded_reviews_topic]
+    last, count = last_record_time(settings, settings.recommendations_topic)
+    return Status(
+        group=settings.app_id,
+        lags=group_lags(settings, inputs),
+        last_emit=last,
+        recommendations=count,
+        models=published_models(settings),
+        dead_letters_last_hour=recent_counts(settings, since_ms=int((now - 3600) * 1000)),
+        checked_at=now,
+    )
