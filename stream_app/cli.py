@@ -396,9 +396,14 @@ def inspect_profile(
         render_profile(profile, settings, Console())
 
 
-from stream_app.cli_model import model_app  # noqa: E402  (after `app`: the sub-app is mounted here)
+from stream_app.cli_dashboard import dashboard_app  # noqa: E402  (after `app`: the sub-apps are mounted here)
+from stream_app.cli_model import model_app  # noqa: E402
+from stream_app.cli_ops import dlq_app, status_cmd  # noqa: E402
 
 app.add_typer(model_app, name="model")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(dashboard_app, name="dashboard")
+app.command("status")(status_cmd)
 
 
 #: Commands that live outside ``stream_app`` (the benchmarks, for one) are mounted from this

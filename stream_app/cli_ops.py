@@ -106,13 +106,13 @@ def dlq_list(
                 "origin": x.origin, "reason": x.reason, "message": x.message, "redriven": x.origin in done,
             }))
         return
-    table = Table(title=f"{dlq_topic}: {len(letters):,} dead letters" + (f", the newest {len(shown):,}" if len(shown) < len(letters) else ""))
+    newest = f", the newest {len(shown):,}" if len(shown) < len(letters) else ""
+    table = Table(title=f"{dlq_topic}: {len(letters):,} dead letters{newest}")
     for col in ("at", "time (UTC)", "source", "reason", "message", "redriven"):
         table.add_column(col)
     for x in shown:
-        table.add_row(
-            f"{x.partition}@{x.offset}", _iso(x.timestamp_ms / 1000)[:-4], x.source, x.reason, x.message[:80], "yes" if x.origin in done else ""
-        )
+        redriven = "yes" if x.origin in done else ""
+        table.add_row(f"{x.partition}@{x.offset}", _iso(x.timestamp_ms / 1000)[:-4], x.source, x.reason, x.message[:80], redriven)
     Console(width=200).print(table)
 
 

@@ -1,0 +1,120 @@
+"""Operational gauges and the operators' helpers, without a broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from prometheus_client import generate_latest
+
+from stream_app import dlq, metrics
+from stream_app.cli_ops import parse_since
+from stream_app.dlq_ops import Letter, UnknownTopic, resolve
+from stream_app.ops_metrics import LagGauge, directory_bytes, partition_lags
+from stream_app.settings import Settings
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+def test_partition_lags_skip_partitions_without_a_high_watermark_or_a_commit() -> None:
+    ends = {TP("a", 0): 120, TP("a", 1): 50, TP("b", 0): None}
+    committed: dict[Any, int | None] = {TP("a", 0): 100, TP("a", 1): None, TP("b", 0): 3}
+
+    def highwater(tp: TP) -> int | None:
+        if tp.topic == "c":
+            raise KeyError(tp)  # aiokafka before the first fetch
+        return ends[tp]
+
+    lags = partition_lags([*ends, TP("c", 0)], highwater, committed)
+    assert lags == {("a", 0): 20}
+
+
+def test_partition_lag_is_never_negative() -> None:
+    # A commit can be read a moment before the high watermark it passed.
+    assert partition_lags([TP("a", 0)], lambda tp: 10, {TP("a", 0): 12}) == {("a", 0): 0}
+
+
+def _lag_series() -> dict[tuple[str, str], float]:
+    out = {}
+    for family in metrics.CONSUMER_LAG.collect():
+        for s in family.samples:
+            out[(s.labels["topic"], s.labels["partition"])] = s.value
+    return out
+
+
+def test_lag_gauge_removes_series_of_revoked_partitions() -> None:
+    gauge = LagGauge()
+    gauge.update({("lagtest", 0): 5, ("lagtest", 1): 7})
+    assert {k: v for k, v in _lag_series().items() if k[0] == "lagtest"} == {("lagtest", "0"): 5, ("lagtest", "1"): 7}
+    gauge.update({("lagtest", 1): 2})  # partition 0 moved to another worker
+    assert {k: v for k, v in _lag_series().items() if k[0] == "lagtest"} == {("lagtest", "1"): 2}
+    gauge.update({})
+    assert not [k for k in _lag_series() if k[0] == "lagtest"]
+
+
+def test_directory_bytes_sums_every_file_below(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.sst").write_bytes(b"1" * 1000)
+    (tmp_path / "y.log").write_bytes(b"2" * 24)
+    assert directory_bytes(tmp_path) == 1024
+    assert directory_bytes(tmp_path / "missing") == 0
+
+
+def test_new_metrics_follow_the_naming_rules() -> None:
+    text = generate_latest(metrics.REGISTRY).decode()
+    exposed = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
+    for name in ("persona_rebalances_total", "persona_state_restore_records_total", "persona_state_restore_seconds_count",
+                 "persona_encode_batch_texts_count", "persona_last_emit_timestamp_seconds", "persona_profiles"):
+        assert name in exposed, name
+    for family in metrics.REGISTRY.collect():
+        assert family.name.startswith("persona_")
+        labels = {k for s in family.samples for k in s.labels}
+        assert not labels & {"user", "user_id", "item", "item_id"}, family.name
+
+
+def test_resolve_takes_a_kind_an_input_topic_or_its_dlq() -> None:
+    s = Settings(topic_prefix="p.")
+    want = ("p.reviews", "p.reviews.dlq")
+    assert resolve(s, "review") == resolve(s, "p.reviews") == resolve(s, "p.reviews.dlq") == want
+    with pytest.raises(UnknownTopic, match="not an event kind"):
+        resolve(s, "p.recommendations")
+
+
+def test_letter_identity_is_the_original_record_across_redrives() -> None:
+    base = {dlq.H_TOPIC: "p.review", dlq.H_PARTITION: "1", dlq.H_OFFSET: "42", dlq.H_REASON: "oversized"}
+    first = Letter("p.review.dlq", 0, 0, 0, b"k", b"v", base)
+    assert first.origin == first.source == "p.review:1:42"
+    # The copy failed again at offset 900: its dead letter still names offset 42.
+    again = Letter("p.review.dlq", 0, 1, 0, b"k", b"v", {**base, dlq.H_OFFSET: "900", dlq.H_REDRIVE_OF: "p.review:1:42"})
+    assert again.source == "p.review:1:900" and again.origin == "p.review:1:42"
+
+
+def test_dead_letter_headers_carry_the_redrive_identity() -> None:
+    from state.events import DeadLetter
+
+    letter = DeadLetter(reason="bad_json", error="DecodeError", message="eof")
+    plain = dict(dlq.headers(letter, topic="t", partition=0, offset=5, timestamp_ms=1))
+    assert dlq.H_REDRIVE_OF not in plain
+    carried = dict(dlq.headers(letter, topic="t", partition=0, offset=5, timestamp_ms=1,
+                               redriven_from=dlq.redrive_of([("x", b"1"), (dlq.H_REDRIVE_OF, b"t:0:2")])))
+    assert carried[dlq.H_REDRIVE_OF] == b"t:0:2"
+    assert dlq.redrive_of({dlq.H_REDRIVE_OF: "t:0:3"}) == b"t:0:3"
+    assert dlq.redrive_of(None) is None
+
+
+def test_parse_since_reads_durations_iso_times_and_epochs() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("2h", now) == now - 7200
+    assert parse_since("30m", now) == now - 1800
+    assert parse_since("1d", now) == now - 86400
+    assert parse_since("1700000000", now) == 1_700_000_000.0
+    assert parse_since("2023-11-14T22:13:20", now) == 1_700_000_000.0  # UTC unless it says
+    assert parse_since("2023-11-14T23:13:20+01:00", now) == 1_700_000_000.0
+    import typer
+
+    with pytest.raises(typer.BadParameter):
+        parse_since("last tuesday", now)
