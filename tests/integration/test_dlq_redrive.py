@@ -14,11 +14,14 @@ no fix can save). The "fix": the worker restarts with the default limit. Then:
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -47,9 +50,9 @@ def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 
 def test_redrive_after_a_fixed_decoder_applies_each_record_once_and_twice_changes_nothing(
-    topic_factory: Callable[..., Settings], worker_factory: Callable[..., WorkerProcess], event_factory: EventFactory
+    topic_factory: Callable[..., Settings], worker_factory: Callable[..., WorkerProcess], event_factory: EventFactory, tmp_path: Path
 ) -> None:
-    settings = topic_factory(partitions=2, max_payload_bytes=LOW_LIMIT)
+    settings = topic_factory(partitions=2, max_payload_bytes=LOW_LIMIT, ranker_registry=tmp_path / "no-rankers")
     source = settings.topic("review")
     publish(settings, [event_factory.item(f"i{n}", ["gear"], ts=0.0) for n in range(6)])
     reviews: list[Review] = []
@@ -61,6 +64,7 @@ def test_redrive_after_a_fixed_decoder_applies_each_record_once_and_twice_change
     oversized = [r for r in reviews if len(encode(r)) > LOW_LIMIT]
     assert 8 <= len(oversized) < len(reviews)
 
+    started = time.time()
     broken = worker_factory(settings)
     broken.wait_ready()
     publish(settings, reviews)
@@ -99,10 +103,10 @@ def test_redrive_after_a_fixed_decoder_applies_each_record_once_and_twice_change
 
     # Twice: nothing is sent, nothing changes.
     ends = _end_offsets(settings, source)
-    env = {**settings_env(settings)}
+    env = settings_env(settings)
     out = subprocess.run(
         [sys.executable, "-m", "stream_app.cli", "dlq", "redrive", "review"],
-        cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=120,
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert f"{len(oversized) + 2} selected, {len(oversized) + 2} already redriven, 0 repeated, sent 0" in out.stdout, out.stdout
@@ -112,3 +116,18 @@ def test_redrive_after_a_fixed_decoder_applies_each_record_once_and_twice_change
     assert metric_sum(unchanged, "persona_events_total") == metric_sum(after_first, "persona_events_total")
     assert {u: p.version for u, p in all_profiles(settings).items()} == dict(want)
     assert fixed.stop() == 0
+
+    # What `persona status` tells the operator now, against what the test knows.
+    shown = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "status", "--json"],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    lags = {t["topic"]: t for t in status["lags"]}
+    assert lags[source]["lag"] == 0 and lags[source]["records"] == len(reviews) + 1 + len(oversized) + 1
+    assert lags[source]["committed_partitions"] == lags[source]["partitions"] == 2
+    assert status["dead_letters_last_hour"][dlq.dlq_topic(source)] == len(oversized) + 2
+    assert started <= status["last_emit"] <= time.time()
+    assert status["recommendations"] >= len(reviews)
+    assert status["models"] == {"encoder": None, "ranker": None}
