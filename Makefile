@@ -7,7 +7,7 @@ TRAIN := .venv-train
 # Empty: the default is deploy/workers.py's TEST_MODEL_REGISTRY.
 TEST_MODELS ?=
 
-.PHONY: setup setup-train test-models demo test test-unit lint evaluation clean kafka-down
+.PHONY: setup setup-train test-models ops-tools demo test test-unit lint evaluation clean kafka-down
 
 # How long each step of `make test` takes, printed into the log ("== make <target>: ...").
 # make expands every line of a recipe before it runs the first, so $(T0) in a recipe's last
@@ -43,12 +43,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 	$(TOOK)
 
+# Debian's prometheus and promtool: the alert-rule tests and the real-Prometheus scrape test.
+ops-tools:
+	bash deploy/prometheus/install.sh
+
 demo: setup
 	bash deploy/demo.sh
 
 # The whole suite (unit, integration on a real broker, chaos). pytest's exit code 5 (no
 # tests collected) is a failure here, and so is any broker or worker left running.
-test: setup test-models
+test: setup test-models ops-tools
 	$(STARTED)
 	bash deploy/run-tests.sh
 	$(TOOK)

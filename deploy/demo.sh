@@ -65,3 +65,5 @@ echo "== 6. one profile: persona inspect profile $user"
 "$BIN/persona" inspect profile "$user"
 echo "== 7. metrics (persona_*)"
 curl -sf "http://127.0.0.1:${PERSONA_WEB_PORT:-6066}/metrics" | grep -E '^persona_(events|dead_letter|profile_updates|recommendations_emitted)_total' || true
+echo "== 8. the operator's view: persona status"
+"$BIN/persona" status

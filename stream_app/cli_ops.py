@@ -111,8 +111,8 @@ def dlq_list(
     for col in ("at", "time (UTC)", "source", "reason", "message", "redriven"):
         table.add_column(col)
     for x in shown:
-        redriven = "yes" if x.origin in done else ""
-        table.add_row(f"{x.partition}@{x.offset}", _iso(x.timestamp_ms / 1000)[:-4], x.source, x.reason, x.message[:80], redriven)
+        mark = "yes" if x.origin in done else ""
+        table.add_row(f"{x.partition}@{x.offset}", _iso(x.timestamp_ms / 1000)[:-4], x.source, x.reason, x.message[:80], mark)
     Console(width=200).print(table)
 
 

@@ -458,7 +458,7 @@ def _time_axis(ax: Axes, start: float, end: float, width_px: float) -> None:
     mdates = _mdates()
     lo, hi = _epoch_to_num([start, end])
     ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=3, maxticks=max(3, int(width_px // 90)), tz=UTC))
+    ax.xaxis.set_major_locator(mdates.AutoDateLocator(minticks=2, maxticks=max(3, int(width_px // 90)), tz=UTC))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
 
 

@@ -86,8 +86,11 @@ class LiveQuality:
         for role, (version, items) in entry.items():
             hit = item_id in items
             self._positives.labels(version, role).inc()
+            # The hits series exists from the first positive on (at 0), so a version that never
+            # hits reads as a rate of 0 in Prometheus, not as no data.
+            hits = self._hits.labels(version, role)
             if hit:
-                self._hits.labels(version, role).inc()
+                hits.inc()
             counts = self.tally.setdefault((version, role), [0, 0])
             counts[0] += hit
             counts[1] += 1

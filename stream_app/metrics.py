@@ -57,7 +57,8 @@ INGEST_TO_EMIT = Histogram(
     "persona_ingest_to_emit_seconds",
     "Kafka record timestamp of the triggering event to the recommendation being emitted "
     "(the pipeline's own latency, meaningful when replaying old data).",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    # From a few ms (emit interval 0, idle) to minutes (a replay's backlog waiting in the topic).
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
     registry=REGISTRY,
 )
 PROFILE_BYTES = Histogram(
@@ -100,7 +101,8 @@ MODEL_RELOAD_FAILURES = Counter(
 ENCODE_SECONDS = Histogram(
     "persona_encode_batch_seconds",
     "Time to encode one micro-batch of texts (reviews or catalog items).",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    # From a few ms (emit interval 0, idle) to minutes (a replay's backlog waiting in the topic).
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
     registry=REGISTRY,
 )
 ENCODE_TEXTS = Histogram(

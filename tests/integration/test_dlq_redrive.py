@@ -111,6 +111,15 @@ def test_redrive_after_a_fixed_decoder_applies_each_record_once_and_twice_change
     assert out.returncode == 0, out.stderr
     assert f"{len(oversized) + 2} selected, {len(oversized) + 2} already redriven, 0 repeated, sent 0" in out.stdout, out.stdout
     assert _end_offsets(settings, source) == ends
+    listed = subprocess.run(
+        [sys.executable, "-m", "stream_app.cli", "dlq", "list", "review", "--json", "--limit", "0"],
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert Counter(r["reason"] for r in rows) == {"oversized": len(oversized), "bad_json": 2}
+    assert all(r["redriven"] for r in rows)
+    assert len({r["origin"] for r in rows}) == len(oversized) + 1  # the failed copy names its original
     time.sleep(3 * settings.commit_interval_s)
     unchanged = fixed.metrics()
     assert metric_sum(unchanged, "persona_events_total") == metric_sum(after_first, "persona_events_total")
