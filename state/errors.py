@@ -20,6 +20,7 @@ DeadLetterReason = Literal[
     "unknown_type",
     "schema",
     "key_mismatch",
+    "incompatible_version",
 ]
 
 DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
@@ -30,6 +31,7 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "unknown_type",
     "schema",
     "key_mismatch",
+    "incompatible_version",
 )
 
 

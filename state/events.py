@@ -4,6 +4,16 @@ JSON on the wire, one object per record, with a ``type`` tag. Every event carrie
 ``event_id`` (unique per event, used for de-duplication), its key id (``user_id``, or
 ``item_id`` for the catalog) and ``ts``, the event time in seconds since the epoch (UTC).
 Decoding never raises: it returns the event or a :class:`DeadLetter` describing why not.
+
+Evolution
+---------
+Every event may carry ``v``, the contract version it was written to, ``"MAJOR.MINOR"``
+(absent: ``"1.0"``, what producers wrote before the field existed). A *minor* revision only
+adds optional fields: a reader ignores fields it does not know and defaults the ones a writer
+did not send, so a newer producer works with an older worker and an older producer with a
+newer worker, with no coordination. A *major* revision changes or removes something; a worker
+reads only its own major (:data:`CONTRACT_MAJOR`) and dead-letters any other as
+``incompatible_version``, saying which version it reads, rather than guessing at the fields.
 """
 
 from __future__ import annotations
@@ -23,9 +33,17 @@ Money = Annotated[float, msgspec.Meta(ge=0.0)]
 AttributeValue: TypeAlias = Union[str, Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)], float, bool]
 
 
+#: The contract version this build writes (the minor is the newest it knows of).
+CONTRACT_VERSION: Final = "1.0"
+#: The one major version this build reads.
+CONTRACT_MAJOR: Final = int(CONTRACT_VERSION.split(".")[0])
+ContractVersion = Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
+
+
 class _Event(msgspec.Struct, frozen=True, tag_field="type", kw_only=True):
     event_id: Id
     ts: EventTime
+    v: ContractVersion = CONTRACT_VERSION
 
 
 class Click(_Event, tag="click", frozen=True):
@@ -161,8 +179,28 @@ class _Envelope(msgspec.Struct):
     type: str
 
 
+class _Versioned(msgspec.Struct):
+    v: object = None
+
+
 _any_decoder = msgspec.json.Decoder()
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
+_version_decoder = msgspec.json.Decoder(_Versioned)
+
+
+def _incompatible(version: object) -> DeadLetter | None:
+    """The dead letter of a well-formed version of another major, else None (a malformed
+    version is the contract's ``schema`` error)."""
+    if not isinstance(version, str):
+        return None
+    major, dot, minor = version.partition(".")
+    if not (dot and major.isdigit() and minor.isdigit()) or int(major) == CONTRACT_MAJOR:
+        return None
+    return _contract_error(
+        "incompatible_version",
+        f"contract version {version}: this worker reads {CONTRACT_MAJOR}.x (writes {CONTRACT_VERSION}); "
+        f"upgrade the worker before producing {major}.x, or produce {CONTRACT_MAJOR}.x",
+    )
 
 
 def encode(event: Event) -> bytes:
@@ -184,8 +222,8 @@ def decode(
     """Decode and validate one record of a topic that carries ``kind`` events.
 
     Checks, in order: a value is present, it is not over ``max_bytes``, it is UTF-8,
-    it is JSON, its ``type`` is ``kind``, its fields honour the contract, and the
-    record key equals the payload's key id.
+    it is JSON, its contract major version is this build's, its ``type`` is ``kind``, its
+    fields honour the contract, and the record key equals the payload's key id.
     """
     if value is None:
         return _decode_error("null_value", "record has no value (tombstone)")
@@ -210,6 +248,12 @@ def decode(
         except msgspec.DecodeError as exc2:
             return _decode_error("bad_json", str(exc2))
         try:
+            other_major = _incompatible(_version_decoder.decode(value).v)
+        except (msgspec.DecodeError, RecursionError):  # not an object: the checks below say why
+            other_major = None
+        if other_major is not None:
+            return other_major
+        try:
             tag = _envelope_decoder.decode(value).type
         except (msgspec.DecodeError, RecursionError):
             tag = None
@@ -221,6 +265,10 @@ def decode(
         return _contract_error("schema", text)
     except msgspec.DecodeError as exc:
         return _decode_error("bad_json", str(exc))
+    if event.v != CONTRACT_VERSION:
+        other_major = _incompatible(event.v)
+        if other_major is not None:
+            return other_major
     if not isinstance(event, EVENT_TYPES[kind]):
         return _contract_error("unknown_type", f"a {kind_of(event)!r} event on a topic of {kind!r} events")
     expected = key_of(event)

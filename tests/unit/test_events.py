@@ -401,6 +401,7 @@ def test_every_reason_is_reachable() -> None:
         reason(decode("click", b"u-1", raw(valid("click") | {"type": "zzz"}))),
         reason(decode("click", b"u-1", raw(valid("click") | {"ts": -5}))),
         reason(decode("click", b"nope", raw(valid("click")))),
+        reason(decode("click", b"u-1", raw(valid("click") | {"v": "2.0"}))),
     }
     assert produced == set(DEAD_LETTER_REASONS)
 
@@ -487,3 +488,62 @@ def test_an_impression_whose_clicks_were_not_shown_is_dead_lettered() -> None:
     assert reason(result) == "schema"
     assert isinstance(result, DeadLetter) and "i-9" in result.message
     assert reason(decode("impression", b"u-1", raw(valid("impression") | {"items": []}))) == "schema"
+
+
+# --- contract evolution (module docstring of state.events) --------------------------------
+
+
+@pytest.mark.parametrize("kind", EVENT_KINDS)
+def test_a_newer_minor_producer_is_read_by_this_worker(kind: EventKind) -> None:
+    """v2 producer, v1 worker: new optional fields are ignored, the event is the same one."""
+    plain = decode(kind, key_for(kind), raw(valid(kind)))
+    assert not isinstance(plain, DeadLetter) and plain.v == "1.0"  # no `v`: written before versions
+    newer = valid(kind) | {"v": "1.7", "device": "ios", "session": {"id": "s-9", "depth": [1, 2]}}
+    got = decode(kind, key_for(kind), raw(newer))
+    assert not isinstance(got, DeadLetter) and got.v == "1.7"
+    assert msgspec_fields(got) == msgspec_fields(plain) | {"v": "1.7"}
+
+
+def msgspec_fields(event: Event) -> dict[str, Any]:
+    return {f: getattr(event, f) for f in event.__struct_fields__}
+
+
+def test_an_older_producer_is_read_by_a_newer_worker() -> None:
+    """v1 producer, v2 worker: the v2 contract's new optional field takes its default. The
+    reader below is this build's Click plus one field, as the next minor revision would add it."""
+    import msgspec
+
+    class ClickV11(msgspec.Struct, frozen=True, tag_field="type", tag="click", kw_only=True):
+        event_id: str
+        ts: float
+        v: str = "1.1"
+        user_id: str
+        item_id: str
+        surface: str = "unknown"  # new in 1.1
+
+    written = encode(Click(event_id="e", ts=5.0, user_id="u", item_id="i"))
+    read = msgspec.json.decode(written, type=ClickV11)
+    assert (read.event_id, read.user_id, read.item_id, read.v, read.surface) == ("e", "u", "i", "1.0", "unknown")
+
+
+@pytest.mark.parametrize("kind", EVENT_KINDS)
+@pytest.mark.parametrize("version", ["2.0", "0.9", "13.1"])
+def test_another_major_is_dead_lettered_with_the_version_this_worker_reads(kind: EventKind, version: str) -> None:
+    letter = decode(kind, key_for(kind), raw(valid(kind) | {"v": version}))
+    assert reason(letter) == "incompatible_version"
+    assert isinstance(letter, DeadLetter) and f"contract version {version}" in letter.message and "reads 1.x" in letter.message
+    # A major revision may rename fields: the version is checked before the fields are.
+    reshaped = {"type": kind, "v": version, "event_id": "e-1", "ts": 1.0, "actor": {"id": "u-1"}}
+    assert reason(decode(kind, key_for(kind), raw(reshaped))) == "incompatible_version"
+
+
+@pytest.mark.parametrize("version", [2, "two", "1", "1.0.3", "", None])
+def test_a_malformed_version_is_a_schema_error(version: object) -> None:
+    assert reason(decode("click", b"u-1", raw(valid("click") | {"v": version}))) == "schema"
+
+
+def test_this_build_writes_its_contract_version() -> None:
+    from state.events import CONTRACT_MAJOR, CONTRACT_VERSION
+
+    doc = json.loads(encode(Click(event_id="e", ts=1.0, user_id="u", item_id="i")))
+    assert doc["v"] == CONTRACT_VERSION and int(doc["v"].split(".")[0]) == CONTRACT_MAJOR
