@@ -7,7 +7,7 @@ TRAIN := .venv-train
 # Empty: the default is deploy/workers.py's TEST_MODEL_REGISTRY.
 TEST_MODELS ?=
 
-.PHONY: setup setup-train test-models ops-tools demo test test-unit lint evaluation clean kafka-down
+.PHONY: setup setup-train test-models ops-tools demo test test-heavy test-unit lint evaluation clean kafka-down
 
 # How long each step of `make test` takes, printed into the log ("== make <target>: ...").
 # make expands every line of a recipe before it runs the first, so $(T0) in a recipe's last
@@ -56,6 +56,11 @@ test: setup test-models ops-tools
 	$(STARTED)
 	bash deploy/run-tests.sh
 	$(TOOK)
+
+# The tests marked heavy (not in `make test`): three broker bounces mid-replay, 10,000 malformed
+# records among MovieLens-100k. A few minutes each; they print their figures (-s).
+test-heavy: setup
+	$(BIN)/python -m pytest -q -s -m heavy tests
 
 # docs/EVALUATION.md results and plots: the prequential harness on the test slice of each dataset.
 evaluation: setup

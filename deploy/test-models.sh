@@ -20,7 +20,7 @@ for variant in fp32 int8; do
 done
 # One process for all missing variants: the sentiment head's ~8k training texts are
 # embedded (fp32 graph) once and the torch parity reference once, not once per variant.
-# export/pipeline.py also keeps the head's training vectors in var/cache/embeddings,
+# export/pipeline.py also keeps the head's training vectors in ~/.cache/persona/embeddings,
 # keyed by everything they depend on, for the trainer suite's own exports.
 if [ "${#missing[@]}" -gt 0 ]; then
   started=$(date +%s)

@@ -48,7 +48,7 @@ def cache_dir() -> Path | None:
     value = os.environ.get(CACHE_ENV)
     if value is not None and value.strip().lower() in ("off", "0", "none", "false"):
         return None
-    return Path(value) if value else paths.REPO_ROOT / "var" / "cache" / "embeddings"
+    return Path(value) if value else paths.DEFAULT_EMBEDDING_CACHE
 
 
 def cache_key(model_sha256: str, texts: Sequence[str]) -> str:

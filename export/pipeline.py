@@ -281,12 +281,14 @@ def _reference_vectors(model: object, tokenizer: object, src: Path, texts: list[
 
 
 def embedding_cache_dir() -> Path | None:
-    """$PERSONA_EXPORT_CACHE, else <repo>/var/cache/embeddings (``make clean`` removes it);
-    None when the variable is "off", "0" or "none"."""
+    """$PERSONA_EXPORT_CACHE, else the user's cache ($XDG_CACHE_HOME or ~/.cache)/persona/embeddings,
+    beside the Kafka jars: a fresh clone (CI's) reuses what another clone embedded, since the
+    key covers everything the vectors depend on, the CPU model included. None when the
+    variable is "off", "0" or "none"."""
     value = os.environ.get(EMBEDDING_CACHE_ENV)
     if value is not None and value.strip().lower() in ("off", "0", "none", "false"):
         return None
-    return Path(value) if value else paths.REPO_ROOT / "var" / "cache" / "embeddings"
+    return Path(value) if value else paths.DEFAULT_EMBEDDING_CACHE
 
 
 def _head_vectors(staging: Path, draft: Manifest, fp32_path: Path, texts: list[str], threads: int | None) -> F32:

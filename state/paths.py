@@ -23,6 +23,18 @@ DEFAULT_STATE_DIR = REPO_ROOT / "var" / "persona"
 DEFAULT_TEST_MODEL_REGISTRY = REPO_ROOT / "var" / "test-models" / "encoder"
 
 
+def user_cache_dir() -> Path:
+    """The user's cache ($XDG_CACHE_HOME or ~/.cache)/persona, beside the Kafka jars: what is
+    kept there is keyed by everything it depends on, so every clone (CI's fresh one too) can
+    reuse it."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "persona"
+
+
+#: Text embeddings kept between processes and clones (export's head vectors, the evaluator's
+#: text encodings), content-keyed; ``PERSONA_EXPORT_CACHE`` / ``PERSONA_EMBEDDING_CACHE`` override.
+DEFAULT_EMBEDDING_CACHE = user_cache_dir() / "embeddings"
+
+
 def data_dir() -> Path:
     """``PERSONA_DATA_DIR`` or the default: for code that runs without a ``Settings``."""
     return Path(os.environ.get("PERSONA_DATA_DIR") or DEFAULT_DATA_DIR)
