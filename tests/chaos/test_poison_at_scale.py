@@ -20,14 +20,28 @@ from pathlib import Path
 import pytest
 
 from state.events import Event, encode, key_of, kind_of
+from stream_app.producer import make_producer
 from stream_app.settings import Settings
 from stream_app.sources import read_events
-from tests.integration.test_dead_letters import KINDS, _comparable, _malformed, _send
+from tests.integration.test_dead_letters import KINDS, _comparable, _malformed
 from tests.support import WorkerProcess, metric_sum, wait_drained
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow, pytest.mark.heavy]
 
 BAD = 10_000
+
+
+def _send(settings: Settings, records: list[tuple[str, bytes | None, bytes | None]]) -> None:
+    producer = make_producer(settings)
+    for topic, key, value in records:
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(120) == 0
 
 
 def _drain(settings: Settings, worker_factory: Callable[..., WorkerProcess], topics: list[str], total: int) -> tuple[float, WorkerProcess]:
@@ -50,8 +64,11 @@ def test_ten_thousand_malformed_among_a_hundred_thousand_good_change_no_profile(
     clean_records = [(clean.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good]
     dirty_records: list[tuple[str, bytes | None, bytes | None]] = [(dirty.topic(kind_of(e)), key_of(e).encode(), encode(e)) for e in good]
     expected: Counter[str] = Counter()
+    # Not the catalog: its topic is compacted, where a later record with an item's key (a
+    # malformed one, a tombstone) replaces the good one by design, before any worker reads it.
+    victims = [e for e in good if kind_of(e) != "item"]
     for n in range(BAD):
-        victim = rng.choice(good)
+        victim = rng.choice(victims)
         key, value, reason = _malformed(victim, KINDS[n % len(KINDS)], rng, dirty.max_payload_bytes)
         dirty_records.insert(rng.randrange(len(dirty_records) + 1), (dirty.topic(kind_of(victim)), key, value))
         expected[reason] += 1
