@@ -8,9 +8,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from encoders.registry import Registry
+from state.errors import BrokerError
 from state.events import EVENT_KINDS
 from stream_app.dlq_ops import recent_counts
 from stream_app.settings import Settings
@@ -49,6 +50,23 @@ def _consumer(settings: Settings) -> Consumer:
     return Consumer(settings.kafka_config() | {"group.id": settings.app_id, "enable.auto.commit": False})
 
 
+def _committed(consumer: Consumer, tps: list[TopicPartition], timeout_s: float = 20.0) -> list[TopicPartition]:
+    """The group's committed offsets. A broker that just started answers NOT_COORDINATOR (or
+    "load in progress") until it has loaded the offsets topic: retried, then a clear error."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return list(consumer.committed(tps, timeout=10))
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            retriable = isinstance(err, KafkaError) and err.code() in (
+                KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+            )
+            if not retriable or time.monotonic() > deadline:
+                raise BrokerError(f"cannot read the group's committed offsets: {err or exc}") from exc
+            time.sleep(0.5)
+
+
 def group_lags(settings: Settings, topics: list[str]) -> list[TopicLag]:
     consumer = _consumer(settings)
     out: list[TopicLag] = []
@@ -59,7 +77,7 @@ def group_lags(settings: Settings, topics: list[str]) -> list[TopicLag]:
                 continue
             tps = [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
             records = lag = committed_n = 0
-            for tp in consumer.committed(tps, timeout=10):
+            for tp in _committed(consumer, tps):
                 low, high = consumer.get_watermark_offsets(tp, timeout=10)
                 records += high - low
                 if tp.offset >= 0:

@@ -118,3 +118,28 @@ def test_parse_since_reads_durations_iso_times_and_epochs() -> None:
 
     with pytest.raises(typer.BadParameter):
         parse_since("last tuesday", now)
+
+
+def test_regression_status_on_a_fresh_broker_retries_not_coordinator() -> None:
+    """`persona status` right after a broker started died with a traceback: the group
+    coordinator answers NOT_COORDINATOR until it has loaded the offsets topic."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    from state.errors import BrokerError
+    from stream_app.status import _committed
+
+    class Fresh:
+        def __init__(self, failures: int, code: int) -> None:
+            self.failures, self.code, self.calls = failures, code, 0
+
+        def committed(self, tps: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise KafkaException(KafkaError(self.code))
+            return [TopicPartition(tp.topic, tp.partition, 7) for tp in tps]
+
+    fresh = Fresh(2, KafkaError.NOT_COORDINATOR)
+    got = _committed(fresh, [TopicPartition("t", 0)], timeout_s=10)  # type: ignore[arg-type]
+    assert [tp.offset for tp in got] == [7] and fresh.calls == 3
+    with pytest.raises(BrokerError, match="committed offsets"):
+        _committed(Fresh(1, KafkaError.TOPIC_AUTHORIZATION_FAILED), [TopicPartition("t", 0)])  # type: ignore[arg-type]
