@@ -6,13 +6,16 @@ import json
 import re
 import time
 from datetime import datetime, timezone
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from state.errors import PersonaError
+
+if TYPE_CHECKING:
+    from stream_app.settings import Settings
 
 dlq_app = typer.Typer(help="Dead-letter topics: list them, redrive them after a fix.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -39,6 +42,12 @@ def parse_since(text: str, now: float) -> float:
     return when.timestamp()
 
 
+def _settings(bootstrap: str | None) -> Settings:
+    from stream_app.settings import Settings
+
+    return Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -48,10 +57,9 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Group lag per topic, the last emitted recommendation, published models, dead letters in the last hour."""
-    from stream_app.settings import Settings
     from stream_app.status import status
 
-    settings = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+    settings = _settings(bootstrap)
     try:
         s = status(settings)
     except PersonaError as exc:
@@ -87,9 +95,8 @@ def dlq_list(
 ) -> None:
     """The dead letters of a topic: where each came from, why, and whether it was redriven."""
     from stream_app.dlq_ops import read_letters, redriven, resolve
-    from stream_app.settings import Settings
 
-    settings = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+    settings = _settings(bootstrap)
     try:
         source, dlq_topic = resolve(settings, topic)
         since_ms = int(parse_since(since, time.time()) * 1000) if since else None
@@ -126,9 +133,8 @@ def dlq_redrive(
 ) -> None:
     """Re-publish dead letters to their source topic after a fix; each original record at most once."""
     from stream_app.dlq_ops import redrive
-    from stream_app.settings import Settings
 
-    settings = Settings(bootstrap_servers=bootstrap) if bootstrap else Settings()
+    settings = _settings(bootstrap)
     try:
         since_ms = int(parse_since(since, time.time()) * 1000) if since else None
         report = redrive(settings, topic, since_ms=since_ms, reasons=reason, dry_run=dry_run)

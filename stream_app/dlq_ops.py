@@ -16,7 +16,7 @@ other writes): run one at a time (the CLI is an operator's command, not a daemon
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,20 +89,45 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def read_letters(settings: Settings, dlq_topic: str, *, since_ms: int | None = None) -> list[Letter]:
-    """Every record of ``dlq_topic`` (at or after ``since_ms``, by record time), in partition and offset order."""
-    out: list[Letter] = []
-    conf = settings.kafka_config() | {"group.id": f"persona-dlq-{time.time_ns()}", "enable.auto.commit": False}
-    consumer = Consumer(conf)
+def _consumer(settings: Settings) -> Consumer:
+    # Group-less reads (assign, never subscribe): a throwaway id, nothing committed.
+    return Consumer(settings.kafka_config() | {"group.id": f"persona-dlq-{time.time_ns()}", "enable.auto.commit": False})
+
+
+def _read(settings: Settings, topic: str, since_ms: int | None, *, deadline_s: float = 120.0) -> Iterator[Message]:
+    """Every record of ``topic`` at or after ``since_ms`` (record time; all without it) up to
+    the end offsets seen when the read starts, partition by partition, in offset order."""
+    consumer = _consumer(settings)
     try:
-        meta = consumer.list_topics(dlq_topic, timeout=10)
-        if dlq_topic not in meta.topics or meta.topics[dlq_topic].error is not None:
-            return out
-        for partition in sorted(meta.topics[dlq_topic].partitions):
-            out.extend(_read_partition(consumer, dlq_topic, partition, since_ms))
+        meta = consumer.list_topics(topic, timeout=10)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return
+        for partition in sorted(meta.topics[topic].partitions):
+            offset = _start_offset(consumer, topic, partition, since_ms)
+            if offset is None:
+                continue
+            end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+            consumer.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + deadline_s
+            while offset < end:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"{topic}[{partition}]: read stopped at offset {offset} of {end}")
+                for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            continue
+                        raise BrokerError(f"{topic}[{partition}]: {err}")
+                    offset = (msg.offset() or 0) + 1
+                    yield msg
+            consumer.unassign()
     finally:
         consumer.close()
-    return out
+
+
+def read_letters(settings: Settings, dlq_topic: str, *, since_ms: int | None = None) -> list[Letter]:
+    """Every record of ``dlq_topic`` (at or after ``since_ms``, by record time), in partition and offset order."""
+    return [_letter(msg) for msg in _read(settings, dlq_topic, since_ms)]
 
 
 def _start_offset(consumer: Consumer, topic: str, partition: int, since_ms: int | None) -> int | None:
@@ -116,30 +141,6 @@ def _start_offset(consumer: Consumer, topic: str, partition: int, since_ms: int 
     if found.offset < 0:  # every record is older
         return None
     return max(int(found.offset), int(low))
-
-
-def _read_partition(consumer: Consumer, topic: str, partition: int, since_ms: int | None) -> list[Letter]:
-    start = _start_offset(consumer, topic, partition, since_ms)
-    if start is None:
-        return []
-    end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-    consumer.assign([TopicPartition(topic, partition, start)])
-    letters: list[Letter] = []
-    deadline = time.monotonic() + 60
-    offset = start
-    while offset < end:
-        if time.monotonic() > deadline:
-            raise BrokerError(f"{topic}[{partition}]: read stopped at offset {offset} of {end}")
-        for msg in consumer.consume(num_messages=500, timeout=0.5):
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise BrokerError(f"{topic}[{partition}]: {err}")
-            offset = (msg.offset() or 0) + 1
-            letters.append(_letter(msg))
-    consumer.unassign()
-    return letters
 
 
 def _headers(msg: Message) -> list[tuple[str, bytes]]:
@@ -163,34 +164,7 @@ def _letter(msg: Message) -> Letter:
 
 def redriven(settings: Settings, source_topic: str, *, since_ms: int) -> set[str]:
     """Identities (``persona.redrive.of``) of the copies already on ``source_topic`` from ``since_ms`` on."""
-    seen: set[str] = set()
-    conf = settings.kafka_config() | {"group.id": f"persona-dlq-{time.time_ns()}", "enable.auto.commit": False}
-    consumer = Consumer(conf)
-    try:
-        meta = consumer.list_topics(source_topic, timeout=10)
-        if source_topic not in meta.topics:
-            return seen
-        for partition in sorted(meta.topics[source_topic].partitions):
-            start = _start_offset(consumer, source_topic, partition, since_ms)
-            if start is None:
-                continue
-            end = consumer.get_watermark_offsets(TopicPartition(source_topic, partition), timeout=10)[1]
-            consumer.assign([TopicPartition(source_topic, partition, start)])
-            offset, deadline = start, time.monotonic() + 120
-            while offset < end:
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"{source_topic}[{partition}]: read stopped at offset {offset} of {end}")
-                for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                    if msg.error() is not None:
-                        continue
-                    offset = (msg.offset() or 0) + 1
-                    for k, v in _headers(msg):
-                        if k == REDRIVE_OF:
-                            seen.add(_text(v))
-            consumer.unassign()
-    finally:
-        consumer.close()
-    return seen
+    return {_text(v) for msg in _read(settings, source_topic, since_ms) for k, v in _headers(msg) if k == REDRIVE_OF}
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +238,7 @@ def redrive(
 def recent_counts(settings: Settings, *, since_ms: int) -> dict[str, int]:
     """Dead letters per dead-letter topic written at or after ``since_ms`` (offsets, no read)."""
     out: dict[str, int] = {}
-    conf = settings.kafka_config() | {"group.id": f"persona-dlq-{time.time_ns()}", "enable.auto.commit": False}
-    consumer = Consumer(conf)
+    consumer = _consumer(settings)
     try:
         for kind in EVENT_KINDS:
             topic = dlq.dlq_topic(settings.topic(kind))
