@@ -113,7 +113,7 @@ class _Replay:
         return event.user_id
 
 
-def _discard(key: bytes, value: bytes) -> None:
+def _discard(key: bytes, value: bytes | None) -> None:
     pass
 
 

@@ -38,6 +38,8 @@ from state.interest import ItemVector
 ENGAGE = "engage"
 FOLLOW = "follow"
 UNFOLLOW = "unfollow"
+#: a user was erased: ``ts`` is the event time the erasure covers
+ERASE = "erase"
 
 
 class Delta(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +107,14 @@ class SharedState:
         self.skipped = 0
         #: derived data the ranker keeps between rankings (e.g. the catalog's fill order)
         self.cache: dict[str, Any] = {}
+        #: user -> the event time their latest erasure covers (the suppression list: a replayed
+        #: delta of theirs, or naming them, from at or before it leaves no trace here)
+        self.erased: dict[str, float] = {}
+
+    def is_erased(self, user: str, ts: float) -> bool:
+        """Whether an event of ``user`` at event time ``ts`` falls under an erasure."""
+        covered = self.erased.get(user)
+        return covered is not None and ts <= covered
 
     def seen(self, delta: Delta) -> bool:
         return delta.offset <= self.watermarks.get(delta.source, -1)
@@ -116,20 +126,31 @@ class SharedState:
             return False
         self.watermarks[delta.source] = delta.offset
         self.applied += 1
+        # Erasure removes what *names* a user (social edges, recent engagement); the anonymous
+        # aggregates an engagement fed (popularity, co-occurrence, segment counts, review
+        # centroids) keep it, so every worker agrees whichever order its replay of the deltas
+        # topic meets an erasure and the user's older deltas in (they sit on other partitions).
+        named = not self.is_erased(delta.user, delta.ts)
         if delta.kind == ENGAGE:
             if delta.weight:
                 self.popularity.add(delta.item, delta.weight, delta.ts)
                 if delta.segments:
                     self.segments.add(delta.segments, delta.item, delta.weight, delta.ts)
-                self.social.engaged(delta.user, delta.item, delta.weight, delta.ts)
+                if named:
+                    self.social.engaged(delta.user, delta.item, delta.weight, delta.ts)
             if delta.first:
                 self.knn.add(delta.recent, delta.item)
             if delta.vector:
                 self._add_review_vector(delta.item, delta.version, np.frombuffer(delta.vector, dtype="<f4"))
-        elif delta.kind == FOLLOW:
-            self.social.follow(delta.user, delta.target, delta.ts)
-        elif delta.kind == UNFOLLOW:
-            self.social.unfollow(delta.user, delta.target, delta.ts)
+        elif delta.kind in (FOLLOW, UNFOLLOW):
+            if named and not self.is_erased(delta.target, delta.ts):
+                if delta.kind == FOLLOW:
+                    self.social.follow(delta.user, delta.target, delta.ts)
+                else:
+                    self.social.unfollow(delta.user, delta.target, delta.ts)
+        elif delta.kind == ERASE:
+            self.erased[delta.user] = max(delta.ts, self.erased.get(delta.user, delta.ts))
+            self.social.forget(delta.user)
         return True
 
     def _add_review_vector(self, item: str, version: str, vector: np.ndarray) -> None:
@@ -156,6 +177,7 @@ class SharedState:
             "items_cooc": len(self.knn),
             "items_content": len(self.content),
             "follow_edges": self.social.edges(),
+            "users_erased": len(self.erased),
             "deltas_applied": self.applied,
             "deltas_skipped": self.skipped,
             "sources": len(self.watermarks),

@@ -135,6 +135,31 @@ class SocialGraph:
         best = heapq.nsmallest(self.fanout_cap, ((ts, f) for f, ts in row.items()))
         return [f for _, f in best]
 
+    def all_followers(self, user: str) -> list[str]:
+        """Every user following ``user`` now, sorted (no cap: for an erasure)."""
+        return sorted(self._in.get(user, {}))
+
+    def forget(self, user: str) -> None:
+        """Erase ``user``: every edge from or to them (tombstones too) and their recent
+        engagement.
+
+        Tombstones are not indexed by user, so this scans every pair ever seen: erasures are
+        rare, and a scan of a million pairs takes a fraction of a second."""
+        followers = sorted(self._in.get(user, {}))
+        for followee in list(self._out.get(user, {})):
+            self._drop(self._in, followee, user)
+        for follower in followers:
+            self._drop(self._out, follower, user)
+        self._out.pop(user, None)
+        self._in.pop(user, None)
+        for pair in [p for p in self._edges if user in p]:
+            del self._edges[pair]
+        self._recent.pop(user, None)
+
+    def knows(self, user: str) -> bool:
+        """Whether anything here names ``user`` (an edge, a tombstone or recent engagement)."""
+        return user in self._out or user in self._in or user in self._recent or any(user in p for p in self._edges)
+
     # --- engagement ------------------------------------------------------------------------
     def engaged(self, user: str, item: str, weight: float, ts: float) -> None:
         """``user`` engaged with ``item`` with ``weight`` at event time ``ts``.

@@ -115,6 +115,17 @@ class User(_Event, tag="user", frozen=True):
     attributes: dict[Annotated[str, msgspec.Meta(min_length=1, max_length=64)], AttributeValue] = {}
 
 
+class Erasure(_Event, tag="erasure", frozen=True):
+    """Erase ``user_id`` everywhere (the right to erasure): their profile, their place in the
+    social graph, every cache and their recommendations. ``ts`` is the event time the erasure
+    covers: the user's events at or before it are dropped if they are ever read again (a
+    replay); later ones start a new profile. ``reason`` is free text for the audit trail
+    (a ticket id, never personal data)."""
+
+    user_id: Id
+    reason: Annotated[str, msgspec.Meta(max_length=256)] = ""
+
+
 #: Items one impression may list (MIND's longest impressions list about 300).
 MAX_SHOWN = 1_000
 
@@ -129,9 +140,9 @@ class Impression(_Event, tag="impression", frozen=True):
     clicked: Annotated[list[Id], msgspec.Meta(max_length=MAX_SHOWN)] = []
 
 
-Event: TypeAlias = Union[Click, Purchase, Review, Follow, Item, User, Impression]
-EventKind = Literal["click", "purchase", "review", "follow", "item", "user", "impression"]
-EVENT_KINDS: Final[tuple[EventKind, ...]] = ("click", "purchase", "review", "follow", "item", "user", "impression")
+Event: TypeAlias = Union[Click, Purchase, Review, Follow, Item, User, Impression, Erasure]
+EventKind = Literal["click", "purchase", "review", "follow", "item", "user", "impression", "erasure"]
+EVENT_KINDS: Final[tuple[EventKind, ...]] = ("click", "purchase", "review", "follow", "item", "user", "impression", "erasure")
 EVENT_TYPES: Final[dict[EventKind, type[Event]]] = {
     "click": Click,
     "purchase": Purchase,
@@ -140,6 +151,7 @@ EVENT_TYPES: Final[dict[EventKind, type[Event]]] = {
     "item": Item,
     "user": User,
     "impression": Impression,
+    "erasure": Erasure,
 }
 _KINDS: Final[dict[type[Event], EventKind]] = {cls: kind for kind, cls in EVENT_TYPES.items()}
 

@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 
 from state.decay import SECONDS_PER_DAY, factor, weight_at
-from state.events import AttributeValue, Click, Event, Follow, Item, Purchase, Review, User, kind_of
+from state.events import AttributeValue, Click, Erasure, Event, Follow, Item, Purchase, Review, User, kind_of
 from state.interest import INTEREST_WEIGHTS, Interest, ItemVector, add_sentiment, add_vector, blend_sentiment
 
 #: Default weight of one event in the category affinity (split evenly over the item's
@@ -232,6 +232,8 @@ def apply(
     # condition a deployment is meant to handle.
     if isinstance(event, Item):
         raise TypeError("catalog events do not belong to a user profile")
+    if isinstance(event, Erasure):
+        raise TypeError("an erasure deletes a profile (Pipeline.erase); it is not applied to one")
     if event.user_id != profile.user_id:
         raise ValueError(f"event for {event.user_id!r} applied to profile {profile.user_id!r}")
     if is_duplicate(profile, event, origin):

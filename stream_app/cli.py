@@ -398,12 +398,13 @@ def inspect_profile(
 
 from stream_app.cli_dashboard import dashboard_app  # noqa: E402  (after `app`: the sub-apps are mounted here)
 from stream_app.cli_model import model_app  # noqa: E402
-from stream_app.cli_ops import dlq_app, status_cmd  # noqa: E402
+from stream_app.cli_ops import dlq_app, erase_cmd, status_cmd  # noqa: E402
 
 app.add_typer(model_app, name="model")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(dashboard_app, name="dashboard")
 app.command("status")(status_cmd)
+app.command("erase")(erase_cmd)
 
 
 #: Commands that live outside ``stream_app`` (the benchmarks, for one) are mounted from this

@@ -1,4 +1,4 @@
-"""Operators' commands: ``persona status`` and ``persona dlq list|redrive`` (mounted by stream_app.cli)."""
+"""Operators' commands: ``persona status``, ``persona erase`` and ``persona dlq list|redrive`` (mounted by stream_app.cli)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,36 @@ def status_cmd(
     total = sum(s.dead_letters_last_hour.values())
     detail = ", ".join(f"{t} {n:,}" for t, n in sorted(s.dead_letters_last_hour.items()) if n)
     out.print(f"dead letters in the last hour: {total:,}" + (f" ({detail})" if detail else ""))
+
+
+def erase_cmd(
+    user: Annotated[str, typer.Argument(help="The user id to erase everywhere.")],
+    reason: Annotated[str, typer.Option(help="Audit note (a ticket id; never personal data).")] = "",
+    at: Annotated[Optional[float], typer.Option(help="Event time the erasure covers (epoch s; default: now).")] = None,
+    wait: Annotated[float, typer.Option(help="Wait up to this many seconds for the worker's tombstone (0: do not wait).")] = 60.0,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+) -> None:
+    """Erase a user: profile, changelog, social state, caches; a tombstone on recommendations."""
+    from stream_app.erase import end_offsets, request_erasure, wait_for_tombstone
+    from stream_app.topics import ensure_topics
+
+    settings = _settings(bootstrap)
+    try:
+        ensure_topics(settings)
+        since = end_offsets(settings, settings.recommendations_topic) if wait > 0 else {}
+        erasure = request_erasure(settings, user, ts=at, reason=reason)
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    print(f"erasure of {user!r} requested ({erasure.event_id}, covers events up to {_iso(erasure.ts)})")
+    if wait <= 0:
+        return
+    done = wait_for_tombstone(settings, user, since, wait)
+    if done is None:
+        console.print(f"[red]no tombstone for {user!r} on {settings.recommendations_topic} within {wait:.0f} s: is a worker running?[/red]")
+        raise typer.Exit(2)
+    where = f"{settings.recommendations_topic} partition {done.partition} offset {done.offset}"
+    print(f"erased: tombstone on {where} after {done.waited_s:.1f} s")
 
 
 @dlq_app.command("list")

@@ -41,6 +41,11 @@ class Coalescer:
             self._pending[user] = trigger
         return False
 
+    def forget(self, user: str) -> None:
+        """Drop everything about ``user`` (an erasure): no message for them is pending."""
+        self._pending.pop(user, None)
+        self._last_emit.pop(user, None)
+
     def take_due(self, now: float) -> list[tuple[str, Trigger]]:
         due = [
             (u, t) for u, t in self._pending.items() if now - self._last_emit.get(u, 0.0) >= self.interval_s

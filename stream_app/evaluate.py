@@ -89,6 +89,16 @@ class _DictStore:
     def cached(self, key: bytes) -> Profile | None:
         return self.profiles.get(key)
 
+    def find(self, key: bytes) -> tuple[Profile, int] | None:
+        profile = self.profiles.get(key)
+        return None if profile is None else (profile, 0)
+
+    def delete(self, key: bytes, partition: int) -> None:
+        self.profiles.pop(key, None)
+
+    def purge(self, key: bytes) -> int:
+        return 0
+
 
 class _NoVectors:
     """No text encoder in the evaluator: the baseline ranker does not read vectors."""
@@ -334,7 +344,10 @@ class Replay:
         return c / (na + nb - c)
 
     # --- the replay ----------------------------------------------------------------------
-    def _capture(self, key: bytes, value: bytes) -> None:
+    def _capture(self, key: bytes, value: bytes | None) -> None:
+        if value is None:  # an erasure's tombstone (datasets carry none)
+            self.last_message.pop(key, None)
+            return
         self.last_message[key] = value
         self.messages += 1
         if self.on_message is not None:

@@ -78,6 +78,10 @@ class LiveQuality:
         if entry is not None:
             entry.pop(SHADOW, None)
 
+    def forget(self, user_id: str) -> None:
+        """An erasure: the user's last lists go (the tallies hold no user)."""
+        self._lists.pop(user_id, None)
+
     def positive(self, user_id: str, item_id: str) -> None:
         """A positive event of ``user_id`` on ``item_id``, before it is applied."""
         entry = self._lists.get(user_id)

@@ -10,6 +10,7 @@ deterministic whatever the partitioning and however the producers interleaved (c
 and follow events of a second come before that second's behaviour), and it keeps
 a purchase next to the review that rates it, which the positive rule reads
 (:func:`scoring.evaluation.paired_rating`). ``since``/``until`` keep an event-time range.
+Erased users' events (those an erasure covers) are left out.
 
 The offsets read (first and last per partition) go into the trained version's manifest, so a
 version says exactly which records it learned from.
@@ -20,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.events import EVENT_KINDS, DeadLetter, Event, EventKind, decode
+from state.events import EVENT_KINDS, DeadLetter, Erasure, Event, EventKind, Follow, decode
 from stream_app.inspect import scan
 from stream_app.settings import Settings
 
 #: Tie order of kinds at equal (time, user): what must exist before behaviour refers to it.
-KIND_ORDER: dict[EventKind, int] = {"item": 0, "user": 1, "follow": 2, "impression": 3, "click": 4, "purchase": 5, "review": 6}
+KIND_ORDER: dict[EventKind, int] = {
+    "item": 0, "user": 1, "follow": 2, "impression": 3, "click": 4, "purchase": 5, "review": 6, "erasure": 7
+}
 
 
 @dataclass
@@ -64,5 +67,27 @@ def read_history(settings: Settings, *, since: float | None = None, until: float
             rank = KIND_ORDER[kind]
             keyed.append(((event.ts, rank >= KIND_ORDER["impression"], who, rank, topic, partition, offset), event))
     keyed.sort(key=lambda kv: kv[0])
-    history.events = [e for _, e in keyed]
+    history.events = without_erased([e for _, e in keyed])
     return history
+
+
+def without_erased(events: list[Event]) -> list[Event]:
+    """``events`` minus the erasures and every event an erasure covers: the user's own at or
+    before its time, and follows of the user from then or before. The trainer never learns
+    from an erased user (their later events, a returning user's, are kept)."""
+    erased: dict[str, float] = {}
+    for e in events:
+        if isinstance(e, Erasure):
+            erased[e.user_id] = max(e.ts, erased.get(e.user_id, e.ts))
+    if not erased:
+        return events
+
+    def covered(user: str | None, ts: float) -> bool:
+        return user is not None and user in erased and ts <= erased[user]
+
+    return [
+        e for e in events
+        if not isinstance(e, Erasure)
+        and not covered(getattr(e, "user_id", None), e.ts)
+        and not (isinstance(e, Follow) and covered(e.followee_id, e.ts))
+    ]

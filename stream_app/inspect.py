@@ -94,9 +94,13 @@ def _describe(settings: Settings, topic: str, key: bytes | None, value: bytes | 
     if topic.endswith(".dlq"):
         h = {k: v.decode("utf-8", "replace") for k, v in headers}
         return f"DLQ key={key!r} headers={h} value={(value or b'')[:120]!r}"
-    if topic == settings.recommendations_topic and value is not None:
+    if topic == settings.recommendations_topic:
+        if value is None:
+            return f"{(key or b'').decode('utf-8', 'replace')} TOMBSTONE (erased)"
         return value.decode("utf-8", "replace")
-    if topic == changelog_topic(settings) and value:
+    if topic == changelog_topic(settings):
+        if value is None:
+            return f"{(key or b'').decode('utf-8', 'replace')} TOMBSTONE (erased)"
         return f"{(key or b'').decode()} {loads(value)}"
     for kind in EVENT_KINDS:
         if topic == settings.topic(kind):

@@ -38,6 +38,9 @@ DEAD_LETTERS = Counter(
 PROFILE_UPDATES = Counter(
     "persona_profile_updates", "Profile writes that changed a profile.", registry=REGISTRY
 )
+ERASURES = Counter(
+    "persona_erasures", "Erasure records applied (each also puts a tombstone on the recommendations topic).", registry=REGISTRY
+)
 RECOMMENDATIONS = Counter(
     "persona_recommendations_emitted", "Recommendation messages emitted.", registry=REGISTRY
 )
@@ -155,6 +158,14 @@ SHARED_DELTAS = Counter(
 )
 SHARED_ITEMS = Gauge(
     "persona_shared_items", "Items with popularity in this worker's shared scoring state.", registry=REGISTRY
+)
+USERS_ERASED = Gauge(
+    "persona_users_erased", "Users on this worker's erasure suppression list (every worker's erasures).", registry=REGISTRY
+)
+ERASED_COPIES_PURGED = Counter(
+    "persona_erased_copies_purged",
+    "Stale copies of erased profiles deleted from RocksDB partitions this worker held before and does not own now.",
+    registry=REGISTRY,
 )
 FOLLOW_EDGES = Gauge(
     "persona_follow_edges", "Follow edges on now in this worker's shared social graph (every worker's follows).", registry=REGISTRY

@@ -38,9 +38,9 @@ from scoring.migrate import migrated_interest
 from scoring.popularity import Popularity
 from scoring.ranker import DEFAULT_WEIGHTS, Scorer, Weights, history, rank
 from scoring.segments import segments_of
-from scoring.shared import ENGAGE, FOLLOW, UNFOLLOW, Delta, SharedState
+from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, SharedState
 from state.catalog import Catalog
-from state.events import DeadLetter, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
+from state.events import DeadLetter, Erasure, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
@@ -61,6 +61,16 @@ class Store(Protocol):
 
     def cached(self, key: bytes) -> Profile | None: ...
 
+    def find(self, key: bytes) -> tuple[Profile, int] | None:
+        """A profile held here and its partition, the partition unknown (an erasure's followers)."""
+
+    def delete(self, key: bytes, partition: int) -> None:
+        """Erase a profile from every copy the store keeps (cache, disk, changelog)."""
+
+    def purge(self, key: bytes) -> int:
+        """Delete stale copies of a profile from partitions held here before and owned by
+        another worker now (an erasure reaches every worker); how many were found."""
+
 
 class Vectors(Protocol):
     """Item text vectors of one wanted encoder version (``None``: no encoder)."""
@@ -71,8 +81,8 @@ class Vectors(Protocol):
     def get(self, item_id: str) -> ItemVector | None: ...
 
 
-#: Takes one recommendation message: ``(key, value)``, both bytes.
-Emit = Callable[[bytes, bytes], None]
+#: Takes one recommendation message: ``(key, value)``; a value of None is a tombstone (erasure).
+Emit = Callable[[bytes, bytes | None], None]
 #: Takes one scoring delta this pipeline applied (the worker publishes it for the others).
 Publish = Callable[[Delta], None]
 
@@ -98,6 +108,8 @@ Outcome = str
 APPLIED: Outcome = "applied"
 DUPLICATE: Outcome = "duplicate"
 CATALOG: Outcome = "catalog"
+#: an event of an erased user from at or before their erasure (a replay): dropped
+ERASED: Outcome = "erased"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +253,8 @@ class Pipeline:
             # The catalog replica applies it; the items agent only validates and counts.
             metrics.event_counter(record.topic, CATALOG).inc()
             return Result(CATALOG)
+        if isinstance(event, Erasure):
+            return self.erase(event, record.origin, record.partition)
         result = self.apply_event(event, record.origin, record.partition, record.timestamp)
         metrics.PROCESSING.observe(time.perf_counter() - started)
         return result
@@ -260,8 +274,17 @@ class Pipeline:
         """Fold one decoded event into its user's profile; update scoring state; maybe emit."""
         if isinstance(event, Item):
             raise TypeError("catalog events are applied by the catalog replica, not to a profile")
+        if isinstance(event, Erasure):
+            raise TypeError("an erasure is not applied to a profile: see Pipeline.erase")
         kind = kind_of(event)
         topic = self._topic_of(kind)
+        if self.shared.is_erased(event.user_id, event.ts) or (
+            isinstance(event, Follow) and self.shared.is_erased(event.followee_id, event.ts)
+        ):
+            # A replay of input from before an erasure must not bring the user back, nor put
+            # them back into a follower's profile.
+            metrics.event_counter(topic, ERASED).inc()
+            return Result(ERASED)
         key = event.user_id.encode()
         profile = self.store.get(key, partition) or new_profile(event.user_id)
         item_id: str | None = getattr(event, "item_id", None)
@@ -345,10 +368,59 @@ class Pipeline:
     def apply_delta(self, delta: Delta, record_ts: float | None = None) -> bool:
         """A delta another worker published (the shared-state replica): folded in once; the
         followers of its user that live here are refreshed."""
+        followers = self.shared.social.all_followers(delta.user) if delta.kind == ERASE else []
         if not self.shared.apply(delta):
             return False
+        if delta.kind == ERASE:
+            self.coalescer.forget(delta.user)
+            self.live.forget(delta.user)
+            metrics.ERASED_COPIES_PURGED.inc(self.store.purge(delta.user.encode()))
+            metrics.USERS_ERASED.set(len(self.shared.erased))
+            self._unfollow_erased(delta.user, followers, record_ts)
         self._fan_out(delta, record_ts)
         return True
+
+    # --- erasure ---------------------------------------------------------------------
+    def erase(self, event: Erasure, origin: Origin, partition: int) -> Result:
+        """Erase ``event.user_id``: the profile (cache, RocksDB, changelog tombstone), pending
+        and last messages, the user in the social graph (here, and through the published
+        delta on every worker, where the same delta also enters the suppression list that
+        drops a replay of the user's older input), the user in the profiles of their followers,
+        and a tombstone on the recommendations topic. Idempotent: a redelivered erasure
+        deletes what is there again (nothing) and sends the tombstones again."""
+        user = event.user_id
+        key = user.encode()
+        followers = self.shared.social.all_followers(user)
+        self.store.delete(key, partition)
+        metrics.ERASED_COPIES_PURGED.inc(self.store.purge(key))
+        self.coalescer.forget(user)
+        self.live.forget(user)
+        delta = Delta(source=origin.source, offset=origin.offset, kind=ERASE, user=user, ts=event.ts)
+        # Seen before only when this very record was erased before (a redelivery): its delta
+        # is on the deltas topic already, and the state rebuilt from it knows the erasure.
+        if self.shared.apply(delta) and self._publish is not None:
+            self._publish(delta)
+        self._emit_raw(key, None)
+        metrics.ERASURES.inc()
+        metrics.USERS_ERASED.set(len(self.shared.erased))
+        metrics.event_counter(self._topic_of("erasure"), APPLIED).inc()
+        self._unfollow_erased(user, followers, None)
+        return Result(APPLIED, emitted=True)
+
+    def _unfollow_erased(self, user: str, followers: list[str], record_ts: float | None) -> None:
+        """The erased ``user`` leaves the ``following`` of their followers held here; each
+        gets a fresh list (their social candidates drew on the user)."""
+        for follower in followers:
+            found = self.store.find(follower.encode())
+            if found is None:
+                continue
+            profile, partition = found
+            if profile.following.pop(user, None) is None:
+                continue
+            self.store.put(follower.encode(), profile, partition)
+            trigger = Trigger(event_ts=profile.last_event_ts, record_ts=record_ts if record_ts is not None else self._wall())
+            if self.coalescer.offer(follower, self._monotonic(), trigger):
+                self.emit(follower, profile, trigger)
 
     def _fan_out(self, delta: Delta, record_ts: float | None) -> None:
         """Someone engaged: the lists of their followers whose profiles live here are stale

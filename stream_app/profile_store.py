@@ -15,12 +15,15 @@ with the partition it recorded when the profile was read.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any
 
 from state.codec import dumps, loads
 from state.profile import Profile
 from stream_app import metrics
+
+log = logging.getLogger("persona.worker")
 
 
 class ProfileStore:
@@ -66,6 +69,60 @@ class ProfileStore:
         and a replayed (skipped) event re-sends the profile so the changelog catches up."""
         if key in self._cache:
             self._dirty.add(key)
+
+    def find(self, key: bytes) -> tuple[Profile, int] | None:
+        """A profile this worker holds, and its partition, without knowing the partition
+        (an erasure reaching the followers of the erased user): the cache, then every open
+        partition's RocksDB."""
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        for partition, db in list(self._table.data._dbs.items()):
+            raw = db.get(key)
+            if raw is not None:
+                profile = loads(raw)
+                self._remember(key, profile, partition)
+                return profile, partition
+        return None
+
+    def delete(self, key: bytes, partition: int) -> None:
+        """Erase a profile: out of the cache, out of RocksDB, and a tombstone on the changelog
+        (sent now, flushed before the next commit like every changelog record; compaction
+        then removes the profile's older records: see README, "Erasure")."""
+        self._cache.pop(key, None)
+        self._dirty.discard(key)
+        self._db(partition).delete(key)
+        self._table.data._key_index.pop(key, None)
+        self._table.send_changelog(partition, key, None)
+
+    def purge(self, key: bytes) -> int:
+        """Delete ``key`` from the RocksDB files of partitions this worker does not own now.
+
+        Faust keeps a revoked partition's files (a warm start if it comes back); an erasure
+        applied by the new owner leaves the profile there. Restoring that partition later
+        would replay the changelog's tombstone, but it may never come back: an erasure has to
+        reach this copy now. A file another handle still holds (Faust closes revoked
+        partitions by garbage collection) is logged and left to that tombstone."""
+        data = self._table.data
+        found = 0
+        for partition in range(self._table.partitions or 0):
+            if partition in data._dbs:
+                continue
+            path = data.partition_path(partition)
+            if not path.exists():
+                continue
+            try:
+                db = data.rocksdb_options.open(path)
+            except Exception as exc:  # rocksdict raises a bare Exception for a held lock
+                log.warning("erasure: could not open %s to purge a stale copy: %s", path, exc)
+                continue
+            try:
+                if db.get(key) is not None:
+                    db.delete(key)
+                    found += 1
+            finally:
+                db.close()
+        return found
 
     def _remember(self, key: bytes, profile: Profile, partition: int) -> None:
         self._cache[key] = (profile, partition)

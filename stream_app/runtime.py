@@ -51,6 +51,10 @@ class Runtime:
             key_type=bytes,
             value_type=bytes,
             partitions=settings.partitions,
+            # Erasure: a profile's tombstone must compact its older records away in bounded
+            # time. Kafka rolls a compacted log's segment by this lag too, so that once a
+            # partition takes later writes the cleaner may remove them (README, "Erasure").
+            extra_topic_configs={"max.compaction.lag.ms": str(int(settings.erasure_compaction_s * 1000))},
         )
         self.profiles = ProfileStore(self.table)
         self.recs_topic = raw_topic(app, settings.recommendations_topic, settings.partitions)

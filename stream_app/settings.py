@@ -64,6 +64,13 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         65_536, ge=256, description="Larger records go to the dead-letter topic as `oversized`."
     )
+    erasure_compaction_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="The profile changelog's max.compaction.lag.ms, in s: an erased profile's older "
+        "changelog records are compacted away within this time once later writes roll the segment "
+        "(applies when the changelog topic is created).",
+    )
     # Faust defaults commit every 10,000 messages or 2.8 s; smaller bounds keep the replay
     # after a crash short, and idempotent updates make the replay harmless.
     commit_every: int = Field(1_000, ge=1, description="Commit offsets after this many events.")

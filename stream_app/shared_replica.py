@@ -55,6 +55,7 @@ class SharedReplica(TopicTail):
     def after_batch(self) -> None:
         metrics.SHARED_ITEMS.set(len(self.pipeline.shared.popularity))
         metrics.FOLLOW_EDGES.set(self.pipeline.shared.social.edges())
+        metrics.USERS_ERASED.set(len(self.pipeline.shared.erased))
 
     def on_ready(self) -> None:
         log.info("shared scoring replica ready: %s", dict(self.pipeline.shared.summary()))

@@ -23,7 +23,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from rocksdict import AccessType, Rdict
 
 from state.events import Event, Item, Purchase, User
 from stream_app.inspect import changelog_topic, scan
@@ -31,29 +30,11 @@ from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.sources import read_events
 from tests.conftest import EventFactory
-from tests.support import WorkerProcess, metric_sum, wait_drained
+from tests.support import WorkerProcess, metric_sum, rocksdb_contents, wait_drained
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
 
-#: Faust's own bookkeeping key in every table partition's RocksDB (the changelog offset).
-_FAUST_KEYS = (b"__faust\x00offset__",)
 RESTORE_BOUND_S = 60.0
-
-
-def rocksdb_contents(state_dir: Path) -> dict[bytes, bytes]:
-    """Every profile in the worker's RocksDB files (all partitions), read from disk."""
-    out: dict[bytes, bytes] = {}
-    paths = sorted(state_dir.glob("**/profiles-*.db"))
-    assert paths, f"no RocksDB table under {state_dir}"
-    for path in paths:
-        db = Rdict(str(path), access_type=AccessType.read_only())
-        try:
-            for key, value in db.items():
-                if isinstance(key, bytes) and isinstance(value, bytes) and key not in _FAUST_KEYS:
-                    out[key] = value
-        finally:
-            db.close()
-    return out
 
 
 def _changelog_counts(settings: Settings) -> tuple[int, int, dict[int, int]]:

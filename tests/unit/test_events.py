@@ -15,6 +15,7 @@ from state.events import (
     EVENT_TYPES,
     Click,
     DeadLetter,
+    Erasure,
     Event,
     EventKind,
     Follow,
@@ -99,7 +100,9 @@ impressions = st.lists(ids, min_size=1, max_size=8, unique=True).flatmap(
         clicked=st.lists(st.sampled_from(shown), unique=True, max_size=len(shown)),
     )
 )
+erasures = st.builds(Erasure, event_id=ids, ts=times, user_id=ids, reason=st.text(max_size=32))
 STRATEGIES: dict[EventKind, st.SearchStrategy[Any]] = {
+    "erasure": erasures,
     "impression": impressions,
     "click": clicks,
     "purchase": purchases,
@@ -132,6 +135,7 @@ def valid(kind: EventKind) -> dict[str, Any]:
         "follow": {"followee_id": "u-2", "action": "follow"},
         "user": {"attributes": {"age": 30, "gender": "F"}},
         "impression": {"items": ["i-1", "i-2", "i-3"], "clicked": ["i-2"]},
+        "erasure": {"reason": "ticket-42"},
     }
     return base | extra[kind]
 

@@ -43,6 +43,16 @@ class DictStore:
     def cached(self, key: bytes) -> Profile | None:
         return self.profiles.get(key)
 
+    def find(self, key: bytes) -> tuple[Profile, int] | None:
+        profile = self.profiles.get(key)
+        return None if profile is None else (profile, 0)
+
+    def delete(self, key: bytes, partition: int) -> None:
+        self.profiles.pop(key, None)
+
+    def purge(self, key: bytes) -> int:
+        return 0
+
 
 @dataclass
 class FakeVectors:

@@ -98,7 +98,7 @@ def test_ssl_needs_no_user() -> None:
 def test_topic_names() -> None:
     s = Settings(topic_prefix="t1.", partitions=6, item_partitions=2)
     assert [s.topic(k) for k in EVENT_KINDS] == [
-        "t1.clicks", "t1.purchases", "t1.reviews", "t1.follows", "t1.items", "t1.users", "t1.impressions",
+        "t1.clicks", "t1.purchases", "t1.reviews", "t1.follows", "t1.items", "t1.users", "t1.impressions", "t1.erasures",
     ]
     assert s.recommendations_topic == "t1.recommendations"
     assert s.partitions_for("item") == 2
