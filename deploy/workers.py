@@ -35,11 +35,15 @@ def free_port() -> int:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``PERSONA_*`` variables that make a child process read the same settings: complex values
-    (dicts) as JSON, which is what pydantic-settings parses, never as a Python repr."""
+    (dicts) as JSON, which is what pydantic-settings parses, never as a Python repr. Secrets
+    are passed too (a child's environment is not output: nothing prints it)."""
     env: dict[str, str] = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        if value is None or hasattr(value, "get_secret_value"):
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            env[f"PERSONA_{name.upper()}"] = value.get_secret_value()
             continue
         env[f"PERSONA_{name.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
     return env

@@ -398,13 +398,14 @@ def inspect_profile(
 
 from stream_app.cli_dashboard import dashboard_app  # noqa: E402  (after `app`: the sub-apps are mounted here)
 from stream_app.cli_model import model_app  # noqa: E402
-from stream_app.cli_ops import dlq_app, erase_cmd, status_cmd  # noqa: E402
+from stream_app.cli_ops import acls_cmd, dlq_app, erase_cmd, status_cmd  # noqa: E402
 
 app.add_typer(model_app, name="model")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(dashboard_app, name="dashboard")
 app.command("status")(status_cmd)
 app.command("erase")(erase_cmd)
+app.command("acls")(acls_cmd)
 
 
 #: Commands that live outside ``stream_app`` (the benchmarks, for one) are mounted from this
@@ -458,7 +459,16 @@ def inspect_recommendations(
 
 
 def main() -> None:
-    app(prog_name="persona")
+    from state.errors import PersonaError
+    from stream_app.cli_ops import exit_code
+
+    try:
+        app(prog_name="persona")
+    except PersonaError as exc:
+        # A refused login, a denied topic, an unreachable broker, bad settings: one clear line
+        # and a distinct exit code, not a traceback (and never a restart: see supervise.py).
+        console.print(f"[red]persona: {type(exc).__name__}: {exc}[/red]")
+        raise SystemExit(exit_code(exc)) from None
 
 
 if __name__ == "__main__":

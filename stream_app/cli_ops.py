@@ -42,6 +42,14 @@ def parse_since(text: str, now: float) -> float:
     return when.timestamp()
 
 
+def exit_code(exc: PersonaError) -> int:
+    """3: fix the settings or the credentials (retrying cannot help); 1: anything else."""
+    from state.errors import ConfigError
+    from stream_app.kafka_clients import AuthenticationError
+
+    return 3 if isinstance(exc, (AuthenticationError, ConfigError)) else 1
+
+
 def _settings(bootstrap: str | None) -> Settings:
     from stream_app.settings import Settings
 
@@ -64,7 +72,7 @@ def status_cmd(
         s = status(settings)
     except PersonaError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code(exc)) from exc
     if as_json:
         print(json.dumps(s.to_json(), indent=2, sort_keys=True))
         return
@@ -103,7 +111,7 @@ def erase_cmd(
         erasure = request_erasure(settings, user, ts=at, reason=reason)
     except PersonaError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code(exc)) from exc
     print(f"erasure of {user!r} requested ({erasure.event_id}, covers events up to {_iso(erasure.ts)})")
     if wait <= 0:
         return
@@ -113,6 +121,19 @@ def erase_cmd(
         raise typer.Exit(2)
     where = f"{settings.recommendations_topic} partition {done.partition} offset {done.offset}"
     print(f"erased: tombstone on {where} after {done.waited_s:.1f} s")
+
+
+def acls_cmd(
+    principal: Annotated[Optional[str], typer.Option(help="Principal (default: User:<PERSONA_SASL_USERNAME>).")] = None,
+) -> None:
+    """Print the ACLs Persona's principal needs, as kafka-acls.sh commands (see stream_app/acls.py)."""
+    from stream_app.acls import grants
+
+    settings = _settings(None)
+    who = principal or f"User:{settings.sasl_username or 'persona'}"
+    for grant in grants(settings):
+        print(f"kafka-acls.sh --bootstrap-server {settings.bootstrap_servers} --command-config admin.properties "
+              f"{grant.kafka_acls_args(who)}")
 
 
 @dlq_app.command("list")
@@ -134,7 +155,7 @@ def dlq_list(
         done = redriven(settings, source, since_ms=min(x.timestamp_ms for x in letters)) if letters else set()
     except PersonaError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code(exc)) from exc
     shown = letters[-limit:] if limit else letters
     if as_json:
         for x in shown:
@@ -170,7 +191,7 @@ def dlq_redrive(
         report = redrive(settings, topic, since_ms=since_ms, reasons=reason, dry_run=dry_run)
     except PersonaError as exc:
         console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+        raise typer.Exit(exit_code(exc)) from exc
     verb = "would send" if dry_run else "sent"
     print(
         f"{report.dlq_topic} -> {report.source_topic}: {report.selected} selected, {report.already} already redriven, "

@@ -24,6 +24,7 @@ from scoring.messages import decode as decode_recommendations
 from state.codec import loads
 from state.events import EVENT_KINDS, DeadLetter, Item, decode
 from state.profile import Profile
+from stream_app.kafka_clients import preflight
 from stream_app.settings import Settings
 
 
@@ -36,6 +37,7 @@ def scan(
 ) -> Iterator[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
     """Yield ``(key, value, headers, partition, offset)`` of every record, then stop once
     all partitions reached their end offsets (or nothing arrived for ``idle_s``)."""
+    preflight(settings)  # a refused login fails here at once, not after a 10 s metadata timeout
     conf = settings.kafka_config()
     conf.update({"group.id": f"persona-inspect-{time.time_ns()}", "enable.auto.commit": False})
     consumer = Consumer(conf)

@@ -15,10 +15,11 @@ with half of its security settings.
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from state.errors import ConfigError
+from state.errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
@@ -209,3 +210,58 @@ def faust_credentials(settings: Settings) -> CredentialsT | None:
     if context is not None:
         return faust.SSLCredentials(context)
     return None
+
+
+# --- the first connection --------------------------------------------------------------------
+
+
+class AuthenticationError(BrokerError):
+    """The broker refused our credentials or our certificate: retrying cannot help."""
+
+
+def _explain(settings: Settings, refusal: str) -> str:
+    who = f"user {settings.sasl_username!r} ({settings.sasl_mechanism})" if uses_sasl(settings) else "this client"
+    hint = "PERSONA_SASL_USERNAME / PERSONA_SASL_PASSWORD" if uses_sasl(settings) else ""
+    if uses_tls(settings):
+        hint = (hint + " and " if hint else "") + "PERSONA_SSL_CAFILE / PERSONA_SSL_CERTFILE / PERSONA_SSL_KEYFILE"
+    return f"Kafka at {settings.bootstrap_servers} refused {who} over {settings.security_protocol}: {refusal}. Check {hint}."
+
+
+def preflight(settings: Settings, timeout_s: float = 30.0) -> None:
+    """Connect once and read metadata; fail fast and clearly where librdkafka would retry.
+
+    librdkafka treats a refused SASL login or TLS handshake as transient and retries for ever
+    (a worker would hang at its first request, a command would time out with "transport
+    failure"). Here the first such refusal raises :class:`AuthenticationError` naming the
+    user, the protocol and the broker's reason (never the password); an unreachable broker
+    raises :class:`BrokerError` after ``timeout_s``.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    refused: list[str] = []
+
+    def on_error(err: KafkaError) -> None:
+        text = err.str()
+        # A refused client certificate reaches a TLS 1.3 client as a transport error carrying
+        # the server's alert ("ssl/tls alert bad certificate"), after the handshake.
+        tls_alert = err.code() == KafkaError._TRANSPORT and ("SSL routines" in text or "ssl/tls alert" in text)
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL) or tls_alert or err.fatal():
+            refused.append(text)
+
+    # log_level 2: librdkafka's per-attempt connection errors would repeat every 50 ms; the
+    # outcome is reported here, once.
+    admin = AdminClient(librdkafka(settings) | {"error_cb": on_error, "log_level": 2})
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while True:
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except KafkaException as exc:
+            last = exc
+        admin.poll(0)  # serves error_cb
+        if refused:
+            raise AuthenticationError(_explain(settings, refused[0]))
+        if time.monotonic() > deadline:
+            raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout_s:.0f} s: {last}")

@@ -14,6 +14,7 @@ from encoders.registry import Registry
 from state.errors import BrokerError
 from state.events import EVENT_KINDS
 from stream_app.dlq_ops import recent_counts
+from stream_app.kafka_clients import preflight
 from stream_app.settings import Settings
 
 
@@ -134,6 +135,7 @@ def published_models(settings: Settings) -> dict[str, str | None]:
 
 def status(settings: Settings, *, now: float | None = None) -> Status:
     now = time.time() if now is None else now
+    preflight(settings)
     inputs = [settings.topic(kind) for kind in EVENT_KINDS] + [settings.encoded_reviews_topic]
     last, count = last_record_time(settings, settings.recommendations_topic)
     return Status(

@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from state.errors import BrokerError, ConfigError
 from state.events import EVENT_KINDS
 from stream_app.dlq import dlq_topic
+from stream_app.kafka_clients import preflight
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create missing topics; fail loudly if an existing one breaks co-partitioning."""
+    preflight(settings, timeout_s)  # a refused login or certificate fails here, clearly
     admin = AdminClient(settings.kafka_config())
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
@@ -62,6 +64,12 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 fut.result()
                 created.append(name)
             except Exception as exc:
+                if "TOPIC_AUTHORIZATION_FAILED" in str(exc):
+                    who = settings.sasl_username or "this client"
+                    raise BrokerError(
+                        f"not authorized to create topic {name} as {who!r}: the principal needs the ACLs "
+                        f"`persona acls` prints (topics prefixed {settings.topic_prefix!r} and {settings.app_id + '-'!r})"
+                    ) from exc
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise BrokerError(f"cannot create topic {name}: {exc}") from exc
     if created:

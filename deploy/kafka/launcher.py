@@ -18,10 +18,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from deploy.kafka.secure import BrokerSecurity
 from state.errors import BrokerError, ConfigError
 
 KAFKA_VERSION = "4.1.1"
@@ -99,12 +101,15 @@ def ensure_jars() -> Path:
     return libs
 
 
-def start(port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 60) -> BrokerHandle:
+def start(
+    port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 60, security: BrokerSecurity | None = None
+) -> BrokerHandle:
     """Launch a detached broker and wait until it serves metadata.
 
     If ``data_dir`` already records a live broker, that broker's handle is
     returned (whatever port it listens on): a second JVM would only die on the
-    log-dir lock.
+    log-dir lock. With ``security``, the broker serves SASL_SSL with SCRAM-SHA-512 and
+    required client certificates, with ACLs enforced (:mod:`deploy.kafka.secure`).
     """
     if not 0 < port < 65536:
         raise ConfigError(f"port must be in 1..65535, got {port}")
@@ -112,7 +117,7 @@ def start(port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 
     data_dir.mkdir(parents=True, exist_ok=True)
     existing = _recorded(data_dir)
     if existing is not None:
-        _wait_ready(existing, time.monotonic() + timeout_s)
+        _wait_ready(existing, time.monotonic() + timeout_s, security)
         return existing
     if _bind_probe(port) is None:
         raise LauncherError(f"port {port} on {_HOST} is already in use")
@@ -123,13 +128,15 @@ def start(port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 
     classpath = f"{ensure_jars()}/*"
     log_file = data_dir / _LOG_FILE
     props = data_dir / "server.properties"
-    props.write_text(_server_properties(port, cport, data_dir))
+    props.touch(mode=0o600)  # it may hold the keystore and admin passwords
+    props.write_text(_server_properties(port, cport, data_dir, security))
     log4j = data_dir / "log4j2.properties"
     log4j.write_text(_log4j_properties(log_file))
     jvm = ["java", *_JVM_OPTS, "-cp", classpath, f"-Dlog4j2.configurationFile={log4j}"]
     if not (data_dir / "logs" / "meta.properties").exists():
         cluster_id = _run([*jvm, "kafka.tools.StorageTool", "random-uuid"]).split()[-1]
-        _run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)])
+        extra = security.format_args() if security is not None else []
+        _run([*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props), *extra], secret=security is not None)
 
     bootstrap = f"{_HOST}:{port}"
     # Written before the pid so that whoever sees a pid file can also read the address.
@@ -145,7 +152,7 @@ def start(port: int = 9092, data_dir: Path | None = None, *, timeout_s: float = 
     handle = BrokerHandle(bootstrap, proc.pid, data_dir, log_file)
     started = time.monotonic()
     try:
-        _wait_ready(handle, started + timeout_s)
+        _wait_ready(handle, started + timeout_s, security)
     except BaseException:
         stop(handle, timeout_s=5)
         raise
@@ -199,8 +206,9 @@ def _recorded(data_dir: Path) -> BrokerHandle | None:
     return BrokerHandle(bootstrap, pid, data_dir, data_dir / _LOG_FILE)
 
 
-def _wait_ready(handle: BrokerHandle, deadline: float) -> None:
+def _wait_ready(handle: BrokerHandle, deadline: float, security: BrokerSecurity | None = None) -> None:
     admin: AdminClient | None = None
+    conf: dict[str, Any] = security.admin_config(handle.bootstrap) if security is not None else {"bootstrap.servers": handle.bootstrap}
     while True:
         alive = _alive(handle.pid)
         if not alive or time.monotonic() > deadline:
@@ -210,7 +218,7 @@ def _wait_ready(handle: BrokerHandle, deadline: float) -> None:
         # Plain TCP until the port listens: librdkafka backs off reconnects up to
         # 10 s, which would pad every start if it were aimed at a closed port.
         if admin is None and _port_open(handle.bootstrap):
-            admin = AdminClient({"bootstrap.servers": handle.bootstrap}, logger=_log)
+            admin = AdminClient(conf, logger=_log)
         # A broker appears in metadata only once the controller unfences it, so
         # an answer with a broker in it also means topics can be created.
         with contextlib.suppress(KafkaException):
@@ -220,15 +228,16 @@ def _wait_ready(handle: BrokerHandle, deadline: float) -> None:
         time.sleep(0.2)
 
 
-def _run(cmd: list[str]) -> str:
+def _run(cmd: list[str], *, secret: bool = False) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise LauncherError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n"
-                            f"{proc.stdout}{proc.stderr}")
+        # A command line with a password in it is not repeated in the error.
+        shown = " ".join(cmd[:6]) + " ..." if secret else " ".join(cmd)
+        raise LauncherError(f"{shown} failed with exit code {proc.returncode}:\n{proc.stdout}{proc.stderr}")
     return proc.stdout
 
 
-def _server_properties(port: int, cport: int, data_dir: Path) -> str:
+def _server_properties(port: int, cport: int, data_dir: Path, security: BrokerSecurity | None = None) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -255,6 +264,8 @@ def _server_properties(port: int, cport: int, data_dir: Path) -> str:
         "log.cleaner.min.cleanable.ratio": "0.1",
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
     }
+    if security is not None:
+        props.update(security.server_properties(port, cport, _HOST))
     return "".join(f"{key}={value}\n" for key, value in props.items())
 
 
