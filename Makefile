@@ -7,7 +7,7 @@ TRAIN := .venv-train
 # Empty: the default is deploy/workers.py's TEST_MODEL_REGISTRY.
 TEST_MODELS ?=
 
-.PHONY: setup setup-train test-models ops-tools demo test test-heavy test-unit lint evaluation clean kafka-down
+.PHONY: setup setup-train test-models ops-tools demo test test-heavy soak test-unit lint evaluation clean kafka-down
 
 # How long each step of `make test` takes, printed into the log ("== make <target>: ...").
 # make expands every line of a recipe before it runs the first, so $(T0) in a recipe's last
@@ -61,6 +61,12 @@ test: setup test-models ops-tools
 # records among MovieLens-100k. A few minutes each; they print their figures (-s).
 test-heavy: setup
 	$(BIN)/python -m pytest -q -s -m heavy tests
+
+# The soak (not in CI): SOAK_MINUTES of MovieLens under a killer schedule (workers SIGTERMed
+# and SIGKILLed at random, one broker bounce), then the consistency check; RSS trend in var/soak/.
+SOAK_MINUTES ?= 20
+soak: setup
+	PERSONA_SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m pytest -q -s -m soak tests/chaos/test_soak.py
 
 # docs/EVALUATION.md results and plots: the prequential harness on the test slice of each dataset.
 evaluation: setup

@@ -356,7 +356,7 @@ def worker() -> None:
 
     from stream_app.kafka_clients import validate
     from stream_app.settings import Settings
-    from stream_app.supervise import is_child, run_supervised
+    from stream_app.supervise import RESTART_EXIT_CODE, broker_went_away, is_child, run_supervised
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
 
@@ -371,7 +371,15 @@ def worker() -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     faust_app, _ = build_app(settings)
     w = faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True)
-    w.execute_from_commandline()
+    try:
+        w.execute_from_commandline()
+    except SystemExit:
+        if broker_went_away(faust_app.crash_reason):
+            # The broker went away while Faust started or ran (a restart, a lost host): Faust
+            # crashes on that; start again from the committed offsets once it answers.
+            console.print(f"[yellow]Kafka went away ({faust_app.crash_reason}): restarting the worker[/yellow]")
+            raise SystemExit(RESTART_EXIT_CODE) from None
+        raise
 
 
 @inspect_app.command("profile")

@@ -95,8 +95,17 @@ class StallDetector:
             return False
         return now - last[1] >= self.stall_s
 
-    def stalled(self, assignment: Iterable[Any], committed: Mapping[Any, int | None], progress: Progress, now: float) -> list[Hashable]:
-        """Assigned partitions whose commit is stuck behind finished work for ``stall_s``."""
+    def stalled(
+        self, assignment: Iterable[Any], committed: Mapping[Any, int | None], progress: Progress, now: float, *, broker_up: bool = True
+    ) -> list[Hashable]:
+        """Assigned partitions whose commit is stuck behind finished work for ``stall_s``.
+
+        ``broker_up`` False (the group coordinator is lost: the broker is down or restarting)
+        stops every clock: no commit can move then, and a restart would only fail to bootstrap.
+        The clocks start again when the broker is back."""
+        if not broker_up:
+            self._since.clear()
+            return []
         out: list[Hashable] = []
         for tp in assignment:
             key = (tp.topic, tp.partition)
@@ -236,3 +245,18 @@ def dump_tasks(app: Any) -> None:
                 lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
             obj = getattr(obj, "cr_await", None) or getattr(obj, "ag_await", None) or getattr(obj, "gi_yieldfrom", None)
     log.warning("asyncio tasks:\n%s", "\n".join(lines))
+
+
+def broker_went_away(reason: BaseException | None) -> bool:
+    """Whether Faust crashed because it lost the broker (aiokafka's connection errors, or a
+    request that timed out on a dead connection): a restart fixes that, once Kafka is back."""
+    if reason is None:
+        return False
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
+
+    seen: BaseException | None = reason
+    while seen is not None:
+        if isinstance(seen, (KafkaConnectionError, NodeNotReadyError, RequestTimedOutError, KafkaTimeoutError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

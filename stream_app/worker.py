@@ -280,7 +280,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.timer(min(5.0, max(0.5, settings.stall_timeout_s / 4)))  # type: ignore[untyped-decorator]
     async def watch_commits() -> None:
         consumer: Any = app.consumer
-        stalled = detector.stalled(consumer.assignment(), consumer._committed_offset, progress, time.monotonic())
+        stalled = detector.stalled(
+            consumer.assignment(), consumer._committed_offset, progress, time.monotonic(), broker_up=_coordinator_known(consumer)
+        )
         if stalled:
             restarts.request(Restart(f"commit stuck behind finished records on {stalled} for {settings.stall_timeout_s:.0f}s (faust#596)"))
 
@@ -336,6 +338,15 @@ class OrderCheck:
             return Restart(f"{tp}: offset {msg.offset} reached the agent but {missing} never did (faust#596)")
         self._guard.advance(msg.partition, msg.offset)
         return None
+
+
+def _coordinator_known(consumer: Any) -> bool:
+    """Whether the consumer knows its group coordinator: False while the broker is away
+    (aiokafka marks the coordinator dead on a lost connection and looks it up again)."""
+    try:
+        return consumer._thread._ensure_consumer()._coordinator.coordinator_id is not None
+    except Exception:  # no consumer yet, or not aiokafka's: assume up (the old behaviour)
+        return True
 
 
 def _hold(event: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.supervise import GapGuard, Progress, StallDetector, hold_ack_failpoint
+from stream_app.supervise import GapGuard, Progress, StallDetector, broker_went_away, hold_ack_failpoint
 
 
 class TP:
@@ -56,6 +56,39 @@ def test_a_commit_stuck_behind_finished_records_is_a_stall() -> None:
     assert detector.stalled([REVIEWS], committed, progress, 0.0) == []
     assert detector.stalled([REVIEWS], committed, progress, 3.9) == []
     assert detector.stalled([REVIEWS], committed, progress, 4.0) == [REVIEWS]
+
+
+def test_regression_broker_outage_is_not_a_commit_stall() -> None:
+    """Broker-bounce test: the broker was away 40 s; no commit could move, the detector called
+    it faust#596 and restarted the worker into a broker that was still down (it crashed). While
+    the coordinator is lost the clocks stop; they start again when the broker is back."""
+    detector = StallDetector(stall_s=4.0)
+    progress = Progress()
+    committed = {REVIEWS: 100}
+    progress.done("reviews", 0, 130)
+    assert detector.stalled([REVIEWS], committed, progress, 0.0) == []
+    for now in (3.0, 10.0, 40.0):  # the broker goes away at 3 s and is back at 40 s
+        assert detector.stalled([REVIEWS], committed, progress, now, broker_up=False) == []
+    assert detector.stalled([REVIEWS], committed, progress, 41.0) == []
+    assert detector.stalled([REVIEWS], committed, progress, 44.9) == []
+    # Still stuck 4 s after the broker came back: that is a stall.
+    assert detector.stalled([REVIEWS], committed, progress, 45.0) == [REVIEWS]
+
+
+def test_a_crash_for_a_lost_broker_is_restarted_and_others_are_not() -> None:
+    from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, UnknownTopicOrPartitionError
+
+    try:
+        try:
+            raise NodeNotReadyError("node 1 not ready")
+        except NodeNotReadyError as inner:
+            raise RuntimeError("consumer crashed") from inner
+    except RuntimeError as wrapped:
+        assert broker_went_away(wrapped)
+    assert broker_went_away(KafkaConnectionError("Unable to bootstrap from [127.0.0.1:9092]"))
+    assert not broker_went_away(UnknownTopicOrPartitionError())
+    assert not broker_went_away(ValueError("a bug"))
+    assert not broker_went_away(None)
 
 
 def test_the_stall_clock_starts_when_finished_work_first_waits() -> None:

@@ -1,0 +1,68 @@
+"""Stopping and restarting a broker of a test's own (the broker-bounce test and the soak)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import time
+from pathlib import Path
+
+from deploy.kafka import launcher
+
+
+def port_outside_ephemeral_range() -> int:
+    """A free port (and the next one, the controller's) below the kernel's ephemeral range.
+
+    While the broker is down, clients keep reconnecting to its port; when that port is in the
+    ephemeral range, Linux can hand it to one of those very connections as its local port (a
+    TCP self-connect), and the broker cannot bind it again. Below the range no connection
+    gets it."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12_000), low - 2)
+        if all(bindable(p) for p in (port, port + 1)):
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        # As Java's listeners do: a port whose old connections linger in TIME_WAIT (a broker
+        # that closed its clients' connections on a clean shutdown) is free to listen on.
+        # Without it this waited ~30 s after every SIGTERM: outages twice as long as the broker's.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def bounce(port: int, data: Path, how: signal.Signals) -> tuple[float, float]:
+    """Stop the broker with ``how`` and start it again; (stopped at, serving again at)."""
+    handle = launcher.status(data)
+    assert handle is not None, "the broker is not running"
+    stopped = time.time()
+    if how == signal.SIGTERM:
+        assert launcher.stop(handle, timeout_s=60)
+    else:
+        os.killpg(handle.pid, signal.SIGKILL)
+        launcher.stop(handle, timeout_s=5)  # reaps the process and drops its pid file
+    # A SIGKILLed JVM is torn down by the kernel a moment after the signal: its listening
+    # socket goes with it, not before.
+    deadline = time.monotonic() + 30
+    while not bindable(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    try:
+        launcher.start(port=port, data_dir=data, timeout_s=120)
+    except launcher.LauncherError:
+        import subprocess
+
+        held = subprocess.run(["ss", "-tanp"], capture_output=True, text=True).stdout
+        raise AssertionError(f"after {how.name}: " + "\n".join(line for line in held.splitlines() if f":{port} " in line)) from None
+    return stopped, time.time()
+
+
