@@ -136,8 +136,10 @@ class SocialGraph:
         return [f for _, f in best]
 
     def all_followers(self, user: str) -> list[str]:
-        """Every user following ``user`` now, sorted (no cap: for an erasure)."""
-        return sorted(self._in.get(user, {}))
+        """Every user who follows ``user`` now or unfollowed them (a tombstone), sorted, no
+        cap: for an erasure, whose followers' profiles name the user either way. A scan of
+        every pair, like :meth:`forget`."""
+        return sorted({follower for follower, followee in self._edges if followee == user})
 
     def forget(self, user: str) -> None:
         """Erase ``user``: every edge from or to them (tombstones too) and their recent

@@ -408,14 +408,16 @@ class Pipeline:
         return Result(APPLIED, emitted=True)
 
     def _unfollow_erased(self, user: str, followers: list[str], record_ts: float | None) -> None:
-        """The erased ``user`` leaves the ``following`` of their followers held here; each
-        gets a fresh list (their social candidates drew on the user)."""
+        """The erased ``user`` leaves the ``following`` (and ``unfollowed``) of their followers
+        held here; each gets a fresh list (their social candidates drew on the user)."""
         for follower in followers:
             found = self.store.find(follower.encode())
             if found is None:
                 continue
             profile, partition = found
-            if profile.following.pop(user, None) is None:
+            # Both the edge and an unfollow's tombstone name the erased user.
+            followed = profile.following.pop(user, None) is not None
+            if profile.unfollowed.pop(user, None) is None and not followed:
                 continue
             self.store.put(follower.encode(), profile, partition)
             trigger = Trigger(event_ts=profile.last_event_ts, record_ts=record_ts if record_ts is not None else self._wall())

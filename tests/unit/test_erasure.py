@@ -44,6 +44,8 @@ def _history() -> list[Event]:
         Follow(event_id="f1", ts=100.0, user_id="bob", followee_id="alice"),
         Follow(event_id="f2", ts=101.0, user_id="carol", followee_id="alice"),
         Follow(event_id="f3", ts=102.0, user_id="alice", followee_id="dave"),
+        Follow(event_id="f4", ts=103.0, user_id="erin", followee_id="alice"),
+        Follow(event_id="f5", ts=104.0, user_id="erin", followee_id="alice", action="unfollow"),
     ]
     for j in range(60):
         user = ["alice", "bob", "carol", "dave"][j % 4]
@@ -59,6 +61,7 @@ def test_erase_removes_the_profile_caches_social_state_and_emits_a_tombstone() -
     pipe, store, sent, published = _blend()
     _run(pipe, _history())
     assert b"alice" in store.profiles and "alice" in store.profiles[b"bob"].following
+    assert "alice" in store.profiles[b"erin"].unfollowed
     assert pipe.shared.social.knows("alice") and pipe.shared.social.recent_items("alice", 300.0)
     assert any(k == b"alice" for k, _ in sent)
     sent.clear()
@@ -76,6 +79,8 @@ def test_erase_removes_the_profile_caches_social_state_and_emits_a_tombstone() -
         assert "alice" not in store.profiles[follower.encode()].following
         fresh = [v for k, v in sent if k == follower.encode()]
         assert fresh and fresh[-1] is not None and decode_recs(fresh[-1]).user_id == follower
+    # erin unfollowed her: the tombstone named her, and goes too.
+    assert "alice" in pipe.shared.erased and "alice" not in store.profiles[b"erin"].unfollowed
     # dave (whom she followed) keeps his profile, with no follower left in the graph.
     assert pipe.shared.social.followers("dave") == 0 and b"dave" in store.profiles
     # The erasure travels to the other workers as one delta naming only the erased user.
