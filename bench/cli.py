@@ -132,6 +132,48 @@ def bench_reviews(
         json_out.write_text(json.dumps(rows, indent=2))
 
 
+@app.command("all")
+def bench_all(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one per part).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
+    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = "stream,ranking,memory,encoder,reviews",
+    quick: Annotated[bool, typer.Option(help="Reduced sizes (a smoke run; figures not comparable).")] = False,
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("var/bench"),
+) -> None:
+    """Every benchmark in one run: one JSON and one Markdown report of ratios against same-run baselines."""
+    from bench.all import PARTS, run, write
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        raise typer.BadParameter(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    report = run(chosen, bootstrap, _data_dir(), _model_registry(registry), quick)
+    js, md = write(report, out)
+    print(md.read_text())
+    Console(stderr=True).print(f"wrote {js} and {md}")
+
+
+@app.command("memory")
+def bench_memory(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    profiles: Annotated[int, typer.Option(help="Synthetic users (one purchase each) in the large run.")] = 100_000,
+    small: Annotated[int, typer.Option(help="Users in the fixed-cost run.")] = 1_000,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """RSS and disk per 100k profiles: the previous cache and RocksDB settings against the current defaults."""
+    from bench.memory import run
+
+    report = run(bootstrap, profiles=profiles, small=small)
+    flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
+    for name in ("before", "after"):
+        for k, v in report[name].items():
+            if k != "settings":
+                flat[f"{name}.{k}"] = v
+    _print_report("persona bench memory", flat)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
 def _print_report(title: str, report: dict[str, object]) -> None:
     from rich.table import Table
 

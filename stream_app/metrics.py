@@ -207,3 +207,8 @@ PROFILES = Gauge(
     "Profiles in this worker's RocksDB table for the partitions it owns (RocksDB's key estimate).",
     registry=REGISTRY,
 )
+PROFILE_CACHE_BYTES = Gauge(
+    "persona_profile_cache_bytes",
+    "Estimated memory of the decoded profiles the worker caches (bounded by PERSONA_PROFILE_CACHE_BYTES).",
+    registry=REGISTRY,
+)

@@ -45,6 +45,7 @@ from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
 from stream_app.emitter import Coalescer, Trigger
+from stream_app.erasure import ErasureSteps
 from stream_app.experiment import SERVED, SHADOW, Candidate, LiveQuality, assigned
 from stream_app.settings import Settings
 
@@ -122,8 +123,9 @@ class Result:
     emitted: bool = False
 
 
-class Pipeline:
-    """The worker's per-event logic over a profile store, a catalog and item vectors."""
+class Pipeline(ErasureSteps):
+    """The worker's per-event logic over a profile store, a catalog and item vectors (the
+    erasure steps live in :mod:`stream_app.erasure`)."""
 
     def __init__(
         self,
@@ -254,7 +256,9 @@ class Pipeline:
             metrics.event_counter(record.topic, CATALOG).inc()
             return Result(CATALOG)
         if isinstance(event, Erasure):
-            return self.erase(event, record.origin, record.partition)
+            self.erase(event, record.origin, record.partition)
+            metrics.event_counter(record.topic, APPLIED).inc()
+            return Result(APPLIED, emitted=True)
         result = self.apply_event(event, record.origin, record.partition, record.timestamp)
         metrics.PROCESSING.observe(time.perf_counter() - started)
         return result
@@ -372,57 +376,9 @@ class Pipeline:
         if not self.shared.apply(delta):
             return False
         if delta.kind == ERASE:
-            self.coalescer.forget(delta.user)
-            self.live.forget(delta.user)
-            metrics.ERASED_COPIES_PURGED.inc(self.store.purge(delta.user.encode()))
-            metrics.USERS_ERASED.set(len(self.shared.erased))
-            self._unfollow_erased(delta.user, followers, record_ts)
+            self.erased_elsewhere(delta.user, followers, record_ts)
         self._fan_out(delta, record_ts)
         return True
-
-    # --- erasure ---------------------------------------------------------------------
-    def erase(self, event: Erasure, origin: Origin, partition: int) -> Result:
-        """Erase ``event.user_id``: the profile (cache, RocksDB, changelog tombstone), pending
-        and last messages, the user in the social graph (here, and through the published
-        delta on every worker, where the same delta also enters the suppression list that
-        drops a replay of the user's older input), the user in the profiles of their followers,
-        and a tombstone on the recommendations topic. Idempotent: a redelivered erasure
-        deletes what is there again (nothing) and sends the tombstones again."""
-        user = event.user_id
-        key = user.encode()
-        followers = self.shared.social.all_followers(user)
-        self.store.delete(key, partition)
-        metrics.ERASED_COPIES_PURGED.inc(self.store.purge(key))
-        self.coalescer.forget(user)
-        self.live.forget(user)
-        delta = Delta(source=origin.source, offset=origin.offset, kind=ERASE, user=user, ts=event.ts)
-        # Seen before only when this very record was erased before (a redelivery): its delta
-        # is on the deltas topic already, and the state rebuilt from it knows the erasure.
-        if self.shared.apply(delta) and self._publish is not None:
-            self._publish(delta)
-        self._emit_raw(key, None)
-        metrics.ERASURES.inc()
-        metrics.USERS_ERASED.set(len(self.shared.erased))
-        metrics.event_counter(self._topic_of("erasure"), APPLIED).inc()
-        self._unfollow_erased(user, followers, None)
-        return Result(APPLIED, emitted=True)
-
-    def _unfollow_erased(self, user: str, followers: list[str], record_ts: float | None) -> None:
-        """The erased ``user`` leaves the ``following`` (and ``unfollowed``) of their followers
-        held here; each gets a fresh list (their social candidates drew on the user)."""
-        for follower in followers:
-            found = self.store.find(follower.encode())
-            if found is None:
-                continue
-            profile, partition = found
-            # Both the edge and an unfollow's tombstone name the erased user.
-            followed = profile.following.pop(user, None) is not None
-            if profile.unfollowed.pop(user, None) is None and not followed:
-                continue
-            self.store.put(follower.encode(), profile, partition)
-            trigger = Trigger(event_ts=profile.last_event_ts, record_ts=record_ts if record_ts is not None else self._wall())
-            if self.coalescer.offer(follower, self._monotonic(), trigger):
-                self.emit(follower, profile, trigger)
 
     def _fan_out(self, delta: Delta, record_ts: float | None) -> None:
         """Someone engaged: the lists of their followers whose profiles live here are stale
@@ -525,7 +481,13 @@ class Pipeline:
         clock = self._monotonic()
         batch = self.coalescer.take_all(clock) if all_users else self.coalescer.take_due(clock)
         for user_id, trigger in batch:
-            profile = self.store.cached(user_id.encode())
+            key = user_id.encode()
+            # A pending user's profile may have left the (byte-bounded) cache since: it was
+            # written back then, so it is read again rather than its final message lost.
+            profile = self.store.cached(key)
+            if profile is None:
+                found = self.store.find(key)
+                profile = found[0] if found is not None else None
             if profile is not None:
                 self.emit(user_id, profile, trigger)
         return len(batch)

@@ -55,8 +55,15 @@ class Runtime:
             # time. Kafka rolls a compacted log's segment by this lag too, so that once a
             # partition takes later writes the cleaner may remove them (README, "Erasure").
             extra_topic_configs={"max.compaction.lag.ms": str(int(settings.erasure_compaction_s * 1000))},
+            # Faust's RocksDB defaults (64 MiB memtables, 3 of them, a 2 GiB block cache, per
+            # partition) let memory grow with the data written: bounded here instead.
+            options={
+                "write_buffer_size": settings.rocksdb_write_buffer_bytes,
+                "max_write_buffer_number": 2,
+                "block_cache_size": settings.rocksdb_block_cache_bytes,
+            },
         )
-        self.profiles = ProfileStore(self.table)
+        self.profiles = ProfileStore(self.table, max_bytes=settings.profile_cache_bytes)
         self.recs_topic = raw_topic(app, settings.recommendations_topic, settings.partitions)
         self.dlq_topics = {
             kind: raw_topic(app, dlq.dlq_topic(settings.topic(kind)), settings.partitions_for(kind))

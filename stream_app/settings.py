@@ -64,6 +64,21 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         65_536, ge=256, description="Larger records go to the dead-letter topic as `oversized`."
     )
+    profile_cache_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Memory for decoded profiles cached between commits (estimated at 5.5x their "
+        "encoded size); least recently used beyond it are written back and dropped.",
+    )
+    rocksdb_write_buffer_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="RocksDB memtable size per profile partition (Faust's default, 64 MiB, holds "
+        "up to 192 MiB per partition in memory before flushing).",
+    )
+    rocksdb_block_cache_bytes: int = Field(
+        8 * 1024 * 1024, ge=0, description="RocksDB block cache per profile partition (Faust's default: 2 GiB)."
+    )
     erasure_compaction_s: float = Field(
         86_400.0,
         gt=0,

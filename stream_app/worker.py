@@ -274,6 +274,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         # Lag from the consumer's own view (no broker round trip); state size from the disk.
         lag.sample(app.consumer)
         sample_state(settings.state_dir, runtime.table)
+        metrics.PROFILE_CACHE_BYTES.set(runtime.profiles.cached_bytes)
 
     detector = StallDetector(settings.stall_timeout_s)
 

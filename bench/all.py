@@ -1,0 +1,111 @@
+"""``persona bench all``: every benchmark in one run, one JSON and one Markdown report in
+``var/bench/``, each figure next to the baseline it was measured against in the same run,
+with the machine's cores, load and the settings used.
+
+Parts: ``stream`` (one worker against a trivial Faust agent and a bare consumer, the blend
+ranker against the baseline, the footprint run), ``ranking`` (in process), ``memory`` (before
+and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime) and
+``reviews`` (the review pipeline against the encoder alone). A part that cannot run here (no
+encoder registry, no dataset) is recorded with the reason, never left out silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+PARTS = ("stream", "ranking", "memory", "encoder", "reviews")
+
+
+def _settings_summary() -> dict[str, Any]:
+    from stream_app.settings import Settings
+
+    s = Settings()
+    keys = ("partitions", "commit_every", "commit_interval_s", "emit_interval_s", "ranker", "top_k", "profile_cache_bytes",
+            "rocksdb_write_buffer_bytes", "rocksdb_block_cache_bytes", "review_batch", "model_threads", "model_device")
+    return {k: getattr(s, k) for k in keys if hasattr(s, k)}
+
+
+def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
+    from bench import encoder, memory, ranking, reviews, stream
+
+    jobs: dict[str, Callable[[], Any]] = {
+        "stream": lambda: stream.run(bootstrap, data_dir, 20_000 if quick else None, 10_000 if quick else 100_000),
+        "ranking": lambda: ranking.run(data_dir, rankings=200 if quick else 2_000, eval_events=3_000 if quick else 30_000),
+        "memory": lambda: memory.run(bootstrap, profiles=20_000 if quick else 100_000),
+        "encoder": lambda: [
+            {**r.__dict__, "ratio": r.ratio} for r in encoder.run(registry, texts=128 if quick else 1024, export_missing=False)
+        ],
+        "reviews": lambda: reviews.run(bootstrap, data_dir, registry, reviews=300 if quick else 2_000, export_missing=False),
+    }
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count() or 0, "platform": platform.platform(), "python": platform.python_version(),
+                    "load_1m_start": os.getloadavg()[0]},
+        "quick": quick,
+        "settings": _settings_summary(),
+        "parts": {},
+    }
+    for part in parts:
+        started = time.monotonic()
+        try:
+            result: Any = jobs[part]()
+            report["parts"][part] = {"ok": True, "seconds": round(time.monotonic() - started, 1), "result": result}
+        except Exception as exc:  # one part failing must not lose the others' figures
+            report["parts"][part] = {"ok": False, "seconds": round(time.monotonic() - started, 1),
+                                     "not_measured": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc(limit=3)}
+    report["machine"]["load_1m_end"] = os.getloadavg()[0]
+    return report
+
+
+def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(part, figure, value): the ratios against same-run baselines, for the Markdown summary."""
+    rows: list[tuple[str, str, str]] = []
+    parts = report["parts"]
+    s = parts.get("stream", {}).get("result") or {}
+    for key in ("persona_vs_trivial", "persona_vs_bare", "blend_vs_baseline", "trivial_vs_bare"):
+        if key in s:
+            rows.append(("stream", key, f"{s[key]:.3f}"))
+    for key in ("persona_eps", "trivial_faust_eps", "bare_consumer_eps", "rss_bytes_per_100k_profiles"):
+        if key in s:
+            rows.append(("stream", key, f"{s[key]:,.0f}"))
+    m = parts.get("memory", {}).get("result") or {}
+    for name in ("before", "after"):
+        if name in m:
+            rows.append(("memory", f"{name} RSS per 100k profiles (MB)", f"{m[name]['rss_bytes_per_100k_profiles'] / 1e6:.1f}"))
+    if "rss_after_vs_before" in m:
+        rows.append(("memory", "rss_after_vs_before", f"{m['rss_after_vs_before']:.3f}"))
+    for row in parts.get("encoder", {}).get("result") or []:
+        rows.append(("encoder", f"{row.get('variant')} batch {row.get('batch')}: path/bare", f"{row.get('ratio', float('nan')):.3f}"))
+    for row in parts.get("reviews", {}).get("result") or []:
+        rows.append(("reviews", f"{row.get('variant')}: pipeline/encoder", f"{row.get('ratio', float('nan')):.3f}"))
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"# persona bench all, {report['started']}", "",
+             f"{m['cpus']} cores, {m['platform']}, Python {m['python']}; load {m['load_1m_start']:.1f} -> {m.get('load_1m_end', 0):.1f}"
+             + ("; QUICK (reduced sizes)" if report["quick"] else ""), "",
+             "| part | figure (ratio: against a baseline measured in this run) | value |", "|---|---|---|"]
+    lines += [f"| {p} | {f} | {v} |" for p, f, v in _ratios(report)]
+    missing = [(p, r["not_measured"]) for p, r in report["parts"].items() if not r["ok"]]
+    if missing:
+        lines += ["", "Not measured:", ""] + [f"- {p}: {why}" for p, why in missing]
+    lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in report["settings"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"all-{time.strftime('%Y%m%d-%H%M%S')}"
+    js, md = stem.with_suffix(".json"), stem.with_suffix(".md")
+    js.write_text(json.dumps(report, indent=2, default=str))
+    md.write_text(markdown(report))
+    return js, md

@@ -1,0 +1,68 @@
+"""``persona bench memory``: resident memory and disk per 100k profiles, before and after the
+byte-bounded profile cache and the bounded RocksDB memory, in the same run on the same broker.
+
+Each configuration runs a worker twice on synthetic users with one purchase each (the
+footprint run of ``bench stream``): once with ``--small`` users (the fixed cost: interpreter,
+Faust, catalog, scoring state) and once with ``--profiles`` users; the difference, scaled, is
+the memory per 100k profiles. "before" is the previous setting: a cache bounded at 50,000
+entries (about 107 MB of one-event profiles) and Faust's RocksDB defaults (64 MiB memtables,
+a 2 GiB block cache per partition); "after" is the current defaults. Profiles here carry
+behaviour only: no encoder is loaded, so no interest vectors (say so when quoting it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.stream import _settings, broker, persona_worker, synthetic_profiles
+from stream_app.producer import publish
+from stream_app.topics import ensure_topics
+
+#: The old entry bound (50,000) in bytes of one-event profiles (2,134 B decoded each, measured).
+BEFORE: dict[str, Any] = {
+    "profile_cache_bytes": 50_000 * 2_134,
+    "rocksdb_write_buffer_bytes": 64 * 1024 * 1024,
+    "rocksdb_block_cache_bytes": 2 * 1024**3,
+}
+
+
+def _footprint(bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any]) -> tuple[float, int, int]:
+    settings = _settings(bootstrap, tag, work / f"state-{tag}", **overrides)
+    ensure_topics(settings)
+    catalog, behaviour = synthetic_profiles(users)
+    publish(settings, catalog)
+    publish(settings, behaviour)
+    rate, rss, disk, _ = persona_worker(settings, len(behaviour), work)
+    return rate, rss, disk
+
+
+def run(bootstrap: str | None, profiles: int = 100_000, small: int = 1_000) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0]}
+    scale = 100_000 / (profiles - small)
+    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-memory-") as tmp:
+        work = Path(tmp)
+        tag = f"mem{int(time.time())}"
+        from stream_app.settings import Settings
+
+        defaults = Settings()
+        after = {k: getattr(defaults, k) for k in BEFORE}
+        for name, overrides in (("before", BEFORE), ("after", after)):
+            _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides)
+            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides)
+            report[name] = {
+                "settings": overrides,
+                "rss_bytes_fixed": rss_small,
+                "rss_bytes_run": rss,
+                "rss_bytes_per_100k_profiles": int(max(0, rss - rss_small) * scale),
+                "disk_bytes_per_100k_profiles": int(max(0, disk - disk_small) * scale),
+                "events_per_s": rate,
+            }
+    report["rss_after_vs_before"] = report["after"]["rss_bytes_per_100k_profiles"] / max(1, report["before"]["rss_bytes_per_100k_profiles"])
+    report["eps_after_vs_before"] = report["after"]["events_per_s"] / report["before"]["events_per_s"]
+    report["goal_rss_bytes_per_100k"] = 50 * 1000 * 1000
+    report["load_1m_end"] = os.getloadavg()[0]
+    return report
