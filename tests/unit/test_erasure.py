@@ -73,7 +73,7 @@ def test_erase_removes_the_profile_caches_social_state_and_emits_a_tombstone() -
     assert (b"alice", None) in sent
     assert not pipe.shared.social.knows("alice")
     assert pipe.shared.erased == {"alice": 500.0}
-    assert "alice" not in pipe.live._lists and "alice" not in pipe.coalescer._last_emit
+    assert "alice" not in pipe.live and "alice" not in pipe.coalescer._last_emit
     # Her followers lose her, and get a fresh list that no longer draws on her.
     for follower in ("bob", "carol"):
         assert "alice" not in store.profiles[follower.encode()].following
