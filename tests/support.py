@@ -2,8 +2,6 @@
 
 from pathlib import Path
 
-from rocksdict import AccessType, Rdict
-
 from deploy.workers import (
     REPO,
     TEST_MODEL_REGISTRY,
@@ -22,6 +20,10 @@ FAUST_KEYS = (b"__faust\x00offset__",)
 
 def rocksdb_contents(state_dir: Path) -> dict[bytes, bytes]:
     """Every profile in a stopped worker's RocksDB files (all partitions), read from disk."""
+    # Imported here: the trainer environment (tests/train) has no rocksdict, and loads this
+    # module through conftest.py (regression: its whole suite failed to start).
+    from rocksdict import AccessType, Rdict
+
     out: dict[bytes, bytes] = {}
     paths = sorted(state_dir.glob("**/profiles-*.db"))
     assert paths, f"no RocksDB table under {state_dir}"
