@@ -11,7 +11,8 @@ run() {
   local part_started
   part_started=$(date +%s)
   echo "== $label: started $(date -u +%H:%M:%S) UTC"
-  "$py" -m pytest -q "$@"
+  # The 15 slowest tests are listed at the end: the candidates for the heavy tier.
+  "$py" -m pytest -q --durations=15 "$@"
   local code=$?
   local took=$(( $(date +%s) - part_started ))
   echo "== $label: took ${took} s (pytest exit $code)"
