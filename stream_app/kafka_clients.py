@@ -227,14 +227,14 @@ def _explain(settings: Settings, refusal: str) -> str:
     return f"Kafka at {settings.bootstrap_servers} refused {who} over {settings.security_protocol}: {refusal}. Check {hint}."
 
 
-def preflight(settings: Settings, timeout_s: float = 30.0) -> None:
+def preflight(settings: Settings, timeout_s: float = 30.0) -> Any:
     """Connect once and read metadata; fail fast and clearly where librdkafka would retry.
 
     librdkafka treats a refused SASL login or TLS handshake as transient and retries for ever
     (a worker would hang at its first request, a command would time out with "transport
     failure"). Here the first such refusal raises :class:`AuthenticationError` naming the
     user, the protocol and the broker's reason (never the password); an unreachable broker
-    raises :class:`BrokerError` after ``timeout_s``.
+    raises :class:`BrokerError` after ``timeout_s``. Returns the connected ``AdminClient``.
     """
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
@@ -257,7 +257,7 @@ def preflight(settings: Settings, timeout_s: float = 30.0) -> None:
     while True:
         try:
             admin.list_topics(timeout=1.0)
-            return
+            return admin
         except KafkaException as exc:
             last = exc
         admin.poll(0)  # serves error_cb

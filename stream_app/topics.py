@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from state.errors import BrokerError, ConfigError
 from state.events import EVENT_KINDS
@@ -38,8 +38,7 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create missing topics; fail loudly if an existing one breaks co-partitioning."""
-    preflight(settings, timeout_s)  # a refused login or certificate fails here, clearly
-    admin = AdminClient(settings.kafka_config())
+    admin = preflight(settings, timeout_s)  # a refused login or certificate fails here, clearly
     try:
         existing = admin.list_topics(timeout=timeout_s).topics
     except Exception as exc:  # librdkafka raises KafkaException with no finer type

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 from deploy.kafka import launcher
+from deploy.workers import free_port
+from stream_app.settings import Settings
 
 
 def port_outside_ephemeral_range() -> int:
@@ -66,3 +68,16 @@ def bounce(port: int, data: Path, how: signal.Signals) -> tuple[float, float]:
     return stopped, time.time()
 
 
+
+
+def own_broker_settings(port: int, tag: str, tmp_path: Path, data_dir: Path, **overrides: object) -> Settings:
+    """Settings of a chaos run on its own broker: short commit interval and session timeout,
+    no encoder, no trained ranker."""
+    values: dict[str, object] = {
+        "bootstrap_servers": f"127.0.0.1:{port}", "topic_prefix": f"{tag}.", "app_id": f"persona-{tag}",
+        "state_dir": tmp_path / "state-0", "web_port": free_port(), "commit_interval_s": 0.5, "session_timeout_s": 6.0,
+        "stall_timeout_s": 30.0, "data_dir": data_dir, "model_registry": tmp_path / "no-models",
+        "ranker_registry": tmp_path / "no-rankers",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]

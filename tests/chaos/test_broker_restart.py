@@ -33,8 +33,9 @@ from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
 from tests.chaos.bouncing import bounce as _bounce
+from tests.chaos.bouncing import own_broker_settings
 from tests.movielens_replay import check_against_truth, check_recommendations, input_topics, publish_catalog, split_catalog
-from tests.support import WorkerProcess, free_port, metric_sum, wait_drained
+from tests.support import WorkerProcess, metric_sum, wait_drained
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow, pytest.mark.heavy]
 
@@ -86,11 +87,7 @@ def test_three_broker_bounces_mid_replay_lose_and_double_nothing(
 ) -> None:
     port, data = own_broker
     rng = random.Random(3)
-    settings = Settings(
-        bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="bounce.", app_id="persona-bounce", state_dir=tmp_path / "state",
-        web_port=free_port(), commit_interval_s=0.5, session_timeout_s=6.0, stall_timeout_s=30.0,
-        data_dir=data_dir, model_registry=tmp_path / "no-models", ranker_registry=tmp_path / "no-rankers",
-    )
+    settings = own_broker_settings(port, "bounce", tmp_path, data_dir, state_dir=tmp_path / "state")
     ensure_topics(settings)
     catalog, rest = split_catalog(data_dir)
     publish_catalog(settings, catalog)

@@ -29,9 +29,8 @@ import numpy as np
 import pytest
 
 from stream_app.producer import publish
-from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
-from tests.chaos.bouncing import bounce
+from tests.chaos.bouncing import bounce, own_broker_settings
 from tests.movielens_replay import check_against_truth, check_recommendations, input_topics, publish_catalog, split_catalog
 from tests.support import REPO, WorkerProcess, free_port, wait_drained
 
@@ -68,11 +67,7 @@ def test_soak_under_a_killer_schedule(
     port, data = own_broker
     rng = random.Random(11)
     duration = MINUTES * 60
-    settings = Settings(
-        bootstrap_servers=f"127.0.0.1:{port}", topic_prefix="soak.", app_id="persona-soak", state_dir=tmp_path / "state-0",
-        web_port=free_port(), commit_interval_s=0.5, session_timeout_s=6.0, stall_timeout_s=30.0,
-        data_dir=data_dir, model_registry=tmp_path / "no-models", ranker_registry=tmp_path / "no-rankers",
-    )
+    settings = own_broker_settings(port, "soak", tmp_path, data_dir)
     ensure_topics(settings)
     catalog, rest = split_catalog(data_dir)
     publish_catalog(settings, catalog)
