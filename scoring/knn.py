@@ -67,6 +67,8 @@ class ItemKNN:
         self._index: dict[str, int] = {}
         self._ids: list[str] = []
         self._users: _F64 = np.zeros(64, dtype=np.float64)
+        #: tie_hash of each row's item, for vectorised cuts
+        self._tie: npt.NDArray[np.int64] = np.zeros(64, dtype=np.int64)
         # Row r: neighbour index -> position in _nb[r] / _co[r]; arrays grow by doubling.
         self._pos: list[dict[int, int]] = []
         self._nb: list[_I64] = []
@@ -92,6 +94,8 @@ class ItemKNN:
             self._ids.append(item_id)
             if r >= self._users.size:
                 self._users = np.concatenate([self._users, np.zeros(self._users.size, dtype=np.float64)])
+                self._tie = np.concatenate([self._tie, np.zeros(self._tie.size, dtype=np.int64)])
+            self._tie[r] = tie_hash(item_id)
             self._pos.append({})
             self._nb.append(np.empty(4, dtype=np.int64))
             self._co.append(np.empty(4, dtype=np.float64))
@@ -118,11 +122,18 @@ class ItemKNN:
     def _cut(self, r: int) -> None:
         """Keep row ``r``'s ``max_neighbours`` largest counts (ties: stable hash, then id)."""
         pos = self._pos[r]
-        m = len(pos)
+        m, n = len(pos), self.max_neighbours
         nb, co, ids = self._nb[r][:m], self._co[r][:m], self._ids
-        keep = sorted(range(m), key=lambda p: (-co[p], tie_hash(ids[nb[p]]), ids[nb[p]]))[: self.max_neighbours]
+        # Sorted by (-count, tie hash) in numpy; the id only matters where two entries with
+        # the same count and a colliding 32-bit hash straddle the cut, then Python sorts.
+        order = np.lexsort((self._tie[nb], -co))
+        a, b = order[n - 1], order[n]
+        if co[a] == co[b] and self._tie[nb[a]] == self._tie[nb[b]]:
+            keep = sorted(range(m), key=lambda p: (-co[p], tie_hash(ids[nb[p]]), ids[nb[p]]))[:n]
+        else:
+            keep = order[:n].tolist()
         keep.sort()  # the kept entries stay in insertion order: scoring sums in row order
-        size = max(4, 2 * self.max_neighbours)
+        size = max(4, 2 * n)
         new_nb, new_co = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float64)
         new_nb[: len(keep)] = nb[keep]
         new_co[: len(keep)] = co[keep]
@@ -141,12 +152,25 @@ class ItemKNN:
         cut to the caller's window; ``item_id`` itself is skipped)."""
         j = self._row(item_id)
         self._users[j] += 1.0
+        # _inc inlined for the common case (the pair is already counted): one first
+        # engagement is up to 2 x window increments, the bulk of a behaviour event's cost.
+        pos, co, row = self._pos, self._co, self._row
+        pos_j, co_j = pos[j], co[j]
         for h in dict.fromkeys(history):
             if h == item_id:
                 continue
-            i = self._row(h)
-            self._inc(i, j)
-            self._inc(j, i)
+            i = row(h)
+            p = pos[i].get(j)
+            if p is None:
+                self._inc(i, j)
+            else:
+                co[i][p] += 1.0
+            p = pos_j.get(i)
+            if p is None:
+                self._inc(j, i)  # may grow or cut row j: read it again
+                pos_j, co_j = pos[j], co[j]
+            else:
+                co_j[p] += 1.0
 
     def observe(self, user_id: str, item_id: str) -> bool:
         """Fold one interaction of ``user_id`` in (its first with the item only): :meth:`add`

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -108,8 +109,12 @@ DEFAULT_WEIGHTS = Weights()
 
 def history(profile: Profile, n: int = HISTORY) -> list[str]:
     """The user's last ``n`` engaged items, oldest first (ties by id: a fixed order, not a rank)."""
-    items = sorted(profile.purchased.items(), key=lambda kv: (kv[1], kv[0]))
+    # A full sort: faster than heapq.nlargest (a Python loop) at a few hundred items.
+    items = sorted(profile.purchased.items(), key=_TIME_THEN_ID)
     return [i for i, _ in items[-n:]]
+
+
+_TIME_THEN_ID = operator.itemgetter(1, 0)
 
 
 class _Exclude(Collection[str]):

@@ -491,3 +491,21 @@ def test_a_replayed_stream_gives_bit_identical_messages() -> None:
         evaluate(events, SETTINGS, on_message=lambda k, v, sink=sink: sink.append((k, v)))  # type: ignore[misc]
     assert len(runs[0]) > len(events) // 2
     assert runs[0] == runs[1]
+
+
+def test_item_knn_cut_breaks_a_crc32_collision_by_id() -> None:
+    """The vectorised cut orders by (count, 32-bit tie hash); two neighbours with equal counts
+    and colliding hashes at the cut are ordered by id, as the reference sort does, not by
+    insertion order (which differs between workers)."""
+    from scoring.popularity import tie_hash
+
+    first, second = "c699378", "c18020006"
+    assert tie_hash(first) == tie_hash(second) and second < first
+    knn = ItemKNN(max_neighbours=1)
+    knn.add(["a"], first)
+    knn.add(["a"], second)
+    knn.add(["a"], "z")  # row a is full (2 entries): cut to 1, then z joins
+    assert knn.cuts >= 1
+    assert knn.cooccurrence("a", second) == 1
+    assert knn.cooccurrence("a", first) == 0
+    assert knn.cooccurrence("a", "z") == 1

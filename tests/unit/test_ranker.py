@@ -115,3 +115,16 @@ def test_regression_history_items_the_counts_never_saw_after_a_restart() -> None
     p.purchased = {"m0": 1.0, "m1": 2.0}
     recs = rank(p, catalog=catalog, shared=_shared(Popularity(14.0, refresh_s=-1.0), knn), params=Params(), k=3)
     assert recs[0].item_id == "m2" and recs[0].reasons[0].startswith("people who engaged with Movie")
+
+
+def test_history_is_the_tail_of_the_full_sort_by_time_then_id() -> None:
+    """history() takes the n latest with a heap; expected here from the full sort, with many
+    equal timestamps (ties go by id)."""
+    rng = random.Random(5)
+    for _ in range(200):
+        profile = new_profile("u")
+        for _ in range(rng.randrange(0, 90)):
+            profile.purchased[f"i{rng.randrange(300)}"] = float(rng.randrange(15))
+        n = rng.choice([1, 5, 50])
+        expected = [i for i, _ in sorted(profile.purchased.items(), key=lambda kv: (kv[1], kv[0]))][-n:]
+        assert history(profile, n) == expected
