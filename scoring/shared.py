@@ -22,7 +22,7 @@ last bits of a decayed sum. Event time only: nothing here reads a clock.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -69,6 +69,9 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Delta)
+# A record holds one delta (a map: what workers before batching wrote, still on the topic,
+# whose retention is forever) or a batch of them (an array).
+_records = msgspec.msgpack.Decoder(Delta | list[Delta])
 
 
 def encode_delta(delta: Delta) -> bytes:
@@ -77,6 +80,25 @@ def encode_delta(delta: Delta) -> bytes:
 
 def decode_delta(data: bytes) -> Delta:
     return _decoder.decode(data)
+
+
+def encode_batch(encoded: Sequence[bytes]) -> bytes:
+    """Deltas already encoded with :func:`encode_delta`, as one record: a MessagePack array
+    whose elements are those bytes unchanged (no second encoding)."""
+    n = len(encoded)
+    if n < 16:
+        header = bytes([0x90 | n])
+    elif n < 1 << 16:
+        header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + n.to_bytes(4, "big")
+    return header + b"".join(encoded)
+
+
+def decode_record(data: bytes) -> list[Delta]:
+    """The deltas of one record of the deltas topic: a single delta or a batch."""
+    got = _records.decode(data)
+    return got if isinstance(got, list) else [got]
 
 
 class SharedState:

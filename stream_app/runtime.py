@@ -10,7 +10,7 @@ from typing import Any
 
 import faust
 
-from scoring.shared import Delta, encode_delta
+from scoring.shared import Delta
 from state.events import EVENT_KINDS, DeadLetter, EventKind
 from stream_app import dlq
 from stream_app.catalog_replica import CatalogReplica
@@ -18,7 +18,7 @@ from stream_app.item_vectors import VectorReplica
 from stream_app.pipeline import Pipeline, Record, Result
 from stream_app.profile_store import ProfileStore
 from stream_app.settings import Settings
-from stream_app.shared_replica import SharedReplica
+from stream_app.shared_replica import DeltaBatcher, SharedReplica
 
 log = logging.getLogger("persona.worker")
 
@@ -70,6 +70,8 @@ class Runtime:
             for kind in EVENT_KINDS
         }
         self.deltas_topic = raw_topic(app, settings.scoring_deltas_topic, settings.partitions)
+        # Keyed by the input source: one source's deltas stay in offset order on one partition.
+        self.deltas = DeltaBatcher(lambda key, value: self.deltas_topic.send_soon(key=key, value=value), settings.delta_batch)
         self.pipeline = Pipeline.from_settings(
             settings,
             store=self.profiles,
@@ -83,8 +85,7 @@ class Runtime:
         self.shared = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, self.pipeline)
 
     def _publish(self, delta: Delta) -> None:
-        # Keyed by the input source: one source's deltas stay in offset order on one partition.
-        self.deltas_topic.send_soon(key=delta.source.encode(), value=encode_delta(delta))
+        self.deltas.add(delta)
 
     async def handle(self, kind: EventKind, message: Any) -> Result:
         """One Faust message through the pipeline; its dead letter, if any, is sent here."""

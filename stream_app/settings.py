@@ -191,6 +191,12 @@ class Settings(BaseSettings):
     model_threads: int | None = Field(None, ge=1, description="CPU inference threads (default: ONNX Runtime's).")
     model_poll_s: float = Field(10.0, gt=0, description="How often workers look for a new CURRENT encoder.")
     review_batch: int = Field(64, ge=1, description="Most reviews encoded in one micro-batch.")
+    delta_batch: int = Field(
+        256,
+        ge=1,
+        description="Most scoring deltas sent in one record of the deltas topic (1: one per record, "
+        "readable by workers that predate batches: use it while rolling an upgrade from them).",
+    )
     review_wait_s: float = Field(0.05, gt=0, description="Longest wait to fill a micro-batch (s).")
     # --- data --------------------------------------------------------------------------
     data_dir: Path = Field(

@@ -69,6 +69,7 @@ class PersonaMonitor(Monitor):
         if self.runtime is not None:
             self.runtime.profiles.flush()
             self.runtime.pipeline.flush_pending(all_users=True)
+            self.runtime.deltas.flush()
         return super().on_commit_initiated(consumer)
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
@@ -247,6 +248,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.timer(max(0.05, settings.emit_interval_s / 2))  # type: ignore[untyped-decorator]
     async def flush_due() -> None:
         runtime.pipeline.flush_pending(all_users=False)
+        runtime.deltas.flush()  # what the other workers learn waits at most this long
 
     @app.task  # type: ignore[untyped-decorator]
     async def install_task_dump() -> None:
