@@ -37,13 +37,16 @@ def bench_stream(
     rankings: Annotated[int, typer.Option(help="In-process rankings timed per ranker (0: skip).")] = 2_000,
     eval_events: Annotated[int, typer.Option(help="MovieLens events the in-process evaluator replays (0: skip).")] = 30_000,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+    against: Annotated[
+        Optional[str], typer.Option(help="Also run this git revision's worker on the same events (a change's before/after).")
+    ] = None,
 ) -> None:
     """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
     from bench import ranking as ranking_bench
     from bench.stream import render_rankers, run
 
     data_dir = _data_dir()
-    report: dict[str, object] = run(bootstrap, data_dir, events, profiles)
+    report: dict[str, object] = run(bootstrap, data_dir, events, profiles, against=against)
     console = Console()
     _print_report("persona bench stream", report)
     render_rankers(report, console)
@@ -130,6 +133,65 @@ def bench_reviews(
     Console().print(table)
     if json_out:
         json_out.write_text(json.dumps(rows, indent=2))
+
+
+@app.command("load")
+def bench_load(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
+    levels: Annotated[str, typer.Option(help="Offered loads, events/s, comma-separated.")] = "100,500,1000,2000",
+    seconds: Annotated[float, typer.Option(help="Seconds per level.")] = 30.0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """p50/p99 event->emit of one worker at offered loads (10% reviews), up to saturation."""
+    from rich.table import Table
+
+    from bench.load import run
+
+    report = run(bootstrap, _data_dir(), _model_registry(registry), levels=tuple(int(x) for x in levels.split(",")), seconds=seconds)
+    table = Table(title=f"persona bench load ({seconds:g} s per level, emit interval {report['emit_interval_s']:g} s)")
+    cols = ("offered/s", "applied/s", "applied/offered", "backlog", "event p50 s", "event p99 s", "message p99 s", "saturated")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in report["levels"]:
+        if "not_run" in r:
+            table.add_row(f"{r['offered_eps']:,}", r["not_run"], *[""] * (len(cols) - 2))
+            continue
+        table.add_row(
+            f"{r['offered_actual_eps']:,.0f}", f"{r['applied_eps_during']:,.0f}", f"{r['applied_vs_offered']:.3f}",
+            f"{r['backlog_at_end']:,}", f"{r.get('event_p50_s', float('nan')):.3f}", f"{r.get('event_p99_s', float('nan')):.3f}",
+            f"{r.get('message_p99_s', float('nan')):.3f}", "yes" if r["saturated"] else "no",
+        )
+    Console().print(table)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+@app.command("scale")
+def bench_scale(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
+    events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
+    workers: Annotated[str, typer.Option(help="Worker counts, comma-separated.")] = "1,2,4",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """Events/s of 1, 2, 4 workers in one group on 8 partitions; the pause when a worker joins or leaves."""
+    from bench.scale import run
+
+    report = run(bootstrap, _data_dir(), events, tuple(int(x) for x in workers.split(",")))
+    _print_report("persona bench scale", {k: v for k, v in report.items() if k not in ("rows", "rebalance")})
+    from rich.table import Table
+
+    table = Table(title=f"{report['data']}, {report['partitions']} partitions, {report['cpus']} cores")
+    for col in ("workers", "events/s", "speedup vs 1", "seconds"):
+        table.add_column(col, justify="right")
+    for r in report["rows"]:
+        table.add_row(str(r["workers"]), f"{r['eps']:,.0f}", f"{r['speedup']:.2f}", f"{r['seconds']:.1f}")
+    Console().print(table)
+    rb = report["rebalance"]
+    Console().print(f"rebalance run (2 workers, +1 at 1/3, -1 at 2/3): {rb['eps']:,.0f} events/s; longest pause after the join "
+                    f"{rb.get('join_pause_s', float('nan')):.1f} s, after the leave {rb.get('leave_pause_s', float('nan')):.1f} s")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
 
 
 @app.command("all")

@@ -199,12 +199,12 @@ def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: 
     raise RuntimeError("worker did not finish in time")
 
 
-def persona_worker(settings: Settings, n: int, workdir: Path) -> tuple[float, int, int, int]:
+def persona_worker(settings: Settings, n: int, workdir: Path, code: Path = REPO) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
-    the recommendation messages it emitted (after coalescing)."""
+    the recommendation messages it emitted (after coalescing). ``code``: the source tree."""
     from deploy.workers import WorkerProcess, metric_sum
 
-    worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log")
+    worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
     try:
         rate = drain_rate(worker, n, topic=settings.topic("purchase"))
         time.sleep(2.0)  # let the last commit and compaction settle
@@ -283,7 +283,18 @@ def synthetic_purchases(
     return catalog, behaviour
 
 
-def run(bootstrap: str | None, data_dir: Path, events: int | None, profiles: int = 100_000) -> dict[str, Any]:
+def source_tree(rev: str, into: Path) -> Path:
+    """The project's files at git revision ``rev``, unpacked into ``into`` (``git archive``):
+    an older worker to measure against in the same run, on the same broker and events."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def run(
+    bootstrap: str | None, data_dir: Path, events: int | None, profiles: int = 100_000, against: str | None = None
+) -> dict[str, Any]:
     # Wall-clock figures: say how busy the machine was.
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
@@ -319,23 +330,37 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None, profiles: int
         report["persona_baseline_recommendations"] = bemitted
         report["blend_vs_baseline"] = rate / brate
         report["blend_vs_baseline_goal"] = GOAL_BLEND_VS_BASELINE
+        if against:
+            # The same events through an older commit's worker: a change's before/after in one run.
+            old_settings = _settings(bs, f"{tag}o", work / "state-against", ranker="blend")
+            ensure_topics(old_settings)
+            publish(old_settings, catalog)
+            publish(old_settings, behaviour)
+            code = source_tree(against, work / "against")
+            orate, _, _, oemitted = persona_worker(old_settings, n, work, code=code)
+            report["against"] = subprocess.run(["git", "rev-parse", "--short", against], cwd=REPO, capture_output=True,
+                                               text=True, check=True).stdout.strip()
+            report["persona_against_eps"] = orate
+            report["persona_against_recommendations"] = oemitted
+            report["persona_vs_against"] = rate / orate
         report["persona_vs_trivial"] = rate / report["trivial_faust_eps"]
         report["persona_vs_bare"] = rate / report["bare_consumer_eps"]
         report["trivial_vs_bare"] = report["trivial_faust_eps"] / report["bare_consumer_eps"]
 
-        ftag = f"{tag}f"
-        fsettings = _settings(bs, ftag, work / "state-footprint")
-        ensure_topics(fsettings)
-        fcat, fbeh = synthetic_profiles(profiles)
-        publish(fsettings, fcat)
-        publish(fsettings, fbeh)
-        frate, frss, fdisk, _ = persona_worker(fsettings, len(fbeh), work)
-        scale = 100_000 / profiles
-        report["footprint_profiles"] = profiles
-        report["footprint_eps"] = frate
-        report["rss_bytes_footprint_run"] = frss
-        report["rss_bytes_per_100k_profiles"] = int(max(0, frss - rss) * scale)
-        report["disk_bytes_per_100k_profiles"] = int(fdisk * scale)
+        if profiles:  # 0: no footprint run
+            ftag = f"{tag}f"
+            fsettings = _settings(bs, ftag, work / "state-footprint")
+            ensure_topics(fsettings)
+            fcat, fbeh = synthetic_profiles(profiles)
+            publish(fsettings, fcat)
+            publish(fsettings, fbeh)
+            frate, frss, fdisk, _ = persona_worker(fsettings, len(fbeh), work)
+            scale = 100_000 / profiles
+            report["footprint_profiles"] = profiles
+            report["footprint_eps"] = frate
+            report["rss_bytes_footprint_run"] = frss
+            report["rss_bytes_per_100k_profiles"] = int(max(0, frss - rss) * scale)
+            report["disk_bytes_per_100k_profiles"] = int(fdisk * scale)
     report["load_1m_end"] = os.getloadavg()[0]
     return report
 

@@ -71,10 +71,11 @@ def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], me
 class WorkerProcess:
     """A ``persona worker`` subprocess with its own state dir and web port."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, allow_restarts: bool = False) -> None:
+    def __init__(self, settings: Settings, log_path: Path, *, allow_restarts: bool = False, code: Path = REPO) -> None:
         """``allow_restarts=False`` (the default) makes every scrape fail once the supervisor
         has restarted the worker: its counters start again from zero, and a test reading them
-        would see wrong totals (issue 8's false restart) instead of the real cause."""
+        would see wrong totals (issue 8's false restart) instead of the real cause. ``code``:
+        the source tree the worker runs from (a benchmark runs an older commit's beside this one)."""
         self.settings = settings
         self.allow_restarts = allow_restarts
         self.port = settings.web_port
@@ -84,7 +85,7 @@ class WorkerProcess:
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "stream_app.cli", "worker"],
-            cwd=REPO,
+            cwd=code,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,153 @@
+"""``persona bench scale``: behaviour throughput of 1, 2 and 4 workers in one consumer group
+on 8 partitions, and how long processing pauses when a worker joins or leaves under load.
+
+For each worker count, on topics of their own: the catalog is published, the workers start
+and the group settles (every worker a member) before the behaviour events (MovieLens-100k
+ratings as purchases, or the SYNTHETIC stand-in) are published; the clock runs from the
+first applied event to the last, summed over the workers. The baseline, in the same run, is
+the one-worker rate: ``speedup = rate(N) / rate(1)``. On a machine with fewer cores than
+workers (and the broker and the producer on the same cores) the curve measures contention,
+not the design: the report gives the cores and the load.
+
+Then a rebalance run with two workers: when a third of the events are applied a third
+worker joins; at two thirds one worker is stopped (SIGTERM). The pause is the longest time
+without any applied event in the 60 s after each change (sampled every 0.2 s).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.stream import _settings, broker, movielens_events, synthetic_purchases
+from deploy.workers import WorkerProcess, free_port, metric_sum, wait_group_stable
+from state.events import Event
+from stream_app.producer import publish
+from stream_app.settings import Settings
+from stream_app.topics import ensure_topics
+
+PARTITIONS = 8
+
+
+def _events(data_dir: Path, limit: int | None) -> tuple[list[Event], list[Event], str]:
+    if (data_dir / "movielens-100k").is_dir():
+        catalog, behaviour = movielens_events(data_dir, limit)
+        return catalog, behaviour, f"MovieLens-100k purchases ({len(behaviour)})"
+    catalog, behaviour = synthetic_purchases(limit or 100_000)
+    return catalog, behaviour, f"SYNTHETIC purchases ({len(behaviour)})"
+
+
+class Group:
+    """Workers of one consumer group; counters of stopped workers are kept at their last value."""
+
+    def __init__(self, settings: Settings, work: Path) -> None:
+        self.settings = settings
+        self.work = work
+        self.workers: list[WorkerProcess] = []
+        self._last: dict[int, float] = {}
+        self._stopped = 0.0
+
+    def add(self) -> WorkerProcess:
+        n = len(self.workers)
+        s = self.settings.model_copy(update={"state_dir": self.work / f"state-{n}", "web_port": free_port()})
+        w = WorkerProcess(s, self.work / f"worker-{n}.log")
+        self.workers.append(w)
+        return w
+
+    def stop(self, w: WorkerProcess) -> None:
+        self._stopped += self._last.pop(id(w), 0.0)
+        w.stop()
+        self.workers.remove(w)
+
+    def applied(self) -> float:
+        total = self._stopped
+        for w in self.workers:
+            try:
+                self._last[id(w)] = metric_sum(w.metrics(), "persona_events_total", topic=self.settings.topic("purchase"))
+            except OSError:
+                pass
+            total += self._last.get(id(w), 0.0)
+        return total
+
+    def close(self) -> None:
+        for w in list(self.workers):
+            w.stop()
+
+
+def _longest_pause(samples: list[tuple[float, float]], start: float, window: float = 60.0) -> float:
+    """Longest time between two samples (time, applied) that show progress, counted from
+    ``start`` on, for progress within ``window`` after it (the run's end is not a pause)."""
+    longest, last_progress, prev = 0.0, start, None
+    for t, n in samples:
+        if t > start + window:
+            break
+        if prev is not None and n > prev and t >= start:
+            longest = max(longest, t - max(last_progress, start))
+            last_progress = t
+        elif prev is not None and n > prev:
+            last_progress = t
+        prev = n
+    return longest
+
+
+def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
+               rebalance: bool = False) -> dict[str, Any]:
+    settings = _settings(bs, tag, work / "unused", partitions=PARTITIONS)
+    ensure_topics(settings)
+    publish(settings, catalog)
+    group = Group(settings, work / tag)
+    n = len(behaviour)
+    row: dict[str, Any] = {"workers": workers}
+    try:
+        for _ in range(workers):
+            group.add().wait_ready(180)
+        wait_group_stable(settings, workers, timeout=180)
+        publish(settings, behaviour)
+        samples: list[tuple[float, float]] = []
+        first_t, first_n = 0.0, 0.0
+        changes: list[tuple[str, float]] = []
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            done = group.applied()
+            now = time.monotonic()
+            samples.append((now, done))
+            if done > 0 and not first_t:
+                first_t, first_n = now, done
+            if rebalance and not changes and done >= n / 3:
+                changes.append(("join", now))
+                group.add()
+            elif rebalance and len(changes) == 1 and done >= 2 * n / 3:
+                changes.append(("leave", now))
+                group.stop(group.workers[0])
+            if done >= n:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{workers} workers did not finish in time")
+        row["eps"] = (samples[-1][1] - first_n) / (samples[-1][0] - first_t)
+        row["seconds"] = samples[-1][0] - first_t
+        for what, at in changes:
+            row[f"{what}_pause_s"] = _longest_pause(samples, at)
+    finally:
+        group.close()
+    return row
+
+
+def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "partitions": PARTITIONS, "load_1m_start": os.getloadavg()[0], "rows": []}
+    catalog, behaviour, what = _events(data_dir, events)
+    report["data"] = what
+    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-scale-") as tmp:
+        work = Path(tmp)
+        stamp = int(time.time())
+        for workers in counts:
+            report["rows"].append(throughput(bs, f"scale{stamp}w{workers}", work, workers, catalog, behaviour))
+        base = report["rows"][0]["eps"]
+        for row in report["rows"]:
+            row["speedup"] = row["eps"] / base
+        report["rebalance"] = throughput(bs, f"scale{stamp}rb", work, 2, catalog, behaviour, rebalance=True)
+    report["load_1m_end"] = os.getloadavg()[0]
+    return report

@@ -1,0 +1,32 @@
+"""bench.load's per-event latency: the first message whose profile version counts an event,
+and bench.scale's pause measure, against hand-worked timelines."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.load import event_latencies
+from bench.scale import _longest_pause
+
+
+def test_each_event_is_timed_to_the_first_message_that_counts_it() -> None:
+    sent = {"a": [10.0, 10.2, 10.4], "b": [11.0]}
+    # a: the first event emitted at once (v1); the next two coalesced into one message (v3) at 11.5;
+    # a message listed out of order and a stale one (v2 after v3) must not change the answer.
+    messages = {"a": [(11.5, 3, 10.4), (10.05, 1, 10.0), (11.6, 2, 10.2)], "b": [(11.01, 1, 11.0)]}
+    per_event, missing = event_latencies(sent, messages)
+    assert missing == 0
+    assert per_event == pytest.approx([0.05, 1.3, 1.1, 0.01])
+
+
+def test_events_no_message_counts_are_reported_missing() -> None:
+    per_event, missing = event_latencies({"a": [1.0, 2.0, 3.0], "c": [5.0]}, {"a": [(1.5, 2, 2.0)]})
+    assert per_event == pytest.approx([0.5, 0.0]) and missing == 2  # a's third event, and c's
+
+
+def test_longest_pause_only_counts_time_after_the_change_and_inside_the_window() -> None:
+    samples = [(0.0, 0.0), (1.0, 5.0), (2.0, 5.0), (3.0, 5.0), (4.0, 9.0), (5.0, 9.0), (6.0, 12.0), (100.0, 12.0)]
+    # progress seen at 1.0, 4.0 and 6.0; nothing after 6.0 (the run ended: not a pause)
+    assert _longest_pause(samples, start=1.5) == pytest.approx(2.5)  # from the change to the progress at 4.0
+    assert _longest_pause(samples, start=4.0) == pytest.approx(2.0)  # 4.0 -> 6.0
+    assert _longest_pause(samples, start=0.5, window=2.0) == pytest.approx(0.5)  # only progress inside the window
