@@ -15,9 +15,15 @@ from events only, and scores from them:
 - **recent engagement**: per user, the last ``recent`` distinct items engaged with (by event time)
   and a decayed weight for each (``sum of weights x 2 ** (-(T - t) / half_life)``, kept at the
   item's own reference time exactly as :class:`scoring.popularity.Popularity` does). It is kept
-  for *every* user, not only for followed ones, because a follow may arrive after the followee's
-  engagements: memory is at most ``recent x users`` entries. An item evicted from that window
-  loses its accumulated weight; one engaged again later starts over.
+  for every followed user, and for the ``quiet_users`` users nobody follows who engaged most
+  recently: a follow may arrive after the followee's engagements, so those are not dropped at
+  once, but every worker holds this state for *all* users, and a million users who engage and
+  are never followed must not cost ``recent x users`` entries (issue 13: that was most of a
+  worker's memory per user). A follow moves a quiet user's window into the followed set; a
+  quiet user pushed out of the bounded set starts over if followed later. Which quiet user is
+  pushed out depends on the order deltas arrive in, so two workers may differ there (as the
+  co-occurrence cut does). An item evicted from a window loses its accumulated weight; one
+  engaged again later starts over.
 
 Scores: ``score(F, i) = sum over f in F of w_f(i)`` decayed to the caller's ``now``, for the
 followees ``F`` given. Equal scores go by :func:`scoring.popularity.tie_hash` (a stable hash of
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 
 from scoring.popularity import tie_hash
@@ -38,6 +45,8 @@ from state.decay import SECONDS_PER_DAY, factor, weight_at
 RECENT = 20
 #: Followers returned by :meth:`SocialGraph.followers_of` (the fan-out of one refresh).
 FANOUT_CAP = 1000
+#: Users nobody follows whose recent engagement is kept (the most recently engaged ones).
+QUIET_USERS = 100_000
 
 
 class _Engagement:
@@ -53,13 +62,17 @@ class _Engagement:
 class SocialGraph:
     """Who follows whom (event-time last-writer-wins, unfollow wins a tie), and what each followed user engaged with recently."""
 
-    def __init__(self, *, half_life_days: float, recent: int = RECENT, fanout_cap: int = FANOUT_CAP) -> None:
+    def __init__(
+        self, *, half_life_days: float, recent: int = RECENT, fanout_cap: int = FANOUT_CAP, quiet_users: int = QUIET_USERS
+    ) -> None:
         if not half_life_days > 0.0 or not math.isfinite(half_life_days):
             raise ValueError(f"half_life_days must be a positive number, got {half_life_days}")
         if recent < 1:
             raise ValueError(f"recent must be >= 1, got {recent}")
         if fanout_cap < 0:
             raise ValueError(f"fanout_cap must be >= 0, got {fanout_cap}")
+        if quiet_users < 1:
+            raise ValueError(f"quiet_users must be >= 1, got {quiet_users}")
         self._hl = half_life_days * SECONDS_PER_DAY
         self.recent = recent
         self.fanout_cap = fanout_cap
@@ -68,8 +81,14 @@ class SocialGraph:
         # The edges that are on, both ways: id -> other id -> the follow's event time.
         self._out: dict[str, dict[str, float]] = {}
         self._in: dict[str, dict[str, float]] = {}
-        # user -> item -> decayed weight; at most ``recent`` items per user.
+        # user -> item -> decayed weight; at most ``recent`` items per user. Followed users
+        # (or users that were followed) here; users nobody follows in ``_quiet``, least
+        # recently engaged first, at most ``quiet_users`` of them (module docstring).
         self._recent: dict[str, dict[str, _Engagement]] = {}
+        self._quiet: OrderedDict[str, dict[str, _Engagement]] = OrderedDict()
+        self.quiet_users = quiet_users
+        #: quiet users whose window was dropped to keep the bound
+        self.quiet_evictions = 0
 
     # --- the graph -------------------------------------------------------------------------
     def follow(self, follower: str, followee: str, ts: float) -> None:
@@ -94,6 +113,9 @@ class SocialGraph:
         if followed > unfollowed:
             self._out.setdefault(follower, {})[followee] = followed
             self._in.setdefault(followee, {})[follower] = followed
+            window = self._quiet.pop(followee, None)
+            if window is not None:
+                self._recent.setdefault(followee, window)
         else:
             self._drop(self._out, follower, followee)
             self._drop(self._in, followee, follower)
@@ -157,10 +179,14 @@ class SocialGraph:
         for pair in [p for p in self._edges if user in p]:
             del self._edges[pair]
         self._recent.pop(user, None)
+        self._quiet.pop(user, None)
 
     def knows(self, user: str) -> bool:
         """Whether anything here names ``user`` (an edge, a tombstone or recent engagement)."""
-        return user in self._out or user in self._in or user in self._recent or any(user in p for p in self._edges)
+        return (
+            user in self._out or user in self._in or user in self._recent or user in self._quiet
+            or any(user in p for p in self._edges)
+        )
 
     # --- engagement ------------------------------------------------------------------------
     def engaged(self, user: str, item: str, weight: float, ts: float) -> None:
@@ -171,7 +197,9 @@ class SocialGraph:
         out the one engaged with longest ago (by its latest event time, then id); an event older
         than everything in a full window is dropped, since it would be pushed out at once.
         """
-        items = self._recent.setdefault(user, {})
+        items = self._recent.get(user)
+        if items is None:
+            items = self._quiet_window(user)
         e = items.get(item)
         if e is None:
             if len(items) >= self.recent:
@@ -185,14 +213,33 @@ class SocialGraph:
             e.value, e.ref = e.value * factor(ts - e.ref, self._hl), ts
         e.value += weight_at(weight, ts, e.ref, self._hl)
 
+    def _quiet_window(self, user: str) -> dict[str, _Engagement]:
+        """The window of a user not in the followed set, made the most recent quiet one."""
+        if user in self._in:  # followed, yet not moved (cannot happen via _set; kept safe)
+            items = self._recent[user] = self._quiet.pop(user, None) or {}
+            return items
+        items_or_none = self._quiet.get(user)
+        if items_or_none is not None:
+            self._quiet.move_to_end(user)
+            return items_or_none
+        items = self._quiet[user] = {}
+        if len(self._quiet) > self.quiet_users:
+            self._quiet.popitem(last=False)
+            self.quiet_evictions += 1
+        return items
+
+    def _window(self, user: str) -> dict[str, _Engagement]:
+        items = self._recent.get(user)
+        return items if items is not None else self._quiet.get(user, {})
+
     def recent_items(self, user: str, now: float) -> dict[str, float]:
         """The user's window: item -> its weight decayed to ``now``."""
-        return {i: weight_at(e.value, e.ref, now, self._hl) for i, e in self._recent.get(user, {}).items()}
+        return {i: weight_at(e.value, e.ref, now, self._hl) for i, e in self._window(user).items()}
 
     def interest_users(self, following: Iterable[str]) -> list[str]:
         """Those of ``following`` (followee ids) that engaged with anything still in their
         window, sorted and without repeats: the users whose activity :meth:`top` draws on."""
-        return sorted(u for u in set(following) if self._recent.get(u))
+        return sorted(u for u in set(following) if self._window(u))
 
     def top(self, following: Iterable[str], k: int, *, exclude: Collection[str], now: float) -> list[tuple[str, float, int]]:
         """The ``k`` best items the followees ``following`` engaged with recently, not in
@@ -208,7 +255,7 @@ class SocialGraph:
         counts: dict[str, int] = {}
         hl = self._hl
         for user in sorted(set(following)):
-            for item, e in self._recent.get(user, {}).items():
+            for item, e in self._window(user).items():
                 if item in exclude:
                     continue
                 scores[item] = scores.get(item, 0.0) + weight_at(e.value, e.ref, now, hl)

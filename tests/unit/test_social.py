@@ -223,3 +223,45 @@ def test_rejects_bad_parameters() -> None:
         SocialGraph(half_life_days=1.0, recent=0)
     with pytest.raises(ValueError):
         SocialGraph(half_life_days=1.0, fanout_cap=-1)
+    with pytest.raises(ValueError):
+        SocialGraph(half_life_days=1.0, quiet_users=0)
+
+
+# --- memory bound on users nobody follows ----------------------------------------------------------
+
+
+def test_quiet_users_are_bounded_the_least_recently_engaged_go_first() -> None:
+    """Users nobody follows keep their window only while among the ``quiet_users`` most
+    recently engaged: a million one-time users must not cost a window each on every worker."""
+    g = graph(quiet_users=3)
+    for n, user in enumerate(["a", "b", "c"]):
+        g.engaged(user, f"i-{user}", 1.0, T0 + n)
+    g.engaged("a", "i-a2", 1.0, T0 + 3)  # a engaged again: b is now the least recent
+    g.engaged("d", "i-d", 1.0, T0 + 4)
+    assert g.quiet_evictions == 1
+    assert not g.knows("b") and g.recent_items("b", T0 + 5) == {}
+    assert set(g.recent_items("a", T0 + 5)) == {"i-a", "i-a2"}
+    assert all(g.knows(u) for u in "acd")
+
+
+def test_a_followed_user_is_never_pushed_out_and_keeps_what_came_before_the_follow() -> None:
+    g = graph(quiet_users=2)
+    g.engaged("star", "old", 1.0, T0)
+    g.follow("fan", "star", T0 + 1)  # the window moves to the followed set
+    for n in range(10):
+        g.engaged(f"q{n}", "x", 1.0, T0 + 2 + n)  # ten quiet users churn through the bound of 2
+    g.engaged("star", "new", 1.0, T0 + 20)
+    assert g.quiet_evictions == 8
+    assert [i for i, _, _ in g.top(g.following_of("fan"), 5, exclude=(), now=T0 + 20)] == ["new", "old"]
+    g.forget("star")
+    assert not g.knows("star")
+
+
+def test_a_quiet_user_pushed_out_starts_over_when_followed_later() -> None:
+    g = graph(quiet_users=1)
+    g.engaged("a", "x", 1.0, T0)
+    g.engaged("b", "y", 1.0, T0 + 1)  # pushes a out
+    g.follow("fan", "a", T0 + 2)
+    assert g.top(["a"], 5, exclude=(), now=T0 + 2) == []
+    g.engaged("a", "z", 1.0, T0 + 3)
+    assert [i for i, _, _ in g.top(["a"], 5, exclude=(), now=T0 + 3)] == ["z"]
