@@ -215,8 +215,8 @@ class SocialGraph:
 
     def _quiet_window(self, user: str) -> dict[str, _Engagement]:
         """The window of a user not in the followed set, made the most recent quiet one."""
-        if user in self._in:  # followed, yet not moved (cannot happen via _set; kept safe)
-            items = self._recent[user] = self._quiet.pop(user, None) or {}
+        if user in self._in:  # followed before engaging at all: no window was there to move
+            items = self._recent[user] = self._quiet.pop(user, {})
             return items
         items_or_none = self._quiet.get(user)
         if items_or_none is not None:
