@@ -190,11 +190,14 @@ class Encoder:
         cache_size: int,
         batch_size: int,
         graph: str = MODEL_FILE,
+        max_batch_tokens: int | None = None,
     ) -> None:
         self.session = session
         self.provider = provider
         self.manifest = manifest
         self.batch_size = batch_size
+        #: most tokens (rows x padded length) per inference call; None: rows only
+        self.max_batch_tokens = max_batch_tokens
         self.info = EncoderInfo(
             version=manifest.version,
             dim=manifest.dim,
@@ -261,7 +264,7 @@ class Encoder:
         size = batch_size or self.batch_size
         return [
             Batch(rows=rows, feeds=self._pad([encodings[int(i)] for i in rows]))
-            for rows in (order[start : start + size] for start in range(0, len(order), size))
+            for rows in cut_batches(order, lengths, size, self.max_batch_tokens)
         ]
 
     def run(self, batch: Batch) -> F32:
@@ -315,6 +318,28 @@ class Encoder:
         return {name: every[name] for name in self._inputs}
 
 
+def cut_batches(
+    order: npt.NDArray[np.int64], lengths: npt.NDArray[np.int64], size: int, max_tokens: int | None
+) -> list[npt.NDArray[np.int64]]:
+    """``order`` (row indices sorted by ascending length) cut into batches of at most ``size``
+    rows and, with ``max_tokens``, at most that many padded tokens (rows x the batch's longest
+    length): a token budget keeps a GPU's batches full with short texts and bounded with long
+    ones, where a row count alone is one or the other. A single row longer than the budget
+    still makes a batch of its own."""
+    if max_tokens is None:
+        return [order[start : start + size] for start in range(0, len(order), size)]
+    out: list[npt.NDArray[np.int64]] = []
+    start = 0
+    while start < len(order):
+        end = start + 1
+        # Lengths ascend, so the batch's padded width is its last row's length.
+        while end < len(order) and end - start < size and (end - start + 1) * int(lengths[order[end]]) <= max_tokens:
+            end += 1
+        out.append(order[start:end])
+        start = end
+    return out
+
+
 def pick_graph(manifest: Manifest, device: Device, fp16: bool, cuda_usable: bool) -> str:
     """The graph file to run: the artifact's fp16 graph when CUDA is usable, wanted
     (``device`` auto or cuda) and allowed (``fp16``), else the artifact's own graph. fp16 is
@@ -332,6 +357,7 @@ def load_encoder(
     cache_size: int = 10_000,
     batch_size: int = 64,
     fp16: bool = True,
+    max_batch_tokens: int | None = None,
 ) -> Encoder:
     """Verify (sha256 of every file against the manifest) and load one version directory."""
     root = Path(version_dir)
@@ -342,7 +368,8 @@ def load_encoder(
     except Exception as exc:  # numpy raises assorted types for a bad file
         raise ModelError(f"encoder artifact {root}: cannot read {GOLDEN_FILE}: {exc}") from exc
     return open_encoder(
-        root, manifest, golden, device=device, threads=threads, cache_size=cache_size, batch_size=batch_size, fp16=fp16
+        root, manifest, golden, device=device, threads=threads, cache_size=cache_size, batch_size=batch_size, fp16=fp16,
+        max_batch_tokens=max_batch_tokens,
     )
 
 
@@ -357,6 +384,7 @@ def open_encoder(
     cache_size: int = 10_000,
     batch_size: int = 64,
     fp16: bool = True,
+    max_batch_tokens: int | None = None,
 ) -> Encoder:
     """An Encoder over already-verified files (the exporter uses it on a draft artifact,
     before head.json exists: hence the optional ``head``)."""
@@ -401,4 +429,5 @@ def open_encoder(
         cache_size=cache_size,
         batch_size=batch_size,
         graph=graph,
+        max_batch_tokens=max_batch_tokens,
     )

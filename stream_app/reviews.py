@@ -75,11 +75,23 @@ class EncoderHolder:
     most one in-flight item batch, never for the catalog.
     """
 
-    def __init__(self, registry: Path, *, device: str = "auto", threads: int | None = None, fp16: bool = True) -> None:
+    def __init__(
+        self,
+        registry: Path,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        fp16: bool = True,
+        batch_size: int = 64,
+        max_batch_tokens: int | None = None,
+    ) -> None:
         self.registry_path = registry
         self.device = device
         self.threads = threads
         self.fp16 = fp16
+        #: rows, and padded tokens, per inference call (Encoder.prepare)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.encoder: Any | None = None
         self._failed: str | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="persona-encode")
@@ -92,7 +104,10 @@ class EncoderHolder:
     def _load(self, version_dir: Path) -> Any:
         from encoders import load_encoder
 
-        encoder = load_encoder(version_dir, device=self.device, threads=self.threads, fp16=self.fp16)  # type: ignore[arg-type]
+        encoder = load_encoder(
+            version_dir, device=self.device, threads=self.threads, fp16=self.fp16,  # type: ignore[arg-type]
+            batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens,
+        )
         encoder.golden_check()
         encoder.encode(["warm-up", "a slightly longer warm-up sentence for the session"])
         return encoder

@@ -190,7 +190,13 @@ class Settings(BaseSettings):
     )
     model_threads: int | None = Field(None, ge=1, description="CPU inference threads (default: ONNX Runtime's).")
     model_poll_s: float = Field(10.0, gt=0, description="How often workers look for a new CURRENT encoder.")
-    review_batch: int = Field(64, ge=1, description="Most reviews encoded in one micro-batch.")
+    review_batch: int = Field(64, ge=1, description="Most reviews encoded in one micro-batch (and rows per inference call).")
+    model_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most padded tokens (rows x longest) per inference call; unset: rows only. On a GPU, e.g. 65536 "
+        "with PERSONA_REVIEW_BATCH=1024: full batches of short texts, bounded ones of long texts.",
+    )
     delta_batch: int = Field(
         256,
         ge=1,

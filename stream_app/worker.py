@@ -140,7 +140,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     metrics.SUPERVISOR_RESTARTS.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))
 
     holder = EncoderHolder(
-        settings.model_registry, device=settings.model_device, threads=settings.model_threads, fp16=settings.model_fp16
+        settings.model_registry, device=settings.model_device, threads=settings.model_threads, fp16=settings.model_fp16,
+        batch_size=settings.review_batch, max_batch_tokens=settings.model_batch_tokens,
     )
     models_tried = asyncio.Event()
     for kind in EVENT_KINDS:

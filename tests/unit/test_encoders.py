@@ -564,3 +564,24 @@ def test_registry_manifests_and_latest_per_variant(tmp_path: Path) -> None:
     (root / "c-int8" / "manifest.json").write_text("{not json")
     with pytest.raises(ModelError, match="bad manifest.json"):
         reg.latest("fp32")
+
+
+def test_cut_batches_by_rows_and_by_token_budget() -> None:
+    """Batches of length-sorted rows: at most ``size`` rows and, with a budget, at most
+    ``max_tokens`` padded tokens (rows x the batch's longest); an over-long row alone."""
+    from encoders.runtime import cut_batches
+
+    lengths = np.array([64, 8, 8, 300, 16, 8, 64, 16], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    by_rows = cut_batches(order, lengths, 3, None)
+    assert [b.tolist() for b in by_rows] == [[1, 2, 5], [4, 7, 0], [6, 3]]
+    budget = 128
+    cut = cut_batches(order, lengths, 100, budget)
+    assert sorted(i for b in cut for i in b.tolist()) == list(range(8))  # every row once
+    for b in cut:
+        width = int(lengths[b].max())
+        assert len(b) == 1 or len(b) * width <= budget
+    # the greedy cut, worked by hand: 8,8,8,16,16 (5x16=80); 64,64 (128); 300 alone
+    assert [lengths[b].tolist() for b in cut] == [[8, 8, 8, 16, 16], [64, 64], [300]]
+    # size 2: [8,8], [8,16], [16,64] (2x64 = 128 fits), [64], [300]
+    assert [len(b) for b in cut_batches(order, lengths, 2, budget)] == [2, 2, 2, 1, 1]
