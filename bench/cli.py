@@ -113,6 +113,9 @@ def bench_reviews(
     threads: Annotated[Optional[int], typer.Option(help="intra-op threads, worker and baseline (default: all cores).")] = None,
     export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda on a GPU machine (refuses to report a CPU fallback).")] = "cpu",
+    batch: Annotated[Optional[int], typer.Option(help="Reviews per micro-batch (default PERSONA_REVIEW_BATCH).")] = None,
+    max_batch_tokens: Annotated[Optional[int], typer.Option(help="Token budget per inference call.")] = None,
 ) -> None:
     """Reviews/s through one worker's two-stage review pipeline vs the encoder alone."""
     from rich.table import Table
@@ -120,7 +123,8 @@ def bench_reviews(
     from bench.reviews import run
 
     rows = run(
-        bootstrap, _data_dir(), _model_registry(registry), reviews=reviews, threads=threads, export_missing=export_missing
+        bootstrap, _data_dir(), _model_registry(registry), reviews=reviews, threads=threads, export_missing=export_missing,
+        device=device, batch=batch, max_batch_tokens=max_batch_tokens,
     )
     table = Table(title="persona bench reviews (reviews/s; ratio = pipeline / encoder alone)")
     for col in ("variant", "reviews", "batch", "threads", "encoder alone", "pipeline", "ratio"):

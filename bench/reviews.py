@@ -32,9 +32,15 @@ from stream_app.topics import ensure_topics
 AMAZON = Path("amazon2014-musical-instruments-5core") / "reviews_Musical_Instruments_5.json.gz"
 
 
-def encoder_alone(version_dir: Path, texts: list[str], batch: int, threads: int) -> float:
+def encoder_alone(
+    version_dir: Path, texts: list[str], batch: int, threads: int, device: str = "cpu", max_batch_tokens: int | None = None
+) -> float:
     """Texts/s of the encoder on ``texts`` in batches of ``batch`` (cache off, warmed up)."""
-    encoder = load_encoder(version_dir, device="cpu", threads=threads, cache_size=0, batch_size=batch)
+    encoder = load_encoder(
+        version_dir, device=device, threads=threads, cache_size=0, batch_size=batch, max_batch_tokens=max_batch_tokens  # type: ignore[arg-type]
+    )
+    if device == "cuda" and encoder.provider != "CUDAExecutionProvider":
+        raise RuntimeError(f"asked for CUDA, the session runs on {encoder.provider}: no GPU figures from a CPU run")
     encoder.encode(texts[: batch * 2])
     started = time.perf_counter()
     for start in range(0, len(texts), batch):
@@ -59,8 +65,16 @@ def run(
     reviews: int = 2_000,
     threads: int | None = None,
     export_missing: bool = True,
+    device: str = "cpu",
+    batch: int | None = None,
+    max_batch_tokens: int | None = None,
 ) -> list[dict[str, Any]]:
+    """``device="cuda"`` (the GPU machine): the fp32 artifact only, whose fp16 graph the
+    worker and the baseline run there; ``batch``/``max_batch_tokens`` override the settings'
+    micro-batch (on a GPU: e.g. 1024 rows and a 65,536-token budget)."""
     versions = ensure_versions(registry, export_missing)
+    if device == "cuda":
+        versions = {k: v for k, v in versions.items() if k == "fp32"}
     chosen = [e for e in read_events("amazon", data_dir / AMAZON) if isinstance(e, Review)][:reviews]
     events: list[Event] = list(chosen)
     texts = [review_text(e) for e in chosen]
@@ -75,12 +89,14 @@ def run(
             (reg / version_dir.name).symlink_to(version_dir.resolve())
             (reg / "CURRENT").write_text(version_dir.name)
             tag = f"benchrev{variant}{int(time.time())}"
-            settings = _settings(bs, tag, work / f"state-{variant}").model_copy(
-                update={"model_registry": reg, "model_threads": threads, "model_device": "cpu"}
+            base = _settings(bs, tag, work / f"state-{variant}")
+            settings = base.model_copy(
+                update={"model_registry": reg, "model_threads": threads, "model_device": device,
+                        "review_batch": batch or base.review_batch, "model_batch_tokens": max_batch_tokens}
             )
             ensure_topics(settings)
             publish(settings, events)
-            alone = encoder_alone(version_dir, texts, settings.review_batch, threads)
+            alone = encoder_alone(version_dir, texts, settings.review_batch, threads, device, max_batch_tokens)
             through = pipeline(settings, len(events), work)
             rows.append(
                 {
@@ -89,6 +105,8 @@ def run(
                     "reviews": len(events),
                     "batch": settings.review_batch,
                     "threads": threads,
+                    "device": device,
+                    "max_batch_tokens": max_batch_tokens,
                     "encoder_alone_per_s": alone,
                     "pipeline_per_s": through,
                     "ratio": through / alone,

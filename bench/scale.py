@@ -46,6 +46,7 @@ class Group:
     def __init__(self, settings: Settings, work: Path) -> None:
         self.settings = settings
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.workers: list[WorkerProcess] = []
         self._last: dict[int, float] = {}
         self._stopped = 0.0
