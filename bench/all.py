@@ -4,8 +4,10 @@ with the machine's cores, load and the settings used.
 
 Parts: ``stream`` (one worker against a trivial Faust agent and a bare consumer, the blend
 ranker against the baseline, the footprint run), ``ranking`` (in process), ``memory`` (before
-and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime) and
-``reviews`` (the review pipeline against the encoder alone). A part that cannot run here (no
+and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime),
+``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
+offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
+partitions against one, and the pause when a worker joins or leaves). A part that cannot run here (no
 encoder registry, no dataset) is recorded with the reason, never left out silently.
 """
 
@@ -20,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PARTS = ("stream", "ranking", "memory", "encoder", "reviews")
+PARTS = ("stream", "ranking", "memory", "encoder", "reviews", "load", "scale")
 
 
 def _settings_summary() -> dict[str, Any]:
@@ -33,7 +35,7 @@ def _settings_summary() -> dict[str, Any]:
 
 
 def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
-    from bench import encoder, memory, ranking, reviews, stream
+    from bench import encoder, load, memory, ranking, reviews, scale, stream
 
     jobs: dict[str, Callable[[], Any]] = {
         "stream": lambda: stream.run(bootstrap, data_dir, 20_000 if quick else None, 10_000 if quick else 100_000),
@@ -43,6 +45,10 @@ def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry:
             {**r.__dict__, "ratio": r.ratio} for r in encoder.run(registry, texts=128 if quick else 1024, export_missing=False)
         ],
         "reviews": lambda: reviews.run(bootstrap, data_dir, registry, reviews=300 if quick else 2_000, export_missing=False),
+        "load": lambda: load.run(
+            bootstrap, data_dir, registry, levels=(100, 500) if quick else load.LEVELS, seconds=10.0 if quick else 30.0
+        ),
+        "scale": lambda: scale.run(bootstrap, data_dir, 20_000 if quick else None, (1, 2) if quick else (1, 2, 4)),
     }
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -69,7 +75,7 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     parts = report["parts"]
     s = parts.get("stream", {}).get("result") or {}
-    for key in ("persona_vs_trivial", "persona_vs_bare", "blend_vs_baseline", "trivial_vs_bare"):
+    for key in ("persona_vs_trivial", "persona_vs_bare", "blend_vs_baseline", "trivial_vs_bare", "persona_vs_against"):
         if key in s:
             rows.append(("stream", key, f"{s[key]:.3f}"))
     for key in ("persona_eps", "trivial_faust_eps", "bare_consumer_eps", "rss_bytes_per_100k_profiles"):
@@ -85,6 +91,20 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("encoder", f"{row.get('variant')} batch {row.get('batch')}: path/bare", f"{row.get('ratio', float('nan')):.3f}"))
     for row in parts.get("reviews", {}).get("result") or []:
         rows.append(("reviews", f"{row.get('variant')}: pipeline/encoder", f"{row.get('ratio', float('nan')):.3f}"))
+    for row in (parts.get("load", {}).get("result") or {}).get("levels", []):
+        if "not_run" in row:
+            rows.append(("load", f"{row['offered_eps']}/s offered", row["not_run"]))
+        else:
+            p50, p99 = row.get("event_p50_s", float("nan")), row.get("event_p99_s", float("nan"))
+            rows.append(("load", f"{row['offered_eps']}/s offered: applied/offered, event p50/p99 s",
+                         f"{row['applied_vs_offered']:.3f}, {p50:.3f}/{p99:.3f}"))
+    sc = parts.get("scale", {}).get("result") or {}
+    for row in sc.get("rows", []):
+        rows.append(("scale", f"{row['workers']} workers: events/s (speedup vs 1)", f"{row['eps']:,.0f} ({row['speedup']:.2f})"))
+    if "rebalance" in sc:
+        rb = sc["rebalance"]
+        join, leave = rb.get("join_pause_s", float("nan")), rb.get("leave_pause_s", float("nan"))
+        rows.append(("scale", "pause after a join / a leave (s)", f"{join:.1f} / {leave:.1f}"))
     return rows
 
 

@@ -202,7 +202,7 @@ def bench_scale(
 def bench_all(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one per part).")] = None,
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
-    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = "stream,ranking,memory,encoder,reviews",
+    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = "stream,ranking,memory,encoder,reviews,load,scale",
     quick: Annotated[bool, typer.Option(help="Reduced sizes (a smoke run; figures not comparable).")] = False,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("var/bench"),
 ) -> None:
@@ -225,13 +225,15 @@ def bench_memory(
     profiles: Annotated[int, typer.Option(help="Synthetic users (one purchase each) in the large run.")] = 100_000,
     small: Annotated[int, typer.Option(help="Users in the fixed-cost run.")] = 1_000,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+    configs: Annotated[str, typer.Option(help="before,after (after alone: the current defaults, e.g. a million users).")] = "before,after",
 ) -> None:
     """RSS and disk per 100k profiles: the previous cache and RocksDB settings against the current defaults."""
     from bench.memory import run
 
-    report = run(bootstrap, profiles=profiles, small=small)
+    chosen = tuple(c.strip() for c in configs.split(",") if c.strip())
+    report = run(bootstrap, profiles=profiles, small=small, configs=chosen)
     flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
-    for name in ("before", "after"):
+    for name in chosen:
         for k, v in report[name].items():
             if k != "settings":
                 flat[f"{name}.{k}"] = v

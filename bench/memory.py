@@ -40,7 +40,10 @@ def _footprint(bootstrap: str, work: Path, tag: str, users: int, overrides: dict
     return rate, rss, disk
 
 
-def run(bootstrap: str | None, profiles: int = 100_000, small: int = 1_000) -> dict[str, Any]:
+def run(
+    bootstrap: str | None, profiles: int = 100_000, small: int = 1_000, configs: tuple[str, ...] = ("before", "after")
+) -> dict[str, Any]:
+    """``configs``: "before" and/or "after" (a million-user run of the current defaults alone)."""
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0]}
     scale = 100_000 / (profiles - small)
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-memory-") as tmp:
@@ -51,6 +54,8 @@ def run(bootstrap: str | None, profiles: int = 100_000, small: int = 1_000) -> d
         defaults = Settings()
         after = {k: getattr(defaults, k) for k in BEFORE}
         for name, overrides in (("before", BEFORE), ("after", after)):
+            if name not in configs:
+                continue
             _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides)
             rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides)
             report[name] = {
@@ -61,8 +66,10 @@ def run(bootstrap: str | None, profiles: int = 100_000, small: int = 1_000) -> d
                 "disk_bytes_per_100k_profiles": int(max(0, disk - disk_small) * scale),
                 "events_per_s": rate,
             }
-    report["rss_after_vs_before"] = report["after"]["rss_bytes_per_100k_profiles"] / max(1, report["before"]["rss_bytes_per_100k_profiles"])
-    report["eps_after_vs_before"] = report["after"]["events_per_s"] / report["before"]["events_per_s"]
+    if "before" in report and "after" in report:
+        before, after_ = report["before"]["rss_bytes_per_100k_profiles"], report["after"]["rss_bytes_per_100k_profiles"]
+        report["rss_after_vs_before"] = after_ / max(1, before)
+        report["eps_after_vs_before"] = report["after"]["events_per_s"] / report["before"]["events_per_s"]
     report["goal_rss_bytes_per_100k"] = 50 * 1000 * 1000
     report["load_1m_end"] = os.getloadavg()[0]
     return report

@@ -49,17 +49,21 @@ class Group:
         work.mkdir(parents=True, exist_ok=True)
         self.workers: list[WorkerProcess] = []
         self._last: dict[int, float] = {}
+        #: counts of earlier incarnations (a supervisor restart starts the counters at zero)
+        self._base: dict[int, float] = {}
         self._stopped = 0.0
+        self.restarts = 0
 
     def add(self) -> WorkerProcess:
         n = len(self.workers)
         s = self.settings.model_copy(update={"state_dir": self.work / f"state-{n}", "web_port": free_port()})
-        w = WorkerProcess(s, self.work / f"worker-{n}.log")
+        # Restarts allowed: a restart under rebalance is a finding to report, not a crash.
+        w = WorkerProcess(s, self.work / f"worker-{n}.log", allow_restarts=True)
         self.workers.append(w)
         return w
 
     def stop(self, w: WorkerProcess) -> None:
-        self._stopped += self._last.pop(id(w), 0.0)
+        self._stopped += self._last.pop(id(w), 0.0) + self._base.pop(id(w), 0.0)
         w.stop()
         self.workers.remove(w)
 
@@ -67,10 +71,15 @@ class Group:
         total = self._stopped
         for w in self.workers:
             try:
-                self._last[id(w)] = metric_sum(w.metrics(), "persona_events_total", topic=self.settings.topic("purchase"))
+                now = metric_sum(w.metrics(), "persona_events_total", topic=self.settings.topic("purchase"))
             except OSError:
-                pass
-            total += self._last.get(id(w), 0.0)
+                now = None
+            if now is not None:
+                if now < self._last.get(id(w), 0.0):  # restarted: its counters began again
+                    self._base[id(w)] = self._base.get(id(w), 0.0) + self._last[id(w)]
+                    self.restarts += 1
+                self._last[id(w)] = now
+            total += self._last.get(id(w), 0.0) + self._base.get(id(w), 0.0)
         return total
 
     def close(self) -> None:
@@ -132,9 +141,23 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
         row["seconds"] = samples[-1][0] - first_t
         for what, at in changes:
             row[f"{what}_pause_s"] = _longest_pause(samples, at)
+        row["worker_restarts"] = group.restarts
     finally:
         group.close()
+        _keep_logs(work / tag)
     return row
+
+
+LOGS = Path("var/bench/scale-logs")
+
+
+def _keep_logs(folder: Path) -> None:
+    """The workers' logs outlive the temporary folder (a restart's reason is in them)."""
+    import shutil
+
+    LOGS.mkdir(parents=True, exist_ok=True)
+    for log in folder.glob("*.log"):
+        shutil.copy(log, LOGS / f"{folder.name}-{log.name}")
 
 
 def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:

@@ -30,3 +30,27 @@ def test_longest_pause_only_counts_time_after_the_change_and_inside_the_window()
     assert _longest_pause(samples, start=1.5) == pytest.approx(2.5)  # from the change to the progress at 4.0
     assert _longest_pause(samples, start=4.0) == pytest.approx(2.0)  # 4.0 -> 6.0
     assert _longest_pause(samples, start=0.5, window=2.0) == pytest.approx(0.5)  # only progress inside the window
+
+
+def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_measured() -> None:
+    from bench.all import markdown
+
+    report = {
+        "started": "2026-12-02T00:00:00Z", "quick": False, "settings": {"partitions": 8},
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11", "load_1m_start": 0.1, "load_1m_end": 0.2},
+        "parts": {
+            "load": {"ok": True, "result": {"levels": [
+                {"offered_eps": 100, "applied_vs_offered": 0.998, "event_p50_s": 0.028, "event_p99_s": 0.829},
+                {"offered_eps": 1000, "not_run": "saturated at 500 events/s"}]}},
+            "scale": {"ok": True, "result": {"rows": [{"workers": 1, "eps": 1500.0, "speedup": 1.0},
+                                                      {"workers": 2, "eps": 2100.0, "speedup": 1.4}],
+                                             "rebalance": {"join_pause_s": 3.2, "leave_pause_s": 1.5}}},
+            "encoder": {"ok": False, "not_measured": "FileNotFoundError: no registry"},
+        },
+    }
+    md = markdown(report)
+    assert "| load | 100/s offered: applied/offered, event p50/p99 s | 0.998, 0.028/0.829 |" in md
+    assert "| load | 1000/s offered | saturated at 500 events/s |" in md
+    assert "| scale | 2 workers: events/s (speedup vs 1) | 2,100 (1.40) |" in md
+    assert "| scale | pause after a join / a leave (s) | 3.2 / 1.5 |" in md
+    assert "- encoder: FileNotFoundError: no registry" in md
