@@ -140,6 +140,23 @@ def test_gap_guard_finds_the_first_missing_offset() -> None:
     assert guard.check(1, 7, committed=5) == 5  # first record after assignment skips 5, 6
 
 
+def test_gap_guard_false_restart_when_a_partition_comes_back_after_another_worker() -> None:
+    """Regression (bench scale, 2026-12-02): a partition revoked at offset 4892, processed by
+    another worker up to 7309 and given back was taken for a lost record ("offset 7310 reached
+    the agent but 4893 never did") and the worker restarted, a 28 s pause on every such
+    rebalance under load. Faust reads the committed offset afresh on assignment: past what we
+    saw, it is where this partition now continues. A real hole there is still found."""
+    guard = GapGuard()
+    guard.advance(1, 4892)
+    assert guard.check(1, 7310, committed=7310) is None  # back after the other worker's 4893..7309
+    guard.advance(1, 7310)
+    assert guard.check(1, 7311, committed=7310) is None
+    assert guard.check(1, 7315, committed=7310) == 7311  # faust#596's hole after the move: caught
+    assert guard.check(1, 7312, committed=7300) == 7311  # a committed offset behind us changes nothing
+    # back, but Faust skipped records past the other worker's commit: still a gap
+    assert guard.check(1, 9000, committed=8000) == 8000
+
+
 def test_hold_ack_failpoint_holds_its_range_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     marker = tmp_path / "hold"
     monkeypatch.setenv("PERSONA_FAILPOINT_HOLD_ACK", str(marker))
