@@ -181,7 +181,7 @@ def bench_scale(
     """Events/s of 1, 2, 4 workers in one group on 8 partitions; the pause when a worker joins or leaves."""
     from bench.scale import run
 
-    report = run(bootstrap, _data_dir(), events, tuple(int(x) for x in workers.split(",")))
+    report = run(bootstrap, _data_dir(), events, tuple(int(x) for x in workers.split(",") if x.strip()))
     _print_report("persona bench scale", {k: v for k, v in report.items() if k not in ("rows", "rebalance")})
     from rich.table import Table
 

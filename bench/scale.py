@@ -139,8 +139,10 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
             raise RuntimeError(f"{workers} workers did not finish in time")
         row["eps"] = (samples[-1][1] - first_n) / (samples[-1][0] - first_t)
         row["seconds"] = samples[-1][0] - first_t
-        for what, at in changes:
-            row[f"{what}_pause_s"] = _longest_pause(samples, at)
+        # Each change's window ends at the next change: a pause is charged to the change before it.
+        ends = [at for _, at in changes[1:]] + [samples[-1][0]]
+        for (what, at), end in zip(changes, ends, strict=True):
+            row[f"{what}_pause_s"] = _longest_pause(samples, at, window=min(60.0, end - at))
         row["worker_restarts"] = group.restarts
     finally:
         group.close()
@@ -169,9 +171,10 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts
         stamp = int(time.time())
         for workers in counts:
             report["rows"].append(throughput(bs, f"scale{stamp}w{workers}", work, workers, catalog, behaviour))
-        base = report["rows"][0]["eps"]
-        for row in report["rows"]:
-            row["speedup"] = row["eps"] / base
+        if report["rows"]:
+            base = report["rows"][0]["eps"]
+            for row in report["rows"]:
+                row["speedup"] = row["eps"] / base
         report["rebalance"] = throughput(bs, f"scale{stamp}rb", work, 2, catalog, behaviour, rebalance=True)
     report["load_1m_end"] = os.getloadavg()[0]
     return report
