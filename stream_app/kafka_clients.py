@@ -265,3 +265,18 @@ def preflight(settings: Settings, timeout_s: float = 30.0) -> Any:
             raise AuthenticationError(_explain(settings, refused[0]))
         if time.monotonic() > deadline:
             raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers} within {timeout_s:.0f} s: {last}")
+
+
+def group_committed(settings: Settings, group: str, topic: str, partition: int, timeout_s: float = 10.0) -> int | None:
+    """The offset ``group`` has committed on one partition now, from the broker (None: none
+    yet). Blocking: call it off the event loop."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(librdkafka(settings) | {"log_level": 2})
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, partition)])]
+    result = admin.list_consumer_group_offsets(request)[group].result(timeout=timeout_s)
+    for tp in result.topic_partitions:
+        if tp.error is None and tp.offset >= 0:
+            return int(tp.offset)
+    return None
