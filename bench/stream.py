@@ -206,7 +206,8 @@ def persona_worker(settings: Settings, n: int, workdir: Path, code: Path = REPO)
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
     try:
-        rate = drain_rate(worker, n, topic=settings.topic("purchase"))
+        # A million new users take ~20 minutes at a few hundred events/s: the timeout grows with n.
+        rate = drain_rate(worker, n, timeout=max(900.0, n / 300.0), topic=settings.topic("purchase"))
         time.sleep(2.0)  # let the last commit and compaction settle
         emitted = int(metric_sum(worker.metrics(), "persona_recommendations_emitted_total"))
         return rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir), emitted
