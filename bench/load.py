@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.reviews import AMAZON
 from bench.stream import _settings, broker
 from deploy.workers import WorkerProcess, group_lag, metric_sum
 from scoring.messages import decode as decode_recs
@@ -45,7 +46,6 @@ from stream_app.settings import Settings
 from stream_app.sources import read_events
 from stream_app.topics import ensure_topics
 
-AMAZON = Path("amazon2014-musical-instruments-5core") / "reviews_Musical_Instruments_5.json.gz"
 LEVELS = (100, 500, 1_000, 2_000)
 GOAL_P99_S = 1.0
 GOAL_AT = 1_000
