@@ -46,11 +46,22 @@ class ItemVector(msgspec.Struct, frozen=True):
     version: str
     #: digest of the encoded text (``text_digest``): a changed catalog text is re-encoded
     digest: str
-    #: float32 little-endian bytes, L2-normalised
+    #: float32 little-endian bytes of an L2-normalised vector rounded to float16 (``item_vector_bytes``)
     vector: bytes
 
     def array(self) -> Vector:
         return np.frombuffer(self.vector, dtype="<f4")
+
+
+def item_vector_bytes(vector: npt.ArrayLike) -> bytes:
+    """An item vector as published: float32 bytes of float16-rounded values.
+
+    Every worker holds every item's vector (the item-vector replica), so float16 halves what
+    the catalog costs each worker; rounding where the vector is made (not where it is held)
+    means the replica, the content index and the evaluator all use the very same values, and
+    the replica's float16 copy is exact. The rounding (~5e-4 relative) is far below what
+    separates one item from another."""
+    return np.asarray(vector, dtype=np.float32).astype(np.float16).astype("<f4").tobytes()
 
 
 def text_digest(text: str) -> str:

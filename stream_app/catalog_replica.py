@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -97,7 +98,13 @@ class TopicTail:
 
 class CatalogReplica(TopicTail):
     """The item catalog. Invalid catalog records are skipped here; the items agent (a
-    group member) is the one that dead-letters them, once."""
+    group member) is the one that dead-letters them, once.
+
+    Item text is held until the item has a vector of the current encoder version for that
+    text (``state.catalog``): :meth:`vector_arrived` drops it, and so does reading an entry
+    whose vector is already there (``current_digest``). A new encoder version needs every
+    text again: :meth:`texts_needed` reads the topic again (only if some text was dropped).
+    """
 
     def __init__(self, settings: Settings, topic: str, partitions: int, max_bytes: int) -> None:
         super().__init__(settings, topic, partitions)
@@ -107,6 +114,11 @@ class CatalogReplica(TopicTail):
         #: items whose catalog entry changed since the item encoder last looked
         self.changed: set[str] = set()
         self._max_bytes = max_bytes
+        #: the digest of the current-version vector held for an item, if any (the vector replica's)
+        self.current_digest: Callable[[str], str | None] = lambda item_id: None
+        #: set at the first catch-up and never cleared: a re-read for a new encoder version
+        #: (:meth:`texts_needed`) does not make the worker unready
+        self.was_ready = False
 
     def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
         result = decode("item", key, value, max_bytes=self._max_bytes)
@@ -114,6 +126,9 @@ class CatalogReplica(TopicTail):
             if self.catalog.upsert(result):
                 self.partition_of[result.item_id] = partition
                 self.changed.add(result.item_id)
+                digest = self.current_digest(result.item_id)
+                if digest:
+                    self.catalog.drop_text(result.item_id, digest)
         elif not isinstance(result, DeadLetter):  # pragma: no cover
             log.warning("unexpected catalog record type %s", type(result))
 
@@ -121,5 +136,19 @@ class CatalogReplica(TopicTail):
         metrics.CATALOG_ITEMS.set(len(self.catalog))
 
     def on_ready(self) -> None:
-        log.info("catalog replica ready: %d items", len(self.catalog))
+        log.info("catalog replica ready: %d items (%d without their encoded text)", len(self.catalog), self.catalog.dropped)
         metrics.CATALOG_READY.set(1)
+        self.was_ready = True
+
+    def vector_arrived(self, item_id: str, digest: str) -> None:
+        """A vector of the current encoder version for ``item_id``'s text with ``digest``."""
+        self.catalog.drop_text(item_id, digest)
+
+    def texts_needed(self) -> bool:
+        """Some text was dropped and is needed again (a new encoder version, a lost vector):
+        read the topic again, keeping what has no current vector. Returns whether it rewinds."""
+        if not self.catalog.dropped:
+            return False
+        log.info("catalog replica: reading the items topic again for %d dropped texts", self.catalog.dropped)
+        self.rewind()
+        return True

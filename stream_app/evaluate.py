@@ -50,7 +50,7 @@ from scoring.messages import decode as decode_recs
 from scoring.ranker import Scorer, Weights
 from state.catalog import Catalog
 from state.events import DeadLetter, Event, EventKind, Impression, Item, Review, encode, key_of, kind_of
-from state.interest import ItemVector, text_digest
+from state.interest import ItemVector, item_vector_bytes, text_digest
 from state.profile import EVENT_WEIGHTS, Encoding, Profile
 from stream_app.pipeline import APPLIED, Pipeline, Record
 from stream_app.reviews import review_text
@@ -321,7 +321,7 @@ class Replay:
             vectors, _ = encode_cached(encoder, [e.text for _, e in items])
             for (n, e), v in zip(items, vectors, strict=True):
                 self.item_vectors[n] = ItemVector(
-                    item_id=e.item_id, version=version, digest=text_digest(e.text), vector=np.asarray(v, dtype="<f4").tobytes()
+                    item_id=e.item_id, version=version, digest=text_digest(e.text), vector=item_vector_bytes(v)
                 )
 
     # --- similarity for diversity --------------------------------------------------------

@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
+import numpy as np
 
-from state.interest import ItemVector, text_digest
+from state.interest import ItemVector, item_vector_bytes, text_digest
 from stream_app import metrics
 from stream_app.catalog_replica import CatalogReplica, TopicTail
 from stream_app.reviews import EncoderHolder
@@ -50,21 +51,33 @@ def loads(data: bytes) -> ItemVector:
 
 
 class VectorReplica(TopicTail):
-    """The latest vector of every item, for one wanted encoder version."""
+    """The latest vector of every item, for one wanted encoder version.
+
+    Held in float16 (half of float32, which was the largest part of a worker's catalog
+    memory; ``bench/catalog.py``): published vectors are float16-rounded already
+    (``state.interest.item_vector_bytes``), so the copy is exact; a record from before that
+    rounding is rounded here. The version is the wanted one, not stored per item."""
 
     def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
         super().__init__(settings, topic, partitions)
         self.wanted: str | None = None
-        self._vectors: dict[str, ItemVector] = {}
+        #: item -> (text digest, float16 little-endian bytes)
+        self._vectors: dict[str, tuple[str, bytes]] = {}
         #: told of every vector of the wanted version (the pipeline's content index)
         self.on_vector: Callable[[ItemVector], None] | None = None
+        #: told when the wanted version changes (the catalog needs every text again)
+        self.on_version: Callable[[str | None], None] | None = None
 
     def __len__(self) -> int:
         return len(self._vectors)
 
     def get(self, item_id: str) -> ItemVector | None:
-        vector = self._vectors.get(item_id)
-        return vector if vector is not None and vector.version == self.wanted else None
+        held = self._vectors.get(item_id)
+        if held is None or self.wanted is None:
+            return None
+        digest, half = held
+        vector = np.frombuffer(half, dtype="<f2").astype("<f4").tobytes()
+        return ItemVector(item_id=item_id, version=self.wanted, digest=digest, vector=vector)
 
     def want(self, version: str | None) -> None:
         """Hold the vectors of ``version`` from now on (re-reads the topic if it changed)."""
@@ -72,6 +85,8 @@ class VectorReplica(TopicTail):
             self.wanted = version
             self.on_rewind()  # now, not when the read loop wakes: no old vector is served after this
             self.rewind()
+            if self.on_version is not None:
+                self.on_version(version)
 
     def on_rewind(self) -> None:
         self._vectors.clear()
@@ -92,9 +107,11 @@ class VectorReplica(TopicTail):
             log.error("unreadable item vector at key %r: %s", key, exc)
             return
         if vector.version == self.wanted:
-            self._vectors[vector.item_id] = vector
+            half = np.frombuffer(vector.vector, dtype="<f4").astype("<f2")
+            self._vectors[vector.item_id] = (vector.digest, half.tobytes())
             if self.on_vector is not None:
-                self.on_vector(vector)
+                # The held values, so the content index and the interest see the same vector.
+                self.on_vector(msgspec.structs.replace(vector, vector=half.astype("<f4").tobytes()))
 
     def after_batch(self) -> None:
         metrics.ITEM_VECTORS.set(len(self._vectors))
@@ -137,20 +154,28 @@ class ItemEncoder:
             self._todo |= self._catalog.changed
             self._catalog.changed.clear()
         out: list[tuple[str, str]] = []
+        dropped = False
         while self._todo and len(out) < self._batch:
             item_id = self._todo.pop()
             if self._catalog.partition_of.get(item_id) not in owned:
                 continue
             entry = self._catalog.catalog.get(item_id)
-            if entry is None or not entry.text:
+            if entry is None or not entry.digest:
                 continue
-            digest = text_digest(entry.text)
+            digest = entry.digest
             have = self._vectors.get(item_id)
             if have is not None and have.version == version and have.digest == digest:
                 continue
             if self._sent.get(item_id) == (version, digest):
                 continue
+            if not entry.text:
+                # Dropped once its vector existed, and that vector is gone (another version, a
+                # lost record): the re-read brings the text back and marks the item changed.
+                dropped = True
+                continue
             out.append((item_id, entry.text))
+        if dropped:
+            self._catalog.texts_needed()
         return out
 
     async def step(self) -> int:
@@ -171,7 +196,8 @@ class ItemEncoder:
         metrics.ENCODE_TEXTS.observe(len(work))
         for (item_id, text), encoding in zip(work, encodings, strict=True):
             digest = text_digest(text)
-            vector = ItemVector(item_id=item_id, version=version, digest=digest, vector=encoding.vector)
+            rounded = item_vector_bytes(np.frombuffer(encoding.vector, dtype="<f4"))
+            vector = ItemVector(item_id=item_id, version=version, digest=digest, vector=rounded)
             # Same partition as the item's catalog record: one owner for both.
             await self._send(item_id.encode(), dumps(vector), self._catalog.partition_of[item_id])
             self._sent[item_id] = (version, digest)
@@ -182,6 +208,28 @@ class ItemEncoder:
         while True:
             if not await self.step():
                 await asyncio.sleep(self._idle_s)
+
+
+def link_replicas(catalog: CatalogReplica, vectors: VectorReplica, on_vector: Callable[[ItemVector], None] | None = None) -> None:
+    """Wires a worker's two replicas: every vector of the wanted version goes to ``on_vector``
+    (the pipeline's content index) and lets the catalog drop the text it was made from; a new
+    wanted version makes the catalog read its texts again (``CatalogReplica``)."""
+
+    def arrived(vector: ItemVector) -> None:
+        if on_vector is not None:
+            on_vector(vector)
+        catalog.vector_arrived(vector.item_id, vector.digest)
+
+    def current_digest(item_id: str) -> str | None:
+        vector = vectors.get(item_id)
+        return None if vector is None else vector.digest
+
+    vectors.on_vector = arrived
+    def version_changed(version: str | None) -> None:
+        catalog.texts_needed()
+
+    vectors.on_version = version_changed
+    catalog.current_digest = current_digest
 
 
 def owned_partitions(assignment: Iterable[Any], topic: str) -> set[int]:

@@ -422,7 +422,7 @@ class Pipeline(ErasureSteps):
         vector = self.vectors.get(item_id)
         if vector is None:
             entry = self.catalog.get(item_id)
-            if entry is not None and entry.text:
+            if entry is not None and entry.digest:
                 metrics.ITEM_VECTOR_MISSES.inc()
         return vector
 

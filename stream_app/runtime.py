@@ -14,7 +14,7 @@ from scoring.shared import Delta
 from state.events import EVENT_KINDS, DeadLetter, EventKind
 from stream_app import dlq
 from stream_app.catalog_replica import CatalogReplica
-from stream_app.item_vectors import VectorReplica
+from stream_app.item_vectors import VectorReplica, link_replicas
 from stream_app.pipeline import Pipeline, Record, Result
 from stream_app.profile_store import ProfileStore
 from stream_app.settings import Settings
@@ -81,7 +81,7 @@ class Runtime:
             emit=lambda key, value: self.recs_topic.send_soon(key=key, value=value),
             publish=self._publish,
         )
-        self.vectors.on_vector = self.pipeline.add_item_vector
+        link_replicas(self.replica, self.vectors, self.pipeline.add_item_vector)
         self.shared = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, self.pipeline)
 
     def _publish(self, delta: Delta) -> None:

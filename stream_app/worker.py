@@ -315,7 +315,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.page("/ready")
     async def ready_view(web: Any, request: Any) -> Any:
-        ready = runtime.replica.ready.is_set()
+        ready = runtime.replica.was_ready  # a re-read for a new encoder version keeps it ready
         return web.json({"ready": ready, "catalog_items": len(runtime.replica.catalog)}, status=200 if ready else 503)
 
     return app, runtime

@@ -14,7 +14,7 @@ import numpy as np
 from state.events import Item, encode, item_text
 from state.interest import ItemVector, text_digest
 from stream_app.catalog_replica import CatalogReplica
-from stream_app.item_vectors import ItemEncoder, VectorReplica, dumps, loads
+from stream_app.item_vectors import ItemEncoder, VectorReplica, dumps, link_replicas, loads
 from stream_app.reviews import EncoderHolder
 from stream_app.settings import Settings
 
@@ -37,9 +37,12 @@ class CountingEncoder:
 
 
 class Setup:
-    def __init__(self, owned: set[int], version: str = "v1") -> None:
+    def __init__(self, owned: set[int], version: str = "v1", *, linked: bool = False) -> None:
         self.catalog = CatalogReplica(Settings(bootstrap_servers="unused:9092"), "items", 2, 65_536)
         self.vectors = VectorReplica(Settings(bootstrap_servers="unused:9092"), "items.vectors", 2)
+        self.indexed: list[str] = []
+        if linked:  # as the worker's Runtime wires them
+            link_replicas(self.catalog, self.vectors, lambda v: self.indexed.append(v.item_id))
         self.holder = EncoderHolder(registry=Path("/nonexistent"))
         self.holder.encoder = CountingEncoder(version)
         self.vectors.want(version)
@@ -122,3 +125,85 @@ def test_the_replica_keeps_only_the_wanted_version() -> None:
     r.apply(0, b"c", b"not msgpack of an item vector")
     r.apply(0, b"d", None)  # a tombstone
     assert r.get("a") is None and r.get("b") == new and len(r) == 1
+
+
+def _texts(s: Setup) -> dict[str, str]:
+    return {i: e.text for i in sorted(s.catalog.catalog.ids()) if (e := s.catalog.catalog.get(i)) is not None}
+
+
+def test_an_items_text_is_dropped_once_its_vector_exists_and_a_changed_text_is_kept_until_encoded() -> None:
+    s = Setup(owned={0, 1}, linked=True)
+    items = [s.item(f"i{i}", i % 2, f"title {i}", text=f"description {i}") for i in range(4)]
+    assert s.drain() == 4
+    assert all(_texts(s).values())  # sent, not yet read back: the texts are still needed
+    s.read_back()
+    assert _texts(s) == {f"i{i}": "" for i in range(4)} and s.catalog.catalog.dropped == 4
+    assert sorted(s.indexed) == [f"i{i}" for i in range(4)]  # the content index still gets every vector
+    for item in items:  # what is kept tells a changed text: the digest of the one encoded
+        entry = s.catalog.catalog.get(item.item_id)
+        assert entry is not None and entry.digest == text_digest(item_text(item.title, item.categories, item.text))
+    # Read again (a restart's catch-up, or a re-announced item) with a vector already there: dropped at once.
+    s.item("i0", 0, "title 0", ts=2.0, text="description 0")
+    assert _texts(s)["i0"] == "" and s.catalog.catalog.dropped == 4
+    # A changed text is held until its own vector is read back, then dropped.
+    s.item("i1", 1, "title 1", ts=2.0, text="description 1, revised")
+    assert _texts(s)["i1"] == item_text("title 1", ["c"], "description 1, revised") and s.catalog.catalog.dropped == 3
+    assert s.drain() == 1
+    s.read_back()
+    assert _texts(s)["i1"] == "" and s.catalog.catalog.dropped == 4
+    assert s.drain() == 0  # nothing re-encoded for want of a text
+
+
+def test_a_new_encoder_version_reads_the_dropped_texts_again_and_encodes_every_item() -> None:
+    s = Setup(owned={0, 1}, linked=True)
+    items = [s.item(f"i{i}", i % 2, f"title {i}", text=f"description {i}") for i in range(3)]
+    s.drain()
+    s.read_back()
+    assert s.catalog.catalog.dropped == 3
+    s.holder.encoder = CountingEncoder("v2")
+    s.vectors.want("v2")
+    assert not s.catalog.ready.is_set() and s.catalog._rewind  # asked to read the items topic again
+    for i, item in enumerate(items):  # what the tail reads again: no v2 vector yet, so the texts stay
+        s.catalog.apply(i % 2, item.item_id.encode(), encode(item))
+    assert all(_texts(s).values()) and s.catalog.catalog.dropped == 0
+    s.catalog.ready.set()
+    s.vectors.ready.set()
+    assert s.drain() == 3
+    assert {v.version for _, v, _ in s.sent[-3:]} == {"v2"}
+    s.read_back()  # v1 records are ignored now, the v2 ones drop the texts
+    assert _texts(s) == {"i0": "", "i1": "", "i2": ""}
+
+
+def test_a_dropped_text_whose_vector_is_gone_makes_the_catalog_read_it_again() -> None:
+    s = Setup(owned={0}, linked=True)
+    s.item("a", 0, "Guitar strings")
+    s.drain()
+    s.read_back()
+    assert _texts(s) == {"a": ""}
+    s.vectors.on_rewind()  # the vector is no longer held (as if never read back)
+    s.encoder._sent.clear()
+    s.owned = {0}
+    s.encoder._partitions = set()  # a new assignment: a full pass
+    assert s.drain() == 0 and not s.catalog.ready.is_set()  # nothing to encode from, so: read again
+
+
+def test_published_vectors_are_float16_rounded_and_the_replica_serves_exactly_what_was_published() -> None:
+    s = Setup(owned={0}, linked=True)
+    s.item("a", 0, "Guitar strings", text="Nickel wound, light gauge")
+    s.drain()
+    _, published, _ = s.sent[0]
+    raw = s.holder.encoder.encode([item_text("Guitar strings", ["c"], "Nickel wound, light gauge")])[0]  # type: ignore[union-attr]
+    want = raw.astype(np.float16).astype(np.float32)
+    assert np.array_equal(published.array(), want) and not np.array_equal(published.array(), raw.astype(np.float32))
+    s.read_back()
+    held = s.vectors.get("a")
+    assert held == published  # the float16 copy is exact for a rounded vector
+    # A record written before the rounding (full float32) is served, and indexed, rounded.
+    old = ItemVector(item_id="b", version="v1", digest="d", vector=np.array([0.1, 0.2, 0.3], dtype="<f4").tobytes())
+    seen: list[ItemVector] = []
+    s.vectors.on_vector = seen.append
+    s.vectors.apply(0, b"b", dumps(old))
+    got = s.vectors.get("b")
+    rounded = np.array([0.1, 0.2, 0.3], dtype=np.float16).astype(np.float32)
+    assert got is not None and np.array_equal(got.array(), rounded) and got.digest == "d" and got.version == "v1"
+    assert seen == [got]
