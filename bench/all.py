@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PARTS = ("stream", "ranking", "memory", "encoder", "reviews", "load", "scale")
+PARTS = ("stream", "ranking", "memory", "catalog", "encoder", "reviews", "load", "scale")
 
 
 def _settings_summary() -> dict[str, Any]:
@@ -35,12 +35,13 @@ def _settings_summary() -> dict[str, Any]:
 
 
 def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
-    from bench import encoder, load, memory, ranking, reviews, scale, stream
+    from bench import catalog, encoder, load, memory, ranking, reviews, scale, stream
 
     jobs: dict[str, Callable[[], Any]] = {
         "stream": lambda: stream.run(bootstrap, data_dir, 20_000 if quick else None, 10_000 if quick else 100_000),
         "ranking": lambda: ranking.run(data_dir, rankings=200 if quick else 2_000, eval_events=3_000 if quick else 30_000),
         "memory": lambda: memory.run(bootstrap, profiles=20_000 if quick else 100_000),
+        "catalog": lambda: catalog.run(data_dir, items=20_000 if quick else 100_000),
         "encoder": lambda: [
             {**r.__dict__, "ratio": r.ratio} for r in encoder.run(registry, texts=128 if quick else 1024, export_missing=False)
         ],
@@ -87,6 +88,12 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append(("memory", f"{name} RSS per 100k profiles (MB)", f"{m[name]['rss_bytes_per_100k_profiles'] / 1e6:.1f}"))
     if "rss_after_vs_before" in m:
         rows.append(("memory", "rss_after_vs_before", f"{m['rss_after_vs_before']:.3f}"))
+    c = parts.get("catalog", {}).get("result") or {}
+    for name, row in (c.get("parts") or {}).items():
+        rows.append(("catalog", f"{name}: MB per 100k items", f"{row['bytes_per_100k_items'] / 1e6:.1f}"))
+    for key in ("catalog_vs_catalog_text", "vectors_vs_vectors_f32", "content_f16_vs_content_f32", "worker_vs_worker_before"):
+        if key in c:
+            rows.append(("catalog", key, f"{c[key]:.3f}"))
     for row in parts.get("encoder", {}).get("result") or []:
         rows.append(("encoder", f"{row.get('variant')} batch {row.get('batch')}: path/bare", f"{row.get('ratio', float('nan')):.3f}"))
     for row in parts.get("reviews", {}).get("result") or []:

@@ -202,7 +202,7 @@ def bench_scale(
 def bench_all(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one per part).")] = None,
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
-    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = "stream,ranking,memory,encoder,reviews,load,scale",
+    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = "stream,ranking,memory,catalog,encoder,reviews,load,scale",
     quick: Annotated[bool, typer.Option(help="Reduced sizes (a smoke run; figures not comparable).")] = False,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("var/bench"),
 ) -> None:
@@ -238,6 +238,28 @@ def bench_memory(
             if k != "settings":
                 flat[f"{name}.{k}"] = v
     _print_report("persona bench memory", flat)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
+@app.command("catalog")
+def bench_catalog(
+    items: Annotated[int, typer.Option(help="Catalog items built per part.")] = 100_000,
+    parts: Annotated[str, typer.Option(help="Comma-separated parts (default: all).")] = "",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """Catalog and item-vector memory per 100k items, part by part: before and after issue 13."""
+    from bench.catalog import PARTS, run
+
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip()) or PARTS
+    unknown = sorted(set(chosen) - set(PARTS))
+    if unknown:
+        raise typer.BadParameter(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+    report = run(_data_dir(), items=items, parts=chosen)
+    flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
+    for name, row in report["parts"].items():
+        flat[f"{name} MB per 100k items"] = round(row["bytes_per_100k_items"] / 1e6, 1)
+    _print_report("persona bench catalog", flat)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
 
