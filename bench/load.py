@@ -138,6 +138,13 @@ def _applied(worker: WorkerProcess) -> float:
     return metric_sum(m, "persona_events_total")
 
 
+def _ranking(worker: WorkerProcess) -> tuple[float, float, float]:
+    """(rankings, wall seconds, CPU seconds of the ranking thread) so far."""
+    m = worker.metrics()
+    return (metric_sum(m, "persona_ranking_seconds_count"), metric_sum(m, "persona_ranking_seconds_sum"),
+            metric_sum(m, "persona_ranking_cpu_seconds_total"))
+
+
 def run(
     bootstrap: str | None, data_dir: Path, registry: Path, *, levels: tuple[int, ...] = LEVELS, seconds: float = 30.0
 ) -> dict[str, Any]:
@@ -167,7 +174,7 @@ def run(
                     row["not_run"] = f"saturated at {saturated_at} events/s"
                     report["levels"].append(row)
                     continue
-                before, t0 = _applied(worker), time.monotonic()
+                before, ranked, t0 = _applied(worker), _ranking(worker), time.monotonic()
                 sent = offer(settings, n, rate, seconds, reviews, seed=n)
                 elapsed = time.monotonic() - t0
                 applied = _applied(worker) - before
@@ -175,6 +182,10 @@ def run(
                 drain_started = time.monotonic()
                 _drain(settings, inputs, worker, 600)
                 per_event, per_message, missing = latencies(settings, n, sent)
+                count, wall, cpu = (b - a for a, b in zip(ranked, _ranking(worker), strict=True))
+                if count:
+                    # Wall time well above CPU time: the rankings wait for the cores, not compute.
+                    row.update(rankings=int(count), ranking_ms_mean=1000 * wall / count, ranking_cpu_ms_mean=1000 * cpu / count)
                 row.update(
                     events=sum(len(t) for t in sent.values()),
                     offered_actual_eps=sum(len(t) for t in sent.values()) / elapsed,

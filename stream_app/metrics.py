@@ -50,6 +50,18 @@ PROCESSING = Histogram(
     buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0),
     registry=REGISTRY,
 )
+RANKING = Histogram(
+    "persona_ranking_seconds",
+    "Wall time of one emitted message's ranking (candidates, scores, reasons).",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=REGISTRY,
+)
+RANKING_CPU = Counter(
+    "persona_ranking_cpu_seconds",
+    "CPU time of the ranking thread spent in those rankings: well below persona_ranking_seconds_sum "
+    "means the rankings wait (the GIL, other threads on the cores), not work.",
+    registry=REGISTRY,
+)
 EVENT_TO_EMIT = Histogram(
     "persona_event_to_emit_seconds",
     "Event time of the triggering event to the recommendation being emitted.",

@@ -460,7 +460,10 @@ class Pipeline(ErasureSteps):
         )
 
     def emit(self, user_id: str, profile: Profile, trigger: Trigger) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()  # metrics only: scores never see a clock
         message = self.recommend(profile, trigger.event_ts)
+        metrics.RANKING.observe(time.perf_counter() - wall)
+        metrics.RANKING_CPU.inc(time.thread_time() - cpu)
         self._emit_raw(user_id.encode(), encode_recs(message))
         self.live.ranked(user_id, SERVED, message.model, [s.item_id for s in message.items])
         c = self.candidate

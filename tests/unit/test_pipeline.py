@@ -276,3 +276,19 @@ def test_blend_pipeline_emits_what_the_ranker_computes_on_independent_state() ->
         assert [(s.item_id, s.score, s.reasons) for s in msg.items] == [(s.item_id, s.score, s.reasons) for s in want]
         assert msg.model == "blend-v1"
         assert not {s.item_id for s in msg.items} & set(truth[e.user_id].purchased)
+
+
+def test_every_emitted_message_records_its_ranking_time_and_cpu() -> None:
+    from stream_app import metrics
+
+    def totals() -> tuple[float, float, float]:
+        got = {s.name: s.value for fam in metrics.REGISTRY.collect() for s in fam.samples}
+        return got["persona_ranking_seconds_count"], got["persona_ranking_seconds_sum"], got["persona_ranking_cpu_seconds_total"]
+
+    pipe, _, sent, _ = _pipeline()
+    before = totals()
+    for offset, e in enumerate(_purchases(12)):
+        pipe.process("purchase", _record(e, offset))
+    count, wall, cpu = (b - a for a, b in zip(before, totals(), strict=True))
+    assert count == len(sent) == 12
+    assert wall > 0 and 0 < cpu <= wall * 1.5 + 0.01  # thread CPU time cannot far exceed wall time
