@@ -288,3 +288,29 @@ def test_importing_the_encoders_runtime_afterwards_does_not_crash() -> None:
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), cwd=root, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_regression_tied_vectors_do_not_scan_the_whole_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench load's catalog gave every item the text of one category name, so every item had one
+    # vector: the boundary never settled and 99% of searches enumerated the whole index.
+    rng = np.random.default_rng(4)
+    twin = unit_rows(rng, 1)[0]
+    index = ContentIndex()
+    for i, row in enumerate(unit_rows(rng, 100)):
+        index.upsert(f"other-{i}", V1, row)
+    for i in range(700):
+        index.upsert(f"twin-{i}", V1, twin)
+    scored: list[int] = []
+    cosines = ContentIndex._cosines
+
+    def counting(self: ContentIndex, q: npt.NDArray[np.float64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        scored.append(len(rows))
+        return cosines(self, q, rows)
+
+    monkeypatch.setattr(ContentIndex, "_cosines", counting)
+    got = index.search(twin, 10, version=V1, exclude={"twin-0"})
+    assert len(got) == 10 and all(i.startswith("twin-") and i != "twin-0" and s == 1.0 for i, s in got)
+    assert sum(scored) <= 2 * (2 * 10 + 1) + (2 * 10 + 1)  # the first count, then one doubling: never the 800 items
+    assert got == index.search(twin, 10, version=V1, exclude={"twin-0"})  # the graph's order is deterministic
+    # Without ties the boundary still settles exactly (the brute-force tests above), and a graph that
+    # reaches too few items still falls back to exact search (test_falls_back_to_exact_search...).
