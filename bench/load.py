@@ -140,11 +140,11 @@ def _applied(worker: WorkerProcess) -> float:
     return metric_sum(m, "persona_events_total")
 
 
-def _ranking(worker: WorkerProcess) -> tuple[float, float, float]:
-    """(rankings, wall seconds, CPU seconds of the ranking thread) so far."""
+def _ranking(worker: WorkerProcess) -> tuple[float, float, float, float]:
+    """(rankings, their wall seconds, their CPU seconds, seconds the encoder was encoding) so far."""
     m = worker.metrics()
     return (metric_sum(m, "persona_ranking_seconds_count"), metric_sum(m, "persona_ranking_seconds_sum"),
-            metric_sum(m, "persona_ranking_cpu_seconds_total"))
+            metric_sum(m, "persona_ranking_cpu_seconds_total"), metric_sum(m, "persona_encode_batch_seconds_sum"))
 
 
 def run(
@@ -184,7 +184,9 @@ def run(
                 drain_started = time.monotonic()
                 _drain(settings, inputs, worker, 600)
                 per_event, per_message, missing = latencies(settings, n, sent)
-                count, wall, cpu = (b - a for a, b in zip(ranked, _ranking(worker), strict=True))
+                count, wall, cpu, encoding = (b - a for a, b in zip(ranked, _ranking(worker), strict=True))
+                # Share of the level (offer and drain) the encoder spent encoding: near 1, it is the limit.
+                row["encoder_busy"] = encoding / (time.monotonic() - t0)
                 if count:
                     # Wall time well above CPU time: the rankings wait for the cores, not compute.
                     row.update(rankings=int(count), ranking_ms_mean=1000 * wall / count, ranking_cpu_ms_mean=1000 * cpu / count)
