@@ -226,12 +226,15 @@ def bench_memory(
     small: Annotated[int, typer.Option(help="Users in the fixed-cost run.")] = 1_000,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
     configs: Annotated[str, typer.Option(help="before,after (after alone: the current defaults, e.g. a million users).")] = "before,after",
+    registry: Annotated[
+        Optional[Path], typer.Option(help="An encoder registry: profiles then carry interest vectors (the full profile).")
+    ] = None,
 ) -> None:
     """RSS and disk per 100k profiles: the previous cache and RocksDB settings against the current defaults."""
     from bench.memory import run
 
     chosen = tuple(c.strip() for c in configs.split(",") if c.strip())
-    report = run(bootstrap, profiles=profiles, small=small, configs=chosen)
+    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry)
     flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
     for name in chosen:
         for k, v in report[name].items():

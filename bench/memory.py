@@ -6,8 +6,10 @@ footprint run of ``bench stream``): once with ``--small`` users (the fixed cost:
 Faust, catalog, scoring state) and once with ``--profiles`` users; the difference, scaled, is
 the memory per 100k profiles. "before" is the previous setting: a cache bounded at 50,000
 entries (about 107 MB of one-event profiles) and Faust's RocksDB defaults (64 MiB memtables,
-a 2 GiB block cache per partition); "after" is the current defaults. Profiles here carry
-behaviour only: no encoder is loaded, so no interest vectors (say so when quoting it).
+a 2 GiB block cache per partition); "after" is the current defaults. Without ``--registry``
+profiles carry behaviour only (no encoder is loaded, so no interest vectors: say so when
+quoting it); with it, each synthetic item has its own title, the worker encodes the catalog
+before the purchases are published, and every profile carries a 384-d interest vector.
 """
 
 from __future__ import annotations
@@ -30,21 +32,33 @@ BEFORE: dict[str, Any] = {
 }
 
 
-def _footprint(bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any]) -> tuple[float, int, int]:
+def _footprint(
+    bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any], registry: Path | None = None
+) -> tuple[float, int, int]:
     settings = _settings(bootstrap, tag, work / f"state-{tag}", **overrides)
+    if registry is not None:
+        settings = settings.model_copy(update={"model_registry": registry})
     ensure_topics(settings)
-    catalog, behaviour = synthetic_profiles(users)
+    catalog, behaviour = synthetic_profiles(users, titled=registry is not None)
     publish(settings, catalog)
-    publish(settings, behaviour)
-    rate, rss, disk, _ = persona_worker(settings, len(behaviour), work)
+    if registry is None:
+        publish(settings, behaviour)
+        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work)
+    else:
+        # Every purchase adds its item's text vector to the buyer's interest: the full profile.
+        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour)
     return rate, rss, disk
 
 
 def run(
-    bootstrap: str | None, profiles: int = 100_000, small: int = 1_000, configs: tuple[str, ...] = ("before", "after")
+    bootstrap: str | None, profiles: int = 100_000, small: int = 1_000, configs: tuple[str, ...] = ("before", "after"),
+    registry: Path | None = None,
 ) -> dict[str, Any]:
-    """``configs``: "before" and/or "after" (a million-user run of the current defaults alone)."""
-    report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0]}
+    """``configs``: "before" and/or "after" (a million-user run of the current defaults alone).
+    ``registry``: an encoder registry; the workers load it and every profile carries an interest
+    vector (both runs: the encoder's own memory is in the fixed cost, not per profile)."""
+    report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0],
+                              "interest_vectors": registry is not None}
     scale = 100_000 / (profiles - small)
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-memory-") as tmp:
         work = Path(tmp)
@@ -56,8 +70,8 @@ def run(
         for name, overrides in (("before", BEFORE), ("after", after)):
             if name not in configs:
                 continue
-            _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides)
-            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides)
+            _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides, registry)
+            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry)
             report[name] = {
                 "settings": overrides,
                 "rss_bytes_fixed": rss_small,

@@ -199,13 +199,21 @@ def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: 
     raise RuntimeError("worker did not finish in time")
 
 
-def persona_worker(settings: Settings, n: int, workdir: Path, code: Path = REPO) -> tuple[float, int, int, int]:
+def persona_worker(
+    settings: Settings, n: int, workdir: Path, code: Path = REPO, *, vectors_first: int = 0, then: list[Event] | None = None
+) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
-    the recommendation messages it emitted (after coalescing). ``code``: the source tree."""
+    the recommendation messages it emitted (after coalescing). ``code``: the source tree.
+    ``vectors_first``: wait until the worker holds that many item vectors (it encodes the
+    catalog) before publishing ``then`` (the behaviour), so every purchase finds its vector."""
     from deploy.workers import WorkerProcess, metric_sum
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
     try:
+        if vectors_first:
+            worker.wait_until(lambda m: metric_sum(m, "persona_item_vectors") >= vectors_first, timeout=600)
+        if then:
+            publish(settings, then)
         # A million new users take ~20 minutes at a few hundred events/s: the timeout grows with n.
         rate = drain_rate(worker, n, timeout=max(900.0, n / 300.0), topic=settings.topic("purchase"))
         time.sleep(2.0)  # let the last commit and compaction settle
@@ -225,10 +233,13 @@ def movielens_events(data_dir: Path, limit: int | None) -> tuple[list[Event], li
     return catalog, behaviour
 
 
-def synthetic_profiles(n: int, items: int = 1000) -> tuple[list[Event], list[Event]]:
-    """The footprint run's events: one purchase for each of ``n`` users."""
+def synthetic_profiles(n: int, items: int = 1000, *, titled: bool = False) -> tuple[list[Event], list[Event]]:
+    """The footprint run's events: one purchase for each of ``n`` users. ``titled``: each item
+    has its own title, so an encoder gives each its own text vector (interest vectors differ)."""
     catalog: list[Event] = [
-        Item(event_id=f"syn-i-{i}", ts=0.0, item_id=f"syn-i-{i}", categories=[f"syn-cat-{i % 20}"]) for i in range(items)
+        Item(event_id=f"syn-i-{i}", ts=0.0, item_id=f"syn-i-{i}", categories=[f"syn-cat-{i % 20}"],
+             title=f"Synthetic item {i}" if titled else "")
+        for i in range(items)
     ]
     behaviour: list[Event] = [
         Purchase(event_id=f"syn-p-{u}", ts=1_700_000_000.0 + u, user_id=f"syn-u-{u}", item_id=f"syn-i-{(u * 7919) % items}")
