@@ -49,7 +49,7 @@ from scoring.knn import WINDOW, ItemKNN
 from scoring.messages import decode as decode_recs
 from scoring.ranker import Scorer, Weights
 from state.catalog import Catalog
-from state.events import DeadLetter, Event, EventKind, Impression, Item, Review, encode, key_of, kind_of
+from state.events import DeadLetter, Event, EventKind, Impression, Item, Review, encode, item_text, key_of, kind_of
 from state.interest import ItemVector, item_vector_bytes, text_digest
 from state.profile import EVENT_WEIGHTS, Encoding, Profile
 from stream_app.pipeline import APPLIED, Pipeline, Record
@@ -312,17 +312,22 @@ class Replay:
         """Every review text and catalog item text of the replay, encoded once (cached)."""
         version = str(encoder.info.version)
         reviews = [(n, e) for n, e in enumerate(self.events) if isinstance(e, Review) and review_text(e).strip()]
-        items = [(n, e) for n, e in enumerate(self.events) if isinstance(e, Item) and e.text.strip()]
+        # What the worker's item encoder encodes: title, categories and description
+        # (state.events.item_text), not the description alone. The harness encoded only the
+        # description, so a catalog of titles without descriptions (MovieLens) had item vectors in
+        # the workers and none here, in the evaluation and in the ranker's training features:
+        # test_regression_harness_encodes_the_item_text_the_worker_encodes.
+        items = [
+            (n, e, text) for n, e in enumerate(self.events) if isinstance(e, Item) and (text := item_text(e.title, e.categories, e.text))
+        ]
         if reviews:
             vectors, sentiments = encode_cached(encoder, [review_text(e) for _, e in reviews])
             for (n, _), v, sent in zip(reviews, vectors, sentiments, strict=True):
                 self.encodings[n] = Encoding(version=version, vector=np.asarray(v, dtype="<f4").tobytes(), text_sentiment=float(sent))
         if items:
-            vectors, _ = encode_cached(encoder, [e.text for _, e in items])
-            for (n, e), v in zip(items, vectors, strict=True):
-                self.item_vectors[n] = ItemVector(
-                    item_id=e.item_id, version=version, digest=text_digest(e.text), vector=item_vector_bytes(v)
-                )
+            vectors, _ = encode_cached(encoder, [text for _, _, text in items])
+            for (n, e, text), v in zip(items, vectors, strict=True):
+                self.item_vectors[n] = ItemVector(item_id=e.item_id, version=version, digest=text_digest(text), vector=item_vector_bytes(v))
 
     # --- similarity for diversity --------------------------------------------------------
     def _categories(self, item_id: str) -> frozenset[str]:

@@ -509,3 +509,49 @@ def test_item_knn_cut_breaks_a_crc32_collision_by_id() -> None:
     assert knn.cooccurrence("a", second) == 1
     assert knn.cooccurrence("a", first) == 0
     assert knn.cooccurrence("a", "z") == 1
+
+
+def test_regression_harness_encodes_the_item_text_the_worker_encodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The harness encoded an item's description alone; the worker's item encoder encodes title,
+    # categories and description (state.events.item_text). MovieLens items (a title and genres, no
+    # description) had text vectors in the workers and none in the evaluation or the training features.
+    import hashlib
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from encoders.text_cache import CACHE_ENV
+    from state.events import item_text
+    from state.interest import item_vector_bytes, text_digest
+    from stream_app.evaluate import Replay
+
+    class Recorder:
+        info = SimpleNamespace(version="v-test", sha256="0" * 64)
+
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def encode(self, texts: list[str]) -> np.ndarray:
+            self.texts.extend(texts)
+            rows = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:8].astype(np.float32) + 1 for t in texts]
+            out = np.stack(rows)
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+        def sentiment(self, vectors: np.ndarray) -> np.ndarray:
+            return np.zeros(len(vectors), dtype=np.float32)
+
+    monkeypatch.setenv(CACHE_ENV, "off")
+    events: list[Event] = [
+        Item(event_id="i1", ts=1.0, item_id="m1", title="Fargo (1996)", categories=["Crime", "Drama"]),
+        Item(event_id="i2", ts=1.0, item_id="m2", title="Strings", categories=[], text="Nickel wound"),
+        Item(event_id="i3", ts=1.0, item_id="m3"),  # nothing to encode: no vector, as in the worker
+    ]
+    encoder = Recorder()
+    replay = Replay(events, SETTINGS, ks=(5,), variants=(), emit_interval_s=0.0, trace=None, encoder=encoder)  # type: ignore[arg-type]
+    want = {0: item_text("Fargo (1996)", ["Crime", "Drama"], ""), 1: item_text("Strings", [], "Nickel wound")}
+    assert sorted(encoder.texts) == sorted(want.values())
+    assert sorted(replay.item_vectors) == [0, 1]
+    for n, text in want.items():
+        vector = replay.item_vectors[n]
+        assert vector.digest == text_digest(text) and vector.version == "v-test"
+        assert vector.vector == item_vector_bytes(encoder.encode([text])[0])  # float16-rounded, as the worker publishes
