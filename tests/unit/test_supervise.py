@@ -205,3 +205,58 @@ def test_retried_coordinator_lookup_is_a_warning_not_an_error() -> None:
     fatal = logging.LogRecord("aiokafka", logging.ERROR, "x", 1, "Group Coordinator Request failed: %s",
                               (errors.GroupAuthorizationFailedError(),), None)
     assert f.filter(fatal) and fatal.levelno == logging.ERROR
+
+
+class _Consumer:
+    """What OrderCheck reads of Faust's consumer: its committed-offset view and the log start."""
+
+    def __init__(self, committed: dict[object, int], earliest: int = 0) -> None:
+        self._committed_offset = committed
+        self._earliest = earliest
+
+    async def earliest_offsets(self, *tps: object) -> dict[object, int]:
+        return dict.fromkeys(tps, self._earliest)
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+@pytest.mark.parametrize(("broker_committed", "restart"), [(2, False), (9, False), (1, True), (None, True)])
+def test_regression_gap_guard_asks_the_broker_when_a_returned_partition_looks_stale(
+    monkeypatch: pytest.MonkeyPatch, broker_committed: int | None, restart: bool
+) -> None:
+    """Regression (CI, 2026-12-02, test_an_erasure_during_a_rebalance_is_applied): a joining
+    worker applied offset 0 of a partition, lost it in a rebalance, and got it back after the
+    other worker had applied and committed offset 1; Faust's committed view still said 1, so
+    offset 2 looked like a lost record and the worker restarted. Any jump is now checked against
+    the group's committed offset on the broker; a hole nobody committed past still restarts."""
+    import faust
+
+    from stream_app import kafka_clients
+    from stream_app.settings import Settings
+    from stream_app.worker import OrderCheck
+
+    asked: list[tuple[str, str, int]] = []
+
+    def committed(settings: Settings, group: str, topic: str, partition: int, timeout_s: float = 10.0) -> int | None:
+        asked.append((group, topic, partition))
+        return broker_committed
+
+    monkeypatch.setattr(kafka_clients, "group_committed", committed)
+    tp = faust.types.TP("t.erasures", 0)
+    app = type("App", (), {"consumer": _Consumer({tp: 1})})()
+    settings = Settings(bootstrap_servers="unused:9092", app_id="persona-g")
+    check = OrderCheck(app, settings)  # type: ignore[arg-type]
+
+    async def run() -> list[object]:
+        first = await check.check(_Message("t.erasures", 0, 0))  # applied before the partition left
+        back = await check.check(_Message("t.erasures", 0, 2))  # given back: 1 went to the other worker
+        return [first, back]
+
+    first, back = asyncio.run(run())
+    assert first is None and asked == [("persona-g", "t.erasures", 0)]
+    assert (back is not None) == restart
+    if restart:
+        assert "offset 2 reached the agent but 1 never did" in back.reason  # type: ignore[union-attr]
