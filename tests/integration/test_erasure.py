@@ -121,8 +121,12 @@ def test_an_erasure_during_a_rebalance_is_applied(
     since = end_offsets(settings, settings.recommendations_topic)
 
     # A second worker joins: erasures go out one every 0.5 s from its start until after the
-    # group settles, so some arrive while partitions are revoked and reassigned.
-    second = worker_factory(settings, state_dir=tmp_path / "state-second", web_port=free_port())
+    # group settles, so some arrive while partitions are revoked and reassigned. Restarts are
+    # allowed: a record Faust drops while the joining worker recovers its table (faust#596) makes
+    # the gap guard restart that worker by design (seen in CI, 2026-12-02); what this test pins is
+    # that every erasure still reaches every copy.
+    first.allow_restarts = True
+    second = worker_factory(settings, allow_restarts=True, state_dir=tmp_path / "state-second", web_port=free_port())
     erased = users[:12]
     for user in erased:
         request_erasure(settings, user, ts=1_000.0)
@@ -138,10 +142,13 @@ def test_an_erasure_during_a_rebalance_is_applied(
     rebalances = metric_sum(first.metrics(), "persona_rebalances_total")
     applied = [metric_sum(w.metrics(), "persona_erasures_total") for w in (first, second)]
     purged = [metric_sum(w.metrics(), "persona_erased_copies_purged_total") for w in (first, second)]
+    restarts = [metric_sum(w.metrics(), "persona_supervisor_restarts_total") for w in (first, second)]
     assert first.stop() == 0 and second.stop() == 0
-    print(f"\nerasures applied by each worker: {applied}; stale copies purged: {purged}; first worker's rebalances: {rebalances:.0f}")
-    assert rebalances >= 2, "the second worker never caused a rebalance"
-    assert sum(applied) >= len(erased)
+    print(f"\nerasures applied by each worker: {applied}; stale copies purged: {purged}; first worker's rebalances: "
+          f"{rebalances:.0f}; supervisor restarts: {restarts}")
+    assert restarts[0] or rebalances >= 2, "the second worker never caused a rebalance"
+    if not any(restarts):  # a restarted worker's counters start again from zero
+        assert sum(applied) >= len(erased)
 
     held = rocksdb_contents(settings.state_dir) | rocksdb_contents(tmp_path / "state-second")
     assert not {u.encode() for u in erased} & set(held)
