@@ -79,6 +79,11 @@ class VectorReplica(TopicTail):
         vector = np.frombuffer(half, dtype="<f2").astype("<f4").tobytes()
         return ItemVector(item_id=item_id, version=self.wanted, digest=digest, vector=vector)
 
+    def digest(self, item_id: str) -> str | None:
+        """The text digest of the wanted-version vector held for ``item_id`` (no vector built)."""
+        held = self._vectors.get(item_id)
+        return None if held is None or self.wanted is None else held[0]
+
     def want(self, version: str | None) -> None:
         """Hold the vectors of ``version`` from now on (re-reads the topic if it changed)."""
         if version != self.wanted:
@@ -163,8 +168,7 @@ class ItemEncoder:
             if entry is None or not entry.digest:
                 continue
             digest = entry.digest
-            have = self._vectors.get(item_id)
-            if have is not None and have.version == version and have.digest == digest:
+            if self._vectors.wanted == version and self._vectors.digest(item_id) == digest:
                 continue
             if self._sent.get(item_id) == (version, digest):
                 continue
@@ -220,16 +224,12 @@ def link_replicas(catalog: CatalogReplica, vectors: VectorReplica, on_vector: Ca
             on_vector(vector)
         catalog.vector_arrived(vector.item_id, vector.digest)
 
-    def current_digest(item_id: str) -> str | None:
-        vector = vectors.get(item_id)
-        return None if vector is None else vector.digest
-
-    vectors.on_vector = arrived
     def version_changed(version: str | None) -> None:
         catalog.texts_needed()
 
+    vectors.on_vector = arrived
     vectors.on_version = version_changed
-    catalog.current_digest = current_digest
+    catalog.current_digest = vectors.digest
 
 
 def owned_partitions(assignment: Iterable[Any], topic: str) -> set[int]:
