@@ -515,30 +515,11 @@ def test_regression_harness_encodes_the_item_text_the_worker_encodes(monkeypatch
     # The harness encoded an item's description alone; the worker's item encoder encodes title,
     # categories and description (state.events.item_text). MovieLens items (a title and genres, no
     # description) had text vectors in the workers and none in the evaluation or the training features.
-    import hashlib
-    from types import SimpleNamespace
-
-    import numpy as np
-
     from encoders.text_cache import CACHE_ENV
     from state.events import item_text
     from state.interest import item_vector_bytes, text_digest
     from stream_app.evaluate import Replay
-
-    class Recorder:
-        info = SimpleNamespace(version="v-test", sha256="0" * 64)
-
-        def __init__(self) -> None:
-            self.texts: list[str] = []
-
-        def encode(self, texts: list[str]) -> np.ndarray:
-            self.texts.extend(texts)
-            rows = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:8].astype(np.float32) + 1 for t in texts]
-            out = np.stack(rows)
-            return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-        def sentiment(self, vectors: np.ndarray) -> np.ndarray:
-            return np.zeros(len(vectors), dtype=np.float32)
+    from tests.support import CountingEncoder
 
     monkeypatch.setenv(CACHE_ENV, "off")
     events: list[Event] = [
@@ -546,8 +527,8 @@ def test_regression_harness_encodes_the_item_text_the_worker_encodes(monkeypatch
         Item(event_id="i2", ts=1.0, item_id="m2", title="Strings", categories=[], text="Nickel wound"),
         Item(event_id="i3", ts=1.0, item_id="m3"),  # nothing to encode: no vector, as in the worker
     ]
-    encoder = Recorder()
-    replay = Replay(events, SETTINGS, ks=(5,), variants=(), emit_interval_s=0.0, trace=None, encoder=encoder)  # type: ignore[arg-type]
+    encoder = CountingEncoder("v-test")
+    replay = Replay(events, SETTINGS, ks=(5,), variants=(), emit_interval_s=0.0, trace=None, encoder=encoder)
     want = {0: item_text("Fargo (1996)", ["Crime", "Drama"], ""), 1: item_text("Strings", [], "Nickel wound")}
     assert sorted(encoder.texts) == sorted(want.values())
     assert sorted(replay.item_vectors) == [0, 1]

@@ -4,10 +4,7 @@ driven through real replica objects fed with encoded records (no broker)."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -17,23 +14,7 @@ from stream_app.catalog_replica import CatalogReplica
 from stream_app.item_vectors import ItemEncoder, VectorReplica, dumps, link_replicas, loads
 from stream_app.reviews import EncoderHolder
 from stream_app.settings import Settings
-
-
-class CountingEncoder:
-    """Deterministic text -> unit vector (a hash), counting what it was asked to encode."""
-
-    def __init__(self, version: str) -> None:
-        self.info = SimpleNamespace(version=version)
-        self.texts: list[str] = []
-
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        self.texts.extend(texts)
-        rows = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:8].astype(np.float32) + 1 for t in texts]
-        out = np.stack(rows)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    def sentiment(self, vectors: np.ndarray) -> np.ndarray:
-        return np.zeros(len(vectors), dtype=np.float32)
+from tests.support import CountingEncoder
 
 
 class Setup:
