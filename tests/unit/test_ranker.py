@@ -118,7 +118,7 @@ def test_regression_history_items_the_counts_never_saw_after_a_restart() -> None
 
 
 def test_history_is_the_tail_of_the_full_sort_by_time_then_id() -> None:
-    """history() takes the n latest with a heap; expected here from the full sort, with many
+    """history() keeps the items at or after the n-th latest time; expected here from the full sort, with many
     equal timestamps (ties go by id)."""
     rng = random.Random(5)
     for _ in range(200):
