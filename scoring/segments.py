@@ -230,12 +230,17 @@ class SegmentPopularity:
                     continue
                 candidates.add(item)
                 taken += 1
+        # _share per (candidate, segment), with each segment's decayed total hoisted: the same
+        # float operations in the same order (bit-identical shares), at half the cost per ranking.
+        hl = self._hl
+        segs = [(name, seg.values, seg.ref, weight_at(seg.total, seg.total_ref, seg.ref, hl)) for name, seg in fresh if seg.total > 0.0]
         keyed: list[tuple[float, int, str, str]] = []
         for item in sorted(candidates):
             total = 0.0
             lead, lead_share = "", -math.inf
-            for name, seg in fresh:
-                s = self._share(seg, item)
+            for name, values, at, denom in segs:
+                entry = values.get(item)
+                s = 0.0 if entry is None else entry[0] * math.exp(-_LN2 * (at - entry[1]) / hl) / denom
                 total += s
                 if s > lead_share:  # names ascend: the first of equal shares (smallest id) stays
                     lead, lead_share = name, s
