@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +119,8 @@ def bare_consumer(settings: Settings, topic: str, n: int) -> float:
         consumer.close()
 
 
-def trivial_agent(settings: Settings, topic: str, n: int, workdir: Path) -> float:
+def trivial_agent(settings: Settings, topic: str, n: int, workdir: Path, cpu: dict[str, float] | None = None) -> float:
+    """Events/s of :mod:`bench.trivial_agent`; ``cpu`` gets its CPU microseconds per event."""
     result = workdir / "trivial.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.trivial_agent"],
@@ -135,6 +137,8 @@ def trivial_agent(settings: Settings, topic: str, n: int, workdir: Path) -> floa
                 raise RuntimeError(f"trivial agent exited {proc.returncode}; see {workdir / 'trivial.log'}")
             time.sleep(0.2)
         data = json.loads(result.read_text())
+        if cpu is not None:
+            cpu["trivial_cpu_us_per_event"] = float(data["cpu"]) / float(data["events"]) * 1e6
         return float(data["events"]) / float(data["last"] - data["first"])
     finally:
         _terminate(proc)
@@ -155,13 +159,7 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
 def _rss_bytes(pid: int) -> int:
     """Resident memory of ``pid`` and its children (the worker runs under a supervisor)."""
     total = 0
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    for p in pids:
+    for p in _tree_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -175,12 +173,60 @@ def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+@dataclass(frozen=True)
+class Drain:
+    """One drain: events/s, and where the CPU went meanwhile (from /proc, in seconds per event)."""
+
+    rate: float
+    #: CPU of the worker's process tree (supervisor and worker) per event
+    worker_cpu_per_event: float
+    #: CPU of the whole machine per event (worker, broker and anything else running)
+    machine_cpu_per_event: float
+
+
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its children (the worker runs under a supervisor)."""
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return pids
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid``'s process tree so far (/proc/PID/stat)."""
+    ticks = 0
+    for p in _tree_pids(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent busy so far (/proc/stat: all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = sum(values[:8]) - values[3] - values[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> float:
+    """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n`` (:func:`drain`)."""
+    return drain(worker, n, timeout, **labels).rate
+
+
+def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> Drain:
     """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n``, timed from
-    the first scrape that shows any (start-up and model loading stay outside the clock)."""
+    the first scrape that shows any (start-up and model loading stay outside the clock), and
+    the CPU the worker and the machine spent per event over the same window."""
     from deploy.workers import metric_sum
 
     first_t, first_n = 0.0, 0.0
+    first_cpu, first_machine = 0.0, 0.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not worker.alive:
@@ -193,19 +239,33 @@ def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: 
         done = metric_sum(m, "persona_events_total", **labels)
         if done > 0 and not first_t:
             first_t, first_n = time.monotonic(), done
+            first_cpu, first_machine = _cpu_seconds(worker.proc.pid), _machine_cpu_seconds()
         if done >= n:
-            return (done - first_n) / (time.monotonic() - first_t)
+            counted = max(done - first_n, 1.0)
+            return Drain(
+                rate=(done - first_n) / (time.monotonic() - first_t),
+                worker_cpu_per_event=(_cpu_seconds(worker.proc.pid) - first_cpu) / counted,
+                machine_cpu_per_event=(_machine_cpu_seconds() - first_machine) / counted,
+            )
         time.sleep(0.1)
     raise RuntimeError("worker did not finish in time")
 
 
 def persona_worker(
-    settings: Settings, n: int, workdir: Path, code: Path = REPO, *, vectors_first: int = 0, then: list[Event] | None = None
+    settings: Settings,
+    n: int,
+    workdir: Path,
+    code: Path = REPO,
+    *,
+    vectors_first: int = 0,
+    then: list[Event] | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
     the recommendation messages it emitted (after coalescing). ``code``: the source tree.
     ``vectors_first``: wait until the worker holds that many item vectors (it encodes the
-    catalog) before publishing ``then`` (the behaviour), so every purchase finds its vector."""
+    catalog) before publishing ``then`` (the behaviour), so every purchase finds its vector.
+    ``cpu``: filled with the drain's CPU per event, in microseconds (worker tree, whole machine)."""
     from deploy.workers import WorkerProcess, metric_sum
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
@@ -215,10 +275,13 @@ def persona_worker(
         if then:
             publish(settings, then)
         # A million new users take ~20 minutes at a few hundred events/s: the timeout grows with n.
-        rate = drain_rate(worker, n, timeout=max(900.0, n / 300.0), topic=settings.topic("purchase"))
+        drained = drain(worker, n, timeout=max(900.0, n / 300.0), topic=settings.topic("purchase"))
+        if cpu is not None:
+            cpu["worker_cpu_us_per_event"] = drained.worker_cpu_per_event * 1e6
+            cpu["machine_cpu_us_per_event"] = drained.machine_cpu_per_event * 1e6
         time.sleep(2.0)  # let the last commit and compaction settle
         emitted = int(metric_sum(worker.metrics(), "persona_recommendations_emitted_total"))
-        return rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir), emitted
+        return drained.rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir), emitted
     finally:
         worker.stop()
 
@@ -331,8 +394,15 @@ def run(
         topic = settings.topic("purchase")
         report["emit_interval_s"] = settings.emit_interval_s
         report["bare_consumer_eps"] = bare_consumer(settings, topic, n)
-        report["trivial_faust_eps"] = trivial_agent(settings, topic, n, work)
-        rate, rss, disk, emitted = persona_worker(settings, n, work)
+        tcpu: dict[str, float] = {}
+        report["trivial_faust_eps"] = trivial_agent(settings, topic, n, work, cpu=tcpu)
+        report["trivial_cpu_us_per_event"] = tcpu["trivial_cpu_us_per_event"]
+        cpu: dict[str, float] = {}
+        rate, rss, disk, emitted = persona_worker(settings, n, work, cpu=cpu)
+        # Where an event's time goes: the worker's own CPU, and the rest of the machine's
+        # (the broker serving fetches and taking the worker's changelog, deltas and lists).
+        report["persona_worker_cpu_us_per_event"] = cpu["worker_cpu_us_per_event"]
+        report["persona_machine_cpu_us_per_event"] = cpu["machine_cpu_us_per_event"]
         report["persona_eps"] = rate  # the blend ranker: the default, what production runs
         report["persona_recommendations"] = emitted
         report["rss_bytes_small"] = rss  # the throughput run's few profiles: the fixed cost
@@ -349,7 +419,9 @@ def run(
             publish(old_settings, catalog)
             publish(old_settings, behaviour)
             code = source_tree(against, work / "against")
-            orate, _, _, oemitted = persona_worker(old_settings, n, work, code=code)
+            ocpu: dict[str, float] = {}
+            orate, _, _, oemitted = persona_worker(old_settings, n, work, code=code, cpu=ocpu)
+            report["persona_against_worker_cpu_us_per_event"] = ocpu["worker_cpu_us_per_event"]
             report["against"] = subprocess.run(["git", "rev-parse", "--short", against], cwd=REPO, capture_output=True,
                                                text=True, check=True).stdout.strip()
             report["persona_against_eps"] = orate

@@ -2,7 +2,8 @@
 
 Run as ``python -m bench.trivial_agent`` with BENCH_TOPIC, BENCH_EVENTS, BENCH_RESULT and the
 usual PERSONA_* settings; writes ``{"events": n, "first": t0, "last": t1}`` (monotonic
-seconds, first and last event) to BENCH_RESULT once BENCH_EVENTS events were seen.
+seconds, first and last event) to BENCH_RESULT once BENCH_EVENTS events were seen, with
+``cpu``: the process's CPU seconds between them (its own per-event cost, apart from the broker's).
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ def main() -> None:
         autodiscover=False,
     )
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, partitions=settings.partitions)
-    seen = {"n": 0, "first": 0.0}
+    seen = {"n": 0, "first": 0.0, "cpu": 0.0}
 
     @app.agent(topic, concurrency=1)
     async def count(stream: faust.StreamT[bytes]) -> None:
         async for _ in stream.events():
             if seen["n"] == 0:
-                seen["first"] = time.monotonic()
+                seen["first"], seen["cpu"] = time.monotonic(), time.process_time()
             seen["n"] += 1
             if seen["n"] == target:
-                result.write_text(json.dumps({"events": target, "first": seen["first"], "last": time.monotonic()}))
+                cpu = time.process_time() - seen["cpu"]
+                result.write_text(json.dumps({"events": target, "first": seen["first"], "last": time.monotonic(), "cpu": cpu}))
 
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
 

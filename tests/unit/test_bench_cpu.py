@@ -1,0 +1,40 @@
+"""The CPU accounting behind `persona bench stream`'s per-event figures (bench.stream)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from bench.stream import _cpu_seconds, _machine_cpu_seconds
+
+
+def _burn(seconds: float) -> None:
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_cpu_seconds_of_this_process_agree_with_process_time() -> None:
+    before, ours = _cpu_seconds(os.getpid()), time.process_time()
+    _burn(0.3)
+    spent = time.process_time() - ours
+    # /proc counts in clock ticks (10 ms): the two clocks agree to a few ticks.
+    assert abs((_cpu_seconds(os.getpid()) - before) - spent) < 0.05
+
+
+def test_cpu_seconds_count_a_busy_child_and_the_machine_counts_it_too() -> None:
+    busy = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        machine = _machine_cpu_seconds()
+        deadline = time.monotonic() + 20
+        while _cpu_seconds(child.pid) < 0.55 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        # The parent's tree includes the child: its busy 0.6 s shows in the tree's total.
+        assert _cpu_seconds(os.getpid()) - time.process_time() >= 0.5
+        assert _machine_cpu_seconds() - machine > 0.0
+    finally:
+        child.kill()
+        child.wait()
