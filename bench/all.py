@@ -82,6 +82,13 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     for key in ("persona_eps", "trivial_faust_eps", "bare_consumer_eps", "rss_bytes_per_100k_profiles"):
         if key in s:
             rows.append(("stream", key, f"{s[key]:,.0f}"))
+    # CPU per event over the same drains: what the worker itself spends, apart from the broker.
+    for key in ("persona_worker_cpu_us_per_event", "persona_machine_cpu_us_per_event", "trivial_cpu_us_per_event"):
+        if key in s:
+            rows.append(("stream", key, f"{s[key]:,.1f}"))
+    if s.get("persona_worker_cpu_us_per_event") and "trivial_cpu_us_per_event" in s:
+        ratio = s["trivial_cpu_us_per_event"] / s["persona_worker_cpu_us_per_event"]
+        rows.append(("stream", "trivial/persona CPU per event", f"{ratio:.3f}"))
     m = parts.get("memory", {}).get("result") or {}
     for name in ("before", "after"):
         if name in m:

@@ -54,3 +54,17 @@ def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_me
     assert "| scale | 2 workers: events/s (speedup vs 1) | 2,100 (1.40) |" in md
     assert "| scale | pause after a join / a leave (s) | 3.2 / 1.5 |" in md
     assert "- encoder: FileNotFoundError: no registry" in md
+
+
+def test_bench_all_markdown_gives_cpu_per_event_and_its_ratio_to_the_trivial_agent() -> None:
+    from bench.all import markdown
+
+    report = {
+        "started": "2026-12-03T00:00:00Z", "quick": False, "settings": {},
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11", "load_1m_start": 0.1, "load_1m_end": 0.2},
+        "parts": {"stream": {"ok": True, "result": {
+            "persona_worker_cpu_us_per_event": 400.0, "persona_machine_cpu_us_per_event": 500.0, "trivial_cpu_us_per_event": 84.0}}},
+    }
+    md = markdown(report)
+    assert "| stream | persona_worker_cpu_us_per_event | 400.0 |" in md
+    assert "| stream | trivial/persona CPU per event | 0.210 |" in md  # 84 / 400
