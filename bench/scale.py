@@ -113,6 +113,19 @@ def _longest_pause(samples: list[tuple[float, float]], start: float, window: flo
     return longest
 
 
+def _pauses(changes: list[tuple[str, float]], samples: list[tuple[float, float]]) -> dict[str, float]:
+    """``{change}_pause_s`` for each ``(change, time)``: the longest pause after it, in a window
+    that ends at the next change (a pause is charged to the change before it) or at the run's
+    last sample. No changes (a plain throughput run), no pauses."""
+    if not changes:
+        return {}
+    ends = [at for _, at in changes[1:]] + [samples[-1][0]]
+    return {
+        f"{what}_pause_s": _longest_pause(samples, at, window=min(60.0, end - at))
+        for (what, at), end in zip(changes, ends, strict=True)
+    }
+
+
 def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
                rebalance: bool = False) -> dict[str, Any]:
     settings = _settings(bs, tag, work / "unused", partitions=PARTITIONS)
@@ -151,10 +164,7 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
             raise RuntimeError(f"{workers} workers did not finish in time")
         row["eps"] = (samples[-1][1] - first_n) / (samples[-1][0] - first_t)
         row["seconds"] = samples[-1][0] - first_t
-        # Each change's window ends at the next change: a pause is charged to the change before it.
-        ends = [at for _, at in changes[1:]] + [samples[-1][0]]
-        for (what, at), end in zip(changes, ends, strict=True):
-            row[f"{what}_pause_s"] = _longest_pause(samples, at, window=min(60.0, end - at))
+        row.update(_pauses(changes, samples))
         row["worker_restarts"] = group.restarts
     finally:
         group.close()

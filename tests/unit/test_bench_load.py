@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.load import event_latencies
-from bench.scale import _longest_pause
+from bench.scale import _longest_pause, _pauses
 
 
 def test_each_event_is_timed_to_the_first_message_that_counts_it() -> None:
@@ -30,6 +30,21 @@ def test_longest_pause_only_counts_time_after_the_change_and_inside_the_window()
     assert _longest_pause(samples, start=1.5) == pytest.approx(2.5)  # from the change to the progress at 4.0
     assert _longest_pause(samples, start=4.0) == pytest.approx(2.0)  # 4.0 -> 6.0
     assert _longest_pause(samples, start=0.5, window=2.0) == pytest.approx(0.5)  # only progress inside the window
+
+
+def test_regression_scale_throughput_rows_without_changes_have_no_pauses() -> None:
+    """bench all's scale part failed on its first row (zip(strict=True) of no changes and one
+    window end): a plain throughput run has no join or leave, so no pause to report."""
+    samples = [(0.0, 0.0), (1.0, 10.0), (2.0, 20.0)]
+    assert _pauses([], samples) == {}
+
+
+def test_each_change_pause_is_measured_up_to_the_next_change() -> None:
+    # progress at 0..2, none 2..5 (after the join at 2.5), progress at 5, the leave at 6, none 6..9, progress at 9
+    samples = [(0.0, 0.0), (1.0, 5.0), (2.0, 10.0), (3.0, 10.0), (4.0, 10.0), (5.0, 15.0), (6.0, 20.0),
+               (7.0, 20.0), (8.0, 20.0), (9.0, 25.0), (10.0, 30.0)]
+    got = _pauses([("join", 2.5), ("leave", 6.0)], samples)
+    assert got == {"join_pause_s": pytest.approx(2.5), "leave_pause_s": pytest.approx(3.0)}
 
 
 def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_measured() -> None:
