@@ -32,7 +32,7 @@ def _model_registry(registry: Path | None) -> Path:
 def bench_stream(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
     events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
-    profiles: Annotated[int, typer.Option(help="Users in the footprint run.")] = 100_000,
+    profiles: Annotated[int, typer.Option(help="New users in the footprint run (each event a first; 0: skip).")] = 100_000,
     ranking: Annotated[bool, typer.Option(help="Also run the in-process `bench ranking` measures (needs MovieLens).")] = True,
     rankings: Annotated[int, typer.Option(help="In-process rankings timed per ranker (0: skip).")] = 2_000,
     eval_events: Annotated[int, typer.Option(help="MovieLens events the in-process evaluator replays (0: skip).")] = 30_000,
