@@ -229,16 +229,24 @@ def bench_memory(
     registry: Annotated[
         Optional[Path], typer.Option(help="An encoder registry: profiles then carry interest vectors (the full profile).")
     ] = None,
+    cache_bytes: Annotated[
+        str, typer.Option(help="Comma-separated profile cache sizes in bytes: also run the current defaults with each.")
+    ] = "",
 ) -> None:
     """RSS and disk per 100k profiles: the previous cache and RocksDB settings against the current defaults."""
     from bench.memory import run
 
     chosen = tuple(c.strip() for c in configs.split(",") if c.strip())
-    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry)
+    caches = tuple(int(c) for c in cache_bytes.split(",") if c.strip())
+    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry, cache_bytes=caches)
     flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
-    for name in chosen:
-        for k, v in report[name].items():
-            if k != "settings":
+    for name, part in report.items():
+        if not isinstance(part, dict):
+            continue
+        for k, v in part.items():
+            if k == "rss_curve":
+                flat[f"{name}.rss_mb_at"] = ", ".join(f"{n / 1000:g}k: {r / 1e6:.0f}" for n, r in v)
+            elif k != "settings":
                 flat[f"{name}.{k}"] = v
     _print_report("persona bench memory", flat)
     if json_out:

@@ -10,6 +10,12 @@ a 2 GiB block cache per partition); "after" is the current defaults. Without ``-
 profiles carry behaviour only (no encoder is loaded, so no interest vectors: say so when
 quoting it); with it, each synthetic item has its own title, the worker encodes the catalog
 before the purchases are published, and every profile carries a 384-d interest vector.
+
+The large run also samples the worker's RSS every twentieth of its users: the slope over the
+second half of that curve (``rss_bytes_per_100k_tail``) is what another 100k users cost once
+the bounded parts (profile cache, memtables, block cache, live-quality lists) are full, the
+figure that says whether a million users fit. ``--cache-bytes`` adds runs of the current
+defaults with other profile cache settings, to show the RSS follows the setting, not the users.
 """
 
 from __future__ import annotations
@@ -32,8 +38,21 @@ BEFORE: dict[str, Any] = {
 }
 
 
+def tail_slope(curve: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> int | None:
+    """RSS bytes per 100k events over the second half of an (events, RSS) curve: from the
+    first sample at or past half the last one's events to the last. None with too few samples."""
+    if len(curve) < 2:
+        return None
+    end_n, end_rss = curve[-1]
+    mid_n, mid_rss = next((n, r) for n, r in curve if n >= end_n / 2)
+    if end_n == mid_n:
+        mid_n, mid_rss = curve[-2]
+    return int((end_rss - mid_rss) * 100_000 / (end_n - mid_n))
+
+
 def _footprint(
-    bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any], registry: Path | None = None
+    bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any], registry: Path | None = None,
+    curve: list[tuple[int, int]] | None = None,
 ) -> tuple[float, int, int]:
     settings = _settings(bootstrap, tag, work / f"state-{tag}", **overrides)
     if registry is not None:
@@ -43,20 +62,24 @@ def _footprint(
     publish(settings, catalog)
     if registry is None:
         publish(settings, behaviour)
-        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work)
+        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, curve=curve)
     else:
         # Every purchase adds its item's text vector to the buyer's interest: the full profile.
-        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour)
+        rate, rss, disk, _ = persona_worker(
+            settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour, curve=curve
+        )
     return rate, rss, disk
 
 
 def run(
     bootstrap: str | None, profiles: int = 100_000, small: int = 1_000, configs: tuple[str, ...] = ("before", "after"),
-    registry: Path | None = None,
+    registry: Path | None = None, cache_bytes: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """``configs``: "before" and/or "after" (a million-user run of the current defaults alone).
     ``registry``: an encoder registry; the workers load it and every profile carries an interest
-    vector (both runs: the encoder's own memory is in the fixed cost, not per profile)."""
+    vector (both runs: the encoder's own memory is in the fixed cost, not per profile).
+    ``cache_bytes``: also run the current defaults with each of these profile cache settings
+    (reported as ``cache-<bytes>``)."""
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0],
                               "interest_vectors": registry is not None}
     scale = 100_000 / (profiles - small)
@@ -67,16 +90,19 @@ def run(
 
         defaults = Settings()
         after = {k: getattr(defaults, k) for k in BEFORE}
-        for name, overrides in (("before", BEFORE), ("after", after)):
-            if name not in configs:
-                continue
+        runs = [(name, o) for name, o in (("before", BEFORE), ("after", after)) if name in configs]
+        runs += [(f"cache-{b}", {**after, "profile_cache_bytes": b}) for b in cache_bytes]
+        for name, overrides in runs:
             _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides, registry)
-            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry)
+            curve: list[tuple[int, int]] = []
+            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry, curve)
             report[name] = {
                 "settings": overrides,
                 "rss_bytes_fixed": rss_small,
                 "rss_bytes_run": rss,
                 "rss_bytes_per_100k_profiles": int(max(0, rss - rss_small) * scale),
+                "rss_bytes_per_100k_tail": tail_slope(curve),
+                "rss_curve": curve,
                 "disk_bytes_per_100k_profiles": int(max(0, disk - disk_small) * scale),
                 "events_per_s": rate,
             }

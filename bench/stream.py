@@ -182,6 +182,8 @@ class Drain:
     worker_cpu_per_event: float
     #: CPU of the whole machine per event (worker, broker and anything else running)
     machine_cpu_per_event: float
+    #: (events applied, RSS bytes of the worker's tree) every ``rss_every`` events, when asked
+    rss_curve: tuple[tuple[int, int], ...] = ()
 
 
 def _tree_pids(pid: int) -> list[int]:
@@ -216,15 +218,18 @@ def _machine_cpu_seconds() -> float:
 
 def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> float:
     """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n`` (:func:`drain`)."""
-    return drain(worker, n, timeout, **labels).rate
+    return drain(worker, n, timeout, rss_every=0, **labels).rate
 
 
-def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> Drain:
+def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: int = 0, **labels: str) -> Drain:
     """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n``, timed from
     the first scrape that shows any (start-up and model loading stay outside the clock), and
-    the CPU the worker and the machine spent per event over the same window."""
+    the CPU the worker and the machine spent per event over the same window. ``rss_every``:
+    also sample the worker's RSS each time another ``rss_every`` events are applied (the
+    curve that tells a bounded footprint from one that grows with users)."""
     from deploy.workers import metric_sum
 
+    curve: list[tuple[int, int]] = []
     first_t, first_n = 0.0, 0.0
     first_cpu, first_machine = 0.0, 0.0
     deadline = time.monotonic() + timeout
@@ -240,12 +245,15 @@ def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) 
         if done > 0 and not first_t:
             first_t, first_n = time.monotonic(), done
             first_cpu, first_machine = _cpu_seconds(worker.proc.pid), _machine_cpu_seconds()
+        if rss_every and done >= (len(curve) + 1) * rss_every:
+            curve.append((int(done), _rss_bytes(worker.proc.pid)))
         if done >= n:
             counted = max(done - first_n, 1.0)
             return Drain(
                 rate=(done - first_n) / (time.monotonic() - first_t),
                 worker_cpu_per_event=(_cpu_seconds(worker.proc.pid) - first_cpu) / counted,
                 machine_cpu_per_event=(_machine_cpu_seconds() - first_machine) / counted,
+                rss_curve=tuple(curve),
             )
         time.sleep(0.1)
     raise RuntimeError("worker did not finish in time")
@@ -260,12 +268,14 @@ def persona_worker(
     vectors_first: int = 0,
     then: list[Event] | None = None,
     cpu: dict[str, float] | None = None,
+    curve: list[tuple[int, int]] | None = None,
 ) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
     the recommendation messages it emitted (after coalescing). ``code``: the source tree.
     ``vectors_first``: wait until the worker holds that many item vectors (it encodes the
     catalog) before publishing ``then`` (the behaviour), so every purchase finds its vector.
-    ``cpu``: filled with the drain's CPU per event, in microseconds (worker tree, whole machine)."""
+    ``cpu``: filled with the drain's CPU per event, in microseconds (worker tree, whole machine).
+    ``curve``: filled with the worker's RSS every twentieth of ``n`` (:attr:`Drain.rss_curve`)."""
     from deploy.workers import WorkerProcess, metric_sum
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
@@ -275,7 +285,12 @@ def persona_worker(
         if then:
             publish(settings, then)
         # A million new users take ~20 minutes at a few hundred events/s: the timeout grows with n.
-        drained = drain(worker, n, timeout=max(900.0, n / 300.0), topic=settings.topic("purchase"))
+        drained = drain(
+            worker, n, timeout=max(900.0, n / 300.0), rss_every=max(1, n // 20) if curve is not None else 0,
+            topic=settings.topic("purchase"),
+        )
+        if curve is not None:
+            curve.extend(drained.rss_curve)
         if cpu is not None:
             cpu["worker_cpu_us_per_event"] = drained.worker_cpu_per_event * 1e6
             cpu["machine_cpu_us_per_event"] = drained.machine_cpu_per_event * 1e6

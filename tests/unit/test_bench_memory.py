@@ -1,0 +1,31 @@
+"""The RSS curve of `persona bench memory`: the tail slope that says whether memory is bounded."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.memory import tail_slope
+
+
+def test_a_flat_tail_costs_nothing_per_100k_users_whatever_the_start() -> None:
+    # Memory that grows while the bounded parts fill and then stays put.
+    curve = [(100_000, 300_000_000), (200_000, 410_000_000), (300_000, 410_000_000), (400_000, 410_000_000)]
+    assert tail_slope(curve) == 0
+
+
+def test_a_linear_tail_gives_its_bytes_per_100k_users() -> None:
+    # 1,500 bytes per user from the half-way sample (500k) to the end (1M): 150 MB per 100k.
+    curve = [(n, 200_000_000 + 1_500 * n) for n in range(100_000, 1_000_001, 100_000)]
+    assert tail_slope(curve) == 150_000_000
+
+
+def test_the_tail_starts_at_the_first_sample_past_half_way() -> None:
+    # Half of 900k is 450k: the tail runs from the 500k sample, not the 400k one.
+    curve = [(400_000, 0), (500_000, 100), (900_000, 500)]
+    assert tail_slope(curve) == pytest.approx((500 - 100) * 100_000 / 400_000, abs=1)
+
+
+def test_two_samples_give_their_slope_and_fewer_give_none() -> None:
+    assert tail_slope([(10, 0), (20, 1_000)]) == 10_000_000
+    assert tail_slope([(20, 1_000)]) is None
+    assert tail_slope([]) is None
