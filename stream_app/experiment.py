@@ -12,15 +12,18 @@ event (a purchase, or a review rated 4 or more or unrated, of an item new to the
 event is applied. Counted as ``persona_live_hits_total`` / ``persona_live_positives_total`` by
 ranker version and role (``served``: lists users were shown; ``shadow``: lists nobody saw).
 
-Lists are remembered for the ``capacity`` most recently ranked users (least recently ranked
-dropped first): the rate is measured over active users with bounded memory, and a worker
-restart starts the memory afresh (positives of users it has no list for are not counted).
+Lists are remembered for the most recently ranked users within a budget of bytes
+(``PERSONA_LIVE_QUALITY_BYTES``; least recently ranked dropped first): the rate is measured
+over active users with memory bounded by bytes, not users (at 200,000 entries it held ~63 MB
+of a worker's RSS, the largest part that grew with users after the profile cache), and a
+worker restart starts the memory afresh (positives of users it has no list for are not counted).
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
@@ -33,8 +36,18 @@ from stream_app import metrics
 Mode = Literal["shadow", "share"]
 SERVED = "served"
 SHADOW = "shadow"
-#: Users whose last lists are remembered for the live hit rate.
-CAPACITY = 200_000
+#: Bytes of the last lists remembered for the live hit rate (the setting's default): about
+#: 100k users' top-10 lists.
+CAPACITY_BYTES = 32 * 1024 * 1024
+#: Bytes of one remembered list beside its user id string and its packed items: the dict slot
+#: and ordered node, the tuple and the bytes header (tracemalloc: 260 B per top-10 list of a
+#: 100,000-user memory without the ids, 80 B of it the items).
+ENTRY_OVERHEAD = 180
+
+
+def entry_bytes(user_id: str, packed: bytes) -> int:
+    """The estimated memory of one remembered list (the budget counts this)."""
+    return ENTRY_OVERHEAD + sys.getsizeof(user_id) + len(packed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +80,12 @@ def _contains(packed: bytes, item_id: str) -> bool:
 class LiveQuality:
     """The last list each ranker made per user, and the hit counters (module docstring)."""
 
-    def __init__(self, capacity: int = CAPACITY, hits: Counter = metrics.LIVE_HITS, positives: Counter = metrics.LIVE_POSITIVES) -> None:
-        self.capacity = capacity
+    def __init__(
+        self, capacity_bytes: int = CAPACITY_BYTES, hits: Counter = metrics.LIVE_HITS, positives: Counter = metrics.LIVE_POSITIVES
+    ) -> None:
+        self.capacity_bytes = capacity_bytes
+        #: estimated bytes of the lists held (served and shadow: :func:`entry_bytes`)
+        self.nbytes = 0
         #: user -> (ranker version, packed list) of the lists users were shown; the version
         #: strings are shared objects, so an entry costs its tuple and bytes
         self._served: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
@@ -86,23 +103,32 @@ class LiveQuality:
     def ranked(self, user_id: str, role: str, version: str, items: list[str]) -> None:
         version = self._versions.setdefault(version, version)
         entry = (version, _packed(items))
+        self.nbytes += entry_bytes(user_id, entry[1])
         if role == SHADOW:
+            self._drop(user_id, self._shadow.pop(user_id, None))
             self._shadow[user_id] = entry
-            return
-        if user_id in self._served:
-            self._served.move_to_end(user_id)
-        self._served[user_id] = entry
-        if len(self._served) > self.capacity:
-            old, _ = self._served.popitem(last=False)
-            self._shadow.pop(old, None)
+        else:
+            old = self._served.pop(user_id, None)  # re-inserted at the recent end
+            self._drop(user_id, old)
+            self._served[user_id] = entry
+        # Least recently served first, with their shadow lists; a shadow list alone (no served
+        # list: cannot happen in the pipeline, which serves before it shadows) is never evicted.
+        while self.nbytes > self.capacity_bytes and self._served:
+            gone, dropped = self._served.popitem(last=False)
+            self._drop(gone, dropped)
+            self._drop(gone, self._shadow.pop(gone, None))
+
+    def _drop(self, user_id: str, entry: tuple[str, bytes] | None) -> None:
+        if entry is not None:
+            self.nbytes -= entry_bytes(user_id, entry[1])
 
     def forget_shadow(self, user_id: str) -> None:
-        self._shadow.pop(user_id, None)
+        self._drop(user_id, self._shadow.pop(user_id, None))
 
     def forget(self, user_id: str) -> None:
         """An erasure: the user's last lists go (the tallies hold no user)."""
-        self._served.pop(user_id, None)
-        self._shadow.pop(user_id, None)
+        self._drop(user_id, self._served.pop(user_id, None))
+        self._drop(user_id, self._shadow.pop(user_id, None))
 
     def positive(self, user_id: str, item_id: str) -> None:
         """A positive event of ``user_id`` on ``item_id``, before it is applied."""

@@ -46,7 +46,7 @@ from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate
 from stream_app import metrics
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.erasure import ErasureSteps
-from stream_app.experiment import SERVED, SHADOW, Candidate, LiveQuality, assigned
+from stream_app.experiment import CAPACITY_BYTES, SERVED, SHADOW, Candidate, LiveQuality, assigned
 from stream_app.settings import Settings
 
 
@@ -147,6 +147,7 @@ class Pipeline(ErasureSteps):
         publish: Publish | None = None,
         social_fanout: int = 100,
         cooc_neighbours: int = 0,
+        live_quality_bytes: int = CAPACITY_BYTES,
     ) -> None:
         self.params = params
         #: "blend": scoring.ranker over collaborative, category and trending candidates;
@@ -170,7 +171,7 @@ class Pipeline(ErasureSteps):
         #: a trained ranker in shadow or on an A/B share (None: production only)
         self.candidate: Candidate | None = None
         #: the live hit rate, per ranker version (stream_app.experiment)
-        self.live = LiveQuality()
+        self.live = LiveQuality(live_quality_bytes)
         self._emit_raw = emit
         self._topic_of = topic_of
         self._top_k = top_k
@@ -210,6 +211,7 @@ class Pipeline(ErasureSteps):
             weights=settings.rank_weights(),
             social_fanout=settings.social_fanout,
             cooc_neighbours=settings.cooc_neighbours,
+            live_quality_bytes=settings.live_quality_bytes,
             publish=publish,
             monotonic=monotonic,
             wall=wall,

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="Memory for decoded profiles cached between commits (estimated at 5.5x their "
         "encoded size); least recently used beyond it are written back and dropped.",
     )
+    live_quality_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="Memory for each recently ranked user's last list, kept to count live hits "
+        "(persona_live_hits_total); least recently ranked beyond it are forgotten (~320 B per "
+        "top-10 list: 32 MiB holds ~100k users).",
+    )
     rocksdb_write_buffer_bytes: int = Field(
         4 * 1024 * 1024,
         ge=64 * 1024,

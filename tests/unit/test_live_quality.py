@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import gc
 import random
+import sys
+import tracemalloc
 
 from prometheus_client import CollectorRegistry, Counter
 
-from stream_app.experiment import SERVED, SHADOW, LiveQuality
+from stream_app.experiment import ENTRY_OVERHEAD, SERVED, SHADOW, LiveQuality
+
+#: the budget of one remembered one-item list of a one-letter user (what the capacity tests count in)
+ONE = ENTRY_OVERHEAD + sys.getsizeof("a") + 8
 
 
-def _quality(capacity: int = 100) -> LiveQuality:
+def _quality(capacity: int = 100, *, bytes_: int | None = None) -> LiveQuality:
     registry = CollectorRegistry()
     hits = Counter("h", "h", ["ranker", "role"], registry=registry)
     positives = Counter("p", "p", ["ranker", "role"], registry=registry)
-    return LiveQuality(capacity=capacity, hits=hits, positives=positives)
+    return LiveQuality(capacity_bytes=capacity * ONE if bytes_ is None else bytes_, hits=hits, positives=positives)
 
 
 def test_hits_are_counted_against_each_roles_last_list() -> None:
@@ -52,3 +58,51 @@ def test_the_least_recently_ranked_users_are_forgotten_beyond_capacity() -> None
     assert live.tally[("prod", SERVED)] == [0, 1]
     live.forget("a")
     assert "a" not in live
+
+
+def test_the_budget_is_bytes_so_longer_lists_leave_room_for_fewer_users() -> None:
+    live = _quality(bytes_=10_000)
+    users = [f"user-{n:05d}" for n in range(1_000)]
+    for u in users:
+        live.ranked(u, SERVED, "prod", [f"i{n}" for n in range(10)])
+    per_ten = ENTRY_OVERHEAD + sys.getsizeof(users[0]) + 10 * 8
+    kept = [u for u in users if u in live]
+    assert kept == users[-(10_000 // per_ten):]  # the most recent that fit, and no more
+    assert live.nbytes == len(kept) * per_ten <= 10_000
+    for u in users[:100]:
+        live.ranked(u, SERVED, "prod", [f"i{n}" for n in range(40)])
+    per_forty = per_ten + 30 * 8
+    assert sum(u in live for u in users) == 10_000 // per_forty == len(live._served)
+
+
+def test_shadow_lists_count_against_the_budget_and_go_with_their_user() -> None:
+    live = _quality(capacity=4)
+    for user in ("a", "b"):
+        live.ranked(user, SERVED, "prod", ["x"])
+        live.ranked(user, SHADOW, "cand", ["y"])
+    assert live.nbytes == 4 * ONE
+    live.ranked("c", SERVED, "prod", ["x"])  # over budget: a goes, served and shadow
+    assert "a" not in live and "b" in live and "c" in live
+    assert live.nbytes == 3 * ONE
+    live.forget_shadow("b")
+    live.forget("c")
+    assert live.nbytes == ONE
+    live.forget("b")
+    assert live.nbytes == 0 and not live._served and not live._shadow
+
+
+def test_the_estimate_is_within_a_third_of_what_python_allocates() -> None:
+    live = _quality(bytes_=1 << 40)
+    users = [f"syn-u-{n}" for n in range(60_000)]  # as the footprint run names them
+    items = [f"syn-i-{n}" for n in range(10)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for u in users:
+            live.ranked(u, SERVED, "prod", items)
+        traced, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # tracemalloc does not see the ids (made before it started); the estimate counts them.
+    measured = traced + sum(sys.getsizeof(u) for u in users)
+    assert 0.67 < live.nbytes / measured < 1.5
