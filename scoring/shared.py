@@ -32,7 +32,7 @@ from scoring.content import ContentIndex
 from scoring.knn import ItemKNN
 from scoring.popularity import Popularity
 from scoring.segments import SegmentPopularity
-from scoring.social import SocialGraph
+from scoring.social import QUIET_BYTES, SocialGraph
 from state.interest import ItemVector
 
 ENGAGE = "engage"
@@ -112,12 +112,15 @@ class SharedState:
         knn: ItemKNN | None = None,
         social_recent: int = 20,
         fanout_cap: int = 1000,
+        social_quiet_bytes: int = QUIET_BYTES,
     ) -> None:
         self.popularity = popularity
         self.knn = knn if knn is not None else ItemKNN()
         self.content = ContentIndex()
         self.segments = SegmentPopularity(half_life_days)
-        self.social = SocialGraph(half_life_days=half_life_days, recent=social_recent, fanout_cap=fanout_cap)
+        self.social = SocialGraph(
+            half_life_days=half_life_days, recent=social_recent, fanout_cap=fanout_cap, quiet_bytes=social_quiet_bytes
+        )
         #: source -> highest offset applied
         self.watermarks: dict[str, int] = {}
         #: item -> [sum of its review vectors (float64), version]: the item's text when the

@@ -15,11 +15,13 @@ from events only, and scores from them:
 - **recent engagement**: per user, the last ``recent`` distinct items engaged with (by event time)
   and a decayed weight for each (``sum of weights x 2 ** (-(T - t) / half_life)``, kept at the
   item's own reference time exactly as :class:`scoring.popularity.Popularity` does). It is kept
-  for every followed user, and for the ``quiet_users`` users nobody follows who engaged most
-  recently: a follow may arrive after the followee's engagements, so those are not dropped at
-  once, but every worker holds this state for *all* users, and a million users who engage and
-  are never followed must not cost ``recent x users`` entries (issue 13: that was most of a
-  worker's memory per user). A follow moves a quiet user's window into the followed set; a
+  for every followed user, and for the users nobody follows who engaged most recently, within
+  ``quiet_bytes`` of estimated memory (:func:`quiet_window_bytes`): a follow may arrive after
+  the followee's engagements, so those are not dropped at once, but every worker holds this
+  state for *all* users, and a million users who engage and are never followed must not cost
+  ``recent x users`` entries (issue 13: that was most of a worker's memory per user). The bound
+  is bytes, not users: a bound of 100,000 users held ~44 MB of one-item windows and ~320 MB of
+  full (20-item) ones. A follow moves a quiet user's window into the followed set; a
   quiet user pushed out of the bounded set starts over if followed later. Which quiet user is
   pushed out depends on the order deltas arrive in, so two workers may differ there (as the
   co-occurrence cut does). An item evicted from a window loses its accumulated weight; one
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
 
@@ -45,8 +48,18 @@ from state.decay import SECONDS_PER_DAY, factor, weight_at
 RECENT = 20
 #: Followers returned by :meth:`SocialGraph.followers_of` (the fan-out of one refresh).
 FANOUT_CAP = 1000
-#: Users nobody follows whose recent engagement is kept (the most recently engaged ones).
-QUIET_USERS = 100_000
+#: Estimated memory of the windows of users nobody follows (the most recently engaged first).
+QUIET_BYTES = 32 * 1024 * 1024
+#: A quiet window's memory beside its user id string: the ordered dict's slot and node and the
+#: window's own dict; and one item's beside its id string: its slot, _Engagement and floats
+#: (tracemalloc over 20,000 windows of 1, 5 and 20 items: 294 + 145 B per item with the ids).
+WINDOW_OVERHEAD = 235
+ITEM_OVERHEAD = 87
+
+
+def quiet_window_bytes(user: str, items: Collection[str]) -> int:
+    """The estimated memory of one user's window (what ``quiet_bytes`` counts)."""
+    return WINDOW_OVERHEAD + sys.getsizeof(user) + sum(ITEM_OVERHEAD + sys.getsizeof(i) for i in items)
 
 
 class _Engagement:
@@ -63,7 +76,7 @@ class SocialGraph:
     """Who follows whom (event-time last-writer-wins, unfollow wins a tie), and what each followed user engaged with recently."""
 
     def __init__(
-        self, *, half_life_days: float, recent: int = RECENT, fanout_cap: int = FANOUT_CAP, quiet_users: int = QUIET_USERS
+        self, *, half_life_days: float, recent: int = RECENT, fanout_cap: int = FANOUT_CAP, quiet_bytes: int = QUIET_BYTES
     ) -> None:
         if not half_life_days > 0.0 or not math.isfinite(half_life_days):
             raise ValueError(f"half_life_days must be a positive number, got {half_life_days}")
@@ -71,8 +84,8 @@ class SocialGraph:
             raise ValueError(f"recent must be >= 1, got {recent}")
         if fanout_cap < 0:
             raise ValueError(f"fanout_cap must be >= 0, got {fanout_cap}")
-        if quiet_users < 1:
-            raise ValueError(f"quiet_users must be >= 1, got {quiet_users}")
+        if quiet_bytes < 0:
+            raise ValueError(f"quiet_bytes must be >= 0, got {quiet_bytes}")
         self._hl = half_life_days * SECONDS_PER_DAY
         self.recent = recent
         self.fanout_cap = fanout_cap
@@ -83,10 +96,12 @@ class SocialGraph:
         self._in: dict[str, dict[str, float]] = {}
         # user -> item -> decayed weight; at most ``recent`` items per user. Followed users
         # (or users that were followed) here; users nobody follows in ``_quiet``, least
-        # recently engaged first, at most ``quiet_users`` of them (module docstring).
+        # recently engaged first, within ``quiet_bytes`` (module docstring).
         self._recent: dict[str, dict[str, _Engagement]] = {}
         self._quiet: OrderedDict[str, dict[str, _Engagement]] = OrderedDict()
-        self.quiet_users = quiet_users
+        self.quiet_bytes = quiet_bytes
+        #: estimated memory of the quiet windows held (:func:`quiet_window_bytes`)
+        self.quiet_nbytes = 0
         #: quiet users whose window was dropped to keep the bound
         self.quiet_evictions = 0
 
@@ -113,7 +128,7 @@ class SocialGraph:
         if followed > unfollowed:
             self._out.setdefault(follower, {})[followee] = followed
             self._in.setdefault(followee, {})[follower] = followed
-            window = self._quiet.pop(followee, None)
+            window = self._pop_quiet(followee)
             if window is not None:
                 self._recent.setdefault(followee, window)
         else:
@@ -179,7 +194,7 @@ class SocialGraph:
         for pair in [p for p in self._edges if user in p]:
             del self._edges[pair]
         self._recent.pop(user, None)
-        self._quiet.pop(user, None)
+        self._pop_quiet(user)
 
     def knows(self, user: str) -> bool:
         """Whether anything here names ``user`` (an edge, a tombstone or recent engagement)."""
@@ -198,8 +213,10 @@ class SocialGraph:
         than everything in a full window is dropped, since it would be pushed out at once.
         """
         items = self._recent.get(user)
+        quiet = items is None
         if items is None:
             items = self._quiet_window(user)
+            quiet = user in self._quiet  # not when a follow came first (_quiet_window)
         e = items.get(item)
         if e is None:
             if len(items) >= self.recent:
@@ -207,7 +224,12 @@ class SocialGraph:
                 if (ts, item) < (items[oldest].ref, oldest):
                     return
                 del items[oldest]
+                if quiet:
+                    self.quiet_nbytes -= ITEM_OVERHEAD + sys.getsizeof(oldest)
             items[item] = _Engagement(weight, ts)
+            if quiet:
+                self.quiet_nbytes += ITEM_OVERHEAD + sys.getsizeof(item)
+                self._shrink_quiet()
             return
         if ts > e.ref:
             e.value, e.ref = e.value * factor(ts - e.ref, self._hl), ts
@@ -216,17 +238,29 @@ class SocialGraph:
     def _quiet_window(self, user: str) -> dict[str, _Engagement]:
         """The window of a user not in the followed set, made the most recent quiet one."""
         if user in self._in:  # followed before engaging at all: no window was there to move
-            items = self._recent[user] = self._quiet.pop(user, {})
+            items = self._recent[user] = self._pop_quiet(user) or {}
             return items
         items_or_none = self._quiet.get(user)
         if items_or_none is not None:
             self._quiet.move_to_end(user)
             return items_or_none
         items = self._quiet[user] = {}
-        if len(self._quiet) > self.quiet_users:
-            self._quiet.popitem(last=False)
-            self.quiet_evictions += 1
+        self.quiet_nbytes += quiet_window_bytes(user, ())
         return items
+
+    def _pop_quiet(self, user: str) -> dict[str, _Engagement] | None:
+        window = self._quiet.pop(user, None)
+        if window is not None:
+            self.quiet_nbytes -= quiet_window_bytes(user, window)
+        return window
+
+    def _shrink_quiet(self) -> None:
+        """Drop the least recently engaged quiet windows while over the budget; never the
+        most recent one (the window just engaged with)."""
+        while self.quiet_nbytes > self.quiet_bytes and len(self._quiet) > 1:
+            user, window = self._quiet.popitem(last=False)
+            self.quiet_nbytes -= quiet_window_bytes(user, window)
+            self.quiet_evictions += 1
 
     def _window(self, user: str) -> dict[str, _Engagement]:
         items = self._recent.get(user)

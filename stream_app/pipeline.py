@@ -39,6 +39,7 @@ from scoring.popularity import Popularity
 from scoring.ranker import DEFAULT_WEIGHTS, Scorer, Weights, history, rank
 from scoring.segments import segments_of
 from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, SharedState
+from scoring.social import QUIET_BYTES
 from state.catalog import Catalog
 from state.events import DeadLetter, Erasure, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
@@ -148,6 +149,7 @@ class Pipeline(ErasureSteps):
         social_fanout: int = 100,
         cooc_neighbours: int = 0,
         live_quality_bytes: int = CAPACITY_BYTES,
+        social_quiet_bytes: int = QUIET_BYTES,
     ) -> None:
         self.params = params
         #: "blend": scoring.ranker over collaborative, category and trending candidates;
@@ -160,6 +162,7 @@ class Pipeline(ErasureSteps):
             knn=ItemKNN(max_neighbours=cooc_neighbours),
             half_life_days=popularity_half_life_days,
             fanout_cap=max(social_fanout, 1),
+            social_quiet_bytes=social_quiet_bytes,
         )
         self.store = store
         self.catalog = catalog
@@ -212,6 +215,7 @@ class Pipeline(ErasureSteps):
             social_fanout=settings.social_fanout,
             cooc_neighbours=settings.cooc_neighbours,
             live_quality_bytes=settings.live_quality_bytes,
+            social_quiet_bytes=settings.social_quiet_bytes,
             publish=publish,
             monotonic=monotonic,
             wall=wall,

@@ -77,6 +77,13 @@ class Settings(BaseSettings):
         "(persona_live_hits_total); least recently ranked beyond it are forgotten (~320 B per "
         "top-10 list: 32 MiB holds ~100k users).",
     )
+    social_quiet_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=0,
+        description="Memory for the recent items of users nobody follows (kept in case a follow "
+        "comes later; every worker holds them); least recently engaged beyond it are forgotten "
+        "(~0.3 KB for a one-item window, ~3 KB for a full one).",
+    )
     rocksdb_write_buffer_bytes: int = Field(
         4 * 1024 * 1024,
         ge=64 * 1024,

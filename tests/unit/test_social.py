@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import random
+import sys
+import tracemalloc
 
 import pytest
 
 from scoring.popularity import tie_hash
-from scoring.social import SocialGraph
+from scoring.social import ITEM_OVERHEAD, WINDOW_OVERHEAD, SocialGraph, quiet_window_bytes
 from state.decay import SECONDS_PER_DAY
 
 DAY = SECONDS_PER_DAY
@@ -224,16 +228,21 @@ def test_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError):
         SocialGraph(half_life_days=1.0, fanout_cap=-1)
     with pytest.raises(ValueError):
-        SocialGraph(half_life_days=1.0, quiet_users=0)
+        SocialGraph(half_life_days=1.0, quiet_bytes=-1)
 
 
 # --- memory bound on users nobody follows ----------------------------------------------------------
 
 
+def _one(user: str, *items: str) -> int:
+    """A window's budget counted by hand: what ``quiet_window_bytes`` must give."""
+    return WINDOW_OVERHEAD + sys.getsizeof(user) + sum(ITEM_OVERHEAD + sys.getsizeof(i) for i in items)
+
+
 def test_quiet_users_are_bounded_the_least_recently_engaged_go_first() -> None:
-    """Users nobody follows keep their window only while among the ``quiet_users`` most
-    recently engaged: a million one-time users must not cost a window each on every worker."""
-    g = graph(quiet_users=3)
+    """Users nobody follows keep their window only while the most recently engaged windows fit
+    in ``quiet_bytes``: a million one-time users must not cost a window each on every worker."""
+    g = graph(quiet_bytes=_one("a", "i-a", "i-a2") + _one("c", "i-c") + _one("d", "i-d"))
     for n, user in enumerate(["a", "b", "c"]):
         g.engaged(user, f"i-{user}", 1.0, T0 + n)
     g.engaged("a", "i-a2", 1.0, T0 + 3)  # a engaged again: b is now the least recent
@@ -245,7 +254,7 @@ def test_quiet_users_are_bounded_the_least_recently_engaged_go_first() -> None:
 
 
 def test_a_followed_user_is_never_pushed_out_and_keeps_what_came_before_the_follow() -> None:
-    g = graph(quiet_users=2)
+    g = graph(quiet_bytes=2 * _one("q0", "x"))
     g.engaged("star", "old", 1.0, T0)
     g.follow("fan", "star", T0 + 1)  # the window moves to the followed set
     for n in range(10):
@@ -257,8 +266,63 @@ def test_a_followed_user_is_never_pushed_out_and_keeps_what_came_before_the_foll
     assert not g.knows("star")
 
 
+def test_the_bound_is_bytes_so_full_windows_leave_room_for_fewer_users() -> None:
+    light, heavy = graph(quiet_bytes=100_000), graph(quiet_bytes=100_000)
+    for u in range(1_000):
+        light.engaged(f"user-{u:04d}", "item-0000", 1.0, T0 + u)
+        for j in range(20):
+            heavy.engaged(f"user-{u:04d}", f"item-{j:04d}", 1.0, T0 + u)
+    one, twenty = _one("user-0000", "item-0000"), _one("user-0000", *(f"item-{j:04d}" for j in range(20)))
+    held_light = [u for u in range(1_000) if light.knows(f"user-{u:04d}")]
+    held_heavy = [u for u in range(1_000) if heavy.knows(f"user-{u:04d}")]
+    assert held_light == list(range(1_000 - 100_000 // one, 1_000))
+    assert held_heavy == list(range(1_000 - 100_000 // twenty, 1_000))
+    assert light.quiet_nbytes == len(held_light) * one and heavy.quiet_nbytes == len(held_heavy) * twenty
+
+
+def test_the_quiet_estimate_follows_every_change_of_the_windows() -> None:
+    """Engagements that fill and roll windows, follows that move them out, unfollows, erasures
+    and evictions: the running estimate is always the sum over the windows held."""
+    rng = random.Random(13)
+    g = graph(quiet_bytes=6_000, recent=4)
+    users = [f"u{n}" for n in range(40)]
+    for step in range(5_000):
+        roll = rng.random()
+        a, b = rng.choice(users), rng.choice(users)
+        if roll < 0.8:
+            g.engaged(a, f"item-{rng.randrange(30)}", 1.0, T0 + rng.randrange(1_000))
+        elif roll < 0.88:
+            g.follow(a, b, T0 + step)
+        elif roll < 0.96:
+            g.unfollow(a, b, T0 + step)
+        else:
+            g.forget(a)
+        assert g.quiet_nbytes == sum(quiet_window_bytes(u, w) for u, w in g._quiet.items())
+        assert g.quiet_nbytes <= 6_000 or len(g._quiet) == 1
+    assert g.quiet_evictions > 0 and g._recent  # the run reached both the bound and follows
+
+
+def test_the_quiet_estimate_is_within_a_third_of_what_python_allocates() -> None:
+    for k in (1, 20):
+        g = graph(quiet_bytes=1 << 40)
+        users = [f"syn-u-{u}" for u in range(5_000)]
+        # one string per engagement, as decoded deltas give the worker
+        items = [["".join(("syn-i-", str((u * 7 + j) % 1000))) for j in range(k)] for u in range(5_000)]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            for user, row in zip(users, items, strict=True):
+                for j, item in enumerate(row):
+                    g.engaged(user, item, 1.0, T0 + j)
+            traced, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        measured = traced + sum(map(sys.getsizeof, users)) + sum(sys.getsizeof(i) for row in items for i in row)
+        assert 0.67 < g.quiet_nbytes / measured < 1.5, k
+
+
 def test_a_quiet_user_pushed_out_starts_over_when_followed_later() -> None:
-    g = graph(quiet_users=1)
+    g = graph(quiet_bytes=_one("a", "x"))
     g.engaged("a", "x", 1.0, T0)
     g.engaged("b", "y", 1.0, T0 + 1)  # pushes a out
     g.follow("fan", "a", T0 + 2)
