@@ -95,6 +95,9 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     for name in ("before", "after"):
         if name in m:
             rows.append(("memory", f"{name} RSS per 100k profiles (MB)", f"{m[name]['rss_bytes_per_100k_profiles'] / 1e6:.1f}"))
+            tail = m[name].get("rss_bytes_per_100k_tail")
+            if tail is not None:
+                rows.append(("memory", f"{name} RSS per 100k further profiles, second half of the run (MB)", f"{tail / 1e6:.1f}"))
     if "rss_after_vs_before" in m:
         rows.append(("memory", "rss_after_vs_before", f"{m['rss_after_vs_before']:.3f}"))
     c = parts.get("catalog", {}).get("result") or {}

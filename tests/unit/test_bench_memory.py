@@ -29,3 +29,19 @@ def test_two_samples_give_their_slope_and_fewer_give_none() -> None:
     assert tail_slope([(10, 0), (20, 1_000)]) == 10_000_000
     assert tail_slope([(20, 1_000)]) is None
     assert tail_slope([]) is None
+
+
+def test_bench_all_markdown_gives_the_tail_cost_beside_the_whole_runs() -> None:
+    from bench.all import markdown
+
+    report = {
+        "started": "2026-12-03T00:00:00Z", "quick": False, "settings": {},
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11", "load_1m_start": 0.1, "load_1m_end": 0.2},
+        "parts": {"memory": {"ok": True, "result": {
+            "after": {"rss_bytes_per_100k_profiles": 141_000_000, "rss_bytes_per_100k_tail": 9_600_000},
+            "before": {"rss_bytes_per_100k_profiles": 270_000_000, "rss_bytes_per_100k_tail": None}}}},
+    }
+    md = markdown(report)
+    assert "| memory | after RSS per 100k profiles (MB) | 141.0 |" in md
+    assert "| memory | after RSS per 100k further profiles, second half of the run (MB) | 9.6 |" in md
+    assert "before RSS per 100k further" not in md  # no curve, no row
