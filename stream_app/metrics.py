@@ -224,3 +224,13 @@ PROFILE_CACHE_BYTES = Gauge(
     "Estimated memory of the decoded profiles the worker caches (bounded by PERSONA_PROFILE_CACHE_BYTES).",
     registry=REGISTRY,
 )
+LIVE_QUALITY_BYTES = Gauge(
+    "persona_live_quality_bytes",
+    "Estimated memory of the last lists kept for the live hit rate (bounded by PERSONA_LIVE_QUALITY_BYTES).",
+    registry=REGISTRY,
+)
+SOCIAL_QUIET_BYTES = Gauge(
+    "persona_social_quiet_bytes",
+    "Estimated memory of the recent items of users nobody follows (bounded by PERSONA_SOCIAL_QUIET_BYTES).",
+    registry=REGISTRY,
+)

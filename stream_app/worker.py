@@ -278,6 +278,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         lag.sample(app.consumer)
         sample_state(settings.state_dir, runtime.table)
         metrics.PROFILE_CACHE_BYTES.set(runtime.profiles.cached_bytes)
+        metrics.LIVE_QUALITY_BYTES.set(runtime.pipeline.live.nbytes)
+        metrics.SOCIAL_QUIET_BYTES.set(runtime.pipeline.shared.social.quiet_nbytes)
 
     detector = StallDetector(settings.stall_timeout_s)
 

@@ -31,9 +31,11 @@ from pathlib import Path
 import pytest
 
 from deploy import prometheus_server
+from scoring.social import WINDOW_OVERHEAD
 from state.events import Event, Purchase, Review
 from stream_app import dashboard
 from stream_app.evaluate import evaluate
+from stream_app.experiment import ENTRY_OVERHEAD
 from stream_app.producer import make_producer, publish
 from stream_app.settings import Settings
 from stream_app.sources import read_events
@@ -134,6 +136,13 @@ def test_real_prometheus_sees_every_series_live_hit_rate_matches_harness_and_eve
     assert p99 is not None and 0 < p99 <= 1.0
     state_bytes = prometheus.scalar('sum(persona_state_bytes{store="profiles"})')
     assert state_bytes is not None and state_bytes > 0
+    # The bounded memory's estimates: every reviewer was ranked, and nobody follows anybody,
+    # so each has a last list and a quiet window; neither past its budget.
+    reviewers = len({e.user_id for e in events if isinstance(e, Review)})
+    live_bytes = _wait(prometheus, "max(persona_live_quality_bytes)", lambda v: v >= reviewers * ENTRY_OVERHEAD)
+    assert reviewers * ENTRY_OVERHEAD <= live_bytes <= settings.live_quality_bytes
+    quiet_bytes = _wait(prometheus, "max(persona_social_quiet_bytes)", lambda v: v >= reviewers * WINDOW_OVERHEAD)
+    assert reviewers * WINDOW_OVERHEAD <= quiet_bytes <= settings.social_quiet_bytes
 
     # --- live hit rate against the harness ------------------------------------------------
     hits = _wait(prometheus, 'sum(persona_live_hits_total{role="served"})', lambda v: v == metric_sum(own, "persona_live_hits_total"))
