@@ -60,6 +60,9 @@ ALLOWED_METRICS = (
         "persona_live_positives_total",
         "persona_supervisor_restarts_total",
         "persona_model_reload_failures_total",
+        "persona_profile_cache_bytes",
+        "persona_live_quality_bytes",
+        "persona_social_quiet_bytes",
     }
     | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )
@@ -127,6 +130,9 @@ def test_every_panel_of_the_real_dashboard_has_queries_on_persona_metrics_only()
         "persona_live_hits_total",
         "persona_live_positives_total",
         "persona_supervisor_restarts_total",
+        "persona_profile_cache_bytes",
+        "persona_live_quality_bytes",
+        "persona_social_quiet_bytes",
     ):
         assert metric in used, metric
 
