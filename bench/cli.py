@@ -245,7 +245,7 @@ def bench_memory(
             continue
         for k, v in part.items():
             if k == "rss_curve":
-                flat[f"{name}.rss_mb_at"] = ", ".join(f"{n / 1000:g}k: {r / 1e6:.0f}" for n, r in v)
+                flat[f"{name}.rss_mb_at"] = ", ".join(f"{n / 1000:.0f}k: {r / 1e6:.0f}" for n, r in v)
             elif k != "settings":
                 flat[f"{name}.{k}"] = v
     _print_report("persona bench memory", flat)
