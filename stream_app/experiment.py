@@ -111,12 +111,16 @@ class LiveQuality:
             old = self._served.pop(user_id, None)  # re-inserted at the recent end
             self._drop(user_id, old)
             self._served[user_id] = entry
-        # Least recently served first, with their shadow lists; a shadow list alone (no served
-        # list: cannot happen in the pipeline, which serves before it shadows) is never evicted.
-        while self.nbytes > self.capacity_bytes and self._served:
-            gone, dropped = self._served.popitem(last=False)
-            self._drop(gone, dropped)
-            self._drop(gone, self._shadow.pop(gone, None))
+        # Least recently served first, with their shadow lists. A shadow list alone is left when
+        # the budget is smaller than the user's own served list (that went first): it goes too.
+        while self.nbytes > self.capacity_bytes and (self._served or self._shadow):
+            if self._served:
+                gone, dropped = self._served.popitem(last=False)
+                self._drop(gone, dropped)
+                self._drop(gone, self._shadow.pop(gone, None))
+            else:
+                gone, dropped = self._shadow.popitem()
+                self._drop(gone, dropped)
 
     def _drop(self, user_id: str, entry: tuple[str, bytes] | None) -> None:
         if entry is not None:

@@ -106,3 +106,15 @@ def test_the_estimate_is_within_a_third_of_what_python_allocates() -> None:
     # tracemalloc does not see the ids (made before it started); the estimate counts them.
     measured = traced + sum(sys.getsizeof(u) for u in users)
     assert 0.67 < live.nbytes / measured < 1.5
+
+
+def test_regression_a_budget_below_one_list_keeps_no_shadow_list_either() -> None:
+    # The pipeline serves, then shadows: with a budget smaller than one list, the served list
+    # went at once and the shadow list stayed, one per user, with no bound at all.
+    live = _quality(bytes_=0)
+    for n in range(100):
+        live.ranked(f"u{n}", SERVED, "prod", ["x"])
+        live.ranked(f"u{n}", SHADOW, "cand", ["y"])
+    assert live.nbytes == 0 and not live._served and not live._shadow
+    live.positive("u5", "y")
+    assert live.tally == {}
