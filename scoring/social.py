@@ -213,7 +213,7 @@ class SocialGraph:
         than everything in a full window is dropped, since it would be pushed out at once.
         """
         items = self._recent.get(user)
-        quiet = items is None
+        quiet = False  # whether the window counts against quiet_bytes
         if items is None:
             items = self._quiet_window(user)
             quiet = user in self._quiet  # not when a follow came first (_quiet_window)
