@@ -5,7 +5,8 @@ with the machine's cores, load and the settings used.
 Parts: ``stream`` (one worker against a trivial Faust agent and a bare consumer, the blend
 ranker against the baseline, the footprint run), ``ranking`` (in process), ``memory`` (before
 and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime),
-``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
+``replication`` (in process: what each worker pays per event of the others, and the
+scale-out ceiling it sets), ``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
 offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
 partitions against one, and the pause when a worker joins or leaves). A part that cannot run here (no
 encoder registry, no dataset) is recorded with the reason, never left out silently.
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PARTS = ("stream", "ranking", "memory", "catalog", "encoder", "reviews", "load", "scale")
+PARTS = ("stream", "ranking", "replication", "memory", "catalog", "encoder", "reviews", "load", "scale")
 
 
 def _settings_summary() -> dict[str, Any]:
@@ -34,8 +35,24 @@ def _settings_summary() -> dict[str, Any]:
     return {k: getattr(s, k) for k in keys if hasattr(s, k)}
 
 
+def stream_worker_us(parts: dict[str, Any]) -> float | None:
+    """The stream part's worker CPU per event, when it ran (before): ``C`` of the replication
+    part's scaling projection, the whole worker's cost rather than the pipeline's alone."""
+    value = (parts.get("stream", {}).get("result") or {}).get("persona_worker_cpu_us_per_event")
+    return float(value) if value else None
+
+
 def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
-    from bench import catalog, encoder, load, memory, ranking, reviews, scale, stream
+    from bench import catalog, encoder, load, memory, ranking, replication, reviews, scale, stream
+
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count() or 0, "platform": platform.platform(), "python": platform.python_version(),
+                    "load_1m_start": os.getloadavg()[0]},
+        "quick": quick,
+        "settings": _settings_summary(),
+        "parts": {},
+    }
 
     jobs: dict[str, Callable[[], Any]] = {
         "stream": lambda: stream.run(bootstrap, data_dir, 20_000 if quick else None, 10_000 if quick else 100_000),
@@ -50,14 +67,7 @@ def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry:
             bootstrap, data_dir, registry, levels=(100, 500) if quick else load.LEVELS, seconds=10.0 if quick else 30.0
         ),
         "scale": lambda: scale.run(bootstrap, data_dir, 20_000 if quick else None, (1, 2) if quick else (1, 2, 4)),
-    }
-    report: dict[str, Any] = {
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count() or 0, "platform": platform.platform(), "python": platform.python_version(),
-                    "load_1m_start": os.getloadavg()[0]},
-        "quick": quick,
-        "settings": _settings_summary(),
-        "parts": {},
+        "replication": lambda: replication.run(data_dir, 20_000 if quick else None, stream_worker_us(report["parts"])),
     }
     for part in parts:
         started = time.monotonic()
@@ -91,6 +101,13 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     if s.get("persona_worker_cpu_us_per_event") and "trivial_cpu_us_per_event" in s:
         ratio = s["trivial_cpu_us_per_event"] / s["persona_worker_cpu_us_per_event"]
         rows.append(("stream", "trivial/persona CPU per event", f"{ratio:.3f}"))
+    r = parts.get("replication", {}).get("result") or {}
+    if r:
+        rows.append(("replication", "own event / another worker's delta, in process (µs)", f"{r['own_us']:.1f} / {r['replicated_us']:.1f}"))
+        rows.append(("replication", "replicated_vs_own", f"{r['replicated_vs_own']:.3f}"))
+        rows.append(("replication", "group ceiling, any number of workers (events/s)", f"{r['ceiling_eps']:,.0f}"))
+        curve = ", ".join(f"{p['workers']}: {p['speedup']:.2f}" for p in r["projection"])
+        rows.append(("replication", f"projected speedup by workers (C {r['worker_us']:.0f} µs, {r['worker_us_from']})", curve))
     m = parts.get("memory", {}).get("result") or {}
     for name in ("before", "after"):
         if name in m:

@@ -87,6 +87,27 @@ def bench_ranking(
         json_out.write_text(json.dumps(report, indent=2))
 
 
+@app.command("replication")
+def bench_replication(
+    events: Annotated[Optional[int], typer.Option(help="The first n MovieLens events (default: all).")] = None,
+    worker_us: Annotated[
+        Optional[float],
+        typer.Option(help="A worker's CPU µs per own event (from `bench stream`) for the projection; default: in-process cost."),
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """In process: a worker's cost per own event against per delta of another worker, and the scale-out ceiling."""
+    from bench import replication
+
+    data_dir = _data_dir()
+    if not (data_dir / "movielens-100k").is_dir():
+        raise typer.BadParameter(f"{data_dir / 'movielens-100k'} not found (set PERSONA_DATA_DIR)")
+    report = replication.run(data_dir, events, worker_us)
+    replication.render(report, Console())
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
 @app.command("encoder")
 def bench_encoder(
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
@@ -202,7 +223,9 @@ def bench_scale(
 def bench_all(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one per part).")] = None,
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
-    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = "stream,ranking,memory,catalog,encoder,reviews,load,scale",
+    parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = (
+        "stream,ranking,replication,memory,catalog,encoder,reviews,load,scale"
+    ),
     quick: Annotated[bool, typer.Option(help="Reduced sizes (a smoke run; figures not comparable).")] = False,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("var/bench"),
 ) -> None:
