@@ -36,7 +36,7 @@ from scoring.messages import Recommendations
 from scoring.messages import encode as encode_recs
 from scoring.migrate import migrated_interest
 from scoring.popularity import Popularity
-from scoring.ranker import DEFAULT_WEIGHTS, Scorer, Weights, history, rank
+from scoring.ranker import DEFAULT_WEIGHTS, HISTORY, Scorer, Weights, history, rank
 from scoring.segments import segments_of
 from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, SharedState
 from scoring.social import QUIET_BYTES
@@ -148,6 +148,7 @@ class Pipeline(ErasureSteps):
         publish: Publish | None = None,
         social_fanout: int = 100,
         cooc_neighbours: int = 0,
+        cooc_window: int = HISTORY,
         live_quality_bytes: int = CAPACITY_BYTES,
         social_quiet_bytes: int = QUIET_BYTES,
     ) -> None:
@@ -168,6 +169,8 @@ class Pipeline(ErasureSteps):
         self.catalog = catalog
         self.vectors = vectors
         self._publish = publish
+        #: a first engagement co-occurs with the user's last this many distinct items
+        self.cooc_window = cooc_window
         #: followers refreshed when someone they follow engages (0: none)
         self.social_fanout = social_fanout
         self.coalescer = Coalescer(emit_interval_s)
@@ -214,6 +217,7 @@ class Pipeline(ErasureSteps):
             weights=settings.rank_weights(),
             social_fanout=settings.social_fanout,
             cooc_neighbours=settings.cooc_neighbours,
+            cooc_window=settings.cooc_window,
             live_quality_bytes=settings.live_quality_bytes,
             social_quiet_bytes=settings.social_quiet_bytes,
             publish=publish,
@@ -303,7 +307,7 @@ class Pipeline(ErasureSteps):
         first_engagement = isinstance(event, (Purchase, Review)) and item_id is not None and item_id not in profile.purchased
         if first_engagement and item_id is not None and (not isinstance(event, Review) or event.rating is None or event.rating >= 4):
             self.live.positive(event.user_id, item_id)  # before the event moves anything
-        recent = history(profile) if first_engagement else []
+        recent = history(profile, self.cooc_window) if first_engagement else []
         categories = self.catalog.categories(item_id) if item_id is not None else ()
         item_vector = self._item_vector(kind, item_id)
         self._migrate_interest(profile, event, origin, item_vector, encoding)

@@ -169,6 +169,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Co-occurrence neighbours kept per item: a row reaching twice this is cut to its largest counts (0: unbounded).",
     )
+    cooc_window: int = Field(
+        50,
+        ge=1,
+        description="A user's last distinct items a newly engaged item co-occurs with: the cost of a first engagement, on "
+        "every worker (each folds in every delta), grows with it.",
+    )
     rank_recency: float = Field(
         0.8, gt=0, le=1, description="Weight of the n-th most recent history item in the co-occurrence score: recency**n."
     )

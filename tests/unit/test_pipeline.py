@@ -292,3 +292,37 @@ def test_every_emitted_message_records_its_ranking_time_and_cpu() -> None:
     count, wall, cpu = (b - a for a, b in zip(before, totals(), strict=True))
     assert count == len(sent) == 12
     assert wall > 0 and 0 < cpu <= wall * 1.5 + 0.01  # thread CPU time cannot far exceed wall time
+
+
+def test_a_first_engagement_co_occurs_with_the_last_cooc_window_items_only() -> None:
+    from scoring.knn import ItemKNN
+    from scoring.ranker import history
+    from scoring.shared import Delta
+
+    store = DictStore()
+    published: list[Delta] = []
+    pipe = Pipeline(
+        params=Params(), store=store, catalog=_catalog(), vectors=FakeVectors(), emit=lambda k, v: None,
+        topic_of=lambda kind: f"t.{kind}s", top_k=5, emit_interval_s=0.0, popularity_half_life_days=14.0,
+        max_payload_bytes=65_536, monotonic=Clock(), wall=lambda: 1_800_000_000.0, ranker="blend",
+        publish=published.append, cooc_window=2,
+    )
+    truth: dict[str, Profile] = {}
+    knn = ItemKNN()
+    firsts = 0
+    for offset, e in enumerate(_purchases(150, seed=5)):
+        pipe.process("purchase", _record(e, offset))
+        p = truth.get(e.user_id) or new_profile(e.user_id)
+        if e.item_id not in p.purchased:
+            firsts += 1
+            recent = history(p, 2)
+            knn.add(recent, e.item_id)
+            assert published[-1].first and published[-1].recent == recent
+        nxt = apply(p, e, origin=Origin("t.purchases", 0, offset), categories=(), params=Params())
+        assert nxt is not None
+        truth[e.user_id] = nxt
+    assert firsts > 30 and max(len(d.recent) for d in published) == 2
+    items = [f"m{i}" for i in range(30)]
+    got = [[pipe.knn.cooccurrence(a, b) for b in items] for a in items]
+    assert got == [[knn.cooccurrence(a, b) for b in items] for a in items]
+    assert sum(map(sum, got)) > 0
