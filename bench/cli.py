@@ -40,13 +40,21 @@ def bench_stream(
     against: Annotated[
         Optional[str], typer.Option(help="Also run this git revision's worker on the same events (a change's before/after).")
     ] = None,
+    against_set: Annotated[
+        Optional[list[str]],
+        typer.Option(help="name=value for the compared worker (repeatable): a changed default's old value; alone: this tree."),
+    ] = None,
 ) -> None:
     """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
     from bench import ranking as ranking_bench
-    from bench.stream import render_rankers, run
+    from bench.stream import against_overrides, render_rankers, run
 
+    try:
+        overrides = against_overrides(against_set or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     data_dir = _data_dir()
-    report: dict[str, object] = run(bootstrap, data_dir, events, profiles, against=against)
+    report: dict[str, object] = run(bootstrap, data_dir, events, profiles, against=against, against_set=overrides)
     console = Console()
     _print_report("persona bench stream", report)
     render_rankers(report, console)

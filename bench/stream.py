@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
@@ -382,8 +382,32 @@ def source_tree(rev: str, into: Path) -> Path:
     return into
 
 
+def against_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``name=value`` pairs for the compared worker's settings, checked against the settings'
+    fields (a typo must not run an unchanged comparison). Values are JSON where they parse as
+    JSON (numbers, booleans, objects), else strings; the settings model validates them."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        name = name.strip().lower().removeprefix("persona_")
+        if not sep or not name:
+            raise ValueError(f"expected name=value, got {pair!r}")
+        if name not in Settings.model_fields:
+            raise ValueError(f"{name!r} is not a setting")
+        try:
+            out[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name] = raw
+    return out
+
+
 def run(
-    bootstrap: str | None, data_dir: Path, events: int | None, profiles: int = 100_000, against: str | None = None
+    bootstrap: str | None,
+    data_dir: Path,
+    events: int | None,
+    profiles: int = 100_000,
+    against: str | None = None,
+    against_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     # Wall-clock figures: say how busy the machine was.
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
@@ -427,18 +451,25 @@ def run(
         report["persona_baseline_recommendations"] = bemitted
         report["blend_vs_baseline"] = rate / brate
         report["blend_vs_baseline_goal"] = GOAL_BLEND_VS_BASELINE
-        if against:
-            # The same events through an older commit's worker: a change's before/after in one run.
-            old_settings = _settings(bs, f"{tag}o", work / "state-against", ranker="blend")
+        if against or against_set:
+            # The same events through an older commit's worker (or this one with other settings):
+            # a change's before/after in one run. The worker reads every setting from this run's
+            # environment (deploy.workers.settings_env), the older commit's defaults never: a
+            # changed default is compared with `against_set` holding the old value.
+            extra = {"ranker": "blend", **(against_set or {})}
+            old_settings = _settings(bs, f"{tag}o", work / "state-against", **extra)
             ensure_topics(old_settings)
             publish(old_settings, catalog)
             publish(old_settings, behaviour)
-            code = source_tree(against, work / "against")
+            code = source_tree(against, work / "against") if against else REPO
             ocpu: dict[str, float] = {}
             orate, _, _, oemitted = persona_worker(old_settings, n, work, code=code, cpu=ocpu)
             report["persona_against_worker_cpu_us_per_event"] = ocpu["worker_cpu_us_per_event"]
-            report["against"] = subprocess.run(["git", "rev-parse", "--short", against], cwd=REPO, capture_output=True,
-                                               text=True, check=True).stdout.strip()
+            report["against"] = "this tree" if not against else subprocess.run(
+                ["git", "rev-parse", "--short", against], cwd=REPO, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            if against_set:
+                report["against_settings"] = ", ".join(f"{k}={v}" for k, v in against_set.items())
             report["persona_against_eps"] = orate
             report["persona_against_recommendations"] = oemitted
             report["persona_vs_against"] = rate / orate

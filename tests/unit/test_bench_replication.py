@@ -99,3 +99,4 @@ def test_bench_all_markdown_gives_the_replication_rows() -> None:
     assert "| replication | group ceiling, any number of workers (events/s) | 8,319 |" in md
     # 16 * 497.7 / (497.7 + 15 * 120.2) = 3.46
     assert "(C 498 µs, given) | 1: 1.00, 2: 1.61, 16: 3.46 |" in md
+
