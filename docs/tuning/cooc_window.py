@@ -2,7 +2,7 @@
 dataset and window, on the validation slice (where the window is chosen) and the test slice
 (reported, never tuned on), with each dataset's tuned ranker settings (evaluation_report.TUNED).
 
-    python docs/tuning/cooc_window.py [--dataset NAME] [WINDOW ...] > var/cooc_window.jsonl
+    python docs/tuning/cooc_window.py [--dataset NAME] [--slice validation|test] [WINDOW ...] > var/cooc_window.jsonl
 
 One JSON line per (dataset, window, slice).
 """
@@ -20,7 +20,7 @@ from stream_app.settings import Settings
 from stream_app.sources import read_events
 
 
-def main(windows: list[int], only: str | None = None) -> None:
+def main(windows: list[int], only: str | None = None, slices: tuple[str, ...] = ("validation", "test")) -> None:
     data = Settings().data_dir
     for name, (fmt, rel) in DATASETS.items():
         if only is not None and name != only:
@@ -30,6 +30,8 @@ def main(windows: list[int], only: str | None = None) -> None:
             settings = Settings(**TUNED[name], cooc_window=window)  # type: ignore[arg-type]
             encoder = open_text_encoder("auto", settings)
             for label, part in (("validation", VALIDATION), ("test", TEST)):
+                if label not in slices:
+                    continue
                 started = time.monotonic()
                 report = evaluate(events, settings, ks=(10,), variants=("all",), dataset=name, window=part, encoder=encoder).to_json()
                 row = report["variants"]["all"]
@@ -42,4 +44,7 @@ if __name__ == "__main__":
     only = None
     if args[:1] == ["--dataset"]:
         only, args = args[1], args[2:]
-    main([int(w) for w in args] or [50, 30, 20, 10], only)
+    slices: tuple[str, ...] = ("validation", "test")
+    if args[:1] == ["--slice"]:
+        slices, args = (args[1],), args[2:]
+    main([int(w) for w in args] or [50, 30, 20, 10], only, slices)
