@@ -43,7 +43,7 @@ from state.catalog import Catalog
 from state.events import Event, EventKind, Item, kind_of
 from state.profile import Origin
 from stream_app.evaluate import _DictStore, _NoVectors, evaluate
-from stream_app.pipeline import Pipeline
+from stream_app.pipeline import Pipeline, Publish
 from stream_app.settings import Settings
 
 RANKERS: Final[tuple[str, ...]] = ("blend", "baseline")
@@ -77,10 +77,10 @@ class _Replay:
     """The worker's pipeline over a dict store and a catalog, fed in the producer's order; the
     clock is the latest event time seen (as in the evaluator)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, catalog: Catalog | None = None, publish: Publish | None = None) -> None:
         self.settings = settings
         self.now = 0.0
-        self.catalog = Catalog()
+        self.catalog = catalog if catalog is not None else Catalog()
         self.store = _DictStore()
         self._offsets: dict[EventKind, int] = {}
         # Emission is effectively off (an infinite interval: only each user's first change
@@ -94,6 +94,7 @@ class _Replay:
             emit_interval_s=math.inf,
             monotonic=self._clock,
             wall=self._clock,
+            publish=publish,
         )
 
     def _clock(self) -> float:

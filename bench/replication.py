@@ -37,14 +37,11 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from bench.ranking import _Replay
 from scoring.knn import ItemKNN
 from scoring.popularity import Popularity
 from scoring.shared import ENGAGE, FOLLOW, Delta, SharedState, decode_record, encode_delta
-from state.catalog import Catalog
-from state.events import Event, Item, kind_of
-from state.profile import Origin
-from stream_app.evaluate import _DictStore, _NoVectors
-from stream_app.pipeline import Pipeline
+from state.events import Event, Item
 from stream_app.settings import Settings
 
 #: workers in the projected scaling curve (16: the device machine's cores)
@@ -59,54 +56,27 @@ def speedup(workers: int, worker_us: float, replicated_us: float) -> float:
     return workers * worker_us / (worker_us + (workers - 1) * replicated_us)
 
 
-class _Worker:
-    """One worker's pipeline over a dict store; the clock is the latest event time seen."""
-
-    def __init__(self, settings: Settings, catalog: Catalog, publish: Any = None) -> None:
-        self.now = 0.0
-        self.pipeline = Pipeline.from_settings(
-            settings,
-            store=_DictStore(),
-            catalog=catalog,
-            vectors=_NoVectors(),
-            emit=lambda key, value: None,
-            # Only a user's first change ranks: the update path is what is compared (a ranking
-            # costs the same on any number of workers and is timed by `bench ranking`).
-            emit_interval_s=math.inf,
-            monotonic=self._clock,
-            wall=self._clock,
-            publish=publish,
-        )
-
-    def _clock(self) -> float:
-        return self.now
-
-
 def measure(events: Sequence[Event], settings: Settings, worker_us: float | None = None) -> dict[str, Any]:
     """The report: own and replicated cost per event, where the replicated cost goes, and the
     projected speedup at :data:`WORKERS` (``worker_us``: C for the projection, default own)."""
-    catalog = Catalog()
+    published: list[bytes] = []
+    # The worker's pipeline as `bench ranking` replays it: only a user's first change ranks, so
+    # the update path is what is compared (a ranking costs the same on any number of workers).
+    own = _Replay(settings, publish=lambda delta: published.append(encode_delta(delta)))
     behaviour: list[Event] = []
     for event in events:
         if isinstance(event, Item):
-            catalog.upsert(event)
+            own.feed(event)  # the catalog, untimed
         else:
             behaviour.append(event)
-    published: list[bytes] = []
-    own = _Worker(settings, catalog, publish=lambda delta: published.append(encode_delta(delta)))
-    offsets: dict[str, int] = {}
     clock = time.perf_counter
     started = clock()
     for event in behaviour:
-        own.now = max(own.now, event.ts)
-        kind = kind_of(event)
-        offset = offsets.get(kind, 0)
-        offsets[kind] = offset + 1
-        own.pipeline.apply_event(event, Origin(settings.topic(kind), 0, offset), 0, event.ts)
+        own.feed(event)
     own_s = clock() - started
     if not behaviour or not published:
         raise ValueError("no behaviour events to replicate")
-    other = _Worker(settings, catalog)
+    other = _Replay(settings, catalog=own.catalog)
     started = clock()
     deltas: list[Delta] = []
     for data in published:
