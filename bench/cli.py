@@ -277,6 +277,8 @@ def bench_memory(
         for k, v in part.items():
             if k == "rss_curve":
                 flat[f"{name}.rss_mb_at"] = ", ".join(f"{n / 1000:.0f}k: {r / 1e6:.0f}" for n, r in v)
+            elif k.startswith("parts_"):  # the worker's own memory gauges, part by part
+                flat.update({f"{name}.{k}.{p}": int(b) for p, b in v.items()})
             elif k != "settings":
                 flat[f"{name}.{k}"] = v
     _print_report("persona bench memory", flat)

@@ -50,11 +50,20 @@ def tail_slope(curve: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> in
     return int((end_rss - mid_rss) * 100_000 / (end_n - mid_n))
 
 
+def per_100k(small: dict[str, float], large: dict[str, float], scale: float) -> dict[str, int]:
+    """Growth of each part from the small run to the large, scaled to 100k profiles, and
+    ``accounted``: their sum."""
+    out = {part: int((large.get(part, 0.0) - small.get(part, 0.0)) * scale) for part in large}
+    out["accounted"] = sum(out.values())
+    return out
+
+
 def _footprint(
     bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any], registry: Path | None = None,
-    curve: list[tuple[int, int]] | None = None,
+    curve: list[tuple[int, int]] | None = None, memory: dict[str, float] | None = None,
 ) -> tuple[float, int, int]:
-    settings = _settings(bootstrap, tag, work / f"state-{tag}", **overrides)
+    # Gauges sampled every second, so the ones read at the end are the end's (bench.stream.MEMORY_GAUGES).
+    settings = _settings(bootstrap, tag, work / f"state-{tag}", ops_sample_s=1.0, **overrides)
     if registry is not None:
         settings = settings.model_copy(update={"model_registry": registry})
     ensure_topics(settings)
@@ -62,11 +71,11 @@ def _footprint(
     publish(settings, catalog)
     if registry is None:
         publish(settings, behaviour)
-        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, curve=curve)
+        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, curve=curve, memory=memory)
     else:
         # Every purchase adds its item's text vector to the buyer's interest: the full profile.
         rate, rss, disk, _ = persona_worker(
-            settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour, curve=curve
+            settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour, curve=curve, memory=memory
         )
     return rate, rss, disk
 
@@ -93,9 +102,11 @@ def run(
         runs = [(name, o) for name, o in (("before", BEFORE), ("after", after)) if name in configs]
         runs += [(f"cache-{b}", {**after, "profile_cache_bytes": b}) for b in cache_bytes]
         for name, overrides in runs:
-            _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides, registry)
+            parts_small: dict[str, float] = {}
+            _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides, registry, memory=parts_small)
             curve: list[tuple[int, int]] = []
-            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry, curve)
+            parts: dict[str, float] = {}
+            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry, curve, parts)
             report[name] = {
                 "settings": overrides,
                 "rss_bytes_fixed": rss_small,
@@ -105,6 +116,11 @@ def run(
                 "rss_curve": curve,
                 "disk_bytes_per_100k_profiles": int(max(0, disk - disk_small) * scale),
                 "events_per_s": rate,
+                # What the worker's own gauges account for, at the end of each run, and their
+                # growth per 100k profiles: the rest of the RSS growth is what they do not see.
+                "parts_bytes_fixed": parts_small,
+                "parts_bytes_run": parts,
+                "parts_bytes_per_100k_profiles": per_100k(parts_small, parts, scale),
             }
     if "before" in report and "after" in report:
         before, after_ = report["before"]["rss_bytes_per_100k_profiles"], report["after"]["rss_bytes_per_100k_profiles"]

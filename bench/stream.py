@@ -259,6 +259,17 @@ def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: i
     raise RuntimeError("worker did not finish in time")
 
 
+#: The parts of a worker's memory it estimates itself: ``part -> (gauge, labels)``.
+MEMORY_GAUGES: dict[str, tuple[str, dict[str, str]]] = {
+    "profile_cache": ("persona_profile_cache_bytes", {}),
+    "live_quality": ("persona_live_quality_bytes", {}),
+    "social_quiet": ("persona_social_quiet_bytes", {}),
+    "rocksdb_memtables": ("persona_rocksdb_memory_bytes", {"part": "memtables"}),
+    "rocksdb_block_cache": ("persona_rocksdb_memory_bytes", {"part": "block_cache"}),
+    "rocksdb_table_readers": ("persona_rocksdb_memory_bytes", {"part": "table_readers"}),
+}
+
+
 def persona_worker(
     settings: Settings,
     n: int,
@@ -269,13 +280,16 @@ def persona_worker(
     then: list[Event] | None = None,
     cpu: dict[str, float] | None = None,
     curve: list[tuple[int, int]] | None = None,
+    memory: dict[str, float] | None = None,
 ) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
     the recommendation messages it emitted (after coalescing). ``code``: the source tree.
     ``vectors_first``: wait until the worker holds that many item vectors (it encodes the
     catalog) before publishing ``then`` (the behaviour), so every purchase finds its vector.
     ``cpu``: filled with the drain's CPU per event, in microseconds (worker tree, whole machine).
-    ``curve``: filled with the worker's RSS every twentieth of ``n`` (:attr:`Drain.rss_curve`)."""
+    ``curve``: filled with the worker's RSS every twentieth of ``n`` (:attr:`Drain.rss_curve`).
+    ``memory``: filled with the worker's own memory gauges at the end (:data:`MEMORY_GAUGES`,
+    as last sampled: run it with a short ``ops_sample_s``)."""
     from deploy.workers import WorkerProcess, metric_sum
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
@@ -295,7 +309,10 @@ def persona_worker(
             cpu["worker_cpu_us_per_event"] = drained.worker_cpu_per_event * 1e6
             cpu["machine_cpu_us_per_event"] = drained.machine_cpu_per_event * 1e6
         time.sleep(2.0)  # let the last commit and compaction settle
-        emitted = int(metric_sum(worker.metrics(), "persona_recommendations_emitted_total"))
+        final = worker.metrics()
+        emitted = int(metric_sum(final, "persona_recommendations_emitted_total"))
+        if memory is not None:
+            memory.update({part: metric_sum(final, name, **labels) for part, (name, labels) in MEMORY_GAUGES.items()})
         return drained.rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir), emitted
     finally:
         worker.stop()

@@ -219,6 +219,14 @@ PROFILES = Gauge(
     "Profiles in this worker's RocksDB table for the partitions it owns (RocksDB's key estimate).",
     registry=REGISTRY,
 )
+ROCKSDB_MEMORY_BYTES = Gauge(
+    "persona_rocksdb_memory_bytes",
+    "Memory RocksDB reports for this worker's profile partitions, by part: memtables (bounded by "
+    "PERSONA_ROCKSDB_WRITE_BUFFER_BYTES x 2 per partition), block_cache (by PERSONA_ROCKSDB_BLOCK_CACHE_BYTES "
+    "per partition) and table_readers (index and filter blocks of the SST files: grows with the data).",
+    ["part"],
+    registry=REGISTRY,
+)
 PROFILE_CACHE_BYTES = Gauge(
     "persona_profile_cache_bytes",
     "Estimated memory of the decoded profiles the worker caches (bounded by PERSONA_PROFILE_CACHE_BYTES).",

@@ -71,17 +71,41 @@ def directory_bytes(path: Path) -> int:
     return total
 
 
+#: ``persona_rocksdb_memory_bytes{part}`` -> the RocksDB property it sums over the partitions.
+#: Table readers (index and filter blocks held outside the block cache, RocksDB's default) are
+#: the part no setting bounds: it grows with the data on disk.
+ROCKSDB_MEMORY_PROPERTIES: dict[str, str] = {
+    "memtables": "rocksdb.cur-size-all-mem-tables",
+    "block_cache": "rocksdb.block-cache-usage",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+
+
+def rocksdb_properties(dbs: Iterable[Any], properties: Mapping[str, str]) -> dict[str, int]:
+    """``name -> sum of the integer property over dbs``; a db closed during a rebalance (or a
+    property it does not report) counts as 0 instead of failing the sample."""
+    out = dict.fromkeys(properties, 0)
+    for db in dbs:
+        for name, prop in properties.items():
+            try:
+                out[name] += int(db.property_int_value(prop) or 0)
+            except Exception:  # closed during a rebalance
+                continue
+    return out
+
+
 def sample_state(state_dir: Path, table: Any) -> None:
-    """``persona_state_bytes{store="profiles"}`` and ``persona_profiles`` (RocksDB's key estimate
-    over the partitions this worker opened)."""
+    """``persona_state_bytes{store="profiles"}``, ``persona_profiles`` (RocksDB's key estimate
+    over the partitions this worker opened) and ``persona_rocksdb_memory_bytes{part}``.
+
+    Each partition has its own block cache (Faust opens one per partition with the table's
+    options), so summing ``block-cache-usage`` over the partitions counts no cache twice."""
     metrics.STATE_BYTES.labels("profiles").set(directory_bytes(state_dir))
-    keys = 0
-    for db in getattr(table.data, "_dbs", {}).values():
-        try:
-            keys += int(db.property_int_value("rocksdb.estimate-num-keys") or 0)
-        except Exception:  # closed during a rebalance
-            continue
-    metrics.PROFILES.set(keys)
+    dbs = list(getattr(table.data, "_dbs", {}).values())
+    props = rocksdb_properties(dbs, {"keys": "rocksdb.estimate-num-keys", **ROCKSDB_MEMORY_PROPERTIES})
+    metrics.PROFILES.set(props.pop("keys"))
+    for part, value in props.items():
+        metrics.ROCKSDB_MEMORY_BYTES.labels(part).set(value)
 
 
 def instrument_restore(app: Any, table: Any) -> None:

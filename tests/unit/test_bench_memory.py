@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.memory import tail_slope
+from bench.memory import per_100k, tail_slope
 
 
 def test_a_flat_tail_costs_nothing_per_100k_users_whatever_the_start() -> None:
@@ -45,3 +45,14 @@ def test_bench_all_markdown_gives_the_tail_cost_beside_the_whole_runs() -> None:
     assert "| memory | after RSS per 100k profiles (MB) | 141.0 |" in md
     assert "| memory | after RSS per 100k further profiles, second half of the run (MB) | 9.6 |" in md
     assert "before RSS per 100k further" not in md  # no curve, no row
+
+
+def test_per_100k_scales_each_parts_growth_and_sums_them() -> None:
+    small = {"profile_cache": 1_000_000.0, "rocksdb_memtables": 2_000_000.0}
+    large = {"profile_cache": 16_000_000.0, "rocksdb_memtables": 2_000_000.0, "rocksdb_table_readers": 500_000.0}
+    # 99,000 more users than the small run: each part's growth times 100k / 99k.
+    got = per_100k(small, large, 100_000 / 99_000)
+    assert got["profile_cache"] == int(15_000_000 * 100_000 / 99_000)
+    assert got["rocksdb_memtables"] == 0
+    assert got["rocksdb_table_readers"] == int(500_000 * 100_000 / 99_000)  # absent from the small run: from 0
+    assert got["accounted"] == got["profile_cache"] + got["rocksdb_table_readers"]

@@ -63,6 +63,7 @@ ALLOWED_METRICS = (
         "persona_profile_cache_bytes",
         "persona_live_quality_bytes",
         "persona_social_quiet_bytes",
+        "persona_rocksdb_memory_bytes",
     }
     | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )

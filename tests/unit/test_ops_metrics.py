@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
 from stream_app import dlq, metrics
 from stream_app.cli_ops import parse_since
 from stream_app.dlq_ops import Letter, UnknownTopic, resolve
-from stream_app.ops_metrics import LagGauge, directory_bytes, partition_lags
+from stream_app.ops_metrics import ROCKSDB_MEMORY_PROPERTIES, LagGauge, directory_bytes, partition_lags, rocksdb_properties
 from stream_app.settings import Settings
 
 
@@ -143,3 +144,46 @@ def test_regression_status_on_a_fresh_broker_retries_not_coordinator() -> None:
     assert [tp.offset for tp in got] == [7] and fresh.calls == 3
     with pytest.raises(BrokerError, match="committed offsets"):
         _committed(Fresh(1, KafkaError.TOPIC_AUTHORIZATION_FAILED), [TopicPartition("t", 0)])  # type: ignore[arg-type]
+
+
+def _rocksdb(path: Path, *, write_buffer: int, block_cache: int) -> Any:
+    """A partition DB opened the way Faust opens the profile table's (its options, rocksdict)."""
+    from faust.stores.rocksdb import RocksDBOptions
+
+    options = RocksDBOptions(
+        write_buffer_size=write_buffer, max_write_buffer_number=2, block_cache_size=block_cache, use_rocksdict=True
+    )
+    return options.open(path)
+
+
+def test_rocksdb_memory_follows_memtables_table_readers_and_the_block_cache(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    cache = 1 << 20
+    db = _rocksdb(tmp_path / "p0", write_buffer=8 << 20, block_cache=cache)
+    idle = _rocksdb(tmp_path / "p1", write_buffer=8 << 20, block_cache=cache)
+    values = [rng.bytes(1000) for _ in range(3000)]  # incompressible: 3 MB in memtables
+    for i, value in enumerate(values):
+        db[f"user-{i:05d}".encode()] = value
+    written = rocksdb_properties([db, idle], ROCKSDB_MEMORY_PROPERTIES)
+    assert written["memtables"] >= 3_000_000
+    assert written["table_readers"] == 0  # nothing flushed yet
+
+    db.flush()
+    flushed = rocksdb_properties([db, idle], ROCKSDB_MEMORY_PROPERTIES)
+    assert flushed["memtables"] < 1_000_000  # the data left the memtable for an SST file ...
+    assert flushed["table_readers"] > 0  # ... whose index and filter blocks are now held
+
+    for i, value in enumerate(values):
+        assert db[f"user-{i:05d}".encode()] == value
+    read = rocksdb_properties([db, idle], ROCKSDB_MEMORY_PROPERTIES)
+    # Reading 3 MB of blocks fills the 1 MiB cache of the one partition that was read, no more.
+    assert cache // 2 < read["block_cache"] <= cache * 1.1
+    db.close()
+    idle.close()
+
+
+def test_rocksdb_properties_count_a_closed_partition_as_zero(tmp_path: Path) -> None:
+    db = _rocksdb(tmp_path / "p0", write_buffer=1 << 20, block_cache=1 << 20)
+    db[b"k"] = b"v" * 100
+    db.close()
+    assert rocksdb_properties([db], {"keys": "rocksdb.estimate-num-keys"}) == {"keys": 0}
