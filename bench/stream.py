@@ -298,9 +298,10 @@ def persona_worker(
             worker.wait_until(lambda m: metric_sum(m, "persona_item_vectors") >= vectors_first, timeout=600)
         if then:
             publish(settings, then)
-        # A million new users take ~20 minutes at a few hundred events/s: the timeout grows with n.
+        # A million new users take ~20 minutes at a few hundred events/s, and full profiles
+        # (interest vectors) ran at 225/s: the timeout grows with n, at 100 events/s.
         drained = drain(
-            worker, n, timeout=max(900.0, n / 300.0), rss_every=max(1, n // 20) if curve is not None else 0,
+            worker, n, timeout=max(900.0, n / 100.0), rss_every=max(1, n // 20) if curve is not None else 0,
             topic=settings.topic("purchase"),
         )
         if curve is not None:
