@@ -115,6 +115,10 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             tail = m[name].get("rss_bytes_per_100k_tail")
             if tail is not None:
                 rows.append(("memory", f"{name} RSS per 100k further profiles, second half of the run (MB)", f"{tail / 1e6:.1f}"))
+            parts_grown = m[name].get("parts_bytes_per_100k_profiles") or {}
+            if parts_grown:
+                shown = ", ".join(f"{p} {b / 1e6:.1f}" for p, b in parts_grown.items())
+                rows.append(("memory", f"{name} per 100k profiles, by the worker's own gauges (MB)", shown))
     if "rss_after_vs_before" in m:
         rows.append(("memory", "rss_after_vs_before", f"{m['rss_after_vs_before']:.3f}"))
     c = parts.get("catalog", {}).get("result") or {}

@@ -277,9 +277,14 @@ def bench_memory(
         for k, v in part.items():
             if k == "rss_curve":
                 flat[f"{name}.rss_mb_at"] = ", ".join(f"{n / 1000:.0f}k: {r / 1e6:.0f}" for n, r in v)
-            elif k.startswith("parts_"):  # the worker's own memory gauges, part by part
-                flat.update({f"{name}.{k}.{p}": int(b) for p, b in v.items()})
-            elif k != "settings":
+            elif k == "parts_bytes_per_100k_profiles":  # the worker's own memory gauges, part by part
+                fixed, run_ = part.get("parts_bytes_fixed", {}), part.get("parts_bytes_run", {})
+                for p, grown in v.items():
+                    shown = f"{grown / 1e6:.1f}" if p == "accounted" else (
+                        f"{fixed.get(p, 0) / 1e6:.1f} / {run_.get(p, 0) / 1e6:.1f} / {grown / 1e6:.1f}"
+                    )
+                    flat[f"{name}.{p} MB (small / large run / per 100k)"] = shown
+            elif k not in ("settings", "parts_bytes_fixed", "parts_bytes_run"):
                 flat[f"{name}.{k}"] = v
     _print_report("persona bench memory", flat)
     if json_out:

@@ -38,13 +38,16 @@ def test_bench_all_markdown_gives_the_tail_cost_beside_the_whole_runs() -> None:
         "started": "2026-12-03T00:00:00Z", "quick": False, "settings": {},
         "machine": {"cpus": 2, "platform": "linux", "python": "3.11", "load_1m_start": 0.1, "load_1m_end": 0.2},
         "parts": {"memory": {"ok": True, "result": {
-            "after": {"rss_bytes_per_100k_profiles": 141_000_000, "rss_bytes_per_100k_tail": 9_600_000},
+            "after": {"rss_bytes_per_100k_profiles": 141_000_000, "rss_bytes_per_100k_tail": 9_600_000,
+                      "parts_bytes_per_100k_profiles": {"rocksdb_block_cache": 12_015_562, "accounted": 21_592_453}},
             "before": {"rss_bytes_per_100k_profiles": 270_000_000, "rss_bytes_per_100k_tail": None}}}},
     }
     md = markdown(report)
     assert "| memory | after RSS per 100k profiles (MB) | 141.0 |" in md
     assert "| memory | after RSS per 100k further profiles, second half of the run (MB) | 9.6 |" in md
     assert "before RSS per 100k further" not in md  # no curve, no row
+    assert "| memory | after per 100k profiles, by the worker's own gauges (MB) | rocksdb_block_cache 12.0, accounted 21.6 |" in md
+    assert "before per 100k profiles, by" not in md  # no gauges read, no row
 
 
 def test_per_100k_scales_each_parts_growth_and_sums_them() -> None:
