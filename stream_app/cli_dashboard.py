@@ -59,7 +59,8 @@ def snapshot_cmd(
     half-empty picture never replaces a good one, unless --allow-empty.
     """
     from state.errors import PersonaError
-    from stream_app.dashboard import fetch_panels, load_dashboard, panel_queries, render_png
+    from stream_app.dashboard import fetch_panels, load_dashboard, panel_queries
+    from stream_app.dashboard_png import render_png
 
     t0, t1 = _time_range(minutes, start, end)
     if step <= 0:

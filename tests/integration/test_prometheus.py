@@ -33,7 +33,7 @@ import pytest
 from deploy import prometheus_server
 from scoring.social import WINDOW_OVERHEAD
 from state.events import Event, Purchase, Review
-from stream_app import dashboard
+from stream_app import dashboard_png
 from stream_app.evaluate import evaluate
 from stream_app.experiment import ENTRY_OVERHEAD
 from stream_app.producer import make_producer, publish
@@ -183,7 +183,7 @@ def test_real_prometheus_sees_every_series_live_hit_rate_matches_harness_and_eve
     # --- every dashboard panel had data; the PNG ------------------------------------------
     end = time.time()
     out = tmp_path / "dashboard.png"
-    panels = dashboard.snapshot(prometheus.url, out, start=started, end=end, step=2.0)
+    panels = dashboard_png.snapshot(prometheus.url, out, start=started, end=end, step=2.0)
     # Per query, not per panel: a panel whose second query never answered would hide a typo.
     empty = [(p.panel.title, q.expr) for p in panels for q in p.results if not any(math.isfinite(v) for s in q.series for _, v in s.points)]
     assert len(panels) >= 8 and not empty, f"queries that returned no finite point: {empty}"

@@ -28,14 +28,12 @@ from stream_app.dashboard import (
     DEFAULT_DASHBOARD,
     DashboardError,
     PrometheusError,
-    canvas_size_px,
     fetch_panels,
     format_legend,
     panel_queries,
     query_range,
-    render_png,
-    snapshot,
 )
+from stream_app.dashboard_png import canvas_size_px, render_png, snapshot
 
 HISTOGRAMS = {
     "persona_event_processing_seconds",
