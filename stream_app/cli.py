@@ -351,18 +351,20 @@ def tail(
 @app.command()
 def worker() -> None:
     """Run a Persona worker (Faust, RocksDB state, /metrics on the web port)."""
+    from stream_app.supervise import RESTART_EXIT_CODE, broker_went_away, is_child, run_supervised
+
+    if not is_child():
+        # The parent only supervises: it restarts the worker when it asks (exit 75). It never
+        # imports Faust, the worker or the models: it lives as long as the worker, beside it.
+        raise typer.Exit(run_supervised(["-m", "stream_app.cli", "worker"]))
 
     import faust
 
     from stream_app.kafka_clients import validate
     from stream_app.settings import Settings
-    from stream_app.supervise import RESTART_EXIT_CODE, broker_went_away, is_child, run_supervised
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
 
-    if not is_child():
-        # The parent only supervises: it restarts the worker when it asks (exit 75).
-        raise typer.Exit(run_supervised(["-m", "stream_app.cli", "worker"]))
     settings = Settings()
     console.print("[bold]Persona worker[/bold] effective configuration:")
     console.print_json(json.dumps(settings.masked()))

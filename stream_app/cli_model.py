@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from stream_app.settings import Settings
-
-if TYPE_CHECKING:  # encoders imports onnxruntime: not at every `persona` start
+if TYPE_CHECKING:  # encoders imports onnxruntime, settings numpy and usearch: not at every `persona` start
     from encoders.registry import Registry
+    from stream_app.settings import Settings
 
 console = Console(stderr=True)
 
 
 def _settings() -> Settings:
+    from stream_app.settings import Settings
+
     return Settings()
 
 

@@ -1,21 +1,6 @@
-"""Local single-node Apache Kafka (KRaft) for development and integration tests."""
+"""Local single-node Apache Kafka (KRaft) for development and integration tests
+(:mod:`deploy.kafka.launcher`; ``persona kafka up|down|status``: :mod:`deploy.kafka.cli`).
 
-from deploy.kafka.launcher import (
-    KAFKA_VERSION,
-    BrokerHandle,
-    cache_dir,
-    ensure_jars,
-    start,
-    status,
-    stop,
-)
-
-__all__ = [
-    "KAFKA_VERSION",
-    "BrokerHandle",
-    "cache_dir",
-    "ensure_jars",
-    "start",
-    "status",
-    "stop",
-]
+Nothing is imported here: ``persona`` mounts this package's CLI at every start, the worker's
+supervisor included, and the launcher needs confluent-kafka's admin client.
+"""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +209,29 @@ def test_retried_coordinator_lookup_is_a_warning_not_an_error() -> None:
     fatal = logging.LogRecord("aiokafka", logging.ERROR, "x", 1, "Group Coordinator Request failed: %s",
                               (errors.GroupAuthorizationFailedError(),), None)
     assert f.filter(fatal) and fatal.levelno == logging.ERROR
+
+
+#: Run in a fresh interpreter: ``persona worker`` as the supervisor (no PERSONA_WORKER_CHILD),
+#: its child start replaced by a probe of what the supervisor process has imported by then.
+_SUPERVISOR_PROBE = """
+import json, sys
+import stream_app.supervise as supervise
+def probe(argv):
+    print(json.dumps({"argv": argv, "modules": sorted(m for m in sys.modules if "." not in m)}))
+    return 0
+supervise.run_supervised = probe
+from stream_app.cli import app
+app(["worker"])
+"""
+
+
+def test_regression_the_supervisor_imports_neither_faust_nor_the_models() -> None:
+    # It imported Faust, the worker, numpy and usearch before deciding it was the parent:
+    # 107 MB of RSS beside every worker, for a process that only waits on its child.
+    env = {k: v for k, v in os.environ.items() if k != "PERSONA_WORKER_CHILD"}
+    done = subprocess.run([sys.executable, "-c", _SUPERVISOR_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["argv"] == ["-m", "stream_app.cli", "worker"]
+    heavy = {"faust", "numpy", "usearch", "onnxruntime", "rocksdict", "aiokafka", "confluent_kafka", "torch"}
+    assert heavy & set(seen["modules"]) == set()
