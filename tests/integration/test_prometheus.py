@@ -136,6 +136,12 @@ def test_real_prometheus_sees_every_series_live_hit_rate_matches_harness_and_eve
     assert p99 is not None and 0 < p99 <= 1.0
     state_bytes = prometheus.scalar('sum(persona_state_bytes{store="profiles"})')
     assert state_bytes is not None and state_bytes > 0
+    # RocksDB's own memory for the profile partitions: the profiles written are in memtables
+    # (or flushed to files whose readers it holds); the block caches within their bound.
+    written = _wait(prometheus, 'sum(persona_rocksdb_memory_bytes{part=~"memtables|table_readers"})', lambda v: v > 0)
+    assert written > 0
+    cache = prometheus.scalar('sum(persona_rocksdb_memory_bytes{part="block_cache"})')
+    assert cache is not None and 0 <= cache <= settings.partitions * settings.rocksdb_block_cache_bytes * 1.05
     # The bounded memory's estimates: every reviewer was ranked, and nobody follows anybody,
     # so each has a last list and a quiet window; neither past its budget.
     reviewers = len({e.user_id for e in events if isinstance(e, Review)})
