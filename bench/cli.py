@@ -255,7 +255,9 @@ def bench_memory(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one).")] = None,
     profiles: Annotated[int, typer.Option(help="Synthetic users (one purchase each) in the large run.")] = 100_000,
     small: Annotated[int, typer.Option(help="Users in the fixed-cost run.")] = 1_000,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+    json_out: Annotated[
+        Optional[Path], typer.Option("--json", help="Also write the report here; FILE.partial holds a large run's curve so far.")
+    ] = None,
     configs: Annotated[str, typer.Option(help="before,after (after alone: the current defaults, e.g. a million users).")] = "before,after",
     registry: Annotated[
         Optional[Path], typer.Option(help="An encoder registry: profiles then carry interest vectors (the full profile).")
@@ -269,7 +271,8 @@ def bench_memory(
 
     chosen = tuple(c.strip() for c in configs.split(",") if c.strip())
     caches = tuple(int(c) for c in cache_bytes.split(",") if c.strip())
-    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry, cache_bytes=caches)
+    partial = json_out.with_name(json_out.name + ".partial") if json_out else None
+    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry, cache_bytes=caches, partial=partial)
     flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
     for name, part in report.items():
         if not isinstance(part, dict):
@@ -289,6 +292,8 @@ def bench_memory(
     _print_report("persona bench memory", flat)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
+        if partial is not None:
+            partial.unlink(missing_ok=True)  # the whole report replaces it
 
 
 @app.command("catalog")

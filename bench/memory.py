@@ -20,9 +20,11 @@ defaults with other profile cache settings, to show the RSS follows the setting,
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,24 @@ def tail_slope(curve: list[tuple[int, int]] | tuple[tuple[int, int], ...]) -> in
     return int((end_rss - mid_rss) * 100_000 / (end_n - mid_n))
 
 
+def partial_writer(path: Path | None, report: dict[str, Any], name: str, rss_fixed: int) -> Callable[[int, int], None] | None:
+    """What ``run`` hands the large run's drain: at each RSS sample, ``path`` gets the report so
+    far with this configuration's fixed cost and its curve up to that sample; written to a
+    temporary file first, never half a document."""
+    if path is None:
+        return None
+    curve: list[tuple[int, int]] = []
+
+    def write(users: int, rss: int) -> None:
+        curve.append((users, rss))
+        doc = {**report, "partial": True, name: {"rss_bytes_fixed": rss_fixed, "rss_curve": list(curve)}}
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.replace(path)
+
+    return write
+
+
 def per_100k(small: dict[str, float], large: dict[str, float], scale: float) -> dict[str, int]:
     """Growth of each part from the small run to the large, scaled to 100k profiles, and
     ``accounted``: their sum."""
@@ -61,6 +81,7 @@ def per_100k(small: dict[str, float], large: dict[str, float], scale: float) -> 
 def _footprint(
     bootstrap: str, work: Path, tag: str, users: int, overrides: dict[str, Any], registry: Path | None = None,
     curve: list[tuple[int, int]] | None = None, memory: dict[str, float] | None = None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> tuple[float, int, int]:
     # Gauges sampled every second, so the ones read at the end are the end's (bench.stream.MEMORY_GAUGES).
     settings = _settings(bootstrap, tag, work / f"state-{tag}", ops_sample_s=1.0, **overrides)
@@ -71,24 +92,27 @@ def _footprint(
     publish(settings, catalog)
     if registry is None:
         publish(settings, behaviour)
-        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, curve=curve, memory=memory)
+        rate, rss, disk, _ = persona_worker(settings, len(behaviour), work, curve=curve, memory=memory, on_sample=on_sample)
     else:
         # Every purchase adds its item's text vector to the buyer's interest: the full profile.
         rate, rss, disk, _ = persona_worker(
-            settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour, curve=curve, memory=memory
+            settings, len(behaviour), work, vectors_first=len(catalog), then=behaviour, curve=curve, memory=memory,
+            on_sample=on_sample,
         )
     return rate, rss, disk
 
 
 def run(
     bootstrap: str | None, profiles: int = 100_000, small: int = 1_000, configs: tuple[str, ...] = ("before", "after"),
-    registry: Path | None = None, cache_bytes: tuple[int, ...] = (),
+    registry: Path | None = None, cache_bytes: tuple[int, ...] = (), partial: Path | None = None,
 ) -> dict[str, Any]:
     """``configs``: "before" and/or "after" (a million-user run of the current defaults alone).
     ``registry``: an encoder registry; the workers load it and every profile carries an interest
     vector (both runs: the encoder's own memory is in the fixed cost, not per profile).
     ``cache_bytes``: also run the current defaults with each of these profile cache settings
-    (reported as ``cache-<bytes>``)."""
+    (reported as ``cache-<bytes>``). ``partial``: rewritten with what was measured so far at
+    every RSS sample of a large run (a million users take over an hour: a stopped run keeps
+    its fixed cost and its curve)."""
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0],
                               "interest_vectors": registry is not None}
     scale = 100_000 / (profiles - small)
@@ -106,7 +130,8 @@ def run(
             _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides, registry, memory=parts_small)
             curve: list[tuple[int, int]] = []
             parts: dict[str, float] = {}
-            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry, curve, parts)
+            sampled = partial_writer(partial, report, name, rss_small)
+            rate, rss, disk = _footprint(bs, work, f"{tag}{name}l", profiles, overrides, registry, curve, parts, sampled)
             report[name] = {
                 "settings": overrides,
                 "rss_bytes_fixed": rss_small,

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
@@ -218,15 +218,19 @@ def _machine_cpu_seconds() -> float:
 
 def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> float:
     """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n`` (:func:`drain`)."""
-    return drain(worker, n, timeout, rss_every=0, **labels).rate
+    return drain(worker, n, timeout, rss_every=0, on_sample=None, **labels).rate
 
 
-def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: int = 0, **labels: str) -> Drain:
+def drain(
+    worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: int = 0,
+    on_sample: Callable[[int, int], None] | None = None, **labels: str,
+) -> Drain:
     """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n``, timed from
     the first scrape that shows any (start-up and model loading stay outside the clock), and
     the CPU the worker and the machine spent per event over the same window. ``rss_every``:
     also sample the worker's RSS each time another ``rss_every`` events are applied (the
-    curve that tells a bounded footprint from one that grows with users)."""
+    curve that tells a bounded footprint from one that grows with users), and hand each sample
+    to ``on_sample`` as it is taken (a long run keeps what it measured if it is stopped)."""
     from deploy.workers import metric_sum
 
     curve: list[tuple[int, int]] = []
@@ -247,6 +251,8 @@ def drain(worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: i
             first_cpu, first_machine = _cpu_seconds(worker.proc.pid), _machine_cpu_seconds()
         if rss_every and done >= (len(curve) + 1) * rss_every:
             curve.append((int(done), _rss_bytes(worker.proc.pid)))
+            if on_sample is not None:
+                on_sample(*curve[-1])
         if done >= n:
             counted = max(done - first_n, 1.0)
             return Drain(
@@ -281,6 +287,7 @@ def persona_worker(
     cpu: dict[str, float] | None = None,
     curve: list[tuple[int, int]] | None = None,
     memory: dict[str, float] | None = None,
+    on_sample: Callable[[int, int], None] | None = None,
 ) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
     the recommendation messages it emitted (after coalescing). ``code``: the source tree.
@@ -301,7 +308,7 @@ def persona_worker(
         # A million new users take ~20 minutes at a few hundred events/s, and full profiles
         # (interest vectors) ran at 225/s: the timeout grows with n, at 100 events/s.
         drained = drain(
-            worker, n, timeout=max(900.0, n / 100.0), rss_every=max(1, n // 20) if curve is not None else 0,
+            worker, n, timeout=max(900.0, n / 100.0), rss_every=max(1, n // 20) if curve is not None else 0, on_sample=on_sample,
             topic=settings.topic("purchase"),
         )
         if curve is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from bench.memory import per_100k, tail_slope
+from bench.memory import partial_writer, per_100k, tail_slope
 
 
 def test_a_flat_tail_costs_nothing_per_100k_users_whatever_the_start() -> None:
@@ -59,3 +62,20 @@ def test_per_100k_scales_each_parts_growth_and_sums_them() -> None:
     assert got["rocksdb_memtables"] == 0
     assert got["rocksdb_table_readers"] == int(500_000 * 100_000 / 99_000)  # absent from the small run: from 0
     assert got["accounted"] == got["profile_cache"] + got["rocksdb_table_readers"]
+
+
+def test_a_stopped_large_run_leaves_its_fixed_cost_and_curve_so_far(tmp_path: Path) -> None:
+    path = tmp_path / "memory.json.partial"
+    report = {"profiles": 1_000_000, "small": 1_000}
+    sample = partial_writer(path, report, "after", rss_fixed=400_000_000)
+    assert sample is not None
+    sample(50_000, 450_000_000)
+    sample(100_000, 470_000_000)
+    doc = json.loads(path.read_text())
+    assert doc["partial"] is True and doc["profiles"] == 1_000_000
+    assert doc["after"] == {"rss_bytes_fixed": 400_000_000, "rss_curve": [[50_000, 450_000_000], [100_000, 470_000_000]]}
+    # What it measured is enough for the figures the finished run gives.
+    assert tail_slope([tuple(p) for p in doc["after"]["rss_curve"]]) == 40_000_000
+    assert not (tmp_path / "memory.json.partial.tmp").exists()
+    assert "partial" not in report  # the report the run finishes with is not marked
+    assert partial_writer(None, report, "after", 0) is None
