@@ -88,6 +88,12 @@ class Popularity:
             self._moved.clear()
         return self._order
 
+    def entry(self, item_id: str) -> tuple[float, int, str] | None:
+        """``item_id``'s entry in :meth:`order` (None when it has no positive popularity); only
+        valid until the next :meth:`add`, and after :meth:`order` brought the entries up to date."""
+        key = self._lkey.get(item_id)
+        return None if key is None else (-key, self._hashes[item_id], item_id)
+
     def value(self, item_id: str) -> float:
         value, ref = self._values.get(item_id, (0.0, self.now))
         return weight_at(value, ref, self.now, self._hl)

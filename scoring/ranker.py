@@ -226,8 +226,10 @@ def rank(
         parts = [_linear_parts(fj, w) for _, _, _, fj in chosen]
     else:
         parts = _occlusion_parts(model, [fj for _, _, _, fj in chosen])
+    evidence = pool.evidence
+    evidence.prepare([item for _, _, item, _ in chosen])
     return [
-        Scored(item_id=item, score=round(score, 6), reasons=pool.evidence.reasons(item, part))
+        Scored(item_id=item, score=round(score, 6), reasons=evidence.reasons(item, part))
         for (score, _, item, _), part in zip(chosen, parts, strict=True)
     ]
 
@@ -280,8 +282,10 @@ def _pool(
         cooc = dict(knn.top(recent, weights.pool, user_id=user, exclude=exclude, recency=weights.recency))
     candidates: set[str] = set(cooc)
     query = interest_query(profile, shared, params.half_life_s) if weights.content else None
+    found: dict[str, float] = {}
     if query is not None:
-        candidates.update(i for i, _ in shared.content.search(query, weights.pool, version=shared.content.version or "", exclude=exclude))
+        found = dict(shared.content.search(query, weights.pool, version=shared.content.version or "", exclude=exclude))
+        candidates.update(found)
     social: dict[str, tuple[float, int]] = {}
     if weights.social and profile.following:
         social = {i: (s, n) for i, s, n in shared.social.top(profile.following, weights.pool, exclude=exclude, now=now)}
@@ -305,15 +309,29 @@ def _pool(
             wanted -= 1
     if weights.category and total > 0.0 and only is None:
         strongest = {c for c, _ in heapq.nlargest(5, affinity.items(), key=lambda kv: (kv[1], kv[0]))}
-        wanted = weights.pool
-        # Bounded scan: a user's strongest categories may be rare among popular items (CiaoDVD
-        # has 16k films); scanning the whole catalog per ranking dominated its cost.
-        for _, _, item in order[: 20 * weights.pool]:
-            if wanted <= 0:
-                break
-            if item not in exclude and not strongest.isdisjoint(catalog.categories(item)):
-                candidates.add(item)
-                wanted -= 1
+        wanted, window = weights.pool, 20 * weights.pool
+        members = set().union(*(catalog.items_in(c) for c in strongest))
+        if len(members) <= 4 * weights.pool:
+            # Few items in those categories (a new user's one category of many): their entries of
+            # the popularity order, sorted, are what the scan below would meet, in the same order,
+            # without walking past thousands of other items' categories (40% of a new user's
+            # ranking on 20 categories).
+            last = order[window - 1] if len(order) > window else None
+            for entry in sorted(e for e in map(popularity.entry, members) if e is not None):
+                if wanted <= 0 or (last is not None and entry > last):
+                    break
+                if entry[2] not in exclude:
+                    candidates.add(entry[2])
+                    wanted -= 1
+        else:
+            # Bounded scan: a user's strongest categories may be rare among popular items (CiaoDVD
+            # has 16k films); scanning the whole catalog per ranking dominated its cost.
+            for _, _, item in order[:window]:
+                if wanted <= 0:
+                    break
+                if item not in exclude and not strongest.isdisjoint(catalog.categories(item)):
+                    candidates.add(item)
+                    wanted -= 1
     if len(candidates) < k and only is None:  # nothing popular yet (a stream's first events): fill from the catalog
         for item in _catalog_order(shared, catalog):
             if len(candidates) >= k + TIE_FILL:
@@ -342,7 +360,8 @@ def _pool(
         f[1] = [sum([share.get(x, 0.0) for x in c]) / len(c) if c else 0.0 for c in cats]
     f[2] = np.log1p(popularity.values(items))
     f[2] /= f[2].max() or 1.0
-    content = shared.content.similarities(query, items, version=shared.content.version or "") if query is not None else {}
+    # The search's own results are not scored again: the same cosines, computed once.
+    content = shared.content.similarities(query, items, version=shared.content.version or "", known=found) if query is not None else {}
     if content:
         f[3] = np.maximum(0.0, [content.get(i, 0.0) for i in items])
         f[3] /= f[3].max() or 1.0
@@ -424,6 +443,15 @@ class _Evidence:
     ) -> None:
         self.profile, self.recent, self.shared, self.catalog = profile, recent, shared, catalog
         self.affinity, self.total, self.social, self.segment, self.query = affinity, total, social, segment, query
+        self._chosen: dict[str, int] = {}
+        self._anchors: list[str] = []
+        self._sims: npt.NDArray[np.float64] | None = None
+
+    def prepare(self, chosen: list[str]) -> None:
+        """The items whose reasons will be asked for: their text similarities with the user's
+        latest items are computed lazily, as one product, the first time a reason needs one."""
+        self._chosen = {item: j for j, item in enumerate(chosen)}
+        self._sims = None
 
     def _title(self, item: str) -> str:
         entry = self.catalog.get(item)
@@ -463,15 +491,19 @@ class _Evidence:
 
     def _content(self, item: str) -> str:
         content = self.shared.content
-        version = content.version or ""
-        vec = content.vector(item)
-        if vec is None:
+        if item not in content:
             return ""
-        anchors = [h for h in self.recent[-10:] if h in content]
-        if anchors:
-            sims = content.similarities(vec, anchors, version=version)
-            anchor = max(anchors, key=lambda h: (sims[h], h))
-            return f"close in text to {self._title(anchor)}, which you engaged with (similarity {sims[anchor]:.2f})"
+        j = self._chosen.get(item)
+        if j is None:  # not prepared: this item alone
+            self.prepare([item])
+            j = 0
+        if self._sims is None:
+            anchors = self._anchors = [h for h in dict.fromkeys(self.recent[-10:]) if h in content]
+            self._sims = content.pairwise(list(self._chosen), anchors, version=content.version or "")
+        if self._anchors:
+            row = self._sims[j]
+            sim, anchor = max(zip(row.tolist(), self._anchors, strict=True))
+            return f"close in text to {self._title(anchor)}, which you engaged with (similarity {sim:.2f})"
         return "close to what you wrote and engaged with (text similarity)"
 
     def _social(self, item: str) -> str:

@@ -314,3 +314,49 @@ def test_regression_tied_vectors_do_not_scan_the_whole_index(monkeypatch: pytest
     assert got == index.search(twin, 10, version=V1, exclude={"twin-0"})  # the graph's order is deterministic
     # Without ties the boundary still settles exactly (the brute-force tests above), and a graph that
     # reaches too few items still falls back to exact search (test_falls_back_to_exact_search...).
+
+
+@pytest.mark.parametrize("inserted", [("c699378", "c18020006"), ("c18020006", "c699378")])
+def test_a_crc32_collision_at_equal_similarity_is_ordered_by_id(inserted: tuple[str, str]) -> None:
+    """The numpy ordering goes by (similarity, tie hash); two items sharing both (one vector, a
+    crc32 collision) are ordered by id, as the reference tuple sort does, whichever was
+    inserted (so fetched) first."""
+    first, second = "c699378", "c18020006"
+    assert tie_hash(first) == tie_hash(second) and second < first
+    rng = np.random.default_rng(11)
+    index = ContentIndex()
+    for i, row in enumerate(unit_rows(rng, 50)):
+        index.upsert(f"other-{i}", V1, row)
+    twin = unit_rows(rng, 1)[0]
+    for item in inserted:
+        index.upsert(item, V1, twin)
+    got = index.search(twin, 2, version=V1)
+    assert [i for i, _ in got] == [second, first]
+    assert [i for i, _ in index.search(twin, 1, version=V1)] == [second]
+
+
+def test_pairwise_is_similarity_with_the_items_own_vector(build: Build) -> None:
+    index, ids, _ = build(120)
+    items, others = ids[:7] + ["absent"], ids[50:60] + ["absent"]
+    got = index.pairwise(items, others, version=V1)
+    assert got.shape == (8, 11)
+    for a, item in enumerate(items):
+        vec = index.vector(item)
+        for b, other in enumerate(others):
+            expected = 0.0 if vec is None else index.similarity(vec, other, version=V1)
+            assert got[a, b] == expected, (item, other)
+    assert not index.pairwise(items, others, version="other").any()
+
+
+def test_similarities_reuse_known_values_and_compute_the_rest(build: Build) -> None:
+    index, ids, _ = build(100)
+    q = unit_rows(np.random.default_rng(12), 1)[0]
+    found = dict(index.search(q, 5, version=V1))
+    asked = ids[:20] + list(found)
+    full = index.similarities(q, asked, version=V1)
+    # Marked values show which entries were taken from ``known`` rather than recomputed.
+    marked = {i: -5.0 for i in found}
+    reused = index.similarities(q, asked, version=V1, known=marked)
+    assert list(reused) == list(full)
+    for item in asked:
+        assert reused[item] == (-5.0 if item in found else full[item])

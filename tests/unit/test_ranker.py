@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
+
 from scoring.knn import ItemKNN
 from scoring.popularity import Popularity
-from scoring.ranker import Weights, history, rank
+from scoring.ranker import Weights, features, history, rank
 from scoring.shared import SharedState
 from state.catalog import Catalog
 from state.events import Item, Purchase
@@ -128,3 +130,39 @@ def test_history_is_the_tail_of_the_full_sort_by_time_then_id() -> None:
         n = rng.choice([1, 5, 50])
         expected = [i for i, _ in sorted(profile.purchased.items(), key=lambda kv: (kv[1], kv[0]))][-n:]
         assert history(profile, n) == expected
+
+
+def _category_picks(pop: Popularity, catalog: Catalog, strongest: set[str], exclude: set[str], pool: int) -> set[str]:
+    """The category pool as documented, computed by brute force: the ``pool`` most popular
+    items of the strongest categories not excluded, among the ``20 * pool`` most popular."""
+    ranked = sorted(pop.order())[: 20 * pool]
+    hits = [i for _, _, i in ranked if i not in exclude and strongest & set(catalog.categories(i))]
+    return set(hits[:pool])
+
+
+@pytest.mark.parametrize("rare", [10, 30])
+def test_category_candidates_are_the_most_popular_of_the_users_categories_within_the_window(rare: int) -> None:
+    """10 rare items: few enough to be sorted by popularity directly; 30: the bounded scan.
+    Both must give what the scan of the popularity order gives, the window included (rare
+    items past the 100th most popular are never candidates)."""
+    catalog = Catalog()
+    pop = Popularity(14.0, refresh_s=-1.0)
+    rng = random.Random(rare)
+    positions = sorted(rng.sample(range(300), rare))
+    for i in range(300):
+        cats = ["rare"] if i in positions else [f"c{i % 3}"]
+        catalog.upsert(Item(event_id=f"i{i}", ts=0.0, item_id=f"m{i:03d}", title=f"M {i}", categories=cats))
+        pop.add(f"m{i:03d}", 1000.0 - i, 1000.0)  # m000 most popular, then m001, ...
+    bought = f"m{positions[1]:03d}"
+    p = apply(new_profile("u"), Purchase(event_id="e", ts=1000.0, user_id="u", item_id=bought), origin=Origin("t", 0, 0),
+              categories=catalog.categories(bought), params=Params())
+    assert p is not None
+    weights = Weights(pool=5, trending=0.0)
+    pool = features(p, catalog=catalog, shared=_shared(pop, ItemKNN()), params=Params(), k=1, weights=weights)
+    assert pool is not None
+    expected = _category_picks(pop, catalog, {"rare"}, {bought}, 5)
+    assert expected  # the scenario has rare items inside the window
+    # features() turns trending on: the max(pool // 2, k) = 2 most popular items not bought.
+    trending = set([i for _, _, i in sorted(pop.order()) if i != bought][:2])
+    assert set(pool.items) == expected | trending
+    assert all(int(i[1:]) < 100 for i in expected)
