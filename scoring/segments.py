@@ -232,22 +232,31 @@ class SegmentPopularity:
                 taken += 1
         # _share per (candidate, segment), with each segment's decayed total hoisted: the same
         # float operations in the same order (bit-identical shares), at half the cost per ranking.
-        hl = self._hl
+        hl, exp = self._hl, math.exp
         segs = [(name, seg.values, seg.ref, weight_at(seg.total, seg.total_ref, seg.ref, hl)) for name, seg in fresh if seg.total > 0.0]
-        keyed: list[tuple[float, int, str, str]] = []
-        for item in sorted(candidates):
-            total = 0.0
-            lead, lead_share = "", -math.inf
-            for name, values, at, denom in segs:
-                entry = values.get(item)
-                s = 0.0 if entry is None else entry[0] * math.exp(-_LN2 * (at - entry[1]) / hl) / denom
-                total += s
-                if s > lead_share:  # names ascend: the first of equal shares (smallest id) stays
-                    lead, lead_share = name, s
-            if total > 0.0:
-                keyed.append((-total, self._hashes[item], item, lead))
+        if not segs:
+            return []
+        items = sorted(candidates)
+        # One list of shares per segment (comprehensions, not a loop per candidate and segment:
+        # this was a fifth of a MovieLens ranking), summed in segment order: the same float
+        # operations in the same order as _share (bit-identical scores).
+        shares = [
+            [0.0 if e is None else e[0] * exp(-_LN2 * (at - e[1]) / hl) / denom for e in map(values.get, items)]
+            for _, values, at, denom in segs
+        ]
+        totals = [0.0 + x for x in shares[0]]
+        for more in shares[1:]:
+            totals = [a + b for a, b in zip(totals, more, strict=True)]
+        names = [name for name, _, _, _ in segs]
+        hashes = self._hashes
+        keyed = [(-t, hashes[item], item, j) for j, (item, t) in enumerate(zip(items, totals, strict=True)) if t > 0.0]
         keyed.sort()
-        return [(item, -score, lead) for score, _, item, lead in keyed[:k]]
+        out: list[tuple[str, float, str]] = []
+        for score, _, item, j in keyed[:k]:
+            # The segment whose share contributed most; names ascend, so the first of equal shares stays.
+            column = [s[j] for s in shares]
+            out.append((item, -score, names[column.index(max(column))]))
+        return out
 
     def score(self, segments: Sequence[str], items: Iterable[str], now: float) -> dict[str, float]:
         """The :meth:`top` score of each of ``items`` (0 for items, or segments, never seen)."""

@@ -411,3 +411,25 @@ def test_popularity_order_is_kept_incrementally_and_equals_a_full_sort() -> None
                 if abs(values[a] - values[b]) <= 1e-12 * max(values[a], 1e-300):
                     assert (tie_hash(a), a) <= (tie_hash(b), b)
             assert set(items) == {i for i in (f"i{n}" for n in range(80)) if pop.value(i) > 0}
+
+
+def test_popularity_values_are_each_items_value_bit_for_bit() -> None:
+    """``values`` (the ranker's one call per ranking) inlines the decay: it must equal ``value``
+    exactly, unknown items 0, at a "now" past every reference time."""
+    import random
+
+    from state.decay import weight_at
+
+    rng = random.Random(3)
+    pop = Popularity(2.5)
+    events = [(f"i{rng.randrange(50)}", rng.random() * 4.0, 1e9 + rng.random() * 5e6) for _ in range(2_000)]
+    for item, w, ts in events:
+        pop.add(item, w, ts)
+    items = [f"i{j}" for j in range(55)]
+    assert pop.values(items) == [pop.value(i) for i in items]
+    assert pop.values(["i999"]) == [0.0]
+    # And value itself is the documented decayed sum (to rounding): independent of the class.
+    hl = 2.5 * 86_400.0
+    for item in ("i1", "i7"):
+        expected = math.fsum(weight_at(w, ts, pop.now, hl) for i, w, ts in events if i == item)
+        assert pop.value(item) == pytest.approx(expected, rel=1e-9)

@@ -208,3 +208,27 @@ def test_deterministic() -> None:
 def test_rejects_bad_half_life() -> None:
     with pytest.raises(ValueError):
         SegmentPopularity(0.0)
+
+
+def test_top_scores_are_the_shares_summed_bit_for_bit_with_the_leading_segment() -> None:
+    """``top`` computes shares a segment at a time; each score must equal ``score`` (one
+    ``share`` per item and segment, summed in name order) exactly, and the lead be the first
+    segment, by name, with the largest share."""
+    import random
+
+    rng = random.Random(5)
+    sp = SegmentPopularity(3.0)
+    names = ["age=18-24", "gender=f", "gender=m", "occupation=artist", "occupation=writer"]
+    for n in range(3_000):
+        segs = rng.sample(names, rng.randint(1, 3))
+        sp.add(segs, f"i{rng.randrange(120)}", rng.choice([1.0, 2.0, 3.0]), T0 + rng.random() * 40 * SECONDS_PER_DAY)
+    asked = ["gender=f", "age=18-24", "occupation=writer", "unknown=segment"]
+    out = sp.top(asked, 30, exclude={"i3", "i4"}, now=T0, scan=10)
+    assert len(out) == 30 and not {"i3", "i4"} & {i for i, _, _ in out}
+    expected = sp.score(asked, [i for i, _, _ in out], T0)
+    for item, score, lead in out:
+        assert score == expected[item]
+        shares = [(sp.share(s, item), s) for s in sorted(set(asked))]
+        best = max(x for x, _ in shares)
+        assert lead == next(s for x, s in shares if x == best)
+    assert [s for _, s, _ in out] == sorted((s for _, s, _ in out), reverse=True)
