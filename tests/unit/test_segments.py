@@ -219,7 +219,7 @@ def test_top_scores_are_the_shares_summed_bit_for_bit_with_the_leading_segment()
     rng = random.Random(5)
     sp = SegmentPopularity(3.0)
     names = ["age=18-24", "gender=f", "gender=m", "occupation=artist", "occupation=writer"]
-    for n in range(3_000):
+    for _ in range(3_000):
         segs = rng.sample(names, rng.randint(1, 3))
         sp.add(segs, f"i{rng.randrange(120)}", rng.choice([1.0, 2.0, 3.0]), T0 + rng.random() * 40 * SECONDS_PER_DAY)
     asked = ["gender=f", "age=18-24", "occupation=writer", "unknown=segment"]
