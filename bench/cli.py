@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 app = typer.Typer(help="Benchmarks: ratios against baselines measured in the same run.", no_args_is_help=True)
 
@@ -328,3 +329,32 @@ def _print_report(title: str, report: dict[str, object]) -> None:
         shown = f"{value:,.3f}" if isinstance(value, float) else (f"{value:,}" if isinstance(value, int) else str(value))
         table.add_row(key, shown)
     Console().print(table)
+
+
+@app.command("new-users")
+def bench_new_users(
+    users: Annotated[int, typer.Option(help="Synthetic users, one first purchase each.")] = 6_000,
+    rankings: Annotated[int, typer.Option(help="Rankings timed: after each of the last n purchases.")] = 1_500,
+    items: Annotated[int, typer.Option(help="Catalog items (20 categories).")] = 1_000,
+    against: Annotated[Optional[str], typer.Option(help="Also run this git revision at the same time, one process per core.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """In process: ms per ranking of a burst of new users with interest vectors (every event ranked)."""
+    from bench import new_users
+
+    report = new_users.run(against, users=users, rankings=rankings, items=items)
+    table = Table(title="a new user's ranking, in process (best of 3 calls each)")
+    table.add_column("code")
+    for col in ("rankings", "mean ms", "p50 ms", "p99 ms", "lists sha256"):
+        table.add_column(col, justify="right")
+    for name in ("this tree", against):
+        if name is None:
+            continue
+        r = report[name]
+        table.add_row(name, str(r["rankings"]), f"{r['mean_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", r["lists_sha256"])
+    console = Console()
+    console.print(table)
+    if against is not None:
+        console.print(f"mean this tree / {against} = {report['mean_vs_against']:.3f}; same lists: {report['same_lists']}")
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))

@@ -1,0 +1,29 @@
+"""``persona bench new-users``: the lists it times are deterministic, and ``--against`` runs an
+older revision's code on the same events."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from bench import new_users
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_measure_times_the_asked_rankings_and_its_lists_do_not_depend_on_the_run() -> None:
+    first = new_users.measure(users=300, rankings=40, items=100, repeats=1)
+    second = new_users.measure(users=300, rankings=40, items=100, repeats=2)
+    assert first["rankings"] == second["rankings"] == 40
+    assert first["lists_sha256"] == second["lists_sha256"]
+    assert 0.0 < first["p50_ms"] <= first["p99_ms"]
+    # Another catalog gives other lists: the checksum covers what was ranked.
+    assert new_users.measure(users=300, rankings=40, items=120, repeats=1)["lists_sha256"] != first["lists_sha256"]
+
+
+def test_against_a_revision_runs_both_and_compares_the_lists() -> None:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    report = new_users.run(head, users=200, rankings=20, items=100)
+    assert report["this tree"]["rankings"] == report[head]["rankings"] == 20
+    assert report["mean_vs_against"] > 0.0
+    assert report["same_lists"] == (report["this tree"]["lists_sha256"] == report[head]["lists_sha256"])
