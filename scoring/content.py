@@ -279,8 +279,9 @@ class ContentIndex:
 
     def pairwise(self, items: Sequence[str], others: Sequence[str], *, version: str) -> _F64:
         """Cosines of each of ``items`` with each of ``others`` (items, others), as :meth:`similarity`
-        computes them with the item's stored vector as the query (0.0 where either is absent or
-        ``version`` is not the one held): one product for the evidence of a whole list."""
+        computes them with the item's stored vector as the query, to its rounding (one matrix
+        product may sum in another order than one product per item), 0.0 where either is absent
+        or ``version`` is not the one held: one product for the evidence of a whole list."""
         out = np.zeros((len(items), len(others)), dtype=np.float64)
         if version != self._version or not items or not others:
             return out
