@@ -67,7 +67,9 @@ def measure(users: int = 6_000, rankings: int = 1_500, items: int = 1_000, repea
         vec = ItemVector(item_id=item.item_id, version="bench-v1", digest="-", vector=item_vector_bytes(v / np.linalg.norm(v)))
         vectors.vectors[item.item_id] = vec
         pipeline.add_item_vector(vec)
-    digest, costs, offsets = hashlib.sha256(), [], {}  # type: ignore[var-annotated]
+    digest = hashlib.sha256()
+    costs: list[float] = []
+    offsets: dict[str, int] = {}
     split = len(behaviour) - rankings
     store = pipeline.store
     for i, event in enumerate(behaviour):
