@@ -251,19 +251,32 @@ class ItemKNN:
         ``recency`` < 1 weighs the newest history item 1, the one before ``recency``, and so on
         (``history`` is oldest first)."""
         n = len(self._ids)
-        acc = np.zeros(n, dtype=np.float64)
         inv = 1.0 / np.sqrt(np.maximum(self._users[:n], 1.0))
         rows: list[int] = []
+        nbs: list[_I64] = []
+        cos: list[_F64] = []
+        scales: list[float] = []
+        lengths: list[int] = []
+        index, pos, nb, co = self._index, self._pos, self._nb, self._co
         items = list(dict.fromkeys(history))
         for age, h in enumerate(reversed(items)):
-            r = self._index.get(h)
+            r = index.get(h)
             if r is None:
                 continue
             rows.append(r)
-            m = len(self._pos[r])
+            m = len(pos[r])
             if m:
-                # Indices within one row are distinct, so fancy-index += adds each once.
-                acc[self._nb[r][:m]] += self._co[r][:m] * (inv[r] * recency**age)
+                nbs.append(nb[r][:m])
+                cos.append(co[r][:m])
+                scales.append(float(inv[r]) * recency**age)
+                lengths.append(m)
+        if not nbs:
+            return np.zeros(n, dtype=np.float64), rows
+        # One bincount over every row instead of a fancy-index += per row (50 numpy calls a
+        # ranking): bincount adds the weights in array order, rows in the loop's order, so
+        # each item's sum is the same float additions in the same order (bit-identical).
+        weights = np.concatenate(cos) * np.repeat(np.array(scales), lengths)
+        acc: _F64 = np.bincount(np.concatenate(nbs), weights=weights, minlength=n).astype(np.float64, copy=False)
         acc *= inv
         return acc, rows
 

@@ -333,6 +333,33 @@ def test_item_knn_counts_and_scores_match_a_brute_force_recount() -> None:
     assert [sim(a, b) for b, _ in nbrs] == pytest.approx([sim(a, b) for b in want_n])
 
 
+def test_item_knn_score_with_recency_is_the_row_by_row_sum_bit_for_bit() -> None:
+    """``score`` sums each history row's contributions newest first (one bincount over all
+    rows since it was a numpy += per row): each candidate's sum must be the same float
+    additions in the same order as adding the rows one by one, so rankings do not move.
+    An unknown history item still takes its place in the recency ages."""
+    rng = random.Random(5)
+    stream = [(f"u{rng.randrange(25)}", f"i{min(rng.randrange(80), rng.randrange(80))}") for _ in range(2000)]
+    knn = ItemKNN(12)
+    for user, item in stream:
+        knn.observe(user, item)
+    recency = 0.93
+    checked = 0
+    for user in sorted({u for u, _ in stream}):
+        history = [*knn.history(user), "never-seen"]
+        sums: dict[str, float] = {}
+        for age, h in enumerate(reversed(list(dict.fromkeys(history)))):
+            if knn.count(h) == 0:
+                continue
+            scale = (1.0 / math.sqrt(knn.count(h))) * recency**age
+            for j, _ in knn.neighbours(h, 10_000):  # one entry per j in a row: its order is immaterial
+                sums[j] = sums.get(j, 0.0) + knn.cooccurrence(h, j) * scale
+        want = {j: v * (1.0 / math.sqrt(max(knn.count(j), 1))) for j, v in sums.items() if v > 0.0}
+        assert knn.score(history, recency=recency) == want, user
+        checked += len(want)
+    assert checked > 1000
+
+
 def test_item_knn_ties_follow_the_user_hash() -> None:
     knn = ItemKNN()
     for user in ("x", "y"):
