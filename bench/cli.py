@@ -337,13 +337,25 @@ def bench_new_users(
     rankings: Annotated[int, typer.Option(help="Rankings timed: after each of the last n purchases.")] = 1_500,
     items: Annotated[int, typer.Option(help="Catalog items (20 categories).")] = 1_000,
     against: Annotated[Optional[str], typer.Option(help="Also run this git revision at the same time, one process per core.")] = None,
+    data: Annotated[
+        str, typer.Option(help="new-users: the synthetic burst; movielens: the MovieLens-100k replay (repeat users), random item vectors.")
+    ] = "new-users",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
 ) -> None:
     """In process: ms per ranking of a burst of new users with interest vectors (every event ranked)."""
     from bench import new_users
 
-    report = new_users.run(against, users=users, rankings=rankings, items=items)
-    table = Table(title="a new user's ranking, in process (best of 3 calls each)")
+    if data not in new_users.DATA:
+        raise typer.BadParameter(f"--data: one of {', '.join(new_users.DATA)}")
+    if data == "movielens":
+        from bench.ranking import DATASET
+        from state.paths import data_dir
+
+        if not (data_dir() / DATASET).is_dir():
+            raise typer.BadParameter(f"{data_dir() / DATASET} not found (set PERSONA_DATA_DIR)")
+    report = new_users.run(against, users=users, rankings=rankings, items=items, data=data)
+    title = "a new user's ranking" if data == "new-users" else "a MovieLens user's ranking, after each event"
+    table = Table(title=f"{title}, in process (best of 3 calls each)")
     table.add_column("code")
     for col in ("rankings", "mean ms", "p50 ms", "p99 ms", "lists sha256"):
         table.add_column(col, justify="right")

@@ -8,6 +8,11 @@ categories) into the worker's pipeline over a dict store, each item with a seede
 and times the ranking that follows each of the last ``rankings`` purchases (the best of
 ``repeats`` calls, which removes most of the machine's noise without changing the state).
 
+``--data movielens`` times the same in the MovieLens-100k replay instead (the ranking after
+each of the last ``rankings`` events, for its user; every movie with a seeded random vector,
+so every generator runs, the attribute segments included): repeat users with long
+histories, where co-occurrence and the segment shares cost most.
+
 ``--against REV`` runs git revision REV's code on the same events at the same time, one
 process per core (``taskset``), so both meet the same machine: on two shared cores,
 back-to-back runs of one revision differed by half. It also compares a checksum of every
@@ -34,12 +39,25 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 
-def measure(users: int = 6_000, rankings: int = 1_500, items: int = 1_000, repeats: int = 3) -> dict[str, Any]:
+#: What ``--data`` may name.
+DATA = ("new-users", "movielens")
+
+
+def measure(
+    users: int = 6_000,
+    rankings: int = 1_500,
+    items: int = 1_000,
+    repeats: int = 3,
+    data: str = "new-users",
+    limit: int = 0,
+) -> dict[str, Any]:
     """Times, in this process and this tree, the ranking after each of the last ``rankings``
-    of ``users`` first purchases; ms per ranking and the lists' checksum."""
+    of ``users`` first purchases (``data="movielens"``: of the MovieLens-100k replay's events,
+    ``users`` and ``items`` unused; ``limit`` > 0: its first ``limit`` events only); ms per
+    ranking and the lists' checksum."""
     from bench.stream import synthetic_profiles
     from state.catalog import Catalog
-    from state.events import Item, Purchase, kind_of
+    from state.events import Event, Item, kind_of
     from state.interest import ItemVector, item_vector_bytes
     from state.profile import Origin
     from stream_app.evaluate import _DictStore, _DictVectors
@@ -56,9 +74,22 @@ def measure(users: int = 6_000, rankings: int = 1_500, items: int = 1_000, repea
     def discard(key: bytes, value: bytes | None) -> None:
         pass
 
-    pipeline = Pipeline.from_settings(settings, store=_DictStore(), catalog=catalog, vectors=vectors, emit=discard,
+    store = _DictStore()
+    pipeline = Pipeline.from_settings(settings, store=store, catalog=catalog, vectors=vectors, emit=discard,
                                       emit_interval_s=math.inf, monotonic=now, wall=now)
-    items_ev, behaviour = synthetic_profiles(users, items, titled=True)
+    items_ev: list[Event]
+    behaviour: list[Event]
+    if data == "movielens":
+        from bench.ranking import load_events
+        from state.paths import data_dir
+
+        events = load_events(data_dir(), limit=limit or None)  # the catalog first, as the producer sends it
+        items_ev = [e for e in events if isinstance(e, Item)]
+        behaviour = [e for e in events if not isinstance(e, Item)]
+    elif data == "new-users":
+        items_ev, behaviour = synthetic_profiles(users, items, titled=True)
+    else:
+        raise ValueError(f"data: one of {', '.join(DATA)}, not {data!r}")
     rng = np.random.default_rng(0)
     for item in items_ev:
         assert isinstance(item, Item)
@@ -71,7 +102,6 @@ def measure(users: int = 6_000, rankings: int = 1_500, items: int = 1_000, repea
     costs: list[float] = []
     offsets: dict[str, int] = {}
     split = len(behaviour) - rankings
-    store = pipeline.store
     for i, event in enumerate(behaviour):
         clock[0] = max(clock[0], event.ts)
         kind = kind_of(event)
@@ -80,8 +110,8 @@ def measure(users: int = 6_000, rankings: int = 1_500, items: int = 1_000, repea
         pipeline.apply_event(event, Origin(settings.topic(kind), 0, offset), 0, event.ts)
         if i < split:
             continue
-        assert isinstance(event, Purchase)
-        profile = store.profiles[event.user_id.encode()]  # type: ignore[attr-defined]
+        assert not isinstance(event, Item)
+        profile = store.profiles[event.user_id.encode()]
         best = math.inf
         for _ in range(repeats):
             t0 = time.perf_counter_ns()
@@ -94,7 +124,7 @@ def measure(users: int = 6_000, rankings: int = 1_500, items: int = 1_000, repea
             "p99_ms": float(np.percentile(c, 99)), "lists_sha256": digest.hexdigest()[:16]}
 
 
-def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int]) -> subprocess.Popen[str]:
+def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int | str]) -> subprocess.Popen[str]:
     """This file's :func:`measure` (a copy: an older revision has no such module) over the
     packages of ``tree``."""
     cmd = [sys.executable, str(script), json.dumps(args)]
@@ -104,7 +134,7 @@ def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int]) -> s
     return subprocess.Popen(cmd, cwd=script.parent, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def run(against: str | None = None, **args: int) -> dict[str, Any]:
+def run(against: str | None = None, **args: int | str) -> dict[str, Any]:
     """This tree's figures, and with ``against`` that revision's, measured at the same time."""
     from bench.stream import source_tree
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from bench import new_users
+from state.paths import data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,3 +30,18 @@ def test_against_a_revision_runs_both_and_compares_the_lists() -> None:
     assert report["this tree"]["rankings"] == report[head]["rankings"] == 20
     assert report["mean_vs_against"] > 0.0
     assert report["same_lists"] == (report["this tree"]["lists_sha256"] == report[head]["lists_sha256"])
+
+
+@pytest.mark.skipif(not (data_dir() / "movielens-100k").is_dir(), reason="needs ../shared/data")
+def test_movielens_mode_ranks_after_the_replays_last_events_deterministically() -> None:
+    first = new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=1)
+    second = new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=2)
+    assert first["rankings"] == second["rankings"] == 30
+    assert first["lists_sha256"] == second["lists_sha256"]
+    # A shorter replay ends on other users with other histories: other lists.
+    assert new_users.measure(data="movielens", limit=7_000, rankings=30, repeats=1)["lists_sha256"] != first["lists_sha256"]
+
+
+def test_an_unknown_data_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="new-users, movielens"):
+        new_users.measure(data="imdb", rankings=1)
