@@ -340,6 +340,7 @@ def bench_new_users(
     data: Annotated[
         str, typer.Option(help="new-users: the synthetic burst; movielens: the MovieLens-100k replay (repeat users), random item vectors.")
     ] = "new-users",
+    vectors: Annotated[bool, typer.Option(help="Random item vectors (content candidates, interest vectors); off: behaviour only.")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
 ) -> None:
     """In process: ms per ranking of a burst of new users with interest vectors (every event ranked)."""
@@ -353,9 +354,9 @@ def bench_new_users(
 
         if not (data_dir() / DATASET).is_dir():
             raise typer.BadParameter(f"{data_dir() / DATASET} not found (set PERSONA_DATA_DIR)")
-    report = new_users.run(against, users=users, rankings=rankings, items=items, data=data)
+    report = new_users.run(against, users=users, rankings=rankings, items=items, data=data, vectors_on=vectors)
     title = "a new user's ranking" if data == "new-users" else "a MovieLens user's ranking, after each event"
-    table = Table(title=f"{title}, in process (best of 3 calls each)")
+    table = Table(title=f"{title}, in process (best of 3 calls each){'' if vectors else ', no item vectors'}")
     table.add_column("code")
     for col in ("rankings", "mean ms", "p50 ms", "p99 ms", "lists sha256"):
         table.add_column(col, justify="right")

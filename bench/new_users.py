@@ -11,7 +11,8 @@ and times the ranking that follows each of the last ``rankings`` purchases (the 
 ``--data movielens`` times the same in the MovieLens-100k replay instead (the ranking after
 each of the last ``rankings`` events, for its user; every movie with a seeded random vector,
 so every generator runs, the attribute segments included): repeat users with long
-histories, where co-occurrence and the segment shares cost most.
+histories, where co-occurrence, the content search and the segment shares cost most.
+``--no-vectors`` leaves the item vectors out (no content candidates).
 
 ``--against REV`` runs git revision REV's code on the same events at the same time, one
 process per core (``taskset``), so both meet the same machine: on two shared cores,
@@ -50,11 +51,13 @@ def measure(
     repeats: int = 3,
     data: str = "new-users",
     limit: int = 0,
+    vectors_on: bool = True,
 ) -> dict[str, Any]:
     """Times, in this process and this tree, the ranking after each of the last ``rankings``
     of ``users`` first purchases (``data="movielens"``: of the MovieLens-100k replay's events,
     ``users`` and ``items`` unused; ``limit`` > 0: its first ``limit`` events only); ms per
-    ranking and the lists' checksum."""
+    ranking and the lists' checksum. ``vectors_on=False``: no item vectors, so no interest
+    vectors and no content candidates (the behaviour-only worker of ``bench stream``)."""
     from bench.stream import synthetic_profiles
     from state.catalog import Catalog
     from state.events import Event, Item, kind_of
@@ -94,6 +97,8 @@ def measure(
     for item in items_ev:
         assert isinstance(item, Item)
         catalog.upsert(item)
+        if not vectors_on:
+            continue
         v = rng.standard_normal(384).astype(np.float32)
         vec = ItemVector(item_id=item.item_id, version="bench-v1", digest="-", vector=item_vector_bytes(v / np.linalg.norm(v)))
         vectors.vectors[item.item_id] = vec
@@ -124,7 +129,7 @@ def measure(
             "p99_ms": float(np.percentile(c, 99)), "lists_sha256": digest.hexdigest()[:16]}
 
 
-def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int | str]) -> subprocess.Popen[str]:
+def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int | str | bool]) -> subprocess.Popen[str]:
     """This file's :func:`measure` (a copy: an older revision has no such module) over the
     packages of ``tree``."""
     cmd = [sys.executable, str(script), json.dumps(args)]
@@ -134,7 +139,7 @@ def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int | str]
     return subprocess.Popen(cmd, cwd=script.parent, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def run(against: str | None = None, **args: int | str) -> dict[str, Any]:
+def run(against: str | None = None, **args: int | str | bool) -> dict[str, Any]:
     """This tree's figures, and with ``against`` that revision's, measured at the same time."""
     from bench.stream import source_tree
 

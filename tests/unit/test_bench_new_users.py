@@ -40,6 +40,12 @@ def test_movielens_mode_ranks_after_the_replays_last_events_deterministically() 
     assert first["lists_sha256"] == second["lists_sha256"]
     # A shorter replay ends on other users with other histories: other lists.
     assert new_users.measure(data="movielens", limit=7_000, rankings=30, repeats=1)["lists_sha256"] != first["lists_sha256"]
+    # Without item vectors the content candidates and text reasons are gone: other lists, still deterministic.
+    plain = new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=1, vectors_on=False)
+    assert plain["lists_sha256"] != first["lists_sha256"]
+    assert plain == new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=1, vectors_on=False) | {
+        k: plain[k] for k in ("mean_ms", "p50_ms", "p99_ms")
+    }
 
 
 def test_an_unknown_data_name_is_refused() -> None:
