@@ -8,7 +8,8 @@ and after the bounded caches), ``encoder`` (the encode path against bare onnxrun
 ``replication`` (in process: what each worker pays per event of the others, and the
 scale-out ceiling it sets), ``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
 offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
-partitions against one, and the pause when a worker joins or leaves). A part that cannot run here (no
+partitions against one, and the pause when a worker joins or leaves), ``new-users`` (in
+process: a new user's ranking against a MovieLens repeat user's, both with item vectors). A part that cannot run here (no
 encoder registry, no dataset) is recorded with the reason, never left out silently.
 """
 
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PARTS = ("stream", "ranking", "replication", "memory", "catalog", "encoder", "reviews", "load", "scale")
+PARTS = ("stream", "ranking", "replication", "memory", "catalog", "encoder", "reviews", "load", "scale", "new-users")
 
 
 def _settings_summary() -> dict[str, Any]:
@@ -42,8 +43,18 @@ def stream_worker_us(parts: dict[str, Any]) -> float | None:
     return float(value) if value else None
 
 
+def new_user_costs(measure: Callable[..., dict[str, Any]], quick: bool) -> dict[str, Any]:
+    """The ``new-users`` part: ``bench new-users``'s ms per ranking for a burst of new users and
+    for the MovieLens replay's repeat users (``PERSONA_DATA_DIR`` must hold MovieLens), both
+    with random item vectors in this tree, and the first over the second."""
+    n = 300 if quick else 1_500
+    burst = measure(rankings=n)
+    repeat = measure(data="movielens", rankings=n)
+    return {"new_users": burst, "movielens": repeat, "new_vs_repeat": burst["mean_ms"] / repeat["mean_ms"]}
+
+
 def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
-    from bench import catalog, encoder, load, memory, ranking, replication, reviews, scale, stream
+    from bench import catalog, encoder, load, memory, new_users, ranking, replication, reviews, scale, stream
 
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -68,6 +79,7 @@ def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry:
         ),
         "scale": lambda: scale.run(bootstrap, data_dir, 20_000 if quick else None, (1, 2) if quick else (1, 2, 4)),
         "replication": lambda: replication.run(data_dir, 20_000 if quick else None, stream_worker_us(report["parts"])),
+        "new-users": lambda: new_user_costs(new_users.measure, quick),
     }
     for part in parts:
         started = time.monotonic()
@@ -138,6 +150,10 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             p50, p99 = row.get("event_p50_s", float("nan")), row.get("event_p99_s", float("nan"))
             rows.append(("load", f"{row['offered_eps']}/s offered: applied/offered, event p50/p99 s",
                          f"{row['applied_vs_offered']:.3f}, {p50:.3f}/{p99:.3f}"))
+    nu = parts.get("new-users", {}).get("result") or {}
+    if nu:
+        rows.append(("new-users", "ms per ranking: a new user / a MovieLens repeat user (in process)",
+                     f"{nu['new_users']['mean_ms']:.3f} / {nu['movielens']['mean_ms']:.3f} ({nu['new_vs_repeat']:.3f})"))
     sc = parts.get("scale", {}).get("result") or {}
     for row in sc.get("rows", []):
         rows.append(("scale", f"{row['workers']} workers: events/s (speedup vs 1)", f"{row['eps']:,.0f} ({row['speedup']:.2f})"))

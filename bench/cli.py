@@ -233,7 +233,7 @@ def bench_all(
     bootstrap: Annotated[Optional[str], typer.Option(help="Use this broker (default: start a local one per part).")] = None,
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
     parts: Annotated[str, typer.Option(help="Comma-separated parts.")] = (
-        "stream,ranking,replication,memory,catalog,encoder,reviews,load,scale"
+        "stream,ranking,replication,memory,catalog,encoder,reviews,load,scale,new-users"
     ),
     quick: Annotated[bool, typer.Option(help="Reduced sizes (a smoke run; figures not comparable).")] = False,
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("var/bench"),

@@ -51,3 +51,32 @@ def test_movielens_mode_ranks_after_the_replays_last_events_deterministically() 
 def test_an_unknown_data_name_is_refused() -> None:
     with pytest.raises(ValueError, match="new-users, movielens"):
         new_users.measure(data="imdb", rankings=1)
+
+
+def test_bench_all_new_users_part_is_the_ratio_of_the_two_measures_and_shows_in_the_markdown() -> None:
+    from bench.all import markdown, new_user_costs
+
+    calls: list[dict[str, object]] = []
+
+    def small(**kwargs: object) -> dict[str, object]:
+        calls.append(kwargs)
+        # The part's own sizes, shrunk so the test stays quick: the measure itself is real.
+        shrunk = {**kwargs, "rankings": 20, "users": 300, "items": 100, "repeats": 1}
+        if kwargs.get("data") == "movielens":
+            shrunk["limit"] = 6_000
+        return new_users.measure(**shrunk)  # type: ignore[arg-type]
+
+    if not (data_dir() / "movielens-100k").is_dir():
+        pytest.skip("needs ../shared/data")
+    result = new_user_costs(small, quick=True)
+    assert [c.get("data", "new-users") for c in calls] == ["new-users", "movielens"]
+    assert all(c["rankings"] == 300 for c in calls)
+    assert result["new_vs_repeat"] == result["new_users"]["mean_ms"] / result["movielens"]["mean_ms"]
+    report = {
+        "started": "2026-12-04T00:00:00Z", "quick": True, "settings": {},
+        "machine": {"cpus": 2, "platform": "linux", "python": "3.11", "load_1m_start": 0.1, "load_1m_end": 0.2},
+        "parts": {"new-users": {"ok": True, "result": result}},
+    }
+    row = (f"| new-users | ms per ranking: a new user / a MovieLens repeat user (in process) | "
+           f"{result['new_users']['mean_ms']:.3f} / {result['movielens']['mean_ms']:.3f} ({result['new_vs_repeat']:.3f}) |")
+    assert row in markdown(report)
