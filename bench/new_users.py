@@ -135,7 +135,11 @@ def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int | str 
     cmd = [sys.executable, str(script), json.dumps(args)]
     if cpu is not None and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cpu), *cmd]
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    from state.paths import data_dir
+
+    # The default data dir is relative to a tree, and the other revision's tree is a temporary
+    # copy: both children read this process's (PERSONA_DATA_DIR or the default beside this repo).
+    env = dict(os.environ, PYTHONPATH=str(tree), PERSONA_DATA_DIR=str(data_dir().resolve()))
     return subprocess.Popen(cmd, cwd=script.parent, env=env, stdout=subprocess.PIPE, text=True)
 
 

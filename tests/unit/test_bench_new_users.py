@@ -3,6 +3,7 @@ older revision's code on the same events."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -46,6 +47,17 @@ def test_movielens_mode_ranks_after_the_replays_last_events_deterministically() 
     assert plain == new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=1, vectors_on=False) | {
         k: plain[k] for k in ("mean_ms", "p50_ms", "p99_ms")
     }
+
+
+@pytest.mark.skipif(not (data_dir() / "movielens-100k").is_dir(), reason="needs ../shared/data")
+def test_regression_against_a_revision_reads_movielens_where_this_process_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The children run in a temporary folder, the older revision from a temporary copy of its
+    # tree: a data dir resolved there (the default beside the tree, or a relative
+    # PERSONA_DATA_DIR) was not found and `--against` failed on MovieLens.
+    monkeypatch.setenv("PERSONA_DATA_DIR", os.path.relpath(data_dir(), Path.cwd()))
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    report = new_users.run(head, data="movielens", limit=3_000, rankings=5, vectors_on=False)
+    assert report["this tree"]["rankings"] == report[head]["rankings"] == 5
 
 
 def test_an_unknown_data_name_is_refused() -> None:
