@@ -154,12 +154,14 @@ class ItemKNN:
         self._users[j] += 1.0
         # _inc inlined for the common case (the pair is already counted): one first
         # engagement is up to 2 x window increments, the bulk of a behaviour event's cost.
-        pos, co, row = self._pos, self._co, self._row
+        pos, co, row, index = self._pos, self._co, self._row, self._index
         pos_j, co_j = pos[j], co[j]
         for h in dict.fromkeys(history):
             if h == item_id:
                 continue
-            i = row(h)
+            i = index.get(h)
+            if i is None:
+                i = row(h)
             p = pos[i].get(j)
             if p is None:
                 self._inc(i, j)

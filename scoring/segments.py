@@ -19,6 +19,7 @@ segment's order changes only for the items an event lands on (kept incrementally
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
@@ -47,6 +48,14 @@ SCAN_FACTOR = 20
 
 def _name_key(name: str) -> str:
     return "".join(c for c in name.lower() if c not in "_- ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _segment_name(raw_name: str) -> str | None:
+    """An attribute name as segments spell it (stripped, lowercased), None for an empty or
+    :data:`IGNORED` name. Memoized: a deployment has a handful of attribute names."""
+    name = raw_name.strip().lower()
+    return None if not name or _name_key(name) in IGNORED else name
 
 
 def age_band(age: float) -> str | None:
@@ -78,11 +87,23 @@ def segments_of(attributes: Mapping[str, AttributeValue | None]) -> tuple[str, .
     ``"name=true"``/``"name=false"``; other numbers ``"name=<str(value)>"``. None, empty strings,
     non-finite numbers and the names in :data:`IGNORED` (zip/post codes, ids) give nothing.
     """
-    out: set[str] = set()
+    # Called for every engagement and every ranking with attributes that rarely change, so
+    # the keys of a set of (name, value) pairs are memoized. The value's type is part of the
+    # key: 1, 1.0 and True are equal in a dict but give "n=1", "n=1.0" and "n=true".
+    pairs = []
     for raw_name, value in attributes.items():
-        name = raw_name.strip().lower()
-        if value is None or not name or _name_key(name) in IGNORED:
+        if value is None:
             continue
+        name = _segment_name(raw_name)
+        if name is not None:
+            pairs.append((name, value.__class__, value))
+    return _segments(tuple(pairs))
+
+
+@functools.lru_cache(maxsize=4096)
+def _segments(pairs: tuple[tuple[str, type, AttributeValue], ...]) -> tuple[str, ...]:
+    out: set[str] = set()
+    for name, _, value in pairs:
         if name == "age" and not isinstance(value, bool):
             try:
                 age = float(value)

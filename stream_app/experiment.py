@@ -26,7 +26,7 @@ import struct
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import Counter
 
@@ -96,6 +96,9 @@ class LiveQuality:
         self._positives = positives
         #: (version, role) -> [hits, positives], for tests and `persona status`-like reports
         self.tally: dict[tuple[str, str], list[int]] = {}
+        #: (version, role) -> its (positives, hits) counter children: ``labels()`` takes a lock
+        #: and builds a key on every call, and a positive is most purchases
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def __contains__(self, user_id: str) -> bool:
         return user_id in self._served or user_id in self._shadow
@@ -141,10 +144,16 @@ class LiveQuality:
                 continue
             version, packed = entry
             hit = _contains(packed, item_id)
-            self._positives.labels(version, role).inc()
-            # The hits series exists from the first positive on (at 0), so a version that never
-            # hits reads as a rate of 0 in Prometheus, not as no data.
-            hits = self._hits.labels(version, role)
+            children = self._children.get((version, role))
+            if children is None:
+                # The hits series exists from the first positive on (at 0), so a version that
+                # never hits reads as a rate of 0 in Prometheus, not as no data.
+                children = self._children[(version, role)] = (
+                    self._positives.labels(version, role),
+                    self._hits.labels(version, role),
+                )
+            positives, hits = children
+            positives.inc()
             if hit:
                 hits.inc()
             counts = self.tally.setdefault((version, role), [0, 0])

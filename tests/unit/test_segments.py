@@ -72,6 +72,24 @@ def test_values_normalised_sorted_and_empty_ignored() -> None:
     assert segments_of(dict(reversed(list(attrs.items())))) == segments_of(attrs)
 
 
+def test_regression_segments_memo_keeps_equal_values_of_different_types_apart() -> None:
+    # segments_of memoizes by (name, value): True == 1 == 1.0 in a dict key, so a memo keyed by
+    # the values alone served "n=true" to a user whose attribute is the number 1.
+    for value, expected in ((True, "n=true"), (1, "n=1"), (1.0, "n=1.0"), (False, "n=false"), (0, "n=0")):
+        assert segments_of({"n": value}) == (expected,), value
+    assert segments_of({"N": 1.0, "age": True}) == ("age=true", "n=1.0")  # a boolean age is not banded
+
+
+def test_segments_follow_a_changed_mapping() -> None:
+    attrs: dict[str, AttributeValue | None] = {"occupation": "engineer"}
+    assert segments_of(attrs) == ("occupation=engineer",)
+    attrs["occupation"] = "writer"
+    attrs["age"] = 40
+    assert segments_of(attrs) == ("age=35-44", "occupation=writer")
+    del attrs["age"]
+    assert segments_of(attrs) == ("occupation=writer",)
+
+
 def test_describe() -> None:
     assert describe("age=25-34") == "users aged 25-34"
     assert describe("age=under-18") == "users aged under 18"
