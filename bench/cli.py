@@ -358,16 +358,22 @@ def bench_new_users(
     title = "a new user's ranking" if data == "new-users" else "a MovieLens user's ranking, after each event"
     table = Table(title=f"{title}, in process (best of 3 calls each){'' if vectors else ', no item vectors'}")
     table.add_column("code")
-    for col in ("rankings", "mean ms", "p50 ms", "p99 ms", "lists sha256"):
+    for col in ("rankings", "mean ms", "p50 ms", "p99 ms", "lists sha256", "update µs/event"):
         table.add_column(col, justify="right")
     for name in ("this tree", against):
         if name is None:
             continue
         r = report[name]
-        table.add_row(name, str(r["rankings"]), f"{r['mean_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", r["lists_sha256"])
+        table.add_row(
+            name, str(r["rankings"]), f"{r['mean_ms']:.3f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", r["lists_sha256"],
+            f"{r['update_us_per_event']:.1f}",
+        )
     console = Console()
     console.print(table)
     if against is not None:
-        console.print(f"mean this tree / {against} = {report['mean_vs_against']:.3f}; same lists: {report['same_lists']}")
+        console.print(
+            f"mean ranking this tree / {against} = {report['mean_vs_against']:.3f}; "
+            f"update per event = {report['update_vs_against']:.3f}; same lists: {report['same_lists']}"
+        )
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))

@@ -14,6 +14,10 @@ so every generator runs, the attribute segments included): repeat users with lon
 histories, where co-occurrence, the content search and the segment shares cost most.
 ``--no-vectors`` leaves the item vectors out (no content candidates).
 
+Every behaviour event's ``Pipeline.apply_event`` is timed too (``update_us_per_event``: the
+update path in process, no broker and no Faust; a user's first change is ranked inside it, as
+in the worker): the cost `bench stream` cannot separate from the framework's.
+
 ``--against REV`` runs git revision REV's code on the same events at the same time, one
 process per core (``taskset``), so both meet the same machine: on two shared cores,
 back-to-back runs of one revision differed by half. It also compares a checksum of every
@@ -107,12 +111,15 @@ def measure(
     costs: list[float] = []
     offsets: dict[str, int] = {}
     split = len(behaviour) - rankings
+    update_ns = 0
     for i, event in enumerate(behaviour):
         clock[0] = max(clock[0], event.ts)
         kind = kind_of(event)
         offset = offsets.get(kind, 0)
         offsets[kind] = offset + 1
+        t0 = time.perf_counter_ns()
         pipeline.apply_event(event, Origin(settings.topic(kind), 0, offset), 0, event.ts)
+        update_ns += time.perf_counter_ns() - t0
         if i < split:
             continue
         assert not isinstance(event, Item)
@@ -126,7 +133,8 @@ def measure(
         digest.update(repr([(s.item_id, s.score, s.reasons) for s in message.items]).encode())
     c = np.asarray(costs)
     return {"rankings": len(costs), "mean_ms": float(c.mean()), "p50_ms": float(np.percentile(c, 50)),
-            "p99_ms": float(np.percentile(c, 99)), "lists_sha256": digest.hexdigest()[:16]}
+            "p99_ms": float(np.percentile(c, 99)), "lists_sha256": digest.hexdigest()[:16],
+            "events": len(behaviour), "update_us_per_event": update_ns / 1e3 / max(len(behaviour), 1)}
 
 
 def _child(tree: Path, script: Path, cpu: int | None, args: dict[str, int | str | bool]) -> subprocess.Popen[str]:
@@ -166,6 +174,7 @@ def run(against: str | None = None, **args: int | str | bool) -> dict[str, Any]:
         mine, theirs = report["this tree"], report[against]
         report["against"] = against
         report["mean_vs_against"] = mine["mean_ms"] / theirs["mean_ms"]
+        report["update_vs_against"] = mine["update_us_per_event"] / theirs["update_us_per_event"]
         report["same_lists"] = mine["lists_sha256"] == theirs["lists_sha256"]
     return report
 

@@ -30,6 +30,9 @@ def test_against_a_revision_runs_both_and_compares_the_lists() -> None:
     report = new_users.run(head, users=200, rankings=20, items=100)
     assert report["this tree"]["rankings"] == report[head]["rankings"] == 20
     assert report["mean_vs_against"] > 0.0
+    for name in ("this tree", head):
+        assert report[name]["events"] == 200 and report[name]["update_us_per_event"] > 0.0
+    assert report["update_vs_against"] == report["this tree"]["update_us_per_event"] / report[head]["update_us_per_event"]
     assert report["same_lists"] == (report["this tree"]["lists_sha256"] == report[head]["lists_sha256"])
 
 
@@ -45,7 +48,7 @@ def test_movielens_mode_ranks_after_the_replays_last_events_deterministically() 
     plain = new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=1, vectors_on=False)
     assert plain["lists_sha256"] != first["lists_sha256"]
     assert plain == new_users.measure(data="movielens", limit=8_000, rankings=30, repeats=1, vectors_on=False) | {
-        k: plain[k] for k in ("mean_ms", "p50_ms", "p99_ms")
+        k: plain[k] for k in ("mean_ms", "p50_ms", "p99_ms", "update_us_per_event")
     }
 
 
