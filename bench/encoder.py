@@ -81,7 +81,8 @@ def ensure_versions(registry: Path, export_missing: bool) -> dict[str, Path]:
 
 def measure(version_dir: Path, variant: str, corpus: list[str], batch: int, threads: int, repeat: int = 2) -> Row:
     texts = corpus[: min(len(corpus), BATCH1_TEXTS)] if batch == 1 else corpus
-    encoder = load_encoder(version_dir, device="cpu", threads=threads, cache_size=0, batch_size=batch)
+    # Rows only (max_batch_tokens=0): each column is the batch size it is labelled with.
+    encoder = load_encoder(version_dir, device="cpu", threads=threads, cache_size=0, batch_size=batch, max_batch_tokens=0)
     bare = ort.InferenceSession(str(version_dir / MODEL_FILE), sess_options=session_options(threads), providers=[CPU])
     output = bare.get_outputs()[0].name
     batches = encoder.prepare(texts, batch)

@@ -201,7 +201,7 @@ def _measure(
             raise
         note = f"not checked on CPU: onnxruntime cannot run the fp16 graph here ({str(exc)[:200]})"
         log.warning("fp16 parity %s", note)
-        golden = _fp32_encode(staging, draft, fp32_path, list(GOLDEN_SENTENCES), threads)
+        golden = _fp32_encode(staging, draft, fp32_path, list(GOLDEN_SENTENCES), threads, golden=True)
         return Parity(n=0, min_cos=None, mean_cos=None, checked=False, note=note), golden, "fp32"
     cos = cosine_rows(vectors, reference_vectors)
     parity = Parity(n=len(texts), min_cos=float(cos.min()), mean_cos=float(cos.mean()), checked=True)
@@ -212,7 +212,7 @@ def _measure(
             f"{draft.variant} parity failed: min cosine {cos.min():.6f} < {floor} "
             f"(mean {cos.mean():.6f}, n={len(texts)}; worst text: {texts[worst][:80]!r})"
         )
-    return parity, encoder.encode(list(GOLDEN_SENTENCES)), golden_from
+    return parity, encoder.encode_golden(list(GOLDEN_SENTENCES)), golden_from
 
 
 def _gpu_parity(staging: Path, draft: Manifest, texts: list[str], reference_vectors: F32, threads: int | None) -> Parity:
@@ -237,8 +237,11 @@ def _draft_encoder(root: Path, draft: Manifest, threads: int | None, head: Head 
     return open_encoder(root, draft, placeholder, head=head, device="cpu", threads=threads, cache_size=0)
 
 
-def _fp32_encode(staging: Path, draft: Manifest, fp32_path: Path, texts: list[str], threads: int | None) -> F32:
-    """Encode with the fp32 draft graph, whatever the variant being exported."""
+def _fp32_encode(
+    staging: Path, draft: Manifest, fp32_path: Path, texts: list[str], threads: int | None, *, golden: bool = False
+) -> F32:
+    """Encode with the fp32 draft graph, whatever the variant being exported (``golden``: in
+    one call, as every golden check re-encodes them)."""
     fp32_dir = staging / ".fp32"
     fp32_dir.mkdir()
     try:
@@ -246,7 +249,7 @@ def _fp32_encode(staging: Path, draft: Manifest, fp32_path: Path, texts: list[st
         (fp32_dir / MODEL_FILE).symlink_to(fp32_path.resolve())
         zero = Head(w=[0.0] * draft.dim, b=0.0, mean_rating=0.0, train_n=0)
         encoder = _draft_encoder(fp32_dir, msgspec.structs.replace(draft, variant="fp32"), threads, zero)
-        return encoder.encode(texts)
+        return encoder.encode_golden(texts) if golden else encoder.encode(texts)
     finally:
         shutil.rmtree(fp32_dir)
 

@@ -585,3 +585,70 @@ def test_cut_batches_by_rows_and_by_token_budget() -> None:
     assert [lengths[b].tolist() for b in cut] == [[8, 8, 8, 16, 16], [64, 64], [300]]
     # size 2: [8,8], [8,16], [16,64] (2x64 = 128 fits), [64], [300]
     assert [len(b) for b in cut_batches(order, lengths, 2, budget)] == [2, 2, 2, 1, 1]
+
+
+def test_cpu_encoders_cut_by_the_default_token_budget(artifact: Path) -> None:
+    """Unset: CPU_BATCH_TOKENS on CPU, rows only on CUDA; 0: rows only; a number: itself."""
+    assert load_encoder(artifact, device="cpu").max_batch_tokens == runtime.CPU_BATCH_TOKENS
+    assert load_encoder(artifact, device="cpu", max_batch_tokens=0).max_batch_tokens is None
+    assert load_encoder(artifact, device="cpu", max_batch_tokens=300).max_batch_tokens == 300
+    assert runtime.batch_tokens_for(None, runtime.CUDA) is None
+    assert runtime.batch_tokens_for(4096, runtime.CUDA) == 4096
+    with pytest.raises(ValueError, match=">= 0"):
+        runtime.batch_tokens_for(-1, runtime.CPU)
+
+
+def test_token_budget_bounds_every_call_and_changes_no_vector(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each inference call holds at most the budget's padded tokens (or one row), and the
+    vectors are those of the rows-only cut, in input order."""
+    texts = [" ".join(["a", "b", "great"] * (i % 4 + 1)) for i in range(12)] + TEXTS
+    budget = 24
+    enc = load_encoder(artifact, device="cpu", batch_size=64, cache_size=0, max_batch_tokens=budget)
+    calls: list[tuple[int, int]] = []
+    real = enc.run
+
+    def spy(batch: Any) -> Any:
+        ids = batch.feeds["input_ids"]
+        calls.append((ids.shape[0], ids.shape[1]))
+        return real(batch)
+
+    monkeypatch.setattr(enc, "run", spy)
+    vectors = enc.encode(texts)
+    assert len(calls) > 1 and sum(rows for rows, _ in calls) == len(texts)
+    assert all(rows == 1 or rows * width <= budget for rows, width in calls), calls
+    rows_only = load_encoder(artifact, device="cpu", batch_size=64, cache_size=0, max_batch_tokens=0)
+    np.testing.assert_allclose(vectors, rows_only.encode(texts), atol=1e-6)
+    np.testing.assert_allclose(vectors, expected(texts), atol=1e-5)
+
+
+def test_golden_sentences_are_encoded_in_one_call_whatever_the_batch_settings(
+    artifact: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    enc = load_encoder(artifact, device="cpu", batch_size=1, max_batch_tokens=1, cache_size=0)
+    calls: list[int] = []
+    real = enc.run
+
+    def spy(batch: Any) -> Any:
+        calls.append(len(batch.rows))
+        return real(batch)
+
+    monkeypatch.setattr(enc, "run", spy)
+    assert enc.golden_check() >= runtime.GOLDEN_MIN_COS
+    assert calls == [len(GOLDEN_SENTENCES)]
+    calls.clear()
+    enc.encode(["a b", "c d e"])
+    assert calls == [1, 1]  # everything else follows the settings
+
+
+def test_regression_int8_golden_check_refused_a_sound_artifact_at_review_batch_1(
+    encoder_registry: tuple[Path, list[str]],
+) -> None:
+    """PERSONA_REVIEW_BATCH=1 (or a small token budget) made the worker refuse a sound int8
+    artifact: its golden check re-encoded the golden sentences one per call, and int8
+    quantizes activations per call, so they came out at cosine 0.988 against the export's
+    vectors (encoded in one call), under the check's 0.999."""
+    registry, names = encoder_registry
+    int8 = registry / names[1]
+    for batch_size, budget in ((1, None), (64, 16), (64, None), (64, 0)):
+        enc = load_encoder(int8, device="cpu", batch_size=batch_size, max_batch_tokens=budget, cache_size=0)
+        assert enc.golden_check() >= runtime.GOLDEN_MIN_COS, (batch_size, budget)
