@@ -4,7 +4,8 @@ with the machine's cores, load and the settings used.
 
 Parts: ``stream`` (one worker against a trivial Faust agent and a bare consumer, the blend
 ranker against the baseline, the footprint run), ``ranking`` (in process), ``memory`` (before
-and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime),
+and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime), ``padding`` (a token budget per
+inference call against a row count alone),
 ``replication`` (in process: what each worker pays per event of the others, and the
 scale-out ceiling it sets), ``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
 offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PARTS = ("stream", "ranking", "replication", "memory", "catalog", "encoder", "reviews", "load", "scale", "new-users")
+PARTS = ("stream", "ranking", "replication", "memory", "catalog", "encoder", "padding", "reviews", "load", "scale", "new-users")
 
 
 def _settings_summary() -> dict[str, Any]:
@@ -54,7 +55,7 @@ def new_user_costs(measure: Callable[..., dict[str, Any]], quick: bool) -> dict[
 
 
 def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
-    from bench import catalog, encoder, load, memory, new_users, ranking, replication, reviews, scale, stream
+    from bench import catalog, encoder, load, memory, new_users, padding, ranking, replication, reviews, scale, stream
 
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -72,6 +73,9 @@ def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry:
         "catalog": lambda: catalog.run(data_dir, items=20_000 if quick else 100_000),
         "encoder": lambda: [
             {**r.__dict__, "ratio": r.ratio} for r in encoder.run(registry, texts=128 if quick else 1024, export_missing=False)
+        ],
+        "padding": lambda: [
+            {**r.__dict__, "ratio": r.ratio} for r in padding.run(registry, texts=128 if quick else 1024, export_missing=False)
         ],
         "reviews": lambda: reviews.run(bootstrap, data_dir, registry, reviews=300 if quick else 2_000, export_missing=False),
         "load": lambda: load.run(
@@ -141,6 +145,9 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append(("catalog", key, f"{c[key]:.3f}"))
     for row in parts.get("encoder", {}).get("result") or []:
         rows.append(("encoder", f"{row.get('variant')} batch {row.get('batch')}: path/bare", f"{row.get('ratio', float('nan')):.3f}"))
+    for row in parts.get("padding", {}).get("result") or []:
+        figure = f"{row.get('variant')} budget {row.get('budget')}: texts/s budget/rows alone"
+        rows.append(("padding", figure, f"{row.get('ratio', float('nan')):.3f}"))
     for row in parts.get("reviews", {}).get("result") or []:
         rows.append(("reviews", f"{row.get('variant')}: pipeline/encoder", f"{row.get('ratio', float('nan')):.3f}"))
     for row in (parts.get("load", {}).get("result") or {}).get("levels", []):

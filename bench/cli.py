@@ -117,6 +117,30 @@ def bench_replication(
         json_out.write_text(json.dumps(report, indent=2))
 
 
+@app.command("padding")
+def bench_padding(
+    registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
+    texts: Annotated[int, typer.Option(help="Musical Instruments reviews, in micro-batches of --micro-batch.")] = 1024,
+    micro_batch: Annotated[int, typer.Option(help="Reviews per micro-batch (PERSONA_REVIEW_BATCH's default).")] = 64,
+    budget: Annotated[Optional[int], typer.Option(help="Padded tokens per call (default: the CPU default budget).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="intra-op threads (default: all available cores).")] = None,
+    export_missing: Annotated[bool, typer.Option(help="Export fp32/int8 via .venv-train when missing.")] = True,
+    repeat: Annotated[int, typer.Option(help="Timed passes per policy; the best one counts.")] = 2,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the rows here.")] = None,
+) -> None:
+    """Texts/s with a token budget per inference call against a row count alone (CPU)."""
+    from bench.padding import render, run
+    from encoders.runtime import CPU_BATCH_TOKENS
+
+    rows = run(
+        _model_registry(registry), texts=texts, micro_batch=micro_batch, budget=budget or CPU_BATCH_TOKENS,
+        threads=threads, export_missing=export_missing, repeat=repeat,
+    )
+    render(rows, Console())
+    if json_out:
+        json_out.write_text(json.dumps([{**row.__dict__, "ratio": row.ratio} for row in rows], indent=2))
+
+
 @app.command("encoder")
 def bench_encoder(
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,
