@@ -221,6 +221,24 @@ def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: 
     return drain(worker, n, timeout, rss_every=0, on_sample=None, **labels).rate
 
 
+#: Seconds between scrapes of the worker's /metrics while it drains: each scrape renders every
+#: series on the worker's event loop (~4 ms), and at 10 scrapes a second that was a tenth of the
+#: loop's busy time in `bench reviews` (py-spy), a load production's 15 s scrapes never put on it.
+POLL_FAR_S = 0.5
+#: ... and near the end, where the poll interval delays the observed finish and biases the rate
+#: (start and count are read together, so a late first scrape biases nothing).
+POLL_NEAR_S = 0.05
+POLL_START_S = 0.1
+
+
+def poll_pause(done: float, n: int, *, started: bool) -> float:
+    """The pause before the next scrape: fine before the first applied event and within the
+    last tenth of ``n``, coarse in between."""
+    if not started:
+        return POLL_START_S
+    return POLL_NEAR_S if done >= 0.9 * n else POLL_FAR_S
+
+
 def drain(
     worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: int = 0,
     on_sample: Callable[[int, int], None] | None = None, **labels: str,
@@ -261,7 +279,7 @@ def drain(
                 machine_cpu_per_event=(_machine_cpu_seconds() - first_machine) / counted,
                 rss_curve=tuple(curve),
             )
-        time.sleep(0.1)
+        time.sleep(poll_pause(done, n, started=bool(first_t)))
     raise RuntimeError("worker did not finish in time")
 
 

@@ -38,3 +38,15 @@ def test_cpu_seconds_count_a_busy_child_and_the_machine_counts_it_too() -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_drain_polls_the_worker_coarsely_mid_run_and_finely_near_the_end() -> None:
+    """Each scrape costs the worker's loop: 0.5 s apart mid-run, 0.05 s in the last tenth (the
+    finish is observed at most that late), 0.1 s until the first applied event."""
+    from bench.stream import POLL_FAR_S, POLL_NEAR_S, POLL_START_S, poll_pause
+
+    assert poll_pause(0, 1000, started=False) == POLL_START_S
+    assert poll_pause(1, 1000, started=True) == POLL_FAR_S
+    assert poll_pause(899, 1000, started=True) == POLL_FAR_S
+    assert poll_pause(900, 1000, started=True) == POLL_NEAR_S
+    assert poll_pause(1000, 1000, started=True) == POLL_NEAR_S
