@@ -8,9 +8,7 @@ handled in two stages:
    ``PERSONA_REVIEW_WAIT_S`` seconds), decodes them (bad ones are dead-lettered), encodes
    all texts in one call on a worker thread (ONNX Runtime releases the GIL), and sends
    one :class:`EncodedReview` per review to ``<prefix>reviews.encoded``, keyed by user
-   and on the *same partition* as the source record. One batch runs ahead: its encoding
-   is queued on the thread while the batch before it is sent, and batches are sent in
-   order; each source record stays un-acked (one more reference) until its record is sent;
+   and on the *same partition* as the source record;
 2. the encoded-reviews agent applies each one to the profile, per event, with the
    *source* record's coordinates as its idempotency origin. Stage 1 replays after a
    crash re-send the same coordinates, so stage 2 skips them exactly.
@@ -22,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -37,8 +33,6 @@ from state.profile import Encoding, Origin
 from stream_app import metrics
 
 log = logging.getLogger("persona.reviews")
-
-T = TypeVar("T")
 
 
 class EncodedReview(msgspec.Struct, frozen=True):
@@ -143,20 +137,12 @@ class EncoderHolder:
         return True
 
     async def encode_reviews(self, encoder: Any, texts: list[str]) -> list[Encoding]:
-        """Encode a review batch on the encode thread, ahead of any item batch not yet started
-        (``persona_encode_batch_seconds`` is the encoding itself, not the wait for the thread)."""
+        """Encode a review batch on the encode thread, ahead of any item batch not yet started."""
         self._reviews_waiting += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, self._timed_encode, encoder, texts)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, self.encode, encoder, texts)
         finally:
             self._reviews_waiting -= 1
-
-    def _timed_encode(self, encoder: Any, texts: list[str]) -> list[Encoding]:
-        started = time.perf_counter()
-        out = self.encode(encoder, texts)
-        metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
-        metrics.ENCODE_TEXTS.observe(len(texts))
-        return out
 
     async def encode_items(self, encoder: Any, texts: list[str], *, poll_s: float = 0.01) -> list[Encoding]:
         """Encode item texts on the encode thread once no review batch is waiting for it."""
@@ -172,51 +158,3 @@ class EncoderHolder:
             Encoding(version=version, vector=np.asarray(v, dtype="<f4").tobytes(), text_sentiment=float(s))
             for v, s in zip(vectors, sentiments, strict=True)
         ]
-
-
-class OneAhead:
-    """Batches finished in the order they were submitted, with at most one batch started
-    ahead of the one being finished.
-
-    The encode stage hands each batch's encoding (already queued on the encode thread) and
-    what to do with its result (send the records, then ack the source records). While the
-    loop finishes batch N, batch N+1's encoding runs, so the thread never waits for the loop
-    between batches. A batch that fails is reported once to ``on_failure`` (the worker
-    restarts and replays it) and every later batch stays unfinished, so nothing after it is
-    acked: its offsets never get committed past.
-    """
-
-    def __init__(self, on_failure: Callable[[BaseException], None]) -> None:
-        self._on_failure = on_failure
-        self._inflight: list[asyncio.Future[None]] = []
-        self._failed = False
-
-    @property
-    def unfinished(self) -> int:
-        return sum(1 for t in self._inflight if not t.done())
-
-    async def submit(self, work: Awaitable[T], finish: Callable[[T], Awaitable[None]]) -> None:
-        """Start finishing a batch once ``work`` is done and the batch before it is finished;
-        return once at most one batch (this one) is unfinished."""
-        before = self._inflight[-1] if self._inflight else None
-        task = asyncio.ensure_future(self._run(work, finish, before))
-        task.add_done_callback(self._done)
-        self._inflight.append(task)
-        while len(self._inflight) > 1:
-            oldest = self._inflight.pop(0)
-            await asyncio.wait([oldest])  # its failure goes to on_failure, not to the caller
-
-    async def _run(self, work: Awaitable[T], finish: Callable[[T], Awaitable[None]], before: asyncio.Future[None] | None) -> None:
-        result = await work
-        if before is not None:
-            await before  # raises if it failed: this batch must not be acked after a lost one
-        await finish(result)
-
-    def _done(self, task: asyncio.Future[None]) -> None:
-        if task.cancelled():
-            return
-        exc = task.exception()  # retrieved for every task, so asyncio never warns of it
-        if exc is None or self._failed:
-            return
-        self._failed = True
-        self._on_failure(exc)

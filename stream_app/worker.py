@@ -10,7 +10,6 @@ replays are made harmless by the profile's idempotency watermark.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -32,7 +31,7 @@ from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
-from stream_app.reviews import EncodedReview, EncoderHolder, OneAhead, review_text
+from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
 from stream_app.runtime import Runtime, raw_topic, record_of
@@ -425,10 +424,6 @@ def _add_review_stages(
         await models_tried.wait()
         order = OrderCheck(app, runtime.settings)
         batches = cast(Any, stream).take_events(settings.review_batch, within=settings.review_wait_s)
-        # One batch ahead (OneAhead): the next batch's encoding waits on the encode thread while
-        # the loop sends this one's records, so the thread never waits for the loop between
-        # batches (py-spy, int8 under a backlog: it idled 16% of the time while the loop ranked).
-        ahead = OneAhead(stage_failed)
         async for events in batches:
             reviews: list[tuple[Review, Any]] = []
             for event in events:
@@ -440,35 +435,19 @@ def _add_review_stages(
                     await runtime.dead_letter("review", event.message, decoded)
                 elif isinstance(decoded, Review):
                     reviews.append((decoded, event.message))
-                # Faust acks a take() batch when the agent asks for the next one; this reference
-                # keeps each offset uncommitted until its record is sent (send_batch).
-                event.message.incref()
             encoder = holder.encoder  # one version per batch: swaps happen between batches
-            work: asyncio.Future[list[Encoding] | None] = asyncio.get_running_loop().create_future()
+            encodings: list[Encoding | None] = [None] * len(reviews)
             if encoder is not None and reviews:
-                # Queued on the encode thread now, behind the batch before it.
-                work = asyncio.ensure_future(holder.encode_reviews(encoder, [review_text(r) for r, _ in reviews]))
-            else:
-                work.set_result(None)
-            await ahead.submit(work, functools.partial(send_batch, stream, events, reviews))
-
-    async def send_batch(
-        stream: Any, events: list[Any], reviews: list[tuple[Review, Any]], encodings: list[Encoding] | None
-    ) -> None:
-        """One batch's encoded records, then its source records acked (Faust may commit them)."""
-        for i, (review, msg) in enumerate(reviews):
-            enc = None if encodings is None else encodings[i]
-            record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=enc)
-            await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)
-        for event in events:
-            await stream.ack(event)
+                started = time.perf_counter()
+                encodings = list(await holder.encode_reviews(encoder, [review_text(r) for r, _ in reviews]))
+                metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
+                metrics.ENCODE_TEXTS.observe(len(reviews))
+            for (review, msg), encoding in zip(reviews, encodings, strict=True):
+                record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)
+                await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)
             # Finished only now: a batch waiting on the encoder is busy, not stuck.
-            progress.done(event.message.topic, event.message.partition, event.message.offset)
-
-    def stage_failed(exc: BaseException) -> None:
-        """A batch that could not be finished stays un-acked: restart (the replay re-encodes it)."""
-        log.error("review encode stage failed: %r", exc, exc_info=exc)
-        restarts.request(Restart(f"review encode stage failed: {exc!r}"))
+            for event in events:
+                progress.done(event.message.topic, event.message.partition, event.message.offset)
 
     async def apply_stage(stream: faust.StreamT[bytes]) -> None:
         await runtime.replica.ready.wait()

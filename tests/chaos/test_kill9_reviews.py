@@ -1,7 +1,8 @@
 """SIGKILL the worker while review batches are being encoded and sent: no review lost, none
-applied twice. The encode stage runs one batch ahead and holds each source record un-acked
-until its encoded record is sent (stream_app.reviews.OneAhead); a kill at any point of that
-must leave the replay from the committed offsets to redo exactly what was not applied."""
+applied twice. Faust acks a take() batch when the encode stage asks for the next one, after
+the batch's encoded records were sent; a kill at any point of that must leave the replay from
+the committed offsets to redo exactly what was not applied. (Checked once: a stage that ran one
+batch ahead and let Faust ack a batch before its records were sent failed it, reviews lost.)"""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def test_kill_minus_9_while_review_batches_are_in_flight_loses_and_doubles_nothi
     int8 = versions[1]  # the faster variant: more batches in flight per second of the test
     settings = topic_factory(model_registry=_registry_copy(root, tmp_path / "registry", [int8], int8))
     reviews = [e for e in read_events("amazon", data_dir / AMAZON) if isinstance(e, Review)][:REVIEWS]
-    publish(settings, reviews)  # a backlog: every batch is full and the next one is always queued
+    publish(settings, reviews)  # a backlog: every batch is full
     worker = worker_factory(settings, allow_restarts=True)
     killed_at: list[int] = []
     step = REVIEWS // (KILLS + 2)  # each worker's counter starts at 0: kill after this many
