@@ -313,16 +313,12 @@ class Encoder:
         into another batch comes out slightly differently (cosine ~0.97-0.99, below the
         check's 0.999), and a token budget or a small PERSONA_REVIEW_BATCH would refuse a
         sound artifact."""
-        texts = list(texts)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        if texts:
-            for batch in self.prepare(texts, max(1, len(texts)), budget=False):
-                out[batch.rows] = self.run(batch)
-        return out
+        return self._encode_uncached(list(texts), one_call=True)
 
-    def _encode_uncached(self, texts: list[str]) -> F32:
+    def _encode_uncached(self, texts: list[str], *, one_call: bool = False) -> F32:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for batch in self.prepare(texts):
+        batches = self.prepare(texts, max(1, len(texts)), budget=False) if one_call else self.prepare(texts)
+        for batch in batches:
             out[batch.rows] = self.run(batch)
         return out
 
