@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.harness import bench_settings, broker
 from bench.reviews import AMAZON
-from bench.stream import _settings, broker
 from deploy.workers import WorkerProcess, group_lag, metric_sum
 from scoring.messages import decode as decode_recs
 from state.events import Click, Event, Item, Purchase, Review, encode, key_of, kind_of
@@ -158,7 +158,7 @@ def run(
     report: dict[str, Any] = {"levels": [], "seconds_per_level": seconds, "goal_p99_s": GOAL_P99_S, "goal_at_eps": GOAL_AT}
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-load-") as tmp:
         work = Path(tmp)
-        settings = _settings(bs, f"load{int(time.time())}", work / "state").model_copy(update={"model_registry": registry})
+        settings = bench_settings(bs, f"load{int(time.time())}", work / "state").model_copy(update={"model_registry": registry})
         report["emit_interval_s"] = settings.emit_interval_s
         ensure_topics(settings)
         publish(settings, catalog)

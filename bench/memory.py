@@ -28,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.stream import _settings, broker, persona_worker, synthetic_profiles
+from bench.harness import bench_settings, broker
+from bench.stream import persona_worker, synthetic_profiles
 from stream_app.producer import publish
 from stream_app.topics import ensure_topics
 
@@ -84,7 +85,7 @@ def _footprint(
     on_sample: Callable[[int, int], None] | None = None,
 ) -> tuple[float, int, int]:
     # Gauges sampled every second, so the ones read at the end are the end's (bench.stream.MEMORY_GAUGES).
-    settings = _settings(bootstrap, tag, work / f"state-{tag}", ops_sample_s=1.0, **overrides)
+    settings = bench_settings(bootstrap, tag, work / f"state-{tag}", ops_sample_s=1.0, **overrides)
     if registry is not None:
         settings = settings.model_copy(update={"model_registry": registry})
     ensure_topics(settings)

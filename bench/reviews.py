@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.encoder import ensure_versions
-from bench.stream import _settings, broker, drain_rate
+from bench.harness import bench_settings, broker, drain_rate
 from deploy.workers import WorkerProcess
 from encoders.runtime import available_threads, load_encoder
 from state.events import Event, Review
@@ -89,7 +89,7 @@ def run(
             (reg / version_dir.name).symlink_to(version_dir.resolve())
             (reg / "CURRENT").write_text(version_dir.name)
             tag = f"benchrev{variant}{int(time.time())}"
-            base = _settings(bs, tag, work / f"state-{variant}")
+            base = bench_settings(bs, tag, work / f"state-{variant}")
             settings = base.model_copy(
                 update={"model_registry": reg, "model_threads": threads, "model_device": device,
                         "review_batch": batch or base.review_batch, "model_batch_tokens": max_batch_tokens}

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.stream import _settings, broker, movielens_events, synthetic_purchases
+from bench.harness import bench_settings, broker
+from bench.stream import movielens_events, synthetic_purchases
 from deploy.workers import WorkerProcess, free_port, group_lag, metric_sum, wait_group_stable
 from state.events import Event
 from stream_app.producer import publish
@@ -128,7 +129,7 @@ def _pauses(changes: list[tuple[str, float]], samples: list[tuple[float, float]]
 
 def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
                rebalance: bool = False) -> dict[str, Any]:
-    settings = _settings(bs, tag, work / "unused", partitions=PARTITIONS)
+    settings = bench_settings(bs, tag, work / "unused", partitions=PARTITIONS)
     ensure_topics(settings)
     publish(settings, catalog)
     group = Group(settings, work / tag)

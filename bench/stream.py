@@ -32,68 +32,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import Consumer
 from rich.console import Console
 
+from bench.harness import bench_settings, broker, disk_bytes, drain, rss_bytes, terminate, worker_env
 from state.events import AttributeValue, Event, Item, Purchase, User
 from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
 
-if TYPE_CHECKING:
-    from deploy.workers import WorkerProcess
-
 REPO = Path(__file__).resolve().parent.parent
 #: events/s of the blend-ranker worker over the baseline-ranker worker (printed, not asserted)
 GOAL_BLEND_VS_BASELINE = 0.8
-
-
-@contextmanager
-def broker(bootstrap: str | None) -> Iterator[str]:
-    """The given broker, or a local one started for the run and stopped after it."""
-    if bootstrap:
-        yield bootstrap
-        return
-    from deploy.kafka import launcher
-    from deploy.workers import free_port
-
-    with tempfile.TemporaryDirectory(prefix="persona-bench-kafka-") as tmp:
-        handle = launcher.start(port=free_port(), data_dir=Path(tmp))
-        try:
-            yield handle.bootstrap
-        finally:
-            launcher.stop(handle)
-
-
-def _settings(bootstrap: str, tag: str, state: Path, **extra: Any) -> Settings:
-    from deploy.workers import free_port
-
-    return Settings(
-        bootstrap_servers=bootstrap,
-        topic_prefix=f"{tag}.",
-        app_id=f"persona-{tag}",
-        state_dir=state,
-        web_port=free_port(),
-        # Behaviour updates only: no encoder loaded (its session alone is ~170 MB of RSS).
-        model_registry=state / "no-models",
-        **extra,
-    )
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    from deploy.workers import settings_env
-
-    env = dict(os.environ)
-    env.update(settings_env(settings))
-    env.update(extra)
-    return env
 
 
 def bare_consumer(settings: Settings, topic: str, n: int) -> float:
@@ -125,7 +80,7 @@ def trivial_agent(settings: Settings, topic: str, n: int, workdir: Path, cpu: di
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.trivial_agent"],
         cwd=REPO,
-        env=_env(settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result)),
+        env=worker_env(settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result)),
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / "trivial.log", "wb"),
         start_new_session=True,
@@ -141,146 +96,7 @@ def trivial_agent(settings: Settings, topic: str, n: int, workdir: Path, cpu: di
             cpu["trivial_cpu_us_per_event"] = float(data["cpu"]) / float(data["events"]) * 1e6
         return float(data["events"]) / float(data["last"] - data["first"])
     finally:
-        _terminate(proc)
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    import signal
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
-def _rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and its children (the worker runs under a supervisor)."""
-    total = 0
-    for p in _tree_pids(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            continue
-    return total
-
-
-def _disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-@dataclass(frozen=True)
-class Drain:
-    """One drain: events/s, and where the CPU went meanwhile (from /proc, in seconds per event)."""
-
-    rate: float
-    #: CPU of the worker's process tree (supervisor and worker) per event
-    worker_cpu_per_event: float
-    #: CPU of the whole machine per event (worker, broker and anything else running)
-    machine_cpu_per_event: float
-    #: (events applied, RSS bytes of the worker's tree) every ``rss_every`` events, when asked
-    rss_curve: tuple[tuple[int, int], ...] = ()
-
-
-def _tree_pids(pid: int) -> list[int]:
-    """``pid`` and its children (the worker runs under a supervisor)."""
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(c) for c in (task / "children").read_text().split()]
-    except OSError:
-        pass
-    return pids
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid``'s process tree so far (/proc/PID/stat)."""
-    ticks = 0
-    for p in _tree_pids(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _machine_cpu_seconds() -> float:
-    """CPU seconds the whole machine spent busy so far (/proc/stat: all but idle and iowait)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    busy = sum(values[:8]) - values[3] - values[4]  # user nice system idle iowait irq softirq steal
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def drain_rate(worker: WorkerProcess, n: int, timeout: float = 900.0, **labels: str) -> float:
-    """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n`` (:func:`drain`)."""
-    return drain(worker, n, timeout, rss_every=0, on_sample=None, **labels).rate
-
-
-#: Seconds between scrapes of the worker's /metrics while it drains: each scrape renders every
-#: series on the worker's event loop (~4 ms), and at 10 scrapes a second that was a tenth of the
-#: loop's busy time in `bench reviews` (py-spy), a load production's 15 s scrapes never put on it.
-POLL_FAR_S = 0.5
-#: ... and near the end, where the poll interval delays the observed finish and biases the rate
-#: (start and count are read together, so a late first scrape biases nothing).
-POLL_NEAR_S = 0.05
-POLL_START_S = 0.1
-
-
-def poll_pause(done: float, n: int, *, started: bool) -> float:
-    """The pause before the next scrape: fine before the first applied event and within the
-    last tenth of ``n``, coarse in between."""
-    if not started:
-        return POLL_START_S
-    return POLL_NEAR_S if done >= 0.9 * n else POLL_FAR_S
-
-
-def drain(
-    worker: WorkerProcess, n: int, timeout: float = 900.0, *, rss_every: int = 0,
-    on_sample: Callable[[int, int], None] | None = None, **labels: str,
-) -> Drain:
-    """Events/s of ``worker`` until ``persona_events_total{labels}`` reaches ``n``, timed from
-    the first scrape that shows any (start-up and model loading stay outside the clock), and
-    the CPU the worker and the machine spent per event over the same window. ``rss_every``:
-    also sample the worker's RSS each time another ``rss_every`` events are applied (the
-    curve that tells a bounded footprint from one that grows with users), and hand each sample
-    to ``on_sample`` as it is taken (a long run keeps what it measured if it is stopped)."""
-    from deploy.workers import metric_sum
-
-    curve: list[tuple[int, int]] = []
-    first_t, first_n = 0.0, 0.0
-    first_cpu, first_machine = 0.0, 0.0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not worker.alive:
-            raise RuntimeError(f"worker exited; see {worker.log_path}")
-        try:
-            m = worker.metrics()
-        except OSError:
-            time.sleep(0.2)
-            continue
-        done = metric_sum(m, "persona_events_total", **labels)
-        if done > 0 and not first_t:
-            first_t, first_n = time.monotonic(), done
-            first_cpu, first_machine = _cpu_seconds(worker.proc.pid), _machine_cpu_seconds()
-        if rss_every and done >= (len(curve) + 1) * rss_every:
-            curve.append((int(done), _rss_bytes(worker.proc.pid)))
-            if on_sample is not None:
-                on_sample(*curve[-1])
-        if done >= n:
-            counted = max(done - first_n, 1.0)
-            return Drain(
-                rate=(done - first_n) / (time.monotonic() - first_t),
-                worker_cpu_per_event=(_cpu_seconds(worker.proc.pid) - first_cpu) / counted,
-                machine_cpu_per_event=(_machine_cpu_seconds() - first_machine) / counted,
-                rss_curve=tuple(curve),
-            )
-        time.sleep(poll_pause(done, n, started=bool(first_t)))
-    raise RuntimeError("worker did not finish in time")
+        terminate(proc)
 
 
 #: The parts of a worker's memory it estimates itself: ``part -> (gauge, labels)``.
@@ -339,7 +155,7 @@ def persona_worker(
         emitted = int(metric_sum(final, "persona_recommendations_emitted_total"))
         if memory is not None:
             memory.update({part: metric_sum(final, name, **labels) for part, (name, labels) in MEMORY_GAUGES.items()})
-        return drained.rate, _rss_bytes(worker.proc.pid), _disk_bytes(settings.state_dir), emitted
+        return drained.rate, rss_bytes(worker.proc.pid), disk_bytes(settings.state_dir), emitted
     finally:
         worker.stop()
 
@@ -459,8 +275,8 @@ def run(
         tag = f"bench{int(time.time())}"
         # The same events for both rankers, each on its own topics (module docstring): only the
         # ranker, the topic prefix, the consumer group, the state dir and the web port differ.
-        settings = _settings(bs, tag, work / "state", ranker="blend")
-        base_settings = _settings(bs, f"{tag}b", work / "state-baseline", ranker="baseline")
+        settings = bench_settings(bs, tag, work / "state", ranker="blend")
+        base_settings = bench_settings(bs, f"{tag}b", work / "state-baseline", ranker="baseline")
         ensure_topics(settings)
         ensure_topics(base_settings)
         if (data_dir / "movielens-100k").is_dir():
@@ -500,7 +316,7 @@ def run(
             # environment (deploy.workers.settings_env), the older commit's defaults never: a
             # changed default is compared with `against_set` holding the old value.
             extra = {"ranker": "blend", **(against_set or {})}
-            old_settings = _settings(bs, f"{tag}o", work / "state-against", **extra)
+            old_settings = bench_settings(bs, f"{tag}o", work / "state-against", **extra)
             ensure_topics(old_settings)
             publish(old_settings, catalog)
             publish(old_settings, behaviour)
@@ -522,7 +338,7 @@ def run(
 
         if profiles:  # 0: no footprint run
             ftag = f"{tag}f"
-            fsettings = _settings(bs, ftag, work / "state-footprint")
+            fsettings = bench_settings(bs, ftag, work / "state-footprint")
             ensure_topics(fsettings)
             fcat, fbeh = synthetic_profiles(profiles)
             publish(fsettings, fcat)
