@@ -29,6 +29,7 @@ from state.profile import Encoding, Origin
 from stream_app import metrics
 from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
+from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
@@ -133,6 +134,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     # buffer. Our commit-time flush queues a burst (profiles + recommendations), so the
     # limit stalled consumption on every commit; the burst is bounded by one commit's work.
     app.producer.buffer.max_messages = 20_000
+    # Faust's buffer flush, awaited before each commit, can return with records not yet handed
+    # to the Kafka client (stream_app.flush): a commit must wait for every one.
+    harden_flush(app)
     runtime = Runtime(app, settings)
     cast(PersonaMonitor, app.monitor).runtime = runtime
     progress = Progress()
