@@ -1,7 +1,8 @@
 """A commit must not pass output that has not reached the Kafka client yet.
 
-The worker hands recommendations and scoring deltas to ``Topic.send_soon``, which puts them
-in Faust's ``ProducerBuffer``; one task takes them from there and hands them to aiokafka, one
+The worker hands recommendations and scoring deltas to ``Topic.send_soon``, and Faust's tables
+send their changelog records the same way (the profiles a rebalanced partition is restored
+from); ``send_soon`` puts them in Faust's ``ProducerBuffer``; one task takes them from there and hands them to aiokafka, one
 at a time. Before committing offsets, Faust awaits ``app.producer.flush()``: first
 ``ProducerBuffer.flush()``, then aiokafka's flush of what aiokafka holds. In faust-streaming
 0.15.3 the first of these can return early in two ways:
@@ -14,9 +15,10 @@ at a time. Before committing offsets, Faust awaits ``app.producer.flush()``: fir
 A hand-over waits whenever the partition's batch is full and the previous one is still on its
 way (aiokafka keeps one request in flight per broker; ``acks=all``): while the broker is slow or
 the machine busy. The commit then went ahead past events whose output had not been produced,
-and a crash at that moment lost it for good: a user's recommendations stayed stale, and a
-scoring delta never reached any worker (the deltas topic is also what a restarted worker
-rebuilds its shared state from).
+and a crash at that moment lost it for good: a user's recommendations stayed stale, a scoring
+delta never reached any worker (the deltas topic is also what a restarted worker rebuilds its
+shared state from), and a profile update never reached the changelog that another worker
+would restore the partition from.
 
 :func:`harden` counts the record being handed over and makes the buffer's flush wait until the
 queue is empty and nothing is being handed over. A flush that cannot finish (the broker gone)
