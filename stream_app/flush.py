@@ -41,9 +41,11 @@ POLL_S = 0.1
 async def flush_until_empty(buffer: Any, sending: Callable[[], int]) -> None:
     """Wait until ``buffer`` (a Faust ``ProducerBuffer``) holds nothing and ``sending()``, the
     records its task is handing to the client, is 0. Raises, as Faust's own flush does, when the
-    buffer has stopped with records left: nothing will send them, so waiting would never end."""
+    buffer is stopping with records still queued: its task takes no more, so waiting would never
+    end. A record already in hand is waited for, stopping or not: the task finishes it (it stops
+    between records), and a hand-over that fails or is cancelled stops counting."""
     while buffer.size or sending():
-        if buffer.state != "running":
+        if buffer.size and buffer.state != "running":
             raise RuntimeError("Cannot flush: Producer not Running")
         buffer.message_sent.clear()
         with contextlib.suppress(asyncio.TimeoutError):

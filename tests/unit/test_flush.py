@@ -82,3 +82,22 @@ def test_hardened_flush_of_an_empty_buffer_returns_at_once() -> None:
             await app.producer.buffer.stop()
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_stopping_with_a_record_in_hand_waits_for_it_instead_of_raising() -> None:
+    """The buffer flushes itself when it stops; its task finishes the record it holds, so that
+    record is waited for, not reported as lost."""
+
+    async def scenario() -> list[Any]:
+        sent: list[Any] = []
+        app = _app_with_slow_sends(sent)
+        harden(app)
+        buffer: Any = app.producer.buffer
+        await buffer.start()
+        buffer.put("record-0")
+        while buffer.size:  # the task has taken it and is handing it over
+            await asyncio.sleep(0.01)
+        await buffer.stop()
+        return sent
+
+    assert asyncio.run(scenario()) == ["record-0"]
