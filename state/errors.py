@@ -21,6 +21,9 @@ DeadLetterReason = Literal[
     "schema",
     "key_mismatch",
     "incompatible_version",
+    # Not an input error: processing the record raised a bug (stream_app.poison). The record is
+    # kept for a redrive once the bug is fixed.
+    "internal",
 ]
 
 DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
@@ -32,6 +35,7 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "schema",
     "key_mismatch",
     "incompatible_version",
+    "internal",
 )
 
 

@@ -222,7 +222,10 @@ def run_supervised(argv: list[str]) -> int:
         if rc != RESTART_EXIT_CODE or stopping:
             return rc
         restarts += 1
-        log.warning("worker asked for a restart (commit stall or lost message, faust#596); restart #%d", restarts)
+        log.warning(
+            "worker asked for a restart (a commit stall or lost message, faust#596, or a record that raised; see its log); restart #%d",
+            restarts,
+        )
         time.sleep(0.5)
 
 

@@ -32,6 +32,7 @@ from stream_app.experiment import Candidate
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
+from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, passed_by
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
@@ -148,10 +149,12 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         batch_size=settings.review_batch, max_batch_tokens=settings.model_batch_tokens,
     )
     models_tried = asyncio.Event()
+    # Records whose processing raised a bug, dead-lettered before a restart (stream_app.poison).
+    ledger = PoisonLedger(settings.state_dir / LEDGER_NAME)
     for kind in EVENT_KINDS:
         if kind != "review":
-                _add_agent(app, runtime, kind, models_tried, progress, restarts)
-    _add_review_stages(app, runtime, holder, models_tried, progress, restarts)
+            _add_agent(app, runtime, kind, models_tried, progress, restarts, ledger)
+    _add_review_stages(app, runtime, holder, models_tried, progress, restarts, ledger)
 
     @app.task  # type: ignore[untyped-decorator]
     async def load_models() -> None:
@@ -387,7 +390,8 @@ def _hold(event: Any) -> None:
 
 
 def _add_agent(
-    app: faust.App, runtime: Runtime, kind: EventKind, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests
+    app: faust.App, runtime: Runtime, kind: EventKind, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests,
+    ledger: PoisonLedger,
 ) -> None:
     topic = raw_topic(app, runtime.settings.topic(kind), runtime.settings.partitions_for(kind))
 
@@ -407,7 +411,9 @@ def _add_agent(
                 decision = await order.check(msg)
                 if decision is not None:
                     await restarts.halt(decision)
-            await runtime.handle(kind, msg)
+            if not passed_by(ledger, msg):
+                with Guard(runtime.settings, ledger, runtime.settings.topic(kind), msg):  # a bug: stream_app.poison
+                    await runtime.handle(kind, msg)
             if hold_ack_failpoint(msg.topic, msg.partition, msg.offset):
                 _hold(event)
             progress.done(msg.topic, msg.partition, msg.offset)
@@ -416,7 +422,8 @@ def _add_agent(
 
 
 def _add_review_stages(
-    app: faust.App, runtime: Runtime, holder: EncoderHolder, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests
+    app: faust.App, runtime: Runtime, holder: EncoderHolder, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests,
+    ledger: PoisonLedger,
 ) -> None:
     """Stage 1 batches and encodes reviews; stage 2 applies them per event (see reviews.py)."""
     settings = runtime.settings
@@ -468,8 +475,11 @@ def _add_review_stages(
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 await runtime.dead_letter("review", msg, DeadLetter.from_error(ContractError("schema", str(exc))))
             else:
-                runtime.pipeline.apply_event(record.review, record.origin, msg.partition, msg.timestamp, encoding=record.encoding)
-                metrics.PROCESSING.observe(time.perf_counter() - started)
+                if not passed_by(ledger, msg):
+                    # A bug dead-letters the encoded record to review.dlq, as a schema failure above does.
+                    with Guard(settings, ledger, settings.topic("review"), msg):
+                        runtime.pipeline.apply_event(record.review, record.origin, msg.partition, msg.timestamp, encoding=record.encoding)
+                    metrics.PROCESSING.observe(time.perf_counter() - started)
             progress.done(msg.topic, msg.partition, msg.offset)
 
     app.agent(source, name="persona.agents.review", concurrency=1)(encode_stage)

@@ -1,0 +1,179 @@
+"""A record whose processing raised a bug is dead-lettered, and the worker restarts without it.
+
+Bad input never raises: ``state.events.decode`` turns it into a dead letter. An exception
+out of the apply path is a bug met by one record (in the profile update, the scoring state,
+a ranking). Left to Faust, the agent's stream acknowledges the record as the agent crashes
+(the ack sits in a ``finally`` around the stream's ``yield``), Faust restarts the agent, and
+the record is committed unprocessed: lost, with an error in the log. The record may also
+have been half applied to the profile cache, which the next commit writes back.
+
+Here instead, in this order, without yielding to the event loop (so no commit can run in
+between and write the cache back):
+
+1. the record goes to ``<topic>.dlq`` with reason ``internal`` and the exception's class and
+   message, and the worker waits until the broker has it (``acks=all``);
+2. its coordinates are appended to a ledger in the state directory (fsynced);
+3. the worker exits with the restart code; the ``persona worker`` supervisor starts it again
+   at once, and the replay from the committed offsets drops every change the process held in
+   memory, the half-applied record's included.
+
+The replay passes the ledger's records by (counted as ``dead_letter``), so one bad record
+costs one restart, not a crash loop, and the partition moves on. Once the bug is fixed,
+``persona dlq redrive <kind> --reason internal`` publishes the record again. A scoring delta
+the record produced may already have gone out to the other workers before the exception;
+that is the one effect the restart cannot take back.
+
+If the broker does not confirm the dead letter in time, nothing goes in the ledger and the
+worker restarts anyway: the replay meets the record again and retries (at least once, never
+skipped unkept).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from state.errors import PersonaError
+from state.events import DeadLetter
+from stream_app import dlq, metrics
+from stream_app.settings import Settings
+from stream_app.supervise import RESTART_EXIT_CODE
+
+log = logging.getLogger("persona.poison")
+
+#: The ledger's file name, in the worker's state directory.
+LEDGER_NAME = "poisoned.jsonl"
+#: Test failpoint: ``topic:partition:offset`` of a record whose processing raises after it was
+#: applied (a bug at the end of the apply path, e.g. in the ranking). Unset in production.
+FAILPOINT_ENV = "PERSONA_FAILPOINT_RAISE"
+#: Seconds to wait for the broker to confirm the dead letter before restarting without it.
+CONFIRM_TIMEOUT_S = 30.0
+
+Coordinates = tuple[str, int, int]
+
+
+class PoisonLedger:
+    """Records already dead-lettered as ``internal``: ``(topic, partition, offset)``, on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen: set[Coordinates] = set()
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    topic, partition, offset = json.loads(line)
+                    self._seen.add((str(topic), int(partition), int(offset)))
+                except (ValueError, TypeError):  # a line torn by a crash mid-write: not recorded
+                    log.warning("%s: ignoring a torn line %r", path, line[:80])
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def __contains__(self, coordinates: object) -> bool:
+        return coordinates in self._seen
+
+    def add(self, topic: str, partition: int, offset: int) -> None:
+        """Record it durably: appended and fsynced before the worker exits."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            # A leading newline ends a line a crash may have torn, so the new one parses.
+            fh.write("\n" + json.dumps([topic, partition, offset]) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._seen.add((topic, partition, offset))
+
+
+class Guard:
+    """Around one record's processing: an exception other than a :class:`PersonaError` (a
+    crash decision, state/errors.py) dead-letters the record and restarts the worker
+    (:func:`dead_letter_and_restart`). Also where the test failpoint fires."""
+
+    def __init__(self, settings: Settings, ledger: PoisonLedger, kind_topic: str, message: Any) -> None:
+        self._settings, self._ledger, self._kind_topic, self._message = settings, ledger, kind_topic, message
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        msg = self._message
+        if exc is None:
+            try:
+                raise_failpoint(msg.topic, msg.partition, msg.offset)
+            except RuntimeError as failed:
+                exc = failed
+        if exc is None or isinstance(exc, PersonaError) or not isinstance(exc, Exception):
+            return  # done, a crash decision, or cancellation: not this module's business
+        dead_letter_and_restart(self._settings, self._ledger, self._kind_topic, msg, exc)
+
+
+def passed_by(ledger: PoisonLedger, message: Any) -> bool:
+    """Whether ``message`` was dead-lettered before the last restart (then it is counted as a
+    ``dead_letter`` outcome and not processed again)."""
+    if not ledger or (message.topic, message.partition, message.offset) not in ledger:
+        return False
+    metrics.event_counter(message.topic, "dead_letter").inc()
+    return True
+
+
+def internal_letter(exc: BaseException) -> DeadLetter:
+    """The dead letter of a record whose processing raised ``exc``."""
+    return DeadLetter(reason="internal", error=type(exc).__name__, message=str(exc) or repr(exc))
+
+
+def raise_failpoint(topic: str, partition: int, offset: int) -> None:
+    """Raise if :data:`FAILPOINT_ENV` names this record (tests only; one lookup per record)."""
+    want = os.environ.get(FAILPOINT_ENV)
+    if want and want == f"{topic}:{partition}:{offset}":
+        raise RuntimeError(f"failpoint {FAILPOINT_ENV} at {want}")
+
+
+def confirm_dead_letter(settings: Settings, kind_topic: str, message: Any, letter: DeadLetter) -> bool:
+    """Send ``message`` (a Faust message of ``kind_topic``) to its dead-letter topic and block
+    until the broker confirms it; False when it did not within :data:`CONFIRM_TIMEOUT_S`.
+
+    A blocking librdkafka producer, not Faust's: awaiting Faust's would let other tasks run,
+    among them a commit that writes back the profile cache this record may have half changed."""
+    from confluent_kafka import KafkaError, Producer
+
+    failures: list[KafkaError] = []
+    # Not idempotent: one record, and a retried duplicate in the dead-letter topic is harmless
+    # (a redrive publishes each original once), while idempotence can need more ACLs.
+    producer = Producer(settings.kafka_config() | {"acks": "all", "enable.idempotence": False})
+    headers: list[tuple[str, str | bytes | None]] = []
+    headers += dlq.headers(
+        letter,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        redriven_from=dlq.redrive_of(getattr(message, "headers", None)),
+    )
+
+    def delivered(err: KafkaError | None, _msg: Any) -> None:
+        if err is not None:
+            failures.append(err)
+
+    producer.produce(dlq.dlq_topic(kind_topic), key=message.key, value=message.value, headers=headers, on_delivery=delivered)
+    left = producer.flush(CONFIRM_TIMEOUT_S)
+    if left or failures:
+        log.error("dead letter of %s@%s:%s not confirmed: %s", message.topic, message.partition, message.offset, failures or "timeout")
+        return False
+    return True
+
+
+def dead_letter_and_restart(settings: Settings, ledger: PoisonLedger, kind_topic: str, message: Any, exc: BaseException) -> None:
+    """Steps 1-3 of the module docstring. Never returns."""
+    letter = internal_letter(exc)
+    log.error(
+        "%s@%s:%s raised %s: %s; dead-lettering it and restarting without it",
+        message.topic, message.partition, message.offset, letter.error, letter.message, exc_info=exc,
+    )
+    try:
+        if confirm_dead_letter(settings, kind_topic, message, letter):
+            ledger.add(message.topic, message.partition, message.offset)
+    finally:
+        logging.shutdown()
+        os._exit(RESTART_EXIT_CODE)

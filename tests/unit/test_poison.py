@@ -1,0 +1,121 @@
+"""A record whose processing raised a bug: dead-lettered, remembered, passed by after the restart (stream_app.poison)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from state.errors import StateError
+from stream_app import poison
+from stream_app.poison import FAILPOINT_ENV, Guard, PoisonLedger, internal_letter, passed_by
+from stream_app.settings import Settings
+from stream_app.supervise import RESTART_EXIT_CODE
+
+
+@dataclass
+class Msg:
+    topic: str = "p.purchase"
+    partition: int = 1
+    offset: int = 7
+    key: bytes = b"u1"
+    value: bytes = b"{}"
+    timestamp: float = 0.0
+
+
+class Exited(Exception):
+    """Stands in for os._exit in these tests."""
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """dead_letter_and_restart's effects, recorded: the confirm step succeeds, exit raises Exited."""
+    seen: list[tuple[str, Any]] = []
+
+    def confirm(settings: Settings, kind_topic: str, message: Any, letter: Any) -> bool:
+        seen.append(("confirm", (kind_topic, message.offset, letter.reason, letter.error)))
+        return True
+
+    def exit_(code: int) -> None:
+        seen.append(("exit", code))
+        raise Exited
+
+    monkeypatch.setattr(poison, "confirm_dead_letter", confirm)
+    monkeypatch.setattr("stream_app.poison.os._exit", exit_)
+    monkeypatch.delenv(FAILPOINT_ENV, raising=False)
+    return seen
+
+
+def test_the_ledger_survives_a_reopen_and_a_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "state" / poison.LEDGER_NAME
+    ledger = PoisonLedger(path)
+    assert not ledger and ("t", 0, 1) not in ledger
+    ledger.add("t", 0, 1)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('["t", 0, ')  # a crash mid-write
+    PoisonLedger(path).add("t", 2, 5)
+    again = PoisonLedger(path)
+    assert len(again) == 2 and ("t", 0, 1) in again and ("t", 2, 5) in again
+    assert ("t", 0, 2) not in again and ("u", 0, 1) not in again
+
+
+def test_internal_letter_names_the_exception() -> None:
+    letter = internal_letter(KeyError("item-9"))
+    assert (letter.reason, letter.error, letter.message) == ("internal", "KeyError", "'item-9'")
+    assert internal_letter(ZeroDivisionError()).message == "ZeroDivisionError()"
+
+
+def test_a_bug_dead_letters_records_and_restarts_in_that_order(tmp_path: Path, calls: list[tuple[str, Any]]) -> None:
+    ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
+    with pytest.raises(Exited), Guard(Settings(), ledger, "p.purchase", Msg()):
+        raise KeyError("item-9")
+    assert calls == [("confirm", ("p.purchase", 7, "internal", "KeyError")), ("exit", RESTART_EXIT_CODE)]
+    assert ("p.purchase", 1, 7) in PoisonLedger(tmp_path / poison.LEDGER_NAME)  # on disk before the exit
+
+
+def test_an_unconfirmed_dead_letter_restarts_without_recording_the_record(
+    tmp_path: Path, calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poison, "confirm_dead_letter", lambda *args: False)
+    ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
+    with pytest.raises(Exited), Guard(Settings(), ledger, "p.purchase", Msg()):
+        raise ValueError("bug")
+    assert calls == [("exit", RESTART_EXIT_CODE)]
+    assert not PoisonLedger(tmp_path / poison.LEDGER_NAME)  # the replay meets it again
+
+
+def test_crash_decisions_and_cancellation_pass_through_the_guard(tmp_path: Path, calls: list[tuple[str, Any]]) -> None:
+    ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
+    with pytest.raises(StateError), Guard(Settings(), ledger, "p.purchase", Msg()):
+        raise StateError("a profile from a newer schema")
+    with pytest.raises(asyncio.CancelledError), Guard(Settings(), ledger, "p.purchase", Msg()):
+        raise asyncio.CancelledError
+    with Guard(Settings(), ledger, "p.purchase", Msg()):
+        pass
+    assert calls == [] and not ledger
+
+
+def test_the_failpoint_fires_for_its_record_only(tmp_path: Path, calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAILPOINT_ENV, "p.purchase:1:8")
+    ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
+    with Guard(Settings(), ledger, "p.purchase", Msg(offset=7)):
+        pass
+    assert calls == []
+    with pytest.raises(Exited), Guard(Settings(), ledger, "p.purchase", Msg(offset=8)):
+        pass
+    assert calls[0] == ("confirm", ("p.purchase", 8, "internal", "RuntimeError"))
+
+
+def test_a_recorded_record_is_passed_by_and_counted_as_a_dead_letter(tmp_path: Path) -> None:
+    from stream_app import metrics
+
+    ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
+    assert not passed_by(ledger, Msg())
+    ledger.add("p.purchase", 1, 7)
+    counter = metrics.event_counter("p.purchase", "dead_letter")
+    before = counter._value.get()
+    assert passed_by(ledger, Msg()) and not passed_by(ledger, Msg(offset=8)) and not passed_by(ledger, Msg(partition=0))
+    assert counter._value.get() == before + 1
