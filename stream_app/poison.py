@@ -3,9 +3,12 @@
 Bad input never raises: ``state.events.decode`` turns it into a dead letter. An exception
 out of the apply path is a bug met by one record (in the profile update, the scoring state,
 a ranking). Left to Faust, the agent's stream acknowledges the record as the agent crashes
-(the ack sits in a ``finally`` around the stream's ``yield``), Faust restarts the agent, and
-the record is committed unprocessed: lost, with an error in the log. The record may also
-have been half applied to the profile cache, which the next commit writes back.
+(the ack sits in a ``finally`` around the stream's ``yield``) and Faust restarts the agent.
+Seen with this guard disabled (``tests/chaos/test_poison_bug.py``'s failpoint): the restarted
+agent met the next offset first and the gap guard restarted the worker; on the replay the
+record raised again, was acknowledged again, and the gap guard accepted the committed offset
+past it as the previous owner's work. The record was committed unprocessed, with no dead
+letter. It may also have been half applied to the profile cache, which a commit writes back.
 
 Here instead, in this order, without yielding to the event loop (so no commit can run in
 between and write the cache back):
