@@ -113,10 +113,12 @@ class Guard:
 
 
 def passed_by(ledger: PoisonLedger, message: Any) -> bool:
-    """Whether ``message`` was dead-lettered before the last restart (then it is counted as a
-    ``dead_letter`` outcome and not processed again)."""
+    """Whether ``message`` was dead-lettered before the last restart. Then it is not processed
+    again, and it is counted here, by the process that passes it by, as a ``dead_letter``
+    outcome with reason ``internal``: the process that sent it exited before any scrape."""
     if not ledger or (message.topic, message.partition, message.offset) not in ledger:
         return False
+    metrics.DEAD_LETTERS.labels("internal").inc()
     metrics.event_counter(message.topic, "dead_letter").inc()
     return True
 

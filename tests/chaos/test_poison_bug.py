@@ -56,6 +56,7 @@ def test_a_record_that_raises_is_dead_lettered_and_restarted_past_then_redriven(
     assert worker.stop() == 0
 
     assert metric_sum(final, "persona_supervisor_restarts_total") == 1  # one record, one restart
+    assert metric_sum(final, "persona_dead_letter_total", reason="internal") == 1  # counted by the process that passed it by
     assert (topic, partition, offset) in PoisonLedger(settings.state_dir / LEDGER_NAME)
     letters = list(scan(settings, dlq.dlq_topic(topic)))
     assert len(letters) == 1

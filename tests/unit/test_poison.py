@@ -115,7 +115,7 @@ def test_a_recorded_record_is_passed_by_and_counted_as_a_dead_letter(tmp_path: P
     ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
     assert not passed_by(ledger, Msg())
     ledger.add("p.purchase", 1, 7)
-    counter = metrics.event_counter("p.purchase", "dead_letter")
-    before = counter._value.get()
+    outcome, reason = metrics.event_counter("p.purchase", "dead_letter"), metrics.DEAD_LETTERS.labels("internal")
+    before = outcome._value.get(), reason._value.get()
     assert passed_by(ledger, Msg()) and not passed_by(ledger, Msg(offset=8)) and not passed_by(ledger, Msg(partition=0))
-    assert counter._value.get() == before + 1
+    assert (outcome._value.get(), reason._value.get()) == (before[0] + 1, before[1] + 1)
