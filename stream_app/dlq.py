@@ -59,3 +59,16 @@ def headers(
         # Bounded: a message quoting a huge payload must not make the DLQ record oversized.
         (H_MESSAGE, letter.message[:1000].encode("utf-8", "replace")),
     ]
+
+
+def message_headers(letter: DeadLetter, message: Any) -> list[tuple[str, bytes]]:
+    """:func:`headers` for a consumed message (Faust's: ``topic``, ``partition``, ``offset``,
+    ``timestamp`` in seconds, ``headers``), the one place both dead-letter paths build them."""
+    return headers(
+        letter,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+        redriven_from=redrive_of(getattr(message, "headers", None)),
+    )

@@ -148,14 +148,7 @@ def confirm_dead_letter(settings: Settings, kind_topic: str, message: Any, lette
     # (a redrive publishes each original once), while idempotence can need more ACLs.
     producer = Producer(settings.kafka_config() | {"acks": "all", "enable.idempotence": False})
     headers: list[tuple[str, str | bytes | None]] = []
-    headers += dlq.headers(
-        letter,
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-        redriven_from=dlq.redrive_of(getattr(message, "headers", None)),
-    )
+    headers += dlq.message_headers(letter, message)
 
     def delivered(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:

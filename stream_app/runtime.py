@@ -100,15 +100,7 @@ class Runtime:
         await self.send_dead_letter(kind, message, letter)
 
     async def send_dead_letter(self, kind: EventKind, msg: Any, letter: DeadLetter) -> None:
-        headers = dlq.headers(
-            letter,
-            topic=msg.topic,
-            partition=msg.partition,
-            offset=msg.offset,
-            timestamp_ms=int(msg.timestamp * 1000) if msg.timestamp else None,
-            redriven_from=dlq.redrive_of(getattr(msg, "headers", None)),
-        )
-        await self.dlq_topics[kind].send(key=msg.key, value=msg.value, headers=headers)
+        await self.dlq_topics[kind].send(key=msg.key, value=msg.value, headers=dlq.message_headers(letter, msg))
         log.warning("dead letter %s@%s:%s %s: %s", msg.topic, msg.partition, msg.offset, letter.reason, letter.message)
 
 
