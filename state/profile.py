@@ -14,7 +14,9 @@ Out-of-order events (event time older than what the profile has seen) are applie
 not dropped: decayed sums are kept at a reference time and an old event adds its
 weight decayed to that reference (see :mod:`state.decay`), so the profile depends only
 on the set of events applied, never on their arrival order. Recency fields take the
-maximum event time.
+maximum event time. One exception, past any shipped dataset's users: a user's maps of items
+and accounts keep their ``MAX_ENTRIES`` latest whatever the order, but which older entries
+they still hold between two cuts depends on it (:func:`bound`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ RATING_WEIGHTS: Final[dict[int, float]] = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.
 #: Clicks remembered per user (for excluding clicked items): clicks are many and cheap, so
 #: the oldest are forgotten rather than letting a profile grow without bound.
 CLICK_MEMORY: Final = 200
+#: Latest entries by event time that each of ``purchased``, ``reviewed`` (and its ``disliked``),
+#: ``following`` and ``unfollowed`` always keeps (:func:`bound`; see :mod:`state.bounds`): above
+#: any user of the shipped datasets. A map holds at most twice this: 8,192 ids of 20 bytes are
+#: ~240 KB of a profile.
+MAX_ENTRIES: Final = 4_096
 #: A review whose sentiment (text blended with stars, in [-1, 1]) is at most this is a
 #: dislike: two stars are -0.5, three are 0.
 DISLIKE_AT: Final = -0.25
@@ -130,6 +137,31 @@ class Profile(msgspec.Struct, kw_only=True):
         return {c: v * f for c, v in self.affinity.items()}
 
 
+def keep_latest(entries: dict[str, float], n: int) -> list[str]:
+    """Drop all but the ``n`` latest entries of ``entries`` (key -> event time; of equal times
+    the larger key stays) and return the dropped keys. Keeping the latest ``n`` does not depend
+    on the order entries arrived in: a dropped entry that comes back with an older time is
+    dropped again."""
+    if len(entries) <= n:
+        return []
+    if len(entries) == n + 1:  # one insert over the bound, the common case: no sort
+        gone = [min(entries.items(), key=lambda kv: (kv[1], kv[0]))[0]]
+    else:
+        gone = [k for k, _ in sorted(entries.items(), key=lambda kv: (kv[1], kv[0]))[: len(entries) - n]]
+    for k in gone:
+        del entries[k]
+    return gone
+
+
+def bound(entries: dict[str, float], n: int) -> list[str]:
+    """At ``2 n`` entries, cut ``entries`` to its ``n`` latest (:func:`keep_latest`); returns
+    the dropped keys. One sort per ``n`` inserts: an exact bound sought the oldest of ``n``
+    entries at every insert (0.6 ms an event at 4,096 follows). The ``n`` latest are kept
+    whatever order the entries arrived in (a dropped entry had ``n`` later ones, which stay
+    later); which older ones are still there until the next cut depends on that order."""
+    return keep_latest(entries, n) if len(entries) >= 2 * n else []
+
+
 def new_profile(user_id: str) -> Profile:
     return Profile(user_id=user_id)
 
@@ -204,6 +236,8 @@ def _apply_language(
                 p.disliked[event.item_id] = event.ts
             else:
                 p.disliked.pop(event.item_id, None)
+            for item in bound(p.reviewed, MAX_ENTRIES):
+                p.disliked.pop(item, None)
 
 
 def apply(
@@ -256,13 +290,12 @@ def apply(
         )
     if isinstance(event, Click):
         p.clicked[event.item_id] = max(p.clicked.get(event.item_id, ts), ts)
-        if len(p.clicked) > CLICK_MEMORY:
-            oldest = min(p.clicked.items(), key=lambda kv: (kv[1], kv[0]))[0]
-            del p.clicked[oldest]
+        keep_latest(p.clicked, CLICK_MEMORY)
     elif isinstance(event, Purchase):
         if event.price is not None:
             p.purchase_value += event.price * event.quantity
         p.purchased[event.item_id] = max(p.purchased.get(event.item_id, ts), ts)
+        bound(p.purchased, MAX_ENTRIES)
     elif isinstance(event, Review):
         if event.rating is not None:
             p.rating_sum += event.rating
@@ -282,9 +315,11 @@ def apply(
         if followed > unfollowed:
             p.following[f] = followed
             p.unfollowed.pop(f, None)
+            bound(p.following, MAX_ENTRIES)
         else:
             p.following.pop(f, None)
             p.unfollowed[f] = unfollowed
+            bound(p.unfollowed, MAX_ENTRIES)
     if origin is not None:
         p.applied[origin.source] = origin.offset
     if params.dedupe_window:

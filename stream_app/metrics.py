@@ -82,6 +82,12 @@ PROFILE_BYTES = Histogram(
     buckets=(128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536),
     registry=REGISTRY,
 )
+PROFILES_TRIMMED = Counter(
+    "persona_profiles_trimmed",
+    "Profiles that were over the byte cap when written and forgot their oldest or weakest "
+    "entries to fit (state.bounds): a user far outside the shipped datasets, or very long ids.",
+    registry=REGISTRY,
+)
 STALL_RESTARTS = Counter(
     "persona_commit_stall_restarts",
     "Worker self-restarts asked for by this process: a commit stuck behind finished work, "

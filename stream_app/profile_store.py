@@ -19,7 +19,8 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from state.codec import dumps, loads
+from state.bounds import MAX_PROFILE_BYTES, fit
+from state.codec import loads
 from state.profile import Profile
 from stream_app import metrics
 
@@ -39,9 +40,10 @@ class ProfileStore:
     memory or thrashes. Each entry is charged :data:`DECODED_PER_ENCODED_BYTE` times its
     latest encoded size (known when it is read or written)."""
 
-    def __init__(self, table: Any, max_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, table: Any, max_bytes: int = 16 * 1024 * 1024, max_profile_bytes: int = MAX_PROFILE_BYTES) -> None:
         self._table = table
         self._max_bytes = max_bytes
+        self._max_profile_bytes = max_profile_bytes
         #: user key -> (profile, partition)
         self._cache: OrderedDict[bytes, tuple[Profile, int]] = OrderedDict()
         #: user key -> charged bytes (decoded estimate)
@@ -170,7 +172,12 @@ class ProfileStore:
 
     def _write(self, key: bytes) -> None:
         profile, partition = self._cache[key]
-        data = dumps(profile)
+        # A record over the producer's limit is refused (the worker restarts and meets it again):
+        # an oversized profile forgets its oldest entries first (state.bounds).
+        data, forgot = fit(profile, self._max_profile_bytes)
+        if forgot:
+            metrics.PROFILES_TRIMMED.inc()
+            log.warning("a profile over %d bytes forgot %d of its oldest or weakest entries", self._max_profile_bytes, forgot)
         self._charge(key, len(data))
         self._db(partition).put(key, data)
         self._table.data._key_index[key] = partition

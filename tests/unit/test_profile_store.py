@@ -101,3 +101,23 @@ def test_delete_removes_cache_disk_and_sends_a_changelog_tombstone() -> None:
     assert table.changelog[-1] == (1, b"alice", None)
     assert store.cached_bytes == 0
     assert store.find(b"alice") is None
+
+
+def test_a_profile_over_the_byte_cap_is_written_trimmed_to_the_changelog_and_rocksdb() -> None:
+    from stream_app import metrics
+
+    table = FakeTable()
+    store = ProfileStore(table, max_profile_bytes=4_000)
+    big = _profile("big", 300)  # ~6 KB encoded
+    assert len(dumps(big)) > 4_000
+    before = metrics.PROFILES_TRIMMED._value.get()
+    store.put(b"big", big, 1)
+    store.flush()
+    (partition, key, value), = table.changelog
+    assert (partition, key) == (1, b"big")
+    assert value is not None and len(value) <= 4_000
+    assert table.data._dbs[1][b"big"] == value
+    kept = loads(value)
+    assert kept == store.cached(b"big")  # the cache holds what was written
+    assert sorted(kept.purchased, key=kept.purchased.__getitem__) == [f"item-{j}" for j in range(300 - len(kept.purchased), 300)]
+    assert metrics.PROFILES_TRIMMED._value.get() == before + 1
