@@ -24,6 +24,18 @@ would restore the partition from.
 queue is empty and nothing is being handed over. A flush that cannot finish (the broker gone)
 keeps the commit waiting, which is at-least-once's side: the stall detector
 (``stream_app.supervise``) restarts a worker whose commit stays stuck while the broker is up.
+
+A record handed over is not yet a record delivered. When the broker refuses one (a record larger
+than the topic's ``max.message.bytes``, a missing WRITE ACL, a batch that expired), aiokafka fails
+its future, and Faust only logs it (``Topic._on_published`` calls the sensors' ``on_send_error``);
+a record the client refuses at once (larger than ``max_request_size``) crashed the buffer's task and
+left a worker that neither processed nor exited. Either way the next commit went past the events
+whose output was lost. A :class:`DeliveryGuard` hears of both and restarts the worker from its
+committed offsets, so the events are processed and their output produced again; it also checks,
+after every producer flush a commit awaits, that nothing failed, so no commit follows a failure
+whatever order the callbacks run in. A refusal that persists keeps the partition from moving on,
+loudly (Kafka Streams' default production exception handler fails the same way), rather than
+losing every output behind it.
 """
 
 from __future__ import annotations
@@ -31,8 +43,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from stream_app.supervise import RESTART_EXIT_CODE
+
+log = logging.getLogger("persona.flush")
 
 #: How long one wait for a record to leave lasts before the flush looks again (Faust's 0.1 s).
 POLL_S = 0.1
@@ -52,10 +70,53 @@ async def flush_until_empty(buffer: Any, sending: Callable[[], int]) -> None:
             await asyncio.wait_for(buffer.message_sent.wait(), timeout=POLL_S)
 
 
-def harden(app: Any) -> None:
+def restart_from_committed(topic: str, exc: BaseException) -> None:
+    """A worker's answer to output it could not deliver: exit at once, before any further commit,
+    asking the supervisor for a restart (the events since the last commit are processed again)."""
+    log.error(
+        "output to %s was not delivered (%s: %s): restarting from the committed offsets; nothing is committed past it",
+        topic, type(exc).__name__, exc,
+    )
+    logging.shutdown()
+    os._exit(RESTART_EXIT_CODE)
+
+
+class DeliveryGuard:
+    """Hears of every record the Kafka client failed to deliver (see the module docstring).
+
+    ``on_lost(topic, error)`` is called at the first failure and again by :meth:`check` while it
+    stands; the worker's exits, so nothing after it runs."""
+
+    def __init__(self, on_lost: Callable[[str, BaseException], None] = restart_from_committed) -> None:
+        self._on_lost = on_lost
+        #: the first failure: (topic, error)
+        self.lost: tuple[str, BaseException] | None = None
+
+    def failed(self, topic: str, exc: BaseException) -> None:
+        if self.lost is None:
+            self.lost = (topic, exc)
+        self._on_lost(topic, exc)
+
+    def check(self) -> None:
+        """Called after a flush a commit awaits: a failure seen so far stops the commit."""
+        if self.lost is not None:
+            self._on_lost(*self.lost)
+
+
+def _topic_of(fut: Any) -> str:
+    try:
+        return str(fut.message.channel.get_topic_name())
+    except Exception:  # a name for the log line only
+        return "?"
+
+
+def harden(app: Any, guard: DeliveryGuard | None = None) -> DeliveryGuard:
     """Make ``app.producer.buffer.flush``, awaited before every offset commit, wait for every
-    record (see the module docstring). Call it before the app starts: the buffer's task binds
-    the send it uses when it starts."""
+    record, and let no commit follow a record that failed (see the module docstring). Call it
+    before the app starts: the buffer's task binds the send it uses when it starts. The returned
+    guard also hears of failures the client reports later: the app's monitor passes its
+    ``on_send_error`` on to :meth:`DeliveryGuard.failed`."""
+    guard = guard or DeliveryGuard()
     buffer = app.producer.buffer
     hand_over: Callable[[Any], Awaitable[None]] = buffer._send_pending
     in_hand = [0]
@@ -64,8 +125,21 @@ def harden(app: Any) -> None:
         in_hand[0] += 1
         try:
             await hand_over(fut)
+        except Exception as exc:  # refused by the client before it was queued: never delivered
+            guard.failed(_topic_of(fut), exc)
+            raise
         finally:
             in_hand[0] -= 1
 
     buffer._send_pending = send_pending
     buffer.flush = functools.partial(flush_until_empty, buffer, lambda: in_hand[0])
+
+    producer = app.producer
+    flush: Callable[[], Awaitable[None]] = producer.flush
+
+    async def flush_checked() -> None:
+        await flush()
+        guard.check()
+
+    producer.flush = flush_checked
+    return guard

@@ -38,6 +38,12 @@ _CHILD_ENV = "PERSONA_WORKER_CHILD"
 #: Restarts the supervisor made so far, handed to each child (persona_supervisor_restarts_total).
 RESTARTS_ENV = "PERSONA_SUPERVISOR_RESTARTS"
 _FAILPOINT_ENV = "PERSONA_FAILPOINT_HOLD_ACK"
+#: Wait before a restart; doubled after each child that asked again within QUICK_S of its start,
+#: up to MAX_DELAY_S: a cause that persists (the broker refusing the worker's output) restarts
+#: the worker a few times a minute, not every few seconds, each restart replaying its state.
+FIRST_DELAY_S = 0.5
+MAX_DELAY_S = 30.0
+QUICK_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +206,14 @@ def is_child() -> bool:
     return os.environ.get(_CHILD_ENV) == "1"
 
 
+def next_delay(previous: float | None, lived_s: float) -> float:
+    """The wait before the next restart, after a child that ran ``lived_s`` seconds; ``previous``
+    is the wait before that child (None: it was the first)."""
+    if previous is None or lived_s >= QUICK_S:
+        return FIRST_DELAY_S
+    return min(MAX_DELAY_S, 2 * previous)
+
+
 def run_supervised(argv: list[str]) -> int:
     """Run ``argv`` (this worker, as a child) and restart it when it asks to be restarted."""
     env = dict(os.environ, **{_CHILD_ENV: "1"})
@@ -215,18 +229,24 @@ def run_supervised(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     restarts = 0
+    delay: float | None = None
     while True:
         env[RESTARTS_ENV] = str(restarts)
+        started = time.monotonic()
         child = subprocess.Popen([sys.executable, *argv], env=env)
         rc = child.wait()
         if rc != RESTART_EXIT_CODE or stopping:
             return rc
         restarts += 1
+        delay = next_delay(delay, time.monotonic() - started)
         log.warning(
-            "worker asked for a restart (a commit stall or lost message, faust#596, or a record that raised; see its log); restart #%d",
-            restarts,
+            "worker asked for a restart (a commit stall or lost message, faust#596, a record that raised, "
+            "or output the broker did not take; see its log); restart #%d in %.1f s",
+            restarts, delay,
         )
-        time.sleep(0.5)
+        time.sleep(delay)
+        if stopping:  # a stop asked for while waiting
+            return rc
 
 
 def dump_tasks(app: Any) -> None:

@@ -18,7 +18,6 @@ from typing import Any, cast
 
 import faust
 import msgspec
-from faust.sensors import Monitor
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from encoders.ranker_model import RankerHolder
@@ -31,6 +30,7 @@ from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
+from stream_app.monitor import PersonaMonitor, RetriableAsWarning
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
 from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, passed_by
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
@@ -53,51 +53,6 @@ from stream_app.supervise import (
 log = logging.getLogger("persona.worker")
 
 _PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
-
-
-class PersonaMonitor(Monitor):
-    """Faust's monitor, minus its per-event bookkeeping, plus our pre-commit flush.
-
-    Faust calls ``on_commit_initiated`` synchronously at the start of every commit, and
-    nothing awaits between it and Faust reading the acked offsets: everything acked so
-    far gets its profile and recommendation handed to the producer first (which the
-    commit then flushes). The per-event hooks keep in-memory stats (in ms) that nothing
-    reads here; Prometheus metrics replace them, and skipping them is measurable per event.
-    """
-
-    runtime: Runtime | None = None
-
-    def on_commit_initiated(self, consumer: Any) -> Any:
-        if self.runtime is not None:
-            self.runtime.profiles.flush()
-            self.runtime.pipeline.flush_pending(all_users=True)
-            self.runtime.deltas.flush()
-        return super().on_commit_initiated(consumer)
-
-    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-        return None
-
-    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> dict[str, Any] | None:
-        return None
-
-    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: dict[str, Any] | None = None) -> None:
-        return None
-
-    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-        return None
-
-
-class RetriableAsWarning(logging.Filter):
-    """aiokafka logs a *retried* coordinator lookup at ERROR ("Group Coordinator Request
-    failed: GroupCoordinatorNotAvailableError" while a fresh broker loads its offsets topic)
-    and then simply retries. An operator's ERROR line should mean something is wrong, so a
-    retriable error is shown as a WARNING; a non-retriable one stays an ERROR."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        err = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        if record.levelno == logging.ERROR and getattr(err, "retriable", False):
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-        return True
 
 
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
@@ -136,10 +91,12 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     # limit stalled consumption on every commit; the burst is bounded by one commit's work.
     app.producer.buffer.max_messages = 20_000
     # Faust's buffer flush, awaited before each commit, can return with records not yet handed
-    # to the Kafka client (stream_app.flush): a commit must wait for every one.
-    harden_flush(app)
+    # to the Kafka client, and a record the client failed to deliver is only logged
+    # (stream_app.flush): a commit must wait for every one and follow no failure.
+    monitor = cast(PersonaMonitor, app.monitor)
+    monitor.delivery = harden_flush(app)
     runtime = Runtime(app, settings)
-    cast(PersonaMonitor, app.monitor).runtime = runtime
+    monitor.runtime = runtime
     progress = Progress()
     restarts = RestartRequests()
     metrics.SUPERVISOR_RESTARTS.inc(int(os.environ.get(RESTARTS_ENV, "0") or 0))

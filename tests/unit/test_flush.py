@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 import faust
+import pytest
 
-from stream_app.flush import harden
+from stream_app.flush import DeliveryGuard, harden
 
 #: Longer than the 0.1 s that Faust's ProducerBuffer.flush waits for one message to leave.
 SLOW_SEND_S = 0.25
@@ -101,3 +102,77 @@ def test_stopping_with_a_record_in_hand_waits_for_it_instead_of_raising() -> Non
         return sent
 
     assert asyncio.run(scenario()) == ["record-0"]
+
+
+class Lost(Exception):
+    """What the test's guard raises where the worker's exits."""
+
+
+def _guard(seen: list[tuple[str, str]]) -> DeliveryGuard:
+    def on_lost(topic: str, exc: BaseException) -> None:
+        seen.append((topic, str(exc)))
+        raise Lost(topic)
+
+    return DeliveryGuard(on_lost)
+
+
+def test_a_record_the_client_refuses_at_hand_over_goes_to_the_guard_with_its_topic() -> None:
+    """aiokafka raises at once for a record over ``max_request_size``; in faust-streaming 0.15.3
+    that crashed the buffer's task and left a worker that neither processed nor exited."""
+
+    async def scenario() -> list[tuple[str, str]]:
+        seen: list[tuple[str, str]] = []
+        app = faust.App("persona-test-refused", broker="kafka://127.0.0.1:1", store="memory://", autodiscover=False)
+
+        async def refuse(fut: Any) -> None:
+            raise RuntimeError("MessageSizeTooLargeError: 1007011 bytes")
+
+        buffer: Any = app.producer.buffer
+        buffer._send_pending = refuse
+        harden(app, _guard(seen))
+        fut = app.topic("persona-test-profiles-changelog").as_future_message(key=b"u1", value=b"x")
+        with pytest.raises(Lost):
+            await buffer._send_pending(fut)
+        return seen
+
+    assert asyncio.run(scenario()) == [("persona-test-profiles-changelog", "MessageSizeTooLargeError: 1007011 bytes")]
+
+
+def test_no_commit_flush_returns_after_a_record_failed_to_be_delivered() -> None:
+    """The broker's refusal arrives in a callback (Faust only logs it); the producer flush that
+    a commit awaits must not return while it stands, whatever order the callbacks ran in."""
+
+    async def scenario() -> tuple[bool, list[tuple[str, str]]]:
+        seen: list[tuple[str, str]] = []
+        app = _app_with_slow_sends([])
+        guard = _guard(seen)
+        harden(app, guard)
+        buffer: Any = app.producer.buffer
+        await buffer.start()
+        try:
+            await app.producer.flush()  # nothing failed: returns
+            clean = not seen
+            with pytest.raises(Lost):  # what the monitor's on_send_error does
+                guard.failed("persona-test.recommendations", RuntimeError("MessageSizeTooLargeError"))
+            with pytest.raises(Lost):
+                await app.producer.flush()
+            return clean, seen
+        finally:
+            await buffer.stop()
+
+    clean, seen = asyncio.run(scenario())
+    assert clean
+    assert seen == [("persona-test.recommendations", "MessageSizeTooLargeError")] * 2
+
+
+def test_the_monitor_passes_a_failed_send_to_the_guard_with_the_record_topic() -> None:
+    from stream_app.monitor import PersonaMonitor
+
+    seen: list[tuple[str, str]] = []
+    monitor = PersonaMonitor()
+    monitor.delivery = DeliveryGuard(lambda topic, exc: seen.append((topic, str(exc))))
+    state = monitor.on_send_initiated(None, "persona.recommendations", None, 2, 10)
+    monitor.on_send_completed(None, state, None)
+    assert seen == []
+    monitor.on_send_error(None, RuntimeError("TopicAuthorizationFailedError"), state)
+    assert seen == [("persona.recommendations", "TopicAuthorizationFailedError")]

@@ -200,7 +200,7 @@ def test_retried_coordinator_lookup_is_a_warning_not_an_error() -> None:
 
     from aiokafka import errors
 
-    from stream_app.worker import RetriableAsWarning
+    from stream_app.monitor import RetriableAsWarning
 
     f = RetriableAsWarning()
     retried = logging.LogRecord("aiokafka", logging.ERROR, "x", 1, "Group Coordinator Request failed: %s",
@@ -235,3 +235,18 @@ def test_regression_the_supervisor_imports_neither_faust_nor_the_models() -> Non
     assert seen["argv"] == ["-m", "stream_app.cli", "worker"]
     heavy = {"faust", "numpy", "usearch", "onnxruntime", "rocksdict", "aiokafka", "confluent_kafka", "torch"}
     assert heavy & set(seen["modules"]) == set()
+
+
+def test_restarts_back_off_while_the_worker_keeps_asking_soon_after_it_starts() -> None:
+    from stream_app.supervise import FIRST_DELAY_S, MAX_DELAY_S, QUICK_S, next_delay
+
+    delays: list[float] = []
+    delay: float | None = None
+    for _ in range(10):  # a cause that persists: every child asks again within seconds
+        delay = next_delay(delay, lived_s=6.0)
+        delays.append(delay)
+    assert delays[0] == FIRST_DELAY_S
+    assert all(b == min(MAX_DELAY_S, 2 * a) for a, b in zip(delays[:-1], delays[1:], strict=True))
+    assert delays[-1] == MAX_DELAY_S
+    # A child that ran a while asked for an ordinary restart: the wait starts over.
+    assert next_delay(MAX_DELAY_S, lived_s=QUICK_S) == FIRST_DELAY_S
