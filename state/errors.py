@@ -21,6 +21,8 @@ DeadLetterReason = Literal[
     "schema",
     "key_mismatch",
     "incompatible_version",
+    # An event time too far after its record's Kafka timestamp (state.events.decode).
+    "future_time",
     # Not an input error: processing the record raised a bug (stream_app.poison). The record is
     # kept for a redrive once the bug is fixed.
     "internal",
@@ -35,6 +37,7 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
     "schema",
     "key_mismatch",
     "incompatible_version",
+    "future_time",
     "internal",
 )
 

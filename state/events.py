@@ -228,14 +228,33 @@ def _contract_error(reason: DeadLetterReason, message: str) -> DeadLetter:
     return DeadLetter.from_error(ContractError(reason, message))
 
 
+#: How far an event's time may be after its record's Kafka timestamp, by default (a day).
+MAX_AHEAD_S: Final = 86_400.0
+
+
 def decode(
-    kind: EventKind, key: bytes | None, value: bytes | None, *, max_bytes: int = 65_536
+    kind: EventKind,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    max_bytes: int = 65_536,
+    record_ts: float | None = None,
+    max_ahead_s: float = MAX_AHEAD_S,
 ) -> DecodeResult:
     """Decode and validate one record of a topic that carries ``kind`` events.
 
     Checks, in order: a value is present, it is not over ``max_bytes``, it is UTF-8,
     it is JSON, its contract major version is this build's, its ``type`` is ``kind``, its
-    fields honour the contract, and the record key equals the payload's key id.
+    fields honour the contract, the record key equals the payload's key id, and, given the
+    record's Kafka timestamp ``record_ts`` (seconds), the event time is at most
+    ``max_ahead_s`` after it (``future_time``).
+
+    Why the last: every decayed value is kept at its latest event time, so one event from the
+    far future (milliseconds sent as seconds, a device with a wrong clock) made every other
+    event weigh 2^-(years / half-life), zero: the global popularity of every item but that one
+    read 0 from then on, on every worker, and the deltas topic (kept forever) replayed it at
+    every start. The record's timestamp is the reference because it is part of the record: a
+    replay decides the same way, which a wall clock would not.
     """
     if value is None:
         return _decode_error("null_value", "record has no value (tombstone)")
@@ -297,4 +316,10 @@ def decode(
     if isinstance(event, Impression) and not set(event.clicked) <= set(event.items):
         stray = sorted(set(event.clicked) - set(event.items))[:3]
         return _contract_error("schema", f"impression clicked items not among those shown: {stray}")
+    if record_ts is not None and record_ts > 0.0 and event.ts > record_ts + max_ahead_s:
+        return _contract_error(
+            "future_time",
+            f"event time {event.ts:.0f} is {event.ts - record_ts:.0f} s after its record's timestamp {record_ts:.0f} "
+            f"(at most {max_ahead_s:.0f} s accepted): milliseconds instead of seconds, or a wrong clock?",
+        )
     return event

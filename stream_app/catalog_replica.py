@@ -40,7 +40,8 @@ class TopicTail:
         self._partitions = partitions
         self._rewind = True
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
+        """One record; ``timestamp`` is its Kafka timestamp in seconds (None when it has none)."""
         raise NotImplementedError
 
     def on_ready(self) -> None:
@@ -78,7 +79,8 @@ class TopicTail:
                     continue
                 for tp, records in batch.items():
                     for rec in records:
-                        self.apply(tp.partition, rec.key, rec.value)
+                        ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
+                        self.apply(tp.partition, rec.key, rec.value, ts)
                 if batch:
                     self.after_batch()
                 if pending:
@@ -108,6 +110,7 @@ class CatalogReplica(TopicTail):
 
     def __init__(self, settings: Settings, topic: str, partitions: int, max_bytes: int) -> None:
         super().__init__(settings, topic, partitions)
+        self._max_ahead_s = settings.max_event_ahead_s
         self.catalog = Catalog()
         #: item -> partition of the items topic (who encodes its text: that partition's owner)
         self.partition_of: dict[str, int] = {}
@@ -120,8 +123,10 @@ class CatalogReplica(TopicTail):
         #: (:meth:`texts_needed`) does not make the worker unready
         self.was_ready = False
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
-        result = decode("item", key, value, max_bytes=self._max_bytes)
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
+        # The same checks as the items agent's, event time included: a catalog entry it
+        # dead-letters must not win last-writer-wins here.
+        result = decode("item", key, value, max_bytes=self._max_bytes, record_ts=timestamp, max_ahead_s=self._max_ahead_s)
         if isinstance(result, Item):
             if self.catalog.upsert(result):
                 self.partition_of[result.item_id] = partition

@@ -22,7 +22,7 @@ class ControlTail(TopicTail):
         self.poke = asyncio.Event()
         self.received = 0
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         if value is None:
             return
         try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from state.events import EVENT_KINDS, DeadLetter, Erasure, Event, EventKind, Follow, decode
-from stream_app.inspect import scan
+from stream_app.inspect import scan_timed
 from stream_app.settings import Settings
 
 #: Tie order of kinds at equal (time, user): what must exist before behaviour refers to it.
@@ -54,10 +54,13 @@ def read_history(settings: Settings, *, since: float | None = None, until: float
     history = History(events=[])
     for kind in EVENT_KINDS:
         topic = settings.topic(kind)
-        for key, value, _, partition, offset in scan(settings, topic):
+        for key, value, _, partition, offset, record_ts in scan_timed(settings, topic):
             span = history.offsets.setdefault(topic, {}).setdefault(partition, [offset, offset])
             span[0], span[1] = min(span[0], offset), max(span[1], offset)
-            event = decode(kind, key, value, max_bytes=settings.max_payload_bytes)
+            # The worker's checks, event time included: what it dead-lettered is not history.
+            event = decode(
+                kind, key, value, max_bytes=settings.max_payload_bytes, record_ts=record_ts, max_ahead_s=settings.max_event_ahead_s
+            )
             if isinstance(event, DeadLetter):
                 history.skipped += 1
                 continue

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
@@ -37,6 +37,14 @@ def scan(
 ) -> Iterator[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int]]:
     """Yield ``(key, value, headers, partition, offset)`` of every record, then stop once
     all partitions reached their end offsets (or nothing arrived for ``idle_s``)."""
+    for key, value, headers, partition, offset, _ in scan_timed(settings, topic, idle_s=idle_s, stop=stop):
+        yield key, value, headers, partition, offset
+
+
+def scan_timed(
+    settings: Settings, topic: str, *, idle_s: float = 3.0, stop: Callable[[int], bool] | None = None
+) -> Iterator[tuple[bytes | None, bytes | None, list[tuple[str, bytes]], int, int, float | None]]:
+    """:func:`scan`, each record with its Kafka timestamp in seconds (None when it has none)."""
     preflight(settings)  # a refused login fails here at once, not after a 10 s metadata timeout
     conf = settings.kafka_config()
     conf.update({"group.id": f"persona-inspect-{time.time_ns()}", "enable.auto.commit": False})
@@ -62,7 +70,8 @@ def scan(
                 if off >= ends.get(p, 0):
                     continue
                 headers = [(str(h[0]), _as_bytes(h[1])) for h in (msg.headers() or [])]
-                yield msg.key(), msg.value(), headers, p, off
+                kind_ts, ms = msg.timestamp()
+                yield msg.key(), msg.value(), headers, p, off, (ms / 1000.0 if kind_ts != TIMESTAMP_NOT_AVAILABLE and ms > 0 else None)
                 n += 1
                 if stop is not None and stop(n):
                     return
@@ -92,7 +101,9 @@ def all_profiles(settings: Settings) -> dict[str, Profile]:
     return {k.decode(): loads(v) for k, v in raw.items() if v}
 
 
-def _describe(settings: Settings, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> str:
+def _describe(
+    settings: Settings, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]], ts: float | None
+) -> str:
     if topic.endswith(".dlq"):
         h = {k: v.decode("utf-8", "replace") for k, v in headers}
         return f"DLQ key={key!r} headers={h} value={(value or b'')[:120]!r}"
@@ -106,7 +117,9 @@ def _describe(settings: Settings, topic: str, key: bytes | None, value: bytes | 
         return f"{(key or b'').decode()} {loads(value)}"
     for kind in EVENT_KINDS:
         if topic == settings.topic(kind):
-            result = decode(kind, key, value, max_bytes=settings.max_payload_bytes)
+            result = decode(
+                kind, key, value, max_bytes=settings.max_payload_bytes, record_ts=ts, max_ahead_s=settings.max_event_ahead_s
+            )
             if isinstance(result, DeadLetter):
                 return f"INVALID {result.reason}: {result.message}"
             return repr(result)
@@ -114,8 +127,8 @@ def _describe(settings: Settings, topic: str, key: bytes | None, value: bytes | 
 
 
 def tail_topic(settings: Settings, topic: str, *, max_records: int, idle_s: float) -> Iterator[str]:
-    for key, value, headers, p, off in scan(settings, topic, idle_s=idle_s, stop=lambda n: n >= max_records):
-        yield f"[{p}@{off}] {_describe(settings, topic, key, value, headers)}"
+    for key, value, headers, p, off, ts in scan_timed(settings, topic, idle_s=idle_s, stop=lambda n: n >= max_records):
+        yield f"[{p}@{off}] {_describe(settings, topic, key, value, headers, ts)}"
 
 
 def render_profile(profile: Profile, settings: Settings, console: Console) -> None:
@@ -185,10 +198,10 @@ def catalog_titles(settings: Settings, item_ids: Collection[str], *, idle_s: flo
     best: dict[str, tuple[float, str]] = {}
     if not wanted:
         return {}
-    for key, value, _, _, _ in scan(settings, settings.topic("item"), idle_s=idle_s):
+    for key, value, _, _, _, ts in scan_timed(settings, settings.topic("item"), idle_s=idle_s):
         if key is None or key.decode("utf-8", "replace") not in wanted:
             continue
-        item = decode("item", key, value, max_bytes=settings.max_payload_bytes)
+        item = decode("item", key, value, max_bytes=settings.max_payload_bytes, record_ts=ts, max_ahead_s=settings.max_event_ahead_s)
         if isinstance(item, Item) and (item.item_id not in best or item.ts >= best[item.item_id][0]):
             best[item.item_id] = (item.ts, item.title)
     return {i: title for i, (_, title) in best.items() if title}

@@ -41,7 +41,7 @@ from scoring.segments import segments_of
 from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, SharedState
 from scoring.social import QUIET_BYTES
 from state.catalog import Catalog
-from state.events import DeadLetter, Erasure, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
+from state.events import MAX_AHEAD_S, DeadLetter, Erasure, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
@@ -141,6 +141,7 @@ class Pipeline(ErasureSteps):
         emit_interval_s: float,
         popularity_half_life_days: float,
         max_payload_bytes: int,
+        max_event_ahead_s: float = MAX_AHEAD_S,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         ranker: str = "blend",
@@ -182,6 +183,7 @@ class Pipeline(ErasureSteps):
         self._topic_of = topic_of
         self._top_k = top_k
         self._max_bytes = max_payload_bytes
+        self._max_ahead_s = max_event_ahead_s
         self._monotonic = monotonic
         self._wall = wall
 
@@ -213,6 +215,7 @@ class Pipeline(ErasureSteps):
             emit_interval_s=settings.emit_interval_s if emit_interval_s is None else emit_interval_s,
             popularity_half_life_days=settings.popularity_half_life_days,
             max_payload_bytes=settings.max_payload_bytes,
+            max_event_ahead_s=settings.max_event_ahead_s,
             ranker=settings.ranker,
             weights=settings.rank_weights(),
             social_fanout=settings.social_fanout,
@@ -252,7 +255,9 @@ class Pipeline(ErasureSteps):
 
     # --- per record ------------------------------------------------------------------
     def decode(self, kind: EventKind, record: Record) -> Event | DeadLetter:
-        return decode(kind, record.key, record.value, max_bytes=self._max_bytes)
+        return decode(
+            kind, record.key, record.value, max_bytes=self._max_bytes, record_ts=record.timestamp, max_ahead_s=self._max_ahead_s
+        )
 
     def process(self, kind: EventKind, record: Record) -> Result:
         """Decode one record of a ``kind`` topic and apply it (or say why not)."""

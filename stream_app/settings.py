@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         65_536, ge=256, description="Larger records go to the dead-letter topic as `oversized`."
     )
+    max_event_ahead_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="An event whose time is more than this after its record's Kafka timestamp goes to the "
+        "dead-letter topic as `future_time` (one far-future event would zero every other event's decayed weight).",
+    )
     profile_cache_bytes: int = Field(
         16 * 1024 * 1024,
         ge=0,

@@ -39,7 +39,7 @@ class SharedReplica(TopicTail):
         super().__init__(settings, topic, partitions)
         self.pipeline = pipeline
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         if value is None:
             return
         try:

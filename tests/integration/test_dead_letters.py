@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -51,10 +52,16 @@ def _malformed(good: Event, kind: str, rng: random.Random, max_bytes: int) -> tu
         return b"someone-else", encode(good), "key_mismatch"
     if kind == "no_key":
         return None, encode(good), "key_mismatch"
+    if kind == "milliseconds":  # event time in ms: the record's timestamp (now) is ~1.7e9 s
+        doc["ts"] = time.time() * 1000
+        return key, json.dumps(doc).encode(), "future_time"
     raise AssertionError(kind)
 
 
-KINDS = ["null_value", "oversized", "bad_utf8", "bad_json", "unknown_type", "missing_field", "wrong_type", "key_mismatch", "no_key"]
+KINDS = [
+    "null_value", "oversized", "bad_utf8", "bad_json", "unknown_type", "missing_field", "wrong_type", "key_mismatch", "no_key",
+    "milliseconds",
+]
 
 
 def _send(settings: Settings, records: list[tuple[str, bytes | None, bytes | None]]) -> None:

@@ -406,9 +406,35 @@ def test_every_reason_is_reachable() -> None:
         reason(decode("click", b"u-1", raw(valid("click") | {"ts": -5}))),
         reason(decode("click", b"nope", raw(valid("click")))),
         reason(decode("click", b"u-1", raw(valid("click") | {"v": "2.0"}))),
+        reason(decode("click", b"u-1", raw(valid("click") | {"ts": 1e12}), record_ts=1e9)),
     }
     # "internal" is the one reason no input produces: a record whose processing raised (stream_app.poison).
     assert produced == set(DEAD_LETTER_REASONS) - {"internal"}
+
+
+@pytest.mark.parametrize("kind", EVENT_KINDS)
+def test_an_event_time_past_its_records_timestamp_by_more_than_the_limit_is_future_time(kind: EventKind) -> None:
+    at = 1_733_000_000.0
+    payload = valid(kind) | {"ts": at}
+    key = key_for(kind)
+    limit = 3_600.0
+    assert not isinstance(decode(kind, key, raw(payload), record_ts=at - limit, max_ahead_s=limit), DeadLetter)  # at the limit
+    letter = decode(kind, key, raw(payload), record_ts=at - limit - 1.0, max_ahead_s=limit)
+    assert reason(letter) == "future_time"
+    assert isinstance(letter, DeadLetter) and letter.error == "ContractError" and "3601 s after" in letter.message
+    # Without a record timestamp (or with none recorded: Kafka's -1, 0) nothing is compared.
+    for none in (None, 0.0, -1.0):
+        assert not isinstance(decode(kind, key, raw(payload), record_ts=none, max_ahead_s=limit), DeadLetter)
+
+
+def test_milliseconds_sent_as_seconds_are_future_time_at_the_default_limit() -> None:
+    produced = 1_733_000_000.0
+    in_ms = raw(valid("purchase") | {"ts": produced * 1000})
+    assert reason(decode("purchase", b"u-1", in_ms, record_ts=produced)) == "future_time"
+    a_day_late_clock = raw(valid("purchase") | {"ts": produced + 86_000})
+    assert isinstance(decode("purchase", b"u-1", a_day_late_clock, record_ts=produced), Purchase)
+    old = raw(valid("purchase") | {"ts": 876_000_000.0})  # replayed history: long before its record
+    assert isinstance(decode("purchase", b"u-1", old, record_ts=produced), Purchase)
 
 
 # --- decode never raises ----------------------------------------------------------------

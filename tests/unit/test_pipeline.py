@@ -163,6 +163,33 @@ def test_bad_record_becomes_a_dead_letter_and_changes_nothing(value: bytes | Non
     assert metrics.DEAD_LETTERS.labels(reason)._value.get() == before + 1
 
 
+def test_regression_one_event_in_milliseconds_zeroed_every_other_items_popularity() -> None:
+    """Seen in scoring.popularity: a purchase stamped in milliseconds (ts 1.7e12, year 55,000)
+    moved the reference time so far that every other item's decayed popularity read 0.0, and
+    every later event counted 0 too; its delta would have replayed it on every worker start.
+    Now it is a ``future_time`` dead letter and the popularity is what the good events make."""
+    pipe, store, sent, _ = _pipeline()
+    good = _purchases(40)
+    for offset, e in enumerate(good[:20]):
+        assert pipe.process("purchase", _record(e, offset)).outcome == APPLIED
+    produced_at = good[19].ts + 1  # the record's Kafka timestamp: when the producer sent it
+    bad = Purchase(event_id="ms", ts=produced_at * 1000, user_id="u1", item_id="m29")
+    before = metrics.DEAD_LETTERS.labels("future_time")._value.get()
+    result = pipe.process("purchase", Record("t.purchases", 0, 20, b"u1", encode(bad), timestamp=produced_at))
+    assert result.outcome == "dead_letter" and result.letter is not None
+    assert result.letter.reason == "future_time" and "milliseconds" in result.letter.message
+    assert metrics.DEAD_LETTERS.labels("future_time")._value.get() == before + 1
+    for offset, e in enumerate(good[20:], start=21):
+        assert pipe.process("purchase", _record(e, offset)).outcome == APPLIED
+    # Independently: the decayed popularity of the 40 good purchases alone.
+    truth = Popularity(14.0)
+    for e in good:
+        truth.add(e.item_id, EVENT_WEIGHTS["purchase"], e.ts)
+    items = sorted({e.item_id for e in good} | {"m29"})
+    assert [pipe.popularity.value(i) for i in items] == [truth.value(i) for i in items]
+    assert max(truth.value(i) for i in items) > 0.0
+
+
 def test_replayed_record_is_a_duplicate_touches_the_store_and_leaves_popularity() -> None:
     pipe, store, sent, _ = _pipeline()
     e = _purchases(1)[0]
