@@ -188,3 +188,17 @@ def test_published_vectors_are_float16_rounded_and_the_replica_serves_exactly_wh
     rounded = np.array([0.1, 0.2, 0.3], dtype=np.float16).astype(np.float32)
     assert got is not None and np.array_equal(got.array(), rounded) and got.digest == "d" and got.version == "v1"
     assert seen == [got]
+
+
+def test_the_catalog_replica_skips_an_entry_from_the_future_as_the_items_agent_dead_letters_it() -> None:
+    """Catalog entries go by last writer wins on event time: a far-future entry would win forever."""
+    replica = CatalogReplica(Settings(bootstrap_servers="unused:9092"), "items", 1, 65_536)
+    produced = 1_733_000_000.0
+    first = Item(item_id="a", event_id="a1", ts=produced - 10, title="Real title", categories=["c"])
+    replica.apply(0, b"a", encode(first), produced)
+    in_ms = Item(item_id="a", event_id="a2", ts=produced * 1000, title="From the year 55,000", categories=["d"])
+    replica.apply(0, b"a", encode(in_ms), produced)
+    assert replica.catalog.categories("a") == ("c",)
+    later = Item(item_id="a", event_id="a3", ts=produced, title="Next title", categories=["e"])
+    replica.apply(0, b"a", encode(later), produced)
+    assert replica.catalog.categories("a") == ("e",)
