@@ -85,7 +85,7 @@ class DeliveryGuard:
     """Hears of every record the Kafka client failed to deliver (see the module docstring).
 
     ``on_lost(topic, error)`` is called at the first failure and again by :meth:`check` while it
-    stands; the worker's exits, so nothing after it runs."""
+    stands; the worker's (:func:`restart_from_committed`) exits the process, so nothing after it runs."""
 
     def __init__(self, on_lost: Callable[[str, BaseException], None] = restart_from_committed) -> None:
         self._on_lost = on_lost
