@@ -25,7 +25,7 @@ from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
 from tests.conftest import DATA_DIR, EventFactory
-from tests.support import REPO, WorkerProcess, free_port, settings_env, wait_drained
+from tests.support import REPO, WorkerProcess, free_port, group_lag, settings_env, wait_drained
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -165,3 +165,59 @@ def test_a_denied_topic_is_a_clear_error_not_a_crash_loop(secure: tuple[str, Bro
     text = " ".join((out.stdout + out.stderr).split())
     assert out.returncode == 3 and "refused user" in text, text
     assert took < 20
+
+
+def _deny_write(admin_conf: dict[str, Any], topic: str, *, remove: bool = False) -> None:
+    """A DENY of WRITE on ``topic`` for the worker (a deny beats the prefixed allow), or its removal."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    admin = AdminClient(admin_conf)
+    args = (ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, f"User:{WORKER}", "*", AclOperation.WRITE, AclPermissionType.DENY)
+    futures = admin.delete_acls([AclBindingFilter(*args)]) if remove else admin.create_acls([AclBinding(*args)])
+    for fut in futures.values():
+        fut.result(timeout=30)
+
+
+def test_a_write_denied_on_the_recommendations_topic_is_never_committed_past(
+    secure: tuple[str, BrokerSecurity], tmp_path: Path, event_factory: EventFactory
+) -> None:
+    """The ACL case of stream_app.flush's DeliveryGuard (tests/chaos/test_output_refused.py has
+    the size case): the broker refuses every list with TOPIC_AUTHORIZATION_FAILED; the worker
+    restarts from its committed offsets instead of committing past them, and catches up once
+    the ACL is fixed."""
+    bootstrap, security = secure
+    settings = _settings(bootstrap, security, tmp_path, "revoked")
+    admin_conf = security.admin_config(bootstrap)
+    acls.create(admin_conf, f"User:{WORKER}", acls.grants(settings))
+    ensure_topics(settings)
+    _deny_write(admin_conf, settings.recommendations_topic)
+    f = event_factory
+    events: list[Event] = [f.purchase(u, f"i{(n * 5 + k) % 12}", 100.0 + 10 * n + k) for n, u in enumerate("abcdef") for k in range(3)]
+    publish(settings, events)
+    topic = settings.topic("purchase")
+    worker = WorkerProcess(settings, tmp_path / "revoked-worker.log", allow_restarts=True)
+    try:
+        refusal = f"output to {settings.recommendations_topic} was not delivered (TopicAuthorizationFailedError"
+        deadline = time.monotonic() + 180
+        while worker.log_path.read_text().count(refusal) < 2:  # refused, restarted, refused again
+            assert worker.proc.poll() is None and time.monotonic() < deadline, worker.log_tail()
+            time.sleep(1)
+        assert group_lag(settings, [topic]) == len(events)  # nothing committed past a refused list
+
+        _deny_write(admin_conf, settings.recommendations_topic, remove=True)
+        wait_drained(settings, [topic], [worker], timeout=240)
+        latest: dict[str, int] = {}
+        for _, v, _, _, _ in scan(settings, settings.recommendations_topic):
+            m = decode_recs(v or b"")
+            latest[m.user_id] = max(latest.get(m.user_id, 0), m.profile_version)
+        assert latest == {u: 3 for u in "abcdef"}  # every user's list counts all three purchases
+    finally:
+        assert worker.stop() == 0
