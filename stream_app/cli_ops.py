@@ -193,7 +193,9 @@ def dlq_redrive(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(exit_code(exc)) from exc
     verb = "would send" if dry_run else "sent"
+    would = report.selected - report.already - report.repeated - report.truncated
     print(
         f"{report.dlq_topic} -> {report.source_topic}: {report.selected} selected, {report.already} already redriven, "
-        f"{report.repeated} repeated, {verb} {report.sent if not dry_run else report.selected - report.already - report.repeated}"
+        f"{report.repeated} repeated, {verb} {report.sent if not dry_run else would}"
+        + (f"; {report.truncated} cut to fit the dead-letter topic, not sent (originals on the source topic)" if report.truncated else "")
     )

@@ -21,7 +21,32 @@ H_MESSAGE = "persona.error.message"
 #: letter of such a copy carries it on, so a copy that fails again is not redriven again.
 H_REDRIVE_OF = "persona.redrive.of"
 
+#: On a dead letter whose original key or value was cut (:func:`bounded`): the original's
+#: length in bytes. The whole original stays on the source topic, at the letter's coordinates.
+H_KEY_BYTES = "persona.truncated.key.bytes"
+H_VALUE_BYTES = "persona.truncated.value.bytes"
+
+#: Most bytes of the original key and value a dead letter carries. The broker takes records up
+#: to its ~1 MiB ``message.max.bytes``; Faust's producer and librdkafka refuse any over 1,000,000
+#: bytes. A letter of such a record, headers added, could never be sent: the worker restarted
+#: into the same record forever, its partition stuck (seen with a 1,000,077-byte purchase).
+MAX_LETTER_KEY_BYTES = 16 * 1024
+MAX_LETTER_VALUE_BYTES = 512 * 1024
+
 DLQ_SUFFIX = ".dlq"
+
+
+def bounded(key: bytes | None, value: bytes | None) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """``key`` and ``value`` as a dead letter carries them: cut to :data:`MAX_LETTER_KEY_BYTES`
+    and :data:`MAX_LETTER_VALUE_BYTES`, with a header giving each cut one's original length."""
+    cut: list[tuple[str, bytes]] = []
+    if key is not None and len(key) > MAX_LETTER_KEY_BYTES:
+        cut.append((H_KEY_BYTES, str(len(key)).encode()))
+        key = key[:MAX_LETTER_KEY_BYTES]
+    if value is not None and len(value) > MAX_LETTER_VALUE_BYTES:
+        cut.append((H_VALUE_BYTES, str(len(value)).encode()))
+        value = value[:MAX_LETTER_VALUE_BYTES]
+    return key, value, cut
 
 
 def dlq_topic(topic: str) -> str:

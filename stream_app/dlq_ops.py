@@ -180,6 +180,9 @@ class RedriveReport:
     #: duplicates within the selection (a copy that failed again has the same identity)
     repeated: int
     dry_run: bool
+    #: letters whose key or value was cut to fit (dlq.bounded): not sent, the original is on the
+    #: source topic at the letter's coordinates
+    truncated: int = 0
 
 
 def redrive(
@@ -201,7 +204,11 @@ def redrive(
     todo: list[Letter] = []
     chosen: set[str] = set()
     repeated = 0
+    truncated = 0
     for letter in letters:
+        if dlq.H_KEY_BYTES in letter.headers or dlq.H_VALUE_BYTES in letter.headers:
+            truncated += 1  # a cut copy would only fail again; the original is on the source topic
+            continue
         if letter.origin in done:
             continue
         if letter.origin in chosen:
@@ -209,9 +216,9 @@ def redrive(
             continue
         chosen.add(letter.origin)
         todo.append(letter)
-    already = len(letters) - len(todo) - repeated
+    already = len(letters) - len(todo) - repeated - truncated
     if dry_run or not todo:
-        return RedriveReport(source, dlq_topic, len(letters), already, 0, repeated, dry_run)
+        return RedriveReport(source, dlq_topic, len(letters), already, 0, repeated, dry_run, truncated)
     producer = make_producer(settings)
     failures: list[str] = []
 
@@ -232,7 +239,7 @@ def redrive(
     remaining = producer.flush(60)
     if remaining or failures:
         raise BrokerError(f"redrive of {dlq_topic}: {remaining} records undelivered; {failures[:1]}")
-    return RedriveReport(source, dlq_topic, len(letters), already, len(todo), repeated, dry_run)
+    return RedriveReport(source, dlq_topic, len(letters), already, len(todo), repeated, dry_run, truncated)
 
 
 def recent_counts(settings: Settings, *, since_ms: int) -> dict[str, int]:

@@ -147,14 +147,15 @@ def confirm_dead_letter(settings: Settings, kind_topic: str, message: Any, lette
     # Not idempotent: one record, and a retried duplicate in the dead-letter topic is harmless
     # (a redrive publishes each original once), while idempotence can need more ACLs.
     producer = Producer(settings.kafka_config() | {"acks": "all", "enable.idempotence": False})
+    key, value, cut = dlq.bounded(message.key, message.value)
     headers: list[tuple[str, str | bytes | None]] = []
-    headers += dlq.message_headers(letter, message)
+    headers += dlq.message_headers(letter, message) + cut
 
     def delivered(err: KafkaError | None, _msg: Any) -> None:
         if err is not None:
             failures.append(err)
 
-    producer.produce(dlq.dlq_topic(kind_topic), key=message.key, value=message.value, headers=headers, on_delivery=delivered)
+    producer.produce(dlq.dlq_topic(kind_topic), key=key, value=value, headers=headers, on_delivery=delivered)
     left = producer.flush(CONFIRM_TIMEOUT_S)
     if left or failures:
         log.error("dead letter of %s@%s:%s not confirmed: %s", message.topic, message.partition, message.offset, failures or "timeout")

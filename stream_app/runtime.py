@@ -100,7 +100,8 @@ class Runtime:
         await self.send_dead_letter(kind, message, letter)
 
     async def send_dead_letter(self, kind: EventKind, msg: Any, letter: DeadLetter) -> None:
-        await self.dlq_topics[kind].send(key=msg.key, value=msg.value, headers=dlq.message_headers(letter, msg))
+        key, value, cut = dlq.bounded(msg.key, msg.value)
+        await self.dlq_topics[kind].send(key=key, value=value, headers=dlq.message_headers(letter, msg) + cut)
         log.warning("dead letter %s@%s:%s %s: %s", msg.topic, msg.partition, msg.offset, letter.reason, letter.message)
 
 

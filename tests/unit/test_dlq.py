@@ -76,3 +76,15 @@ def test_unencodable_message_does_not_raise() -> None:
 
 def test_dlq_topic_name() -> None:
     assert dlq.dlq_topic("persona.clicks") == "persona.clicks.dlq"
+
+
+def test_a_dead_letter_carries_at_most_the_bounded_key_and_value_and_says_what_was_cut() -> None:
+    small_key, small_value = b"u1", b"x" * dlq.MAX_LETTER_VALUE_BYTES
+    assert dlq.bounded(small_key, small_value) == (small_key, small_value, [])
+    assert dlq.bounded(None, None) == (None, None, [])
+    big_key, big_value = b"k" * (dlq.MAX_LETTER_KEY_BYTES + 1), b"v" * 1_000_077
+    key, value, cut = dlq.bounded(big_key, big_value)
+    assert key == big_key[: dlq.MAX_LETTER_KEY_BYTES] and value == big_value[: dlq.MAX_LETTER_VALUE_BYTES]
+    assert dict(cut) == {dlq.H_KEY_BYTES: str(len(big_key)).encode(), dlq.H_VALUE_BYTES: b"1000077"}
+    # Under Faust's and librdkafka's 1,000,000-byte limit with every header a letter carries.
+    assert dlq.MAX_LETTER_KEY_BYTES + dlq.MAX_LETTER_VALUE_BYTES + 8 * 1_200 < 1_000_000
