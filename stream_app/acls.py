@@ -39,13 +39,15 @@ class Grant:
     name: str
     pattern: str  # PREFIXED or LITERAL
     operation: str
+    #: ALLOW for every rule Persona needs; DENY to take one back (a deny beats any allow)
+    permission: str = "ALLOW"
 
     def kafka_acls_args(self, principal: str) -> str:
         """The same rule as ``kafka-acls.sh`` arguments."""
         target = {"TOPIC": f"--topic '{self.name}'", "GROUP": f"--group '{self.name}'", "CLUSTER": "--cluster"}[self.resource]
         pattern = " --resource-pattern-type prefixed" if self.pattern == "PREFIXED" else ""
         op = "".join(word.title() for word in self.operation.split("_"))  # DESCRIBE_CONFIGS -> DescribeConfigs
-        return f"--add --allow-principal '{principal}' --operation {op} {target}{pattern}"
+        return f"--add --{self.permission.lower()}-principal '{principal}' --operation {op} {target}{pattern}"
 
 
 def grants(settings: Settings) -> list[Grant]:
@@ -57,25 +59,40 @@ def grants(settings: Settings) -> list[Grant]:
     return rows
 
 
-def create(admin_conf: dict[str, Any], principal: str, rows: list[Grant]) -> None:
-    """Create ``rows`` for ``principal`` through the Admin API (an admin's ``admin_conf``)."""
+def _bindings(principal: str, rows: list[Grant], *, as_filter: bool = False) -> list[Any]:
     from confluent_kafka.admin import (  # type: ignore[attr-defined]
         AclBinding,
+        AclBindingFilter,
         AclOperation,
         AclPermissionType,
-        AdminClient,
         ResourcePatternType,
         ResourceType,
     )
 
-    admin = AdminClient(admin_conf)
-    bindings = [
+    make = AclBindingFilter if as_filter else AclBinding
+    return [
         # confluent-kafka calls the cluster resource BROKER (named "kafka-cluster", as in Kafka).
-        AclBinding(
+        make(
             ResourceType["BROKER" if r.resource == "CLUSTER" else r.resource], r.name, ResourcePatternType[r.pattern],
-            principal, "*", AclOperation[r.operation], AclPermissionType.ALLOW,
+            principal, "*", AclOperation[r.operation], AclPermissionType[r.permission],
         )
         for r in rows
     ]
-    for fut in admin.create_acls(bindings).values():
+
+
+def create(admin_conf: dict[str, Any], principal: str, rows: list[Grant]) -> None:
+    """Create ``rows`` for ``principal`` through the Admin API (an admin's ``admin_conf``)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(admin_conf)
+    for fut in admin.create_acls(_bindings(principal, rows)).values():
+        fut.result(timeout=30)
+
+
+def delete(admin_conf: dict[str, Any], principal: str, rows: list[Grant]) -> None:
+    """Delete ``rows`` of ``principal`` (exactly these rules) through the Admin API."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(admin_conf)
+    for fut in admin.delete_acls(_bindings(principal, rows, as_filter=True)).values():
         fut.result(timeout=30)

@@ -167,25 +167,6 @@ def test_a_denied_topic_is_a_clear_error_not_a_crash_loop(secure: tuple[str, Bro
     assert took < 20
 
 
-def _deny_write(admin_conf: dict[str, Any], topic: str, *, remove: bool = False) -> None:
-    """A DENY of WRITE on ``topic`` for the worker (a deny beats the prefixed allow), or its removal."""
-    from confluent_kafka.admin import (  # type: ignore[attr-defined]
-        AclBinding,
-        AclBindingFilter,
-        AclOperation,
-        AclPermissionType,
-        AdminClient,
-        ResourcePatternType,
-        ResourceType,
-    )
-
-    admin = AdminClient(admin_conf)
-    args = (ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, f"User:{WORKER}", "*", AclOperation.WRITE, AclPermissionType.DENY)
-    futures = admin.delete_acls([AclBindingFilter(*args)]) if remove else admin.create_acls([AclBinding(*args)])
-    for fut in futures.values():
-        fut.result(timeout=30)
-
-
 def test_a_write_denied_on_the_recommendations_topic_is_never_committed_past(
     secure: tuple[str, BrokerSecurity], tmp_path: Path, event_factory: EventFactory
 ) -> None:
@@ -198,7 +179,8 @@ def test_a_write_denied_on_the_recommendations_topic_is_never_committed_past(
     admin_conf = security.admin_config(bootstrap)
     acls.create(admin_conf, f"User:{WORKER}", acls.grants(settings))
     ensure_topics(settings)
-    _deny_write(admin_conf, settings.recommendations_topic)
+    deny = [acls.Grant("TOPIC", settings.recommendations_topic, "LITERAL", "WRITE", permission="DENY")]  # beats the prefixed allow
+    acls.create(admin_conf, f"User:{WORKER}", deny)
     f = event_factory
     events: list[Event] = [f.purchase(u, f"i{(n * 5 + k) % 12}", 100.0 + 10 * n + k) for n, u in enumerate("abcdef") for k in range(3)]
     publish(settings, events)
@@ -212,7 +194,7 @@ def test_a_write_denied_on_the_recommendations_topic_is_never_committed_past(
             time.sleep(1)
         assert group_lag(settings, [topic]) == len(events)  # nothing committed past a refused list
 
-        _deny_write(admin_conf, settings.recommendations_topic, remove=True)
+        acls.delete(admin_conf, f"User:{WORKER}", deny)
         wait_drained(settings, [topic], [worker], timeout=240)
         latest: dict[str, int] = {}
         for _, v, _, _, _ in scan(settings, settings.recommendations_topic):
