@@ -133,6 +133,10 @@ class ContentIndex:
     def __contains__(self, item_id: object) -> bool:
         return isinstance(item_id, str) and item_id in self._rows
 
+    def items(self) -> list[str]:
+        """The items held, in the order they were first added (a snapshot restores that order)."""
+        return list(self._ids)
+
     def vector(self, item_id: str) -> _F32 | None:
         """A float32 copy of the stored (unit-normalised, then dtype-rounded) vector; None if absent."""
         r = self._rows.get(item_id)

@@ -39,6 +39,7 @@ import heapq
 import math
 from collections.abc import Collection, Iterable, Sequence
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -50,6 +51,21 @@ WINDOW = 50
 
 _F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
+
+
+class KNNSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """:class:`ItemKNN`'s counts, exactly (``scoring.snapshot``): row ``r`` is item ``ids[r]``."""
+
+    window: int
+    max_neighbours: int
+    cuts: int
+    ids: list[str]
+    #: ``n(i)`` of each row, float64 little-endian
+    users: bytes
+    #: each row's neighbour rows (int64) and counts (float64), little-endian, in row order
+    #: (scores sum in that order, so it is kept)
+    neighbours: list[bytes]
+    counts: list[bytes]
 
 
 class ItemKNN:
@@ -194,6 +210,57 @@ class ItemKNN:
     def seen(self, user_id: str) -> Collection[str]:
         """Every item the user interacted with (through :meth:`observe`)."""
         return self._seen.get(user_id, frozenset())
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> KNNSnapshot:
+        """Every count (not :meth:`observe`'s per-user state: a snapshot is of counts only)."""
+        if self._history:
+            raise ValueError("a snapshot holds counts only; this ItemKNN also holds observe()'s users")
+        n = len(self._ids)
+        sizes = [len(pos) for pos in self._pos]
+        return KNNSnapshot(
+            window=self.window,
+            max_neighbours=self.max_neighbours,
+            cuts=self.cuts,
+            ids=list(self._ids),
+            users=self._users[:n].astype("<f8").tobytes(),
+            neighbours=[nb[:m].astype("<i8").tobytes() for nb, m in zip(self._nb, sizes, strict=True)],
+            counts=[co[:m].astype("<f8").tobytes() for co, m in zip(self._co, sizes, strict=True)],
+        )
+
+    def restore(self, snap: KNNSnapshot) -> None:
+        """Load ``snap`` into this empty instance made with the same window and bound."""
+        if self._ids:
+            raise ValueError("restore needs an empty ItemKNN")
+        if (snap.window, snap.max_neighbours) != (self.window, self.max_neighbours):
+            raise ValueError(
+                f"snapshot of window {snap.window} and bound {snap.max_neighbours}, "
+                f"this ItemKNN has {self.window} and {self.max_neighbours}"
+            )
+        n = len(snap.ids)
+        if not len(snap.neighbours) == len(snap.counts) == n or len(snap.users) != 8 * n:
+            raise ValueError("inconsistent ItemKNN snapshot")
+        self.cuts = snap.cuts
+        self._ids = list(snap.ids)
+        self._index = {item: r for r, item in enumerate(self._ids)}
+        size = max(64, n)
+        self._users = np.zeros(size, dtype=np.float64)
+        self._users[:n] = np.frombuffer(snap.users, dtype="<f8")
+        self._tie = np.zeros(size, dtype=np.int64)
+        self._tie[:n] = [tie_hash(item) for item in self._ids]
+        self._pos, self._nb, self._co = [], [], []
+        for nb_bytes, co_bytes in zip(snap.neighbours, snap.counts, strict=True):
+            nb = np.frombuffer(nb_bytes, dtype="<i8").astype(np.int64)
+            co = np.frombuffer(co_bytes, dtype="<f8").astype(np.float64)
+            if nb.size != co.size or (nb.size and (int(nb.min()) < 0 or int(nb.max()) >= n)):
+                raise ValueError("inconsistent ItemKNN snapshot row")
+            m = nb.size
+            cap = max(4, m)
+            row_nb, row_co = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.float64)
+            row_nb[:m], row_co[:m] = nb, co
+            self._nb.append(row_nb)
+            self._co.append(row_co)
+            self._pos.append({int(c): p for p, c in enumerate(nb.tolist())})
 
     # --- reading ---------------------------------------------------------------------------
     def count(self, item_id: str) -> int:

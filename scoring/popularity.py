@@ -9,6 +9,8 @@ import zlib
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 
+import msgspec
+
 from state.decay import SECONDS_PER_DAY, factor, weight_at
 
 _LN2 = math.log(2.0)
@@ -20,6 +22,19 @@ def tie_hash(item_id: str) -> int:
     return zlib.crc32(item_id.encode())
 
 
+class PopularitySnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """:class:`Popularity`'s values, exactly (``scoring.snapshot``)."""
+
+    now: float
+    #: item -> (value, its reference time), in insertion order
+    items: list[str]
+    values: list[float]
+    refs: list[float]
+    #: item -> its order key (items whose value was ever positive), in insertion order
+    keyed: list[str]
+    keys: list[float]
+
+
 class Popularity:
     """``pop(i) = sum of event weights on i, decayed by event time``.
 
@@ -28,6 +43,7 @@ class Popularity:
     """
 
     def __init__(self, half_life_days: float, refresh_s: float = 2.0, clock: Callable[[], float] | None = None) -> None:
+        self._half_life_days = half_life_days
         self._hl = half_life_days * SECONDS_PER_DAY
         #: paces the ranking cache only (values never depend on it). Event time by default (the
         #: latest event time seen): a cache refreshed by the wall clock made what a worker emitted
@@ -49,6 +65,10 @@ class Popularity:
 
     def __len__(self) -> int:
         return len(self._values)
+
+    @property
+    def half_life_days(self) -> float:
+        return self._half_life_days
 
     def _event_time(self) -> float:
         return self.now
@@ -142,3 +162,28 @@ class Popularity:
         ranked = [(-v, i) for v, _, i in keyed]
         self._top_cache[key] = ranked
         return ranked
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> PopularitySnapshot:
+        """Everything the values and the order depend on (not the ranking cache, which is derived)."""
+        return PopularitySnapshot(
+            now=self.now,
+            items=list(self._values),
+            values=[v for v, _ in self._values.values()],
+            refs=[r for _, r in self._values.values()],
+            keyed=list(self._lkey),
+            keys=list(self._lkey.values()),
+        )
+
+    def restore(self, snap: PopularitySnapshot) -> None:
+        """Load ``snap`` into this empty instance: it then reads and orders as the one that made it."""
+        if self._values:
+            raise ValueError("restore needs an empty Popularity")
+        self._values = dict(zip(snap.items, zip(snap.values, snap.refs, strict=True), strict=True))
+        self._lkey = dict(zip(snap.keyed, snap.keys, strict=True))
+        self._hashes = {item: tie_hash(item) for item in self._lkey}
+        # The order built at once (what order() would reach by one insort per item).
+        self._order = sorted((-key, self._hashes[item], item) for item, key in self._lkey.items())
+        self._moved = {}
+        self.now = snap.now
+        self._dirty = True

@@ -23,6 +23,8 @@ import functools
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
+import msgspec
+
 from scoring.popularity import tie_hash
 from state.decay import SECONDS_PER_DAY, factor, weight_at
 from state.events import AttributeValue
@@ -148,6 +150,20 @@ class _Segment:
         self.order: list[tuple[float, int, str]] = []
         #: item -> its key when the order was last brought up to date (None: not in it yet)
         self.moved: dict[str, float | None] = {}
+
+
+class SegmentSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """One segment of :class:`SegmentPopularity`, exactly (``scoring.snapshot``)."""
+
+    name: str
+    ref: float
+    total: float
+    total_ref: float
+    items: list[str]
+    values: list[float]
+    refs: list[float]
+    keyed: list[str]
+    keys: list[float]
 
 
 class SegmentPopularity:
@@ -288,3 +304,36 @@ class SegmentPopularity:
     def describe(self, segment: str) -> str:
         """Human text for a segment key (:func:`describe`)."""
         return describe(segment)
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> list[SegmentSnapshot]:
+        """Every segment's values, totals and order keys (the orders are derived from the keys)."""
+        return [
+            SegmentSnapshot(
+                name=name,
+                ref=seg.ref,
+                total=seg.total,
+                total_ref=seg.total_ref,
+                items=list(seg.values),
+                values=[v for v, _ in seg.values.values()],
+                refs=[r for _, r in seg.values.values()],
+                keyed=list(seg.keys),
+                keys=list(seg.keys.values()),
+            )
+            for name, seg in self._segments.items()
+        ]
+
+    def restore(self, snap: Sequence[SegmentSnapshot]) -> None:
+        """Load ``snap`` into this empty instance: it then scores as the one that made it."""
+        if self._segments:
+            raise ValueError("restore needs an empty SegmentPopularity")
+        hashes = self._hashes
+        for s in snap:
+            seg = self._segments[s.name] = _Segment()
+            seg.values = dict(zip(s.items, zip(s.values, s.refs, strict=True), strict=True))
+            seg.ref, seg.total, seg.total_ref = s.ref, s.total, s.total_ref
+            seg.keys = dict(zip(s.keyed, s.keys, strict=True))
+            for item in seg.values:
+                if item not in hashes:
+                    hashes[item] = tie_hash(item)
+            seg.order = sorted((-key, hashes[item], item) for item, key in seg.keys.items())

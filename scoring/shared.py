@@ -29,10 +29,11 @@ import msgspec
 import numpy as np
 
 from scoring.content import ContentIndex
-from scoring.knn import ItemKNN
-from scoring.popularity import Popularity
-from scoring.segments import SegmentPopularity
-from scoring.social import QUIET_BYTES, SocialGraph
+from scoring.knn import ItemKNN, KNNSnapshot
+from scoring.popularity import Popularity, PopularitySnapshot
+from scoring.segments import SegmentPopularity, SegmentSnapshot
+from scoring.social import QUIET_BYTES, SocialGraph, SocialSnapshot
+from state.errors import StateError
 from state.interest import ItemVector
 
 ENGAGE = "engage"
@@ -121,6 +122,16 @@ class SharedState:
         self.social = SocialGraph(
             half_life_days=half_life_days, recent=social_recent, fanout_cap=fanout_cap, quiet_bytes=social_quiet_bytes
         )
+        #: the settings a snapshot must share to be restored here (the state depends on them)
+        self.config: dict[str, float] = {
+            "popularity_half_life_days": popularity.half_life_days,
+            "half_life_days": half_life_days,
+            "cooc_window": self.knn.window,
+            "cooc_neighbours": self.knn.max_neighbours,
+            "social_recent": social_recent,
+            "social_fanout_cap": fanout_cap,
+            "social_quiet_bytes": social_quiet_bytes,
+        }
         #: source -> highest offset applied
         self.watermarks: dict[str, int] = {}
         #: item -> [sum of its review vectors (float64), version]: the item's text when the
@@ -207,3 +218,117 @@ class SharedState:
             "deltas_skipped": self.skipped,
             "sources": len(self.watermarks),
         }
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """Everything the deltas taught this state, as bytes (:class:`SharedSnapshot`).
+
+        Catalog-text vectors are not in it: they come from the item-vectors topic, which a
+        worker reads in full anyway. The ranking cache is derived and left out too."""
+        content_version = self.content.version
+        content_items = [
+            item
+            for item in self.content.items()
+            if item not in self._catalog_text and (c := self._centroids.get(item)) is not None and c[1] == content_version
+        ]
+        snap = SharedSnapshot(
+            format=SNAPSHOT_FORMAT,
+            config=dict(self.config),
+            watermarks=dict(self.watermarks),
+            erased=dict(self.erased),
+            applied=self.applied,
+            skipped=self.skipped,
+            popularity=self.popularity.snapshot(),
+            knn=self.knn.snapshot(),
+            segments=self.segments.snapshot(),
+            social=self.social.snapshot(),
+            centroids=[
+                Centroid(item=item, version=version, total=total.astype("<f8").tobytes())
+                for item, (total, version) in self._centroids.items()
+            ],
+            content_version=content_version,
+            content_items=content_items,
+        )
+        return _snapshot_encoder.encode(snap)
+
+    def restore(self, data: bytes) -> None:
+        """Load a :meth:`snapshot` into this state, which must be new and configured alike.
+
+        Raises :class:`SnapshotError` for unreadable bytes, another format, other settings
+        or a state that has applied deltas already."""
+        if self.applied or self.watermarks or len(self.popularity) or len(self.knn):
+            raise SnapshotError("a snapshot can only be restored into a new shared state")
+        try:
+            # The format first: a snapshot of another format may not decode as this one.
+            head = _head_decoder.decode(data)
+            if head.format != SNAPSHOT_FORMAT:
+                raise SnapshotError(f"snapshot format {head.format}, this build reads {SNAPSHOT_FORMAT}")
+            snap = _snapshot_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise SnapshotError(f"unreadable shared-state snapshot: {exc}") from exc
+        if snap.config != self.config:
+            differ = sorted(k for k in set(snap.config) | set(self.config) if snap.config.get(k) != self.config.get(k))
+            raise SnapshotError(
+                "the snapshot was taken with other scoring settings: "
+                + ", ".join(f"{k} {snap.config.get(k)} (here {self.config.get(k)})" for k in differ)
+            )
+        try:
+            self.popularity.restore(snap.popularity)
+            self.knn.restore(snap.knn)
+            self.segments.restore(snap.segments)
+            self.social.restore(snap.social)
+        except ValueError as exc:
+            raise SnapshotError(f"inconsistent shared-state snapshot: {exc}") from exc
+        self.watermarks = dict(snap.watermarks)
+        self.erased = dict(snap.erased)
+        self.applied, self.skipped = snap.applied, snap.skipped
+        self._centroids = {c.item: (np.frombuffer(c.total, dtype="<f8").astype(np.float64), c.version) for c in snap.centroids}
+        # The content index gets the centroids it held, in the order it first held them.
+        for item in snap.content_items:
+            total, version = self._centroids[item]
+            if version == snap.content_version and float(np.linalg.norm(total)) > 0.0:
+                self.content.upsert(item, version, total.astype(np.float32))
+
+
+#: Bumped when :class:`SharedSnapshot` changes incompatibly: an old snapshot is then ignored
+#: (the worker replays the deltas topic) or refused (where the deltas it covers were deleted).
+SNAPSHOT_FORMAT = 1
+
+
+class SnapshotError(StateError):
+    """A shared-state snapshot cannot be restored here (unreadable, another format, other settings)."""
+
+
+class Centroid(msgspec.Struct, frozen=True, array_like=True):
+    """An item's sum of review vectors (float64, little-endian) and their encoder version."""
+
+    item: str
+    version: str
+    total: bytes
+
+
+class SharedSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """:class:`SharedState` at one point of the deltas topic (``stream_app.snapshots`` stores it)."""
+
+    format: int
+    config: dict[str, float]
+    watermarks: dict[str, int]
+    erased: dict[str, float]
+    applied: int
+    skipped: int
+    popularity: PopularitySnapshot
+    knn: KNNSnapshot
+    segments: list[SegmentSnapshot]
+    social: SocialSnapshot
+    centroids: list[Centroid]
+    content_version: str | None
+    content_items: list[str]
+
+
+class _Head(msgspec.Struct):
+    format: int
+
+
+_head_decoder = msgspec.msgpack.Decoder(_Head)
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(SharedSnapshot)

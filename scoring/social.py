@@ -41,6 +41,8 @@ import sys
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
 
+import msgspec
+
 from scoring.popularity import tie_hash
 from state.decay import SECONDS_PER_DAY, factor, weight_at
 
@@ -70,6 +72,40 @@ class _Engagement:
     def __init__(self, value: float, ref: float) -> None:
         self.value = value
         self.ref = ref
+
+
+class WindowSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """One user's window of recent engagement, in its order."""
+
+    user: str
+    items: list[str]
+    values: list[float]
+    refs: list[float]
+
+
+class SocialSnapshot(msgspec.Struct, frozen=True, array_like=True):
+    """:class:`SocialGraph`'s edges and windows, exactly (``scoring.snapshot``)."""
+
+    #: every (follower, followee) pair ever seen, with its latest follow and unfollow times
+    followers: list[str]
+    followees: list[str]
+    followed: list[float]
+    unfollowed: list[float]
+    #: the windows of followed users, then those of quiet users, least recently engaged first
+    recent: list[WindowSnapshot]
+    quiet: list[WindowSnapshot]
+    quiet_evictions: int
+
+
+def _windows(windows: Iterable[tuple[str, dict[str, _Engagement]]]) -> list[WindowSnapshot]:
+    return [
+        WindowSnapshot(user=user, items=list(items), values=[e.value for e in items.values()], refs=[e.ref for e in items.values()])
+        for user, items in windows
+    ]
+
+
+def _window_of(w: WindowSnapshot) -> dict[str, _Engagement]:
+    return {item: _Engagement(v, r) for item, v, r in zip(w.items, w.values, w.refs, strict=True)}
 
 
 class SocialGraph:
@@ -202,6 +238,36 @@ class SocialGraph:
             user in self._out or user in self._in or user in self._recent or user in self._quiet
             or any(user in p for p in self._edges)
         )
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> SocialSnapshot:
+        """The edges (with tombstones) and every window; the on-edge indexes are derived."""
+        return SocialSnapshot(
+            followers=[a for a, _ in self._edges],
+            followees=[b for _, b in self._edges],
+            followed=[f for f, _ in self._edges.values()],
+            unfollowed=[u for _, u in self._edges.values()],
+            recent=_windows(self._recent.items()),
+            quiet=_windows(self._quiet.items()),
+            quiet_evictions=self.quiet_evictions,
+        )
+
+    def restore(self, snap: SocialSnapshot) -> None:
+        """Load ``snap`` into this empty graph: it then answers as the one that made it."""
+        if self._edges or self._recent or self._quiet:
+            raise ValueError("restore needs an empty SocialGraph")
+        pairs = zip(snap.followers, snap.followees, snap.followed, snap.unfollowed, strict=True)
+        for follower, followee, followed, unfollowed in pairs:
+            self._edges[(follower, followee)] = (followed, unfollowed)
+            # What _set leaves for a pair: on while the latest follow is newer than the latest unfollow.
+            if followed > unfollowed:
+                self._out.setdefault(follower, {})[followee] = followed
+                self._in.setdefault(followee, {})[follower] = followed
+        self._recent = {w.user: _window_of(w) for w in snap.recent}
+        self._quiet = OrderedDict((w.user, _window_of(w)) for w in snap.quiet)
+        # The estimate is what every change kept it at (this Python's sizes), recomputed.
+        self.quiet_nbytes = sum(quiet_window_bytes(user, window) for user, window in self._quiet.items())
+        self.quiet_evictions = snap.quiet_evictions
 
     # --- engagement ------------------------------------------------------------------------
     def engaged(self, user: str, item: str, weight: float, ts: float) -> None:
