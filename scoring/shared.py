@@ -256,7 +256,8 @@ class SharedState:
 
         Raises :class:`SnapshotError` for unreadable bytes, another format, other settings
         or a state that has applied deltas already."""
-        if self.applied or self.watermarks or len(self.popularity) or len(self.knn):
+        # Catalog-text vectors may be here already (they are not part of a snapshot).
+        if self.applied or self.watermarks or len(self.popularity) or len(self.knn) or self._centroids or self.erased:
             raise SnapshotError("a snapshot can only be restored into a new shared state")
         try:
             # The format first: a snapshot of another format may not decode as this one.
@@ -283,9 +284,13 @@ class SharedState:
         self.erased = dict(snap.erased)
         self.applied, self.skipped = snap.applied, snap.skipped
         self._centroids = {c.item: (np.frombuffer(c.total, dtype="<f8").astype(np.float64), c.version) for c in snap.centroids}
-        # The content index gets the centroids it held, in the order it first held them.
+        # The content index gets the centroids it held, in the order it first held them; an item
+        # whose catalog text is already here (the item-vectors replica ran first) keeps it, as
+        # _add_review_vector would have.
         for item in snap.content_items:
             total, version = self._centroids[item]
+            if item in self._catalog_text and self.content.version == version:
+                continue
             if version == snap.content_version and float(np.linalg.norm(total)) > 0.0:
                 self.content.upsert(item, version, total.astype(np.float32))
 

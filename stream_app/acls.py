@@ -12,9 +12,11 @@ needs no new ACL:
 - topics ``{app_id}-``*: the profile table's changelog and Faust's internal topics, the same;
 - consumer groups ``{app_id}``* (the worker group) and ``persona-``* (the commands' throwaway
   groups, which never commit): read and describe;
-- the cluster: idempotent-write (every producer is idempotent) and describe-configs.
+- the cluster: idempotent-write (every producer is idempotent) and describe-configs;
+- delete on the scoring-deltas topic only (a literal grant): ``persona shared snapshot
+  --truncate`` deletes the deltas a snapshot covers. A deployment that never truncates may drop it.
 
-Nothing else: no delete, alter or cluster-action, and no topic outside the two prefixes.
+Nothing else: no other delete, no alter or cluster-action, and no topic outside the two prefixes.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def grants(settings: Settings) -> list[Grant]:
     groups = sorted({settings.app_id, TOOL_GROUP_PREFIX})
     rows += [Grant("GROUP", g, "PREFIXED", op) for g in groups for op in _GROUP_OPS]
     rows += [Grant("CLUSTER", "kafka-cluster", "LITERAL", op) for op in _CLUSTER_OPS]
+    rows.append(Grant("TOPIC", settings.scoring_deltas_topic, "LITERAL", "DELETE"))
     return rows
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
 from state.catalog import Catalog
 from state.events import DeadLetter, Item, decode
@@ -30,6 +31,10 @@ class TopicTail:
     ``ready`` is set once the end offsets seen at (re)start are reached; :meth:`rewind`
     asks the loop to read the topic again from the beginning (and clears ``ready``).
     """
+
+    #: where to go when the next offset is no longer on the topic (its oldest records deleted):
+    #: "earliest" (the oldest kept) or "none" (:meth:`out_of_range` decides)
+    offset_reset = "earliest"
 
     def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
         self.ready = asyncio.Event()
@@ -53,12 +58,22 @@ class TopicTail:
     def on_rewind(self) -> None:
         """Called before the topic is read again from the beginning."""
 
+    async def start_offsets(self) -> dict[int, int]:
+        """Where each partition is read from at a (re)start; absent: its beginning."""
+        return {}
+
+    def out_of_range(self, exc: OffsetOutOfRangeError) -> None:
+        """The next offset of a partition was deleted (``offset_reset = "none"`` only)."""
+        raise exc
+
     def rewind(self) -> None:
         self._rewind = True
         self.ready.clear()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(**kafka_clients.aiokafka(self._settings), group_id=None, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            **kafka_clients.aiokafka(self._settings), group_id=None, enable_auto_commit=False, auto_offset_reset=self.offset_reset
+        )
         await consumer.start()
         try:
             tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
@@ -69,12 +84,21 @@ class TopicTail:
                 if self._rewind:
                     self._rewind = False
                     self.on_rewind()
-                    await consumer.seek_to_beginning(*tps)
+                    start = await self.start_offsets()
+                    for tp in tps:
+                        if tp.partition in start:
+                            consumer.seek(tp, start[tp.partition])
+                        else:
+                            await consumer.seek_to_beginning(tp)
                     end = await consumer.end_offsets(tps)
-                    pending = {tp for tp, off in end.items() if off > 0}
+                    pending = {tp for tp, off in end.items() if off > start.get(tp.partition, 0)}
                     if not pending:
                         self._mark_ready()
-                batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                try:
+                    batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+                except OffsetOutOfRangeError as exc:
+                    self.out_of_range(exc)
+                    continue
                 if self._rewind:  # asked while we waited: this batch may predate the request
                     continue
                 for tp, records in batch.items():

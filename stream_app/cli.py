@@ -408,11 +408,12 @@ def inspect_profile(
 
 from stream_app.cli_dashboard import dashboard_app  # noqa: E402  (after `app`: the sub-apps are mounted here)
 from stream_app.cli_model import model_app  # noqa: E402
-from stream_app.cli_ops import acls_cmd, dlq_app, erase_cmd, status_cmd  # noqa: E402
+from stream_app.cli_ops import acls_cmd, dlq_app, erase_cmd, shared_app, status_cmd  # noqa: E402
 
 app.add_typer(model_app, name="model")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(dashboard_app, name="dashboard")
+app.add_typer(shared_app, name="shared")
 app.command("status")(status_cmd)
 app.command("erase")(erase_cmd)
 app.command("acls")(acls_cmd)

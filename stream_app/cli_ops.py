@@ -1,4 +1,5 @@
-"""Operators' commands: ``persona status``, ``persona erase`` and ``persona dlq list|redrive`` (mounted by stream_app.cli)."""
+"""Operators' commands: ``persona status``, ``persona erase``, ``persona dlq list|redrive`` and ``persona shared snapshot|show``
+(mounted by stream_app.cli)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from stream_app.settings import Settings
 
 dlq_app = typer.Typer(help="Dead-letter topics: list them, redrive them after a fix.", no_args_is_help=True)
+shared_app = typer.Typer(help="The shared scoring state's snapshots (what a starting worker restores).", no_args_is_help=True)
 console = Console(stderr=True)
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -198,4 +200,72 @@ def dlq_redrive(
         f"{report.dlq_topic} -> {report.source_topic}: {report.selected} selected, {report.already} already redriven, "
         f"{report.repeated} repeated, {verb} {report.sent if not dry_run else would}"
         + (f"; {report.truncated} cut to fit the dead-letter topic, not sent (originals on the source topic)" if report.truncated else "")
+    )
+
+
+@shared_app.command("snapshot")
+def shared_snapshot(
+    truncate: Annotated[
+        bool, typer.Option(help="Then delete the deltas the previous snapshot covers (Kafka delete-records).")
+    ] = False,
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Snapshot the shared scoring state: the latest snapshot plus the deltas since (a periodic job)."""
+    from stream_app.snapshots import take
+
+    settings = _settings(bootstrap)
+    try:
+        report = take(settings, truncate=truncate)
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(exit_code(exc)) from exc
+    m = report.manifest
+    if as_json:
+        print(json.dumps({
+            "written": report.written, "id": m.id if m else None, "bytes": m.size if m else 0,
+            "chunks": m.chunks if m else 0, "deltas": m.deltas if m else 0, "read": report.read,
+            "base": report.base.id if report.base else None,
+            "positions": {str(p): o for p, o in sorted(m.positions.items())} if m else {},
+            "truncated": {str(p): o for p, o in sorted(report.truncated.items())}, "seconds": round(report.seconds, 3),
+        }))
+        return
+    if m is None:
+        console.print("no scoring deltas yet: nothing to snapshot")
+        return
+    if not report.written:
+        console.print(f"snapshot {m.id} is current ({m.deltas:,} deltas): no new deltas since")
+        return
+    base = f"snapshot {report.base.id} + " if report.base else "the deltas topic from its start, "
+    console.print(
+        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes in {m.chunks} chunks, "
+        f"from {base}{report.read:,} deltas read, in {report.seconds:.1f} s"
+    )
+    if report.truncated:
+        console.print("deltas before the previous snapshot deleted; partitions now start at " + ", ".join(
+            f"{p}:{o}" for p, o in sorted(report.truncated.items())))
+
+
+@shared_app.command("show")
+def shared_show(bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None) -> None:
+    """The latest snapshot and how much of the deltas topic lies after it (what a starting worker reads)."""
+    from stream_app.snapshots import deltas_bounds, read_latest
+
+    settings = _settings(bootstrap)
+    try:
+        latest = read_latest(settings)
+        bounds = deltas_bounds(settings)
+    except PersonaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(exit_code(exc)) from exc
+    positions = latest.manifest.positions if latest else {}
+    after = sum(high - max(low, positions.get(p, 0)) for p, (low, high) in bounds.items())
+    kept = sum(high - low for low, high in bounds.values())
+    if latest is None:
+        console.print(f"no snapshot: a starting worker reads all {kept:,} delta records")
+        return
+    m = latest.manifest
+    console.print(
+        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes; {kept:,} delta records kept, "
+        f"{after:,} after the snapshot (what a starting worker reads)"
     )

@@ -46,7 +46,7 @@ import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from stream_app.supervise import RESTART_EXIT_CODE
 
@@ -73,10 +73,16 @@ async def flush_until_empty(buffer: Any, sending: Callable[[], int]) -> None:
 def restart_from_committed(topic: str, exc: BaseException) -> None:
     """A worker's answer to output it could not deliver: exit at once, before any further commit,
     asking the supervisor for a restart (the events since the last commit are processed again)."""
-    log.error(
-        "output to %s was not delivered (%s: %s): restarting from the committed offsets; nothing is committed past it",
-        topic, type(exc).__name__, exc,
+    restart_now(
+        f"output to {topic} was not delivered ({type(exc).__name__}: {exc}): "
+        "restarting from the committed offsets; nothing is committed past it"
     )
+
+
+def restart_now(reason: str) -> NoReturn:
+    """Log ``reason`` and exit at once with the code that asks the supervisor for a restart
+    (``stream_app.supervise``): no commit, no shutdown that could commit."""
+    log.error("%s", reason)
     logging.shutdown()
     os._exit(RESTART_EXIT_CODE)
 

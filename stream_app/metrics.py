@@ -174,6 +174,17 @@ SHARED_DELTAS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+SHARED_CATCHUP = Gauge(
+    "persona_shared_catchup_seconds",
+    "Wall time of this worker's last catch-up of the shared scoring state: the snapshot read and restored, "
+    "then the deltas after it.",
+    registry=REGISTRY,
+)
+SHARED_SNAPSHOT_DELTAS = Gauge(
+    "persona_shared_snapshot_deltas",
+    "Scoring deltas covered by the snapshot this worker restored at start (0: none, it replayed the deltas topic).",
+    registry=REGISTRY,
+)
 SHARED_ITEMS = Gauge(
     "persona_shared_items", "Items with popularity in this worker's shared scoring state.", registry=REGISTRY
 )

@@ -124,6 +124,21 @@ class Result:
     emitted: bool = False
 
 
+
+def new_shared_state(
+    *, popularity_half_life_days: float, cooc_neighbours: int, social_fanout: int, social_quiet_bytes: int
+) -> SharedState:
+    """An empty global scoring state as a worker configures it (``stream_app.snapshots``
+    builds the one it snapshots here too, so that a worker can restore it)."""
+    return SharedState(
+        popularity=Popularity(popularity_half_life_days),
+        knn=ItemKNN(max_neighbours=cooc_neighbours),
+        half_life_days=popularity_half_life_days,
+        fanout_cap=max(social_fanout, 1),
+        social_quiet_bytes=social_quiet_bytes,
+    )
+
+
 class Pipeline(ErasureSteps):
     """The worker's per-event logic over a profile store, a catalog and item vectors (the
     erasure steps live in :mod:`stream_app.erasure`)."""
@@ -159,11 +174,10 @@ class Pipeline(ErasureSteps):
         self.ranker = ranker
         self.weights = weights
         #: global scoring knowledge, the same on every worker (module docstring)
-        self.shared = SharedState(
-            popularity=Popularity(popularity_half_life_days),
-            knn=ItemKNN(max_neighbours=cooc_neighbours),
-            half_life_days=popularity_half_life_days,
-            fanout_cap=max(social_fanout, 1),
+        self.shared = new_shared_state(
+            popularity_half_life_days=popularity_half_life_days,
+            cooc_neighbours=cooc_neighbours,
+            social_fanout=social_fanout,
             social_quiet_bytes=social_quiet_bytes,
         )
         self.store = store

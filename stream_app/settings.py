@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     social_fanout: int = Field(
         20, ge=0, description="When a user engages, refresh the lists of at most this many of their followers (0: none)."
     )
+    shared_snapshot: bool = Field(
+        True,
+        description="Start from the latest snapshot of the shared scoring state (`persona shared snapshot`) and read "
+        "the deltas after it, instead of the whole deltas topic. A snapshot of other scoring settings is ignored.",
+    )
     cooc_neighbours: int = Field(
         500,
         ge=0,
@@ -308,6 +313,11 @@ class Settings(BaseSettings):
     def scoring_deltas_topic(self) -> str:
         """Internal: every worker's scoring deltas, read by every worker (stream_app/shared_replica.py)."""
         return f"{self.topic_prefix}scoring.deltas"
+
+    @property
+    def scoring_snapshots_topic(self) -> str:
+        """Internal, compacted: the latest snapshot of the shared scoring state (stream_app/snapshots.py)."""
+        return f"{self.topic_prefix}scoring.snapshots"
 
     @property
     def control_topic(self) -> str:

@@ -11,21 +11,29 @@ for the catch-up at start, so a restarted worker ranks with the whole history ag
 
 Why a delta log and not a compacted table of neighbours: a delta is small and order-free,
 and replaying the log rebuilds every part of the state (popularity, co-occurrence, centroids,
-segments, social) with one mechanism. The cost is a restore that grows with the history:
-the topic keeps everything (``retention.ms=-1``); a periodic snapshot would bound it
-(not built yet, see the README).
+segments, social) with one mechanism. What bounds the replay is the latest snapshot
+(``stream_app.snapshots``, taken by ``persona shared snapshot``): the replica restores it and
+reads each partition from the snapshot's offsets. Without a snapshot that fits the worker's
+scoring settings it reads the whole topic, and refuses to start (restarts, loudly) when
+deltas it would need were deleted. Deltas deleted under a replica that is still reading
+(it fell behind a ``--truncate``) make the worker restart and restore the newer snapshot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import msgspec
+from aiokafka.errors import OffsetOutOfRangeError
 
-from scoring.shared import Delta, decode_record, encode_batch, encode_delta
-from stream_app import metrics
+from scoring.shared import Delta, SnapshotError, decode_record, encode_batch, encode_delta
+from state.errors import BrokerError
+from stream_app import metrics, snapshots
 from stream_app.catalog_replica import TopicTail
+from stream_app.flush import restart_now
 from stream_app.pipeline import Pipeline
 from stream_app.settings import Settings
 
@@ -35,9 +43,50 @@ log = logging.getLogger(__name__)
 class SharedReplica(TopicTail):
     """Folds every worker's scoring deltas into this worker's pipeline."""
 
+    offset_reset = "none"  # a delta deleted under the replica must not be skipped silently
+
     def __init__(self, settings: Settings, topic: str, partitions: int, pipeline: Pipeline) -> None:
         super().__init__(settings, topic, partitions)
         self.pipeline = pipeline
+        self._started = time.monotonic()
+
+    async def start_offsets(self) -> dict[int, int]:
+        """The latest snapshot's offsets, once it is restored; {} (the topic's start) without one."""
+        self._started = time.monotonic()
+        shared, settings = self.pipeline.shared, self._settings
+        if shared.applied:  # a state already built is only read on
+            return {}
+        latest = None
+        if settings.shared_snapshot:
+            try:
+                # The network read in a thread; the restore here, on the loop (other replicas write to the state).
+                latest = await asyncio.to_thread(snapshots.read_latest, settings)
+            except (SnapshotError, BrokerError) as exc:
+                log.error("the latest shared-state snapshot cannot be read (%s): reading the deltas topic from its start", exc)
+        if latest is not None:
+            try:
+                shared.restore(latest.data)
+            except SnapshotError as exc:
+                log.warning("shared-state snapshot %s not used: %s", latest.manifest.id, exc)
+            else:
+                metrics.SHARED_SNAPSHOT_DELTAS.set(latest.manifest.deltas)
+                log.info(
+                    "shared scoring state restored from snapshot %s (%d deltas, %d bytes); reading the deltas from %s",
+                    latest.manifest.id, latest.manifest.deltas, latest.manifest.size, latest.manifest.positions,
+                )
+                return dict(latest.manifest.positions)
+        bounds = await asyncio.to_thread(snapshots.deltas_bounds, settings)
+        try:
+            snapshots.check_covers(settings.scoring_deltas_topic, bounds, {})
+        except SnapshotError as exc:
+            # Ranking with a state that misses deleted history would be silently wrong.
+            restart_now(f"the shared scoring state cannot be built: {exc}")
+        return {}
+
+    def out_of_range(self, exc: OffsetOutOfRangeError) -> None:
+        restart_now(
+            f"scoring deltas this worker had not read yet were deleted ({exc}): restarting to restore the latest snapshot"
+        )
 
     def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         if value is None:
@@ -60,7 +109,9 @@ class SharedReplica(TopicTail):
         metrics.USERS_ERASED.set(len(self.pipeline.shared.erased))
 
     def on_ready(self) -> None:
-        log.info("shared scoring replica ready: %s", dict(self.pipeline.shared.summary()))
+        took = time.monotonic() - self._started
+        metrics.SHARED_CATCHUP.set(took)
+        log.info("shared scoring replica ready in %.2f s: %s", took, dict(self.pipeline.shared.summary()))
 
 
 #: Largest batch record, in bytes (under Kafka's default 1 MiB message and request sizes).

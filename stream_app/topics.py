@@ -29,8 +29,11 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     specs[settings.encoded_reviews_topic] = (settings.partitions, {})
     # Like the catalog: the latest vector per item is all anyone needs.
     specs[settings.item_vectors_topic] = (settings.item_partitions, {"cleanup.policy": "compact"})
-    # The history of the global scoring state: replayed in full at every worker start.
+    # The history of the global scoring state: a worker replays it from the latest snapshot's
+    # offsets (or in full). Kept until `persona shared snapshot --truncate` deletes what a snapshot covers.
     specs[settings.scoring_deltas_topic] = (settings.partitions, {"retention.ms": "-1"})
+    # The latest snapshot of that state: chunks and a manifest, one partition, latest per key.
+    specs[settings.scoring_snapshots_topic] = (1, {"cleanup.policy": "compact"})
     # One partition, latest announcement per registry kind: a worker starting reads the few records.
     specs[settings.control_topic] = (1, {"cleanup.policy": "compact"})
     return specs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream_app.acls import TOOL_GROUP_PREFIX, grants
+from stream_app.acls import TOOL_GROUP_PREFIX, Grant, grants
 from stream_app.inspect import changelog_topic
 from stream_app.settings import Settings
 from stream_app.topics import topic_specs
@@ -31,7 +31,14 @@ def test_nothing_outside_the_deployment_and_no_destructive_operation_is_granted(
     settings = Settings(topic_prefix="shop.", app_id="recs-prod")
     assert not _covered(settings, "TOPIC", "billing.payments", "READ")
     assert not _covered(settings, "TOPIC", "__consumer_offsets", "READ")
-    assert {g.operation for g in grants(settings)}.isdisjoint({"DELETE", "ALTER", "ALTER_CONFIGS", "CLUSTER_ACTION", "ALL"})
+    rows = grants(settings)
+    assert {g.operation for g in rows}.isdisjoint({"ALTER", "ALTER_CONFIGS", "CLUSTER_ACTION", "ALL"})
+    # The one delete: the deltas a shared-state snapshot covers (persona shared snapshot --truncate).
+    deletes = [g for g in rows if g.operation == "DELETE"]
+    assert deletes == [Grant("TOPIC", "shop.scoring.deltas", "LITERAL", "DELETE")]
+    assert _covered(settings, "TOPIC", "shop.scoring.deltas", "DELETE")
+    assert not _covered(settings, "TOPIC", "shop.purchase", "DELETE")
+    assert not _covered(settings, "TOPIC", "recs-prod-profiles-changelog", "DELETE")
 
 
 def test_kafka_acls_arguments_name_the_rule() -> None:

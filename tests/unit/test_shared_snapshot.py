@@ -213,3 +213,34 @@ def test_unreadable_or_future_snapshots_are_refused() -> None:
         _fresh().restore(b"\x00not msgpack")
     with pytest.raises(SnapshotError, match="format 99"):
         _fresh().restore(msgspec.msgpack.encode({"format": 99, "something": "new"}))
+
+
+def test_a_catalog_vector_that_arrived_before_the_restore_wins_over_the_items_review_centroid() -> None:
+    """The worker's item-vectors replica may run before the snapshot is restored: as in a replay
+    of the deltas after the catalog vector, the item keeps its catalog text's vector."""
+    from state.interest import ItemVector, item_vector_bytes
+
+    deltas = [d for d in _deltas(600, seed=4) if d.vector]
+    assert deltas
+    item = deltas[0].item
+    catalog = ItemVector(item_id=item, version="enc-1", digest="d", vector=item_vector_bytes(np.arange(1, 9, dtype=np.float32)))
+    first = _fresh()
+    for d in deltas:
+        first.apply(d)
+    replayed = _fresh()
+    replayed.item_vector(catalog)
+    for d in deltas:
+        replayed.apply(d)
+    restored = _fresh()
+    restored.item_vector(catalog)
+    restored.restore(first.snapshot())
+    want = replayed.content.vector(item)
+    unit = catalog.array() / np.linalg.norm(catalog.array())
+    assert want is not None and np.allclose(want, unit, atol=1e-3)
+    got = restored.content.vector(item)
+    assert got is not None and np.array_equal(got, want)
+    others = sorted({d.item for d in deltas} - {item})
+    for i in others:
+        a, b = restored.content.vector(i), replayed.content.vector(i)
+        assert a is not None and b is not None and np.array_equal(a, b), i
+    assert others

@@ -1,0 +1,338 @@
+"""Snapshots of the global scoring state, so that a worker's start-up does not replay all history.
+
+Every worker rebuilds :class:`scoring.shared.SharedState` from the ``scoring.deltas`` topic
+(``stream_app.shared_replica``). That topic keeps every delta, so a restart's catch-up grew with
+the history. ``persona shared snapshot`` (a periodic job, like the model export) reads the
+deltas from where the previous snapshot stopped to the topic's end, folds them into that
+snapshot's state and stores the result on the ``scoring.snapshots`` topic with the deltas
+topic's offsets it covers. A worker restores the latest snapshot and reads the deltas from
+those offsets on.
+
+Why the job and not a worker: a worker's state also holds its *own* deltas from the moment it
+makes them, before the broker has them; a snapshot of that state could cover a delta that
+never reached the topic. The job's state is built from the topic alone, so a snapshot covers
+exactly the deltas below its offsets.
+
+Storage: one partition, compacted. A snapshot is chunks (``chunk:{id}:{i}``, at most
+:data:`CHUNK_BYTES` each, under Kafka's default 1 MiB record) and then the ``manifest`` record
+naming them, their SHA-256 and the offsets. The previous snapshot's chunks are deleted
+(tombstones) only after the new manifest is written, so the latest manifest's chunks are always
+there, and compaction keeps the topic at about one snapshot.
+
+``--truncate`` then deletes the deltas that the *previous* snapshot covers (Kafka's
+delete-records). Not the new one's: a worker still catching up from the previous snapshot must
+find its deltas there. A worker that falls behind the deleted range anyway restarts and loads
+the latest snapshot (``stream_app.shared_replica``). Deleting also removes the old deltas that
+name erased users; the snapshot itself holds no user of theirs (``SharedState.apply``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, decode_record
+from state.errors import BrokerError
+from stream_app.pipeline import new_shared_state
+from stream_app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Largest chunk of a snapshot, in bytes (under Kafka's default 1 MiB ``max.message.bytes``).
+CHUNK_BYTES = 512 * 1024
+MANIFEST_KEY = b"manifest"
+_CHUNK_PREFIX = b"chunk:"
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """What one snapshot is and covers (the ``manifest`` record, MessagePack)."""
+
+    #: the first 16 hex digits of ``sha256``: the chunks' key part
+    id: str
+    sha256: str
+    size: int
+    chunks: int
+    #: the deltas topic and, per partition, the first offset *not* in the snapshot
+    topic: str
+    positions: dict[int, int]
+    #: deltas the snapshot's state applied in all
+    deltas: int
+    format: int = SNAPSHOT_FORMAT
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    manifest: Manifest
+    data: bytes
+
+
+@dataclass
+class Report:
+    """What :func:`take` did."""
+
+    manifest: Manifest | None
+    #: deltas read from the topic this time
+    read: int = 0
+    #: whether a new snapshot was written (False: nothing new since the latest)
+    written: bool = False
+    #: the previous snapshot this one was built on (None: built from the topic's start)
+    base: Manifest | None = None
+    #: per deltas partition, the offset below which records are now deleted (``--truncate``)
+    truncated: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+_manifest_encoder = msgspec.msgpack.Encoder()
+_manifest_decoder = msgspec.msgpack.Decoder(Manifest)
+
+
+def new_state(settings: Settings) -> SharedState:
+    """An empty shared state configured exactly as the worker's (``Pipeline.from_settings``)."""
+    return new_shared_state(
+        popularity_half_life_days=settings.popularity_half_life_days,
+        cooc_neighbours=settings.cooc_neighbours,
+        social_fanout=settings.social_fanout,
+        social_quiet_bytes=settings.social_quiet_bytes,
+    )
+
+
+def _consumer(settings: Settings) -> Consumer:
+    conf = settings.kafka_config()
+    conf.update({"group.id": f"persona-snapshot-{time.time_ns()}", "enable.auto.commit": False, "auto.offset.reset": "error"})
+    return Consumer(conf)
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=10)
+    if topic not in meta.topics or meta.topics[topic].error is not None:
+        return []
+    return sorted(meta.topics[topic].partitions)
+
+
+def read_latest(settings: Settings, *, timeout_s: float = 60.0) -> Snapshot | None:
+    """The latest complete snapshot on the snapshots topic, checked against its SHA-256; None
+    when there is none. Raises :class:`SnapshotError` when the latest manifest's chunks are
+    missing or corrupt (a bug or a hand-edited topic: never restore a partial state)."""
+    topic = settings.scoring_snapshots_topic
+    consumer = _consumer(settings)
+    try:
+        if 0 not in _partitions(consumer, topic):
+            return None
+        tp = TopicPartition(topic, 0)
+        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        if high <= low:
+            return None
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        chunks: dict[bytes, bytes] = {}
+        manifest: Manifest | None = None
+        deadline = time.monotonic() + timeout_s
+        position = low
+        # Compaction leaves holes in the offsets: read until the consumer's position passes the end.
+        while position < high:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {topic} did not reach offset {high} in {timeout_s:.0f} s")
+            for msg in consumer.consume(num_messages=100, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise BrokerError(f"reading {topic}: {err}")
+                position = max(position, (msg.offset() or 0) + 1)
+                key, value = msg.key() or b"", msg.value()
+                if key == MANIFEST_KEY:
+                    if value is not None:
+                        manifest = _manifest_decoder.decode(value)
+                elif key.startswith(_CHUNK_PREFIX):
+                    if value is None:
+                        chunks.pop(key, None)
+                    else:
+                        chunks[key] = value
+            got = consumer.position([tp])[0].offset
+            if got is not None and got >= 0:
+                position = max(position, got)
+    finally:
+        consumer.close()
+    if manifest is None:
+        return None
+    parts = [chunks.get(_chunk_key(manifest.id, i)) for i in range(manifest.chunks)]
+    missing = [i for i, part in enumerate(parts) if part is None]
+    if missing:
+        raise SnapshotError(f"snapshot {manifest.id} on {topic} misses {len(missing)} of its {manifest.chunks} chunks")
+    data = b"".join(p for p in parts if p is not None)
+    if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
+        raise SnapshotError(f"snapshot {manifest.id} on {topic} does not match its SHA-256")
+    return Snapshot(manifest, data)
+
+
+def _chunk_key(snapshot_id: str, i: int) -> bytes:
+    return _CHUNK_PREFIX + f"{snapshot_id}:{i:06d}".encode()
+
+
+def deltas_bounds(settings: Settings) -> dict[int, tuple[int, int]]:
+    """Per partition of the deltas topic, its (first kept, end) offsets."""
+    topic = settings.scoring_deltas_topic
+    consumer = _consumer(settings)
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in _partitions(consumer, topic)}
+    finally:
+        consumer.close()
+
+
+def truncated(bounds: Mapping[int, tuple[int, int]]) -> dict[int, int]:
+    """The partitions whose oldest deltas were deleted, and from where they start now."""
+    return {p: low for p, (low, _) in bounds.items() if low > 0}
+
+
+def check_covers(topic: str, bounds: Mapping[int, tuple[int, int]], positions: Mapping[int, int]) -> None:
+    """Raise :class:`SnapshotError` when deltas between a snapshot's offsets (0: none) and
+    what the topic still holds were deleted: a state built that way would miss them."""
+    gaps = {p: (positions.get(p, 0), low) for p, (low, _) in bounds.items() if low > positions.get(p, 0)}
+    if gaps:
+        where = ", ".join(f"partition {p}: needs offset {need}, the topic starts at {low}" for p, (need, low) in sorted(gaps.items()))
+        raise SnapshotError(
+            f"deltas this state needs were deleted from {topic} ({where}): it can only be built from the latest "
+            "snapshot, with the scoring settings that snapshot was taken with"
+        )
+
+
+def fold(settings: Settings, state: SharedState, positions: Mapping[int, int], *, timeout_s: float = 600.0) -> tuple[dict[int, int], int]:
+    """Apply the deltas topic from ``positions`` (absent: its start) to its end offsets as of
+    now, to ``state``. Returns the offsets reached and the deltas read."""
+    topic = settings.scoring_deltas_topic
+    bounds = deltas_bounds(settings)
+    if not bounds:
+        raise BrokerError(f"topic {topic} does not exist (start a worker, or `persona topics`, first)")
+    check_covers(topic, bounds, positions)
+    start = {p: max(positions.get(p, 0), low) for p, (low, _) in bounds.items()}
+    end = {p: high for p, (_, high) in bounds.items()}
+    todo = {p for p in bounds if start[p] < end[p]}
+    reached = dict(start)
+    n = 0
+    if not todo:
+        return end, 0
+    consumer = _consumer(settings)
+    try:
+        consumer.assign([TopicPartition(topic, p, start[p]) for p in sorted(todo)])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {topic} did not reach its end offsets {end} in {timeout_s:.0f} s")
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise BrokerError(f"reading {topic}: {err}")
+                p, off = msg.partition() or 0, msg.offset() or 0
+                if off >= end[p]:
+                    continue  # written after we looked: the next snapshot's
+                value = msg.value()
+                if value is not None:
+                    try:
+                        deltas = decode_record(value)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        # As the replica does: only workers write the topic; a bad record is a bug.
+                        log.error("unreadable scoring delta at %s:%d@%d: %s", topic, p, off, exc)
+                        deltas = []
+                    for delta in deltas:
+                        state.apply(delta)
+                    n += len(deltas)
+                reached[p] = off + 1
+            for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
+                if tp.offset is not None and tp.offset >= 0:
+                    reached[tp.partition] = max(reached[tp.partition], tp.offset)
+            todo = {p for p in todo if reached[p] < end[p]}
+    finally:
+        consumer.close()
+    return end, n
+
+
+def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifest | None) -> None:
+    """Chunks, then the manifest, then tombstones for ``previous``'s chunks; every record
+    acknowledged by all in-sync replicas before the next step."""
+    topic = settings.scoring_snapshots_topic
+    conf = settings.kafka_config()
+    conf.update({"acks": "all", "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5})
+    producer = Producer(conf)
+    failed: list[str] = []
+
+    def on_delivery(err: KafkaError | None, msg: object) -> None:
+        if err is not None:
+            failed.append(str(err))
+
+    def flush(step: str) -> None:
+        left = producer.flush(60)
+        if left or failed:
+            raise BrokerError(f"writing snapshot {manifest.id} to {topic} ({step}): {failed[:1] or f'{left} records not delivered'}")
+
+    for i in range(manifest.chunks):
+        producer.produce(topic, key=_chunk_key(manifest.id, i), value=data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
+                         partition=0, on_delivery=on_delivery)
+        producer.poll(0)
+    flush("chunks")
+    producer.produce(topic, key=MANIFEST_KEY, value=_manifest_encoder.encode(manifest), partition=0, on_delivery=on_delivery)
+    flush("manifest")
+    if previous is not None and previous.id != manifest.id:
+        for i in range(previous.chunks):
+            producer.produce(topic, key=_chunk_key(previous.id, i), value=None, partition=0, on_delivery=on_delivery)
+        flush("tombstones")
+
+
+def delete_before(settings: Settings, positions: Mapping[int, int]) -> dict[int, int]:
+    """Delete the deltas below ``positions`` (Kafka delete-records); the new start per partition."""
+    from confluent_kafka.admin import AdminClient
+
+    topic = settings.scoring_deltas_topic
+    wanted = [TopicPartition(topic, p, off) for p, off in sorted(positions.items()) if off > 0]
+    if not wanted:
+        return {}
+    admin = AdminClient(settings.kafka_config())
+    out: dict[int, int] = {}
+    try:
+        for tp, fut in admin.delete_records(wanted, request_timeout=30).items():
+            out[tp.partition] = fut.result().low_watermark
+    except KafkaException as exc:
+        raise BrokerError(f"deleting the covered deltas of {topic}: {exc}") from exc
+    return out
+
+
+def take(settings: Settings, *, truncate: bool = False) -> Report:
+    """One snapshot: the latest one (if it fits these settings) plus the deltas since (module docstring)."""
+    from stream_app.topics import ensure_topics
+
+    t0 = time.monotonic()
+    ensure_topics(settings)
+    latest = read_latest(settings)
+    state = new_state(settings)
+    base: Manifest | None = None  # the snapshot this one builds on
+    if latest is not None:
+        try:
+            state.restore(latest.data)
+            base = latest.manifest
+        except SnapshotError as exc:
+            # Settings changed: rebuild from the topic's start, which fold refuses if deltas were deleted.
+            log.warning("snapshot %s does not fit these settings (%s): rebuilding from the deltas topic", latest.manifest.id, exc)
+            state = new_state(settings)
+    reached, read = fold(settings, state, base.positions if base is not None else {})
+    report = Report(manifest=latest.manifest if latest is not None else None, read=read, base=base)
+    if (base is not None and reached == base.positions) or (base is None and read == 0):
+        report.seconds = time.monotonic() - t0
+        return report  # nothing new: the latest snapshot (if any) is this one
+    data = state.snapshot()
+    digest = hashlib.sha256(data).hexdigest()
+    manifest = Manifest(
+        id=digest[:16], sha256=digest, size=len(data), chunks=max(1, -(-len(data) // CHUNK_BYTES)),
+        topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied,
+    )
+    write(settings, data, manifest, latest.manifest if latest is not None else None)
+    report.manifest, report.written = manifest, True
+    if truncate and base is not None:
+        report.truncated = delete_before(settings, base.positions)
+    report.seconds = time.monotonic() - t0
+    return report

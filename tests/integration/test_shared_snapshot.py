@@ -1,0 +1,203 @@
+"""Shared-state snapshots through the real broker: the job, the truncation and a replica's restore.
+
+The expectation is a state built in process from every delta, in the order the (single-partition)
+deltas topic holds them: the snapshot job's state and a worker replica's restored state must
+snapshot to the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+import pytest
+from confluent_kafka import Producer
+
+from scoring.shared import Delta, SharedState, SnapshotError, encode_batch, encode_delta
+from state.catalog import Catalog
+from state.events import Purchase
+from stream_app import shared_replica, snapshots
+from stream_app.inspect import all_profiles
+from stream_app.pipeline import Pipeline
+from stream_app.producer import publish
+from stream_app.settings import Settings
+from tests.support import WorkerProcess, metric_sum, wait_drained
+from tests.unit.test_pipeline import DictStore, FakeVectors
+from tests.unit.test_shared_snapshot import _deltas
+
+pytestmark = pytest.mark.integration
+
+
+def _publish(settings: Settings, deltas: Iterable[Delta], batch: int = 7) -> None:
+    """As workers do (``DeltaBatcher``): records of up to ``batch`` deltas, keyed by source."""
+    producer = Producer(settings.kafka_config() | {"acks": "all"})
+    pending: list[Delta] = []
+
+    def send() -> None:
+        if pending:
+            producer.produce(settings.scoring_deltas_topic, key=pending[0].source.encode(),
+                             value=encode_batch([encode_delta(d) for d in pending]))
+            pending.clear()
+
+    for d in deltas:
+        if pending and (d.source != pending[0].source or len(pending) >= batch):
+            send()
+        pending.append(d)
+    send()
+    assert producer.flush(30) == 0
+
+
+def _state(settings: Settings, deltas: Iterable[Delta]) -> SharedState:
+    state = snapshots.new_state(settings)
+    for d in deltas:
+        state.apply(d)
+    return state
+
+
+class Restart(Exception):
+    pass
+
+
+def _replica(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> shared_replica.SharedReplica:
+    def restart_now(reason: str) -> None:
+        raise Restart(reason)
+
+    monkeypatch.setattr(shared_replica, "restart_now", restart_now)
+    pipe = Pipeline.from_settings(settings, store=DictStore(), catalog=Catalog(), vectors=FakeVectors(), emit=lambda k, v: None)
+    return shared_replica.SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, pipe)
+
+
+async def _until_ready(replica: shared_replica.SharedReplica, timeout_s: float = 30.0) -> None:
+    task = asyncio.create_task(replica.run())
+    try:
+        ready = asyncio.create_task(replica.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises what stopped the replica
+        assert ready in done, "the replica did not catch up"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covered_deltas(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One partition: the topic's order is the produce order, so the expected state is exact.
+    settings = topic_factory(partitions=1, cooc_neighbours=3, social_quiet_bytes=4_000)
+    monkeypatch.setattr(snapshots, "CHUNK_BYTES", 4096)  # several chunks per snapshot
+    deltas = _deltas(900, seed=21)
+    first, second, third = deltas[:400], deltas[400:700], deltas[700:]
+
+    assert snapshots.take(settings).manifest is None  # nothing to snapshot yet
+    _publish(settings, first)
+    one = snapshots.take(settings, truncate=True)
+    assert one.written and one.base is None and one.read == 400 and one.truncated == {}
+    assert one.manifest is not None and one.manifest.chunks > 3 and one.manifest.deltas == 400
+    latest = snapshots.read_latest(settings)
+    assert latest is not None and latest.data == _state(settings, first).snapshot()
+
+    again = snapshots.take(settings)  # no new deltas: no new snapshot
+    assert not again.written and again.manifest == one.manifest
+
+    _publish(settings, second)
+    two = snapshots.take(settings, truncate=True)
+    assert two.written and two.base == one.manifest and two.read == 300  # only the deltas after the first
+    assert two.manifest is not None and two.manifest.deltas == 700
+    # What the first snapshot covered is deleted; nothing the second one needs.
+    assert two.truncated == {p: off for p, off in one.manifest.positions.items() if off > 0}
+    assert {p: low for p, (low, _) in snapshots.deltas_bounds(settings).items()} == one.manifest.positions
+    latest = snapshots.read_latest(settings)
+    assert latest is not None and latest.manifest == two.manifest
+    assert latest.data == _state(settings, first + second).snapshot()
+
+    # A starting worker restores the second snapshot and reads the third part only.
+    _publish(settings, third)
+    replica = _replica(settings, monkeypatch)
+    asyncio.run(_until_ready(replica))
+    assert replica.pipeline.shared.snapshot() == _state(settings, deltas).snapshot()
+    assert replica.pipeline.shared.applied == 900
+
+    # Without the snapshot the deleted history cannot be rebuilt: the worker refuses to start.
+    cold = _replica(settings.model_copy(update={"shared_snapshot": False}), monkeypatch)
+    with pytest.raises(Restart, match="cannot be built.*deleted"):
+        asyncio.run(_until_ready(cold))
+    with pytest.raises(SnapshotError, match="deleted"):
+        snapshots.fold(settings, snapshots.new_state(settings), {})
+
+
+def test_a_replica_reading_deltas_that_were_deleted_under_it_restarts(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = topic_factory(partitions=1)
+    deltas = _deltas(200, seed=5)
+    _publish(settings, deltas[:100])
+    snapshots.take(settings)
+    _publish(settings, deltas[100:])
+    snapshots.take(settings, truncate=True)
+    low = snapshots.deltas_bounds(settings)[0][0]
+    assert low > 0
+    replica = _replica(settings, monkeypatch)
+
+    async def behind() -> dict[int, int]:  # as if it had restored an older snapshot
+        return {0: low - 1}
+
+    monkeypatch.setattr(replica, "start_offsets", behind)
+    with pytest.raises(Restart, match="had not read yet were deleted"):
+        asyncio.run(_until_ready(replica))
+
+
+def test_a_snapshot_of_other_scoring_settings_is_rebuilt_by_the_job_and_ignored_by_a_worker(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = topic_factory(partitions=1, cooc_neighbours=3)
+    deltas = _deltas(150, seed=8)
+    _publish(settings, deltas)
+    snapshots.take(settings)
+    other = settings.model_copy(update={"cooc_neighbours": 7})
+    replica = _replica(other, monkeypatch)
+    asyncio.run(_until_ready(replica))  # the whole topic, under its own settings
+    assert replica.pipeline.shared.snapshot() == _state(other, deltas).snapshot()
+    rebuilt = snapshots.take(other)
+    assert rebuilt.written and rebuilt.base is None and rebuilt.read == 150
+    latest = snapshots.read_latest(other)
+    assert latest is not None and latest.data == _state(other, deltas).snapshot()
+
+
+@pytest.mark.slow
+def test_a_restarted_worker_restores_the_snapshot_and_reads_only_the_deltas_after_it(
+    topic_factory: Callable[..., Settings], worker_factory: Callable[..., WorkerProcess]
+) -> None:
+    settings = topic_factory()  # four partitions
+    topic = settings.topic("purchase")
+
+    def purchases(start: int, n: int) -> list[Purchase]:
+        return [
+            Purchase(event_id=f"snap-{i}", ts=1_700_000_000.0 + 60 * i, user_id=f"u{i % 30}", item_id=f"i{(i * 7) % 41}")
+            for i in range(start, start + n)
+        ]
+
+    publish(settings, purchases(0, 400))
+    first = worker_factory(settings)
+    wait_drained(settings, [topic], [first], timeout=180)
+    assert first.stop() == 0
+    one = snapshots.take(settings, truncate=True)
+    assert one.written and one.manifest is not None and one.manifest.deltas == 400
+
+    publish(settings, purchases(400, 100))
+    second = worker_factory(settings)
+    wait_drained(settings, [topic], [second], timeout=180)
+    samples = second.metrics()
+    assert second.stop() == 0
+    log = second.log_path.read_text(errors="replace")
+    assert f"restored from snapshot {one.manifest.id} (400 deltas" in log
+    assert metric_sum(samples, "persona_shared_snapshot_deltas") == 400
+    # Its own 100 new deltas came back from the topic; none of the 400 the snapshot covers was read.
+    assert metric_sum(samples, "persona_shared_deltas_total") == 100
+    assert metric_sum(samples, "persona_shared_items") == len({p.item_id for p in purchases(0, 500)})
+    counts = {u: p.counts.get("purchase", 0) for u, p in all_profiles(settings).items()}
+    assert counts == {f"u{k}": 500 // 30 + (1 if k < 500 % 30 else 0) for k in range(30)}
+
+    two = snapshots.take(settings, truncate=True)
+    assert two.base == one.manifest and two.read == 100 and two.manifest is not None and two.manifest.deltas == 500
+    assert two.truncated == {p: off for p, off in one.manifest.positions.items() if off > 0}
