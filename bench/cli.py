@@ -117,6 +117,25 @@ def bench_replication(
         json_out.write_text(json.dumps(report, indent=2))
 
 
+@app.command("restore")
+def bench_restore(
+    bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers (default: a local broker for the run).")] = None,
+    events: Annotated[Optional[int], typer.Option(help="The first n MovieLens events (default: all).")] = None,
+    at: Annotated[float, typer.Option(help="The snapshot is taken after this fraction of the deltas.")] = 0.9,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
+) -> None:
+    """A worker's start-up catch-up of the shared scoring state: whole deltas topic against the latest snapshot."""
+    from bench import restore
+
+    data_dir = _data_dir()
+    if not (data_dir / "movielens-100k").is_dir():
+        raise typer.BadParameter(f"{data_dir / 'movielens-100k'} not found (set PERSONA_DATA_DIR)")
+    report = restore.run(bootstrap, data_dir, events, at)
+    restore.render(report, Console())
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2))
+
+
 @app.command("padding")
 def bench_padding(
     registry: Annotated[Optional[Path], typer.Option(help=_REGISTRY_HELP)] = None,

@@ -38,11 +38,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.ranking import _Replay
-from scoring.knn import ItemKNN
-from scoring.popularity import Popularity
-from scoring.shared import ENGAGE, FOLLOW, Delta, SharedState, decode_record, encode_delta
+from scoring.shared import ENGAGE, FOLLOW, Delta, decode_record, encode_delta
 from state.events import Event, Item
 from stream_app.settings import Settings
+from stream_app.snapshots import new_state
 
 #: workers in the projected scaling curve (16: the device machine's cores)
 WORKERS: Final[tuple[int, ...]] = (1, 2, 4, 8, 16)
@@ -110,15 +109,8 @@ def _parts(deltas: Sequence[Delta], settings: Settings) -> dict[str, float]:
     """Seconds each part of the shared state takes alone over ``deltas`` (fresh instances, the
     calls :meth:`scoring.shared.SharedState.apply` makes, in its order)."""
     engage = [d for d in deltas if d.kind == ENGAGE]
-    hl = settings.popularity_half_life_days
-    # Built as the pipeline builds its own (Pipeline.__init__), each part used alone.
-    fresh = SharedState(
-        popularity=Popularity(hl),
-        knn=ItemKNN(max_neighbours=settings.cooc_neighbours),
-        half_life_days=hl,
-        fanout_cap=max(settings.social_fanout, 1),
-        social_quiet_bytes=settings.social_quiet_bytes,
-    )
+    # Built as the pipeline builds its own, each part used alone.
+    fresh = new_state(settings)
     clock = time.perf_counter
     out: dict[str, float] = {}
     popularity = fresh.popularity

@@ -17,6 +17,7 @@ from state.errors import PersonaError
 
 if TYPE_CHECKING:
     from stream_app.settings import Settings
+    from stream_app.snapshots import Report
 
 dlq_app = typer.Typer(help="Dead-letter topics: list them, redrive them after a fix.", no_args_is_help=True)
 shared_app = typer.Typer(help="The shared scoring state's snapshots (what a starting worker restores).", no_args_is_help=True)
@@ -208,18 +209,40 @@ def shared_snapshot(
     truncate: Annotated[
         bool, typer.Option(help="Then delete the deltas the previous snapshot covers (Kafka delete-records).")
     ] = False,
+    every: Annotated[Optional[str], typer.Option(help="Run periodically: 90s, 15m, 1h, 1d (a failed run is retried next period).")] = None,
+    runs: Annotated[Optional[int], typer.Option(help="With --every: stop after this many runs.")] = None,
     bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
 ) -> None:
     """Snapshot the shared scoring state: the latest snapshot plus the deltas since (a periodic job)."""
     from stream_app.snapshots import take
 
     settings = _settings(bootstrap)
-    try:
-        report = take(settings, truncate=truncate)
-    except PersonaError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(exit_code(exc)) from exc
+    if every is None:
+        try:
+            _print_snapshot(take(settings, truncate=truncate), as_json)
+        except PersonaError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(exit_code(exc)) from exc
+        return
+    m = _DURATION.match(every.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise typer.BadParameter(f"--every is a duration (90s, 15m, 1h, 1d); got {every!r}")
+    period = float(m.group(1)) * _UNIT[m.group(2)]
+    done = 0
+    while runs is None or done < runs:
+        started = time.monotonic()
+        try:
+            report: Report = take(settings, truncate=truncate)
+            _print_snapshot(report, as_json)
+        except PersonaError as exc:  # the broker away, a refused write: the next period tries again
+            console.print(f"[red]snapshot failed (retrying in the next period): {exc}[/red]")
+        done += 1
+        if runs is None or done < runs:
+            time.sleep(max(0.0, period - (time.monotonic() - started)))
+
+
+def _print_snapshot(report: Report, as_json: bool) -> None:
     m = report.manifest
     if as_json:
         print(json.dumps({

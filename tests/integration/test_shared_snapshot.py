@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -201,3 +202,41 @@ def test_a_restarted_worker_restores_the_snapshot_and_reads_only_the_deltas_afte
     two = snapshots.take(settings, truncate=True)
     assert two.base == one.manifest and two.read == 100 and two.manifest is not None and two.manifest.deltas == 500
     assert two.truncated == {p: off for p, off in one.manifest.positions.items() if off > 0}
+
+
+def test_bench_restore_catches_up_to_the_same_state_both_ways(kafka_broker: str, data_dir: Path, tmp_path: Path) -> None:
+    from bench.ranking import load_events
+    from bench.restore import measure
+
+    report = measure(load_events(data_dir, 6000), kafka_broker, 0.5, tmp_path)
+    assert report["snapshot_at"] == report["deltas"] // 2 > 1000
+    assert report["same_summary"] and report["summary"]["deltas_applied"] == report["deltas"]
+    assert report["full_replay_s"] > 0 and report["snapshot_restore_s"] > 0 and report["snapshot_bytes"] > 0
+
+
+def test_the_cli_snapshots_periodically_and_shows_what_a_starting_worker_reads(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from deploy.workers import settings_env
+    from stream_app.cli import app
+
+    settings = topic_factory(partitions=1)
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    deltas = _deltas(120, seed=3)
+    _publish(settings, deltas[:100])
+    runner = CliRunner()
+    result = runner.invoke(app, ["shared", "snapshot", "--json", "--every", "1s", "--runs", "2"])
+    assert result.exit_code == 0, result.output
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["written"] for r in runs] == [True, False] and runs[0]["deltas"] == 100 and runs[0]["id"] == runs[1]["id"]
+    _publish(settings, deltas[100:])
+    shown = runner.invoke(app, ["shared", "show"])
+    assert shown.exit_code == 0, shown.output
+    text = " ".join(shown.output.split())
+    # _deltas alternates three sources, so _publish wrote one record per delta.
+    assert f"snapshot {runs[0]['id']}: 100 deltas" in text and "120 delta records kept, 20 after the snapshot" in text
