@@ -4,6 +4,7 @@ never shows the password; a wrong password and a denied topic fail fast and clea
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -114,13 +115,19 @@ def test_every_client_works_over_sasl_ssl_with_client_certificates_and_acls(
         assert set(latest) == {u.encode() for u in "abcdef"}
         assert all(m.items for m in latest.values())
 
-        commands = [("status", "--json"), ("tail", settings.recommendations_topic, "--max", "3"), ("inspect", "profile", "a", "--json"),
-                    ("produce", "--limit", "5", "--no-progress"), ("erase", "f", "--wait", "60")]
+        snapshot = ("shared", "snapshot", "--truncate", "--json")
+        commands = [snapshot, ("status", "--json"), ("tail", settings.recommendations_topic, "--max", "3"),
+                    ("inspect", "profile", "a", "--json"), ("produce", "--limit", "5", "--no-progress"), ("erase", "f", "--wait", "60"),
+                    snapshot]
         shown = [_persona(settings, *args)[0] for args in commands]
         for out in shown:
             assert out.returncode == 0, out.stdout + out.stderr
             assert PASSWORD not in out.stdout + out.stderr
-        assert '"user_id":"a"' in shown[2].stdout.replace(" ", "")
+        assert '"user_id":"a"' in shown[3].stdout.replace(" ", "")
+        # The snapshot job: written, then built on it and the deltas it covered deleted (the one DELETE grant).
+        first, second = json.loads(shown[0].stdout), json.loads(shown[-1].stdout)
+        assert first["written"] and second["written"] and second["base"] == first["id"]
+        assert second["truncated"] == {p: off for p, off in first["positions"].items() if off > 0} != {}
         # The trainer's Kafka reads: the history it learns from, through the same settings.
         history = read_history(settings)
         assert len([e for e in history.events if type(e).__name__ == "Purchase" and e.user_id in "abcde"]) == 15

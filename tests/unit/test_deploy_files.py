@@ -269,7 +269,8 @@ def test_kustomization_lists_every_manifest_in_one_namespace() -> None:
 
 def _all_containers() -> list[dict[str, Any]]:
     containers: list[dict[str, Any]] = list(_statefulset()["spec"]["template"]["spec"]["containers"])
-    containers += _one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    for name in ("persona-trainer", "persona-shared-snapshot"):
+        containers += _one("CronJob", name)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     return containers
 
 
@@ -327,7 +328,7 @@ def test_compose_environments_make_valid_settings(clean_env: pytest.MonkeyPatch)
             for name, value in spec["environment"].items():
                 env.setenv(name, str(value))
             Settings()  # raises on a value Settings refuses
-        assert service in (*WORKER_SERVICES, "trainer")
+        assert service in (*WORKER_SERVICES, "trainer", "shared-snapshot")
 
 
 # --- the worker StatefulSet, its Service, probes and disruption budget -----------------------
@@ -403,7 +404,7 @@ def test_pdb_covers_the_workers() -> None:
 
 
 def test_trainer_cronjob_shares_the_model_registry_claim() -> None:
-    cron = _one("CronJob")
+    cron = _one("CronJob", "persona-trainer")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -428,6 +429,24 @@ def test_trainer_cronjob_shares_the_model_registry_claim() -> None:
     config = _config()
     for name in ("PERSONA_MODEL_REGISTRY", "PERSONA_RANKER_REGISTRY"):
         assert PurePosixPath(config[name]).is_relative_to(worker_mount), f"{name} is on the shared claim"
+
+
+def test_shared_snapshot_cronjob_truncates_one_run_at_a_time_with_the_workers_settings() -> None:
+    cron = _one("CronJob", "persona-shared-snapshot")
+    # Two runs at once could each delete deltas the other's base snapshot still needs.
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["persona", "shared", "snapshot"] and "--truncate" in container["command"]
+    assert "--every" not in container["command"], "the CronJob schedules the runs"
+    # The snapshot must be taken with the workers' scoring settings, or they cannot restore it.
+    assert container["envFrom"] == _worker_container()["envFrom"]
+    assert container["image"].split(":")[0] == _worker_container()["image"].split(":")[0]
+    compose = _compose()["services"]["shared-snapshot"]
+    assert compose["command"][:4] == ["persona", "shared", "snapshot", "--truncate"] and "--every" in compose["command"]
+    assert compose["environment"] == {k: v for k, v in compose["environment"].items() if not k.startswith("PERSONA_WEB")}
+    for name, value in compose["environment"].items():
+        assert _compose()["services"]["worker-1"]["environment"].get(name) == value, name
 
 
 # --- compose: services, volumes, Dockerfile and Prometheus ----------------------------------

@@ -244,3 +244,33 @@ def test_a_catalog_vector_that_arrived_before_the_restore_wins_over_the_items_re
         a, b = restored.content.vector(i), replayed.content.vector(i)
         assert a is not None and b is not None and np.array_equal(a, b), i
     assert others
+
+
+def test_an_erased_user_is_named_only_on_the_suppression_list_of_a_snapshot() -> None:
+    """What --truncate relies on for erasure: once the deltas naming a user are deleted, the
+    snapshot names them in one place only, the suppression list (which keeps them erased)."""
+    user = "u-erase-me-7f3a"
+    src = "t.events:0"
+    deltas = [d for d in _deltas(400, seed=9) if d.kind != ERASE]
+    deltas += [
+        Delta(source=src, offset=10_000 + i, kind=ENGAGE, user=user, ts=2_000_000.0 + i, item=f"m{i}", weight=1.0, first=True,
+              recent=[f"m{j}" for j in range(i)], segments=["gender=f"])
+        for i in range(5)
+    ]
+    deltas += [
+        Delta(source=src, offset=10_010, kind=FOLLOW, user=user, ts=2_000_010.0, target="u1"),
+        Delta(source=src, offset=10_011, kind=FOLLOW, user="u2", ts=2_000_011.0, target=user),
+    ]
+    state = _fresh(quiet_bytes=1 << 20)
+    for d in deltas:
+        state.apply(d)
+    assert user.encode() in state.snapshot()
+    state.apply(Delta(source=src, offset=10_012, kind=ERASE, user=user, ts=2_000_012.0))
+    data = state.snapshot()
+    assert data.count(user.encode()) == 1
+    restored = _fresh(quiet_bytes=1 << 20)
+    restored.restore(data)
+    assert restored.is_erased(user, 2_000_000.0) and not restored.social.knows(user)
+    # A replayed delta of theirs from before the erasure leaves no trace after the restore either.
+    restored.apply(Delta(source="t.events:1", offset=0, kind=FOLLOW, user="u3", ts=2_000_005.0, target=user))
+    assert not restored.social.knows(user)
