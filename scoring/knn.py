@@ -260,7 +260,7 @@ class ItemKNN:
             row_nb[:m], row_co[:m] = nb, co
             self._nb.append(row_nb)
             self._co.append(row_co)
-            self._pos.append(dict(zip(nb.tolist(), range(m))))
+            self._pos.append(dict(zip(nb.tolist(), range(m), strict=True)))
 
     # --- reading ---------------------------------------------------------------------------
     def count(self, item_id: str) -> int:
