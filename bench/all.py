@@ -7,7 +7,8 @@ ranker against the baseline, the footprint run), ``ranking`` (in process), ``mem
 and after the bounded caches), ``encoder`` (the encode path against bare onnxruntime), ``padding`` (a token budget per
 inference call against a row count alone),
 ``replication`` (in process: what each worker pays per event of the others, and the
-scale-out ceiling it sets), ``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
+scale-out ceiling it sets), ``restore`` (through the broker: a worker's start-up catch-up from the
+whole deltas topic against the latest snapshot and the deltas after it), ``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
 offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
 partitions against one, and the pause when a worker joins or leaves), ``new-users`` (in
 process: a new user's ranking against a MovieLens repeat user's, both with item vectors). A part that cannot run here (no
@@ -25,7 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PARTS = ("stream", "ranking", "replication", "memory", "catalog", "encoder", "padding", "reviews", "load", "scale", "new-users")
+PARTS = (
+    "stream", "ranking", "replication", "restore", "memory", "catalog", "encoder", "padding", "reviews", "load", "scale", "new-users",
+)
 
 
 def _settings_summary() -> dict[str, Any]:
@@ -55,7 +58,7 @@ def new_user_costs(measure: Callable[..., dict[str, Any]], quick: bool) -> dict[
 
 
 def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry: Path, quick: bool) -> dict[str, Any]:
-    from bench import catalog, encoder, load, memory, new_users, padding, ranking, replication, reviews, scale, stream
+    from bench import catalog, encoder, load, memory, new_users, padding, ranking, replication, restore, reviews, scale, stream
 
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -84,6 +87,7 @@ def run(parts: tuple[str, ...], bootstrap: str | None, data_dir: Path, registry:
         "scale": lambda: scale.run(bootstrap, data_dir, 20_000 if quick else None, (1, 2) if quick else (1, 2, 4)),
         "replication": lambda: replication.run(data_dir, 20_000 if quick else None, stream_worker_us(report["parts"])),
         "new-users": lambda: new_user_costs(new_users.measure, quick),
+        "restore": lambda: restore.run(bootstrap, data_dir, 20_000 if quick else None, 0.9),
     }
     for part in parts:
         started = time.monotonic()
@@ -124,6 +128,11 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("replication", "group ceiling, any number of workers (events/s)", f"{r['ceiling_eps']:,.0f}"))
         curve = ", ".join(f"{p['workers']}: {p['speedup']:.2f}" for p in r["projection"])
         rows.append(("replication", f"projected speedup by workers (C {r['worker_us']:.0f} µs, {r['worker_us_from']})", curve))
+    r = parts.get("restore", {}).get("result") or {}
+    if r:
+        rows.append(("restore", "start-up catch-up: whole deltas topic / snapshot + last 10% (s)",
+                     f"{r['full_replay_s']:.2f} / {r['snapshot_restore_s']:.2f}"))
+        rows.append(("restore", "snapshot / whole topic", f"{r['restore_vs_full']:.3f}"))
     m = parts.get("memory", {}).get("result") or {}
     for name in ("before", "after"):
         if name in m:
