@@ -13,11 +13,14 @@ makes them, before the broker has them; a snapshot of that state could cover a d
 never reached the topic. The job's state is built from the topic alone, so a snapshot covers
 exactly the deltas below its offsets.
 
-Storage: one partition, compacted. A snapshot is chunks (``chunk:{id}:{i}``, at most
-:data:`CHUNK_BYTES` each, under Kafka's default 1 MiB record) and then the ``manifest`` record
-naming them, their SHA-256 and the offsets. The previous snapshot's chunks are deleted
-(tombstones) only after the new manifest is written, so the latest manifest's chunks are always
-there, and compaction keeps the topic at about one snapshot.
+Storage: a compacted topic of two partitions. A snapshot is chunks (``chunk:{id}:{i}``, at most
+:data:`CHUNK_BYTES` each, under Kafka's default 1 MiB record) on partition 1, then the
+``manifest`` record on partition 0 naming them, their SHA-256, the first chunk's offset and the
+deltas offsets. A reader reads the manifests (a few small records) and then only the latest
+snapshot's chunks, from that offset: the older snapshots still on the topic before compaction
+are never read. The previous snapshot's chunks are deleted (tombstones) only after the new
+manifest is written, so the latest manifest's chunks are always there; compaction (segments
+rolled hourly) then keeps the topic at about one snapshot.
 
 ``--truncate`` then deletes the deltas that the *previous* snapshot covers (Kafka's
 delete-records). Not the new one's: a worker still catching up from the previous snapshot must
@@ -31,11 +34,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from msgspec.structs import replace
 
 from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, decode_record
 from state.errors import BrokerError
@@ -48,6 +53,9 @@ log = logging.getLogger(__name__)
 CHUNK_BYTES = 512 * 1024
 MANIFEST_KEY = b"manifest"
 _CHUNK_PREFIX = b"chunk:"
+#: The snapshots topic's partitions: the manifests (small: a reader reads them all) and the chunks
+#: (a reader seeks to the latest manifest's first chunk and reads only that snapshot).
+MANIFESTS, CHUNKS = 0, 1
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +71,8 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     positions: dict[int, int]
     #: deltas the snapshot's state applied in all
     deltas: int
+    #: offset of the first chunk on the chunks partition (where a reader seeks)
+    chunk_offset: int = 0
     format: int = SNAPSHOT_FORMAT
 
 
@@ -115,59 +125,75 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
     return sorted(meta.topics[topic].partitions)
 
 
-def read_latest(settings: Settings, *, timeout_s: float = 60.0) -> Snapshot | None:
-    """The latest complete snapshot on the snapshots topic, checked against its SHA-256; None
-    when there is none. Raises :class:`SnapshotError` when the latest manifest's chunks are
-    missing or corrupt (a bug or a hand-edited topic: never restore a partial state)."""
+def _read(
+    consumer: Consumer, topic: str, partition: int, start: int, high: int, deadline: float, keep: Callable[[bytes, bytes | None], bool]
+) -> None:
+    """Feed ``keep(key, value)`` every record of one partition from ``start`` until it returns
+    False or the consumer's position reaches ``high`` (compaction leaves holes in the offsets)."""
+    tp = TopicPartition(topic, partition)
+    consumer.assign([TopicPartition(topic, partition, start)])
+    position = start
+    while position < high:
+        if time.monotonic() > deadline:
+            raise BrokerError(f"reading {topic}:{partition} did not reach offset {high} in time")
+        for msg in consumer.consume(num_messages=100, timeout=0.5):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise BrokerError(f"reading {topic}:{partition}: {err}")
+            position = max(position, (msg.offset() or 0) + 1)
+            if not keep(msg.key() or b"", msg.value()):
+                return
+        got = consumer.position([tp])[0].offset
+        if got is not None and got >= 0:
+            position = max(position, got)
+
+
+def read_latest(settings: Settings, *, timeout_s: float = 120.0) -> Snapshot | None:
+    """The latest complete snapshot, checked against its SHA-256; None when there is none.
+    Reads the manifests' partition (a few small records), then only the latest snapshot's
+    chunks, from the offset its manifest gives. Raises :class:`SnapshotError` when those
+    chunks are missing or corrupt (never restore a partial state)."""
     topic = settings.scoring_snapshots_topic
     consumer = _consumer(settings)
+    deadline = time.monotonic() + timeout_s
     try:
-        if 0 not in _partitions(consumer, topic):
+        if not {MANIFESTS, CHUNKS} <= set(_partitions(consumer, topic)):
             return None
-        tp = TopicPartition(topic, 0)
-        low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, MANIFESTS), timeout=10)
         if high <= low:
             return None
-        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        chunks: dict[bytes, bytes] = {}
-        manifest: Manifest | None = None
-        deadline = time.monotonic() + timeout_s
-        position = low
-        # Compaction leaves holes in the offsets: read until the consumer's position passes the end.
-        while position < high:
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} did not reach offset {high} in {timeout_s:.0f} s")
-            for msg in consumer.consume(num_messages=100, timeout=0.5):
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise BrokerError(f"reading {topic}: {err}")
-                position = max(position, (msg.offset() or 0) + 1)
-                key, value = msg.key() or b"", msg.value()
-                if key == MANIFEST_KEY:
-                    if value is not None:
-                        manifest = _manifest_decoder.decode(value)
-                elif key.startswith(_CHUNK_PREFIX):
-                    if value is None:
-                        chunks.pop(key, None)
-                    else:
-                        chunks[key] = value
-            got = consumer.position([tp])[0].offset
-            if got is not None and got >= 0:
-                position = max(position, got)
+        manifests: list[Manifest] = []
+
+        def manifest(key: bytes, value: bytes | None) -> bool:
+            if key == MANIFEST_KEY and value is not None:
+                manifests.append(_manifest_decoder.decode(value))
+            return True
+
+        _read(consumer, topic, MANIFESTS, low, high, deadline, manifest)
+        if not manifests:
+            return None
+        latest = manifests[-1]
+        wanted = {_chunk_key(latest.id, i): i for i in range(latest.chunks)}
+        parts: dict[int, bytes] = {}
+
+        def chunk(key: bytes, value: bytes | None) -> bool:
+            i = wanted.get(key)
+            if i is not None and value is not None:
+                parts[i] = value
+            return len(parts) < latest.chunks
+
+        _, chunks_high = consumer.get_watermark_offsets(TopicPartition(topic, CHUNKS), timeout=10)
+        _read(consumer, topic, CHUNKS, latest.chunk_offset, chunks_high, deadline, chunk)
     finally:
         consumer.close()
-    if manifest is None:
-        return None
-    parts = [chunks.get(_chunk_key(manifest.id, i)) for i in range(manifest.chunks)]
-    missing = [i for i, part in enumerate(parts) if part is None]
-    if missing:
-        raise SnapshotError(f"snapshot {manifest.id} on {topic} misses {len(missing)} of its {manifest.chunks} chunks")
-    data = b"".join(p for p in parts if p is not None)
-    if len(data) != manifest.size or hashlib.sha256(data).hexdigest() != manifest.sha256:
-        raise SnapshotError(f"snapshot {manifest.id} on {topic} does not match its SHA-256")
-    return Snapshot(manifest, data)
+    if len(parts) < latest.chunks:
+        raise SnapshotError(f"snapshot {latest.id} on {topic} misses {latest.chunks - len(parts)} of its {latest.chunks} chunks")
+    data = b"".join(parts[i] for i in range(latest.chunks))
+    if len(data) != latest.size or hashlib.sha256(data).hexdigest() != latest.sha256:
+        raise SnapshotError(f"snapshot {latest.id} on {topic} does not match its SHA-256")
+    return Snapshot(latest, data)
 
 
 def _chunk_key(snapshot_id: str, i: int) -> bytes:
@@ -253,18 +279,22 @@ def fold(settings: Settings, state: SharedState, positions: Mapping[int, int], *
     return end, n
 
 
-def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifest | None) -> None:
-    """Chunks, then the manifest, then tombstones for ``previous``'s chunks; every record
-    acknowledged by all in-sync replicas before the next step."""
+def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifest | None) -> Manifest:
+    """Chunks, then the manifest (with the first chunk's offset), then tombstones for
+    ``previous``'s chunks; each step acknowledged by all in-sync replicas before the next.
+    Returns the manifest as written."""
     topic = settings.scoring_snapshots_topic
     conf = settings.kafka_config()
     conf.update({"acks": "all", "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5})
     producer = Producer(conf)
     failed: list[str] = []
+    offsets: list[int] = []
 
-    def on_delivery(err: KafkaError | None, msg: object) -> None:
+    def on_delivery(err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             failed.append(str(err))
+        else:
+            offsets.append(msg.offset())
 
     def flush(step: str) -> None:
         left = producer.flush(60)
@@ -273,15 +303,17 @@ def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifes
 
     for i in range(manifest.chunks):
         producer.produce(topic, key=_chunk_key(manifest.id, i), value=data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
-                         partition=0, on_delivery=on_delivery)
+                         partition=CHUNKS, on_delivery=on_delivery)
         producer.poll(0)
     flush("chunks")
-    producer.produce(topic, key=MANIFEST_KEY, value=_manifest_encoder.encode(manifest), partition=0, on_delivery=on_delivery)
+    manifest = replace(manifest, chunk_offset=min(offsets))
+    producer.produce(topic, key=MANIFEST_KEY, value=_manifest_encoder.encode(manifest), partition=MANIFESTS, on_delivery=on_delivery)
     flush("manifest")
     if previous is not None and previous.id != manifest.id:
         for i in range(previous.chunks):
-            producer.produce(topic, key=_chunk_key(previous.id, i), value=None, partition=0, on_delivery=on_delivery)
+            producer.produce(topic, key=_chunk_key(previous.id, i), value=None, partition=CHUNKS, on_delivery=on_delivery)
         flush("tombstones")
+    return manifest
 
 
 def delete_before(settings: Settings, positions: Mapping[int, int]) -> dict[int, int]:
@@ -330,7 +362,7 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
         id=digest[:16], sha256=digest, size=len(data), chunks=max(1, -(-len(data) // CHUNK_BYTES)),
         topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied,
     )
-    write(settings, data, manifest, latest.manifest if latest is not None else None)
+    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None)
     report.manifest, report.written = manifest, True
     if truncate and base is not None:
         report.truncated = delete_before(settings, base.positions)

@@ -32,8 +32,10 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     # The history of the global scoring state: a worker replays it from the latest snapshot's
     # offsets (or in full). Kept until `persona shared snapshot --truncate` deletes what a snapshot covers.
     specs[settings.scoring_deltas_topic] = (settings.partitions, {"retention.ms": "-1"})
-    # The latest snapshot of that state: chunks and a manifest, one partition, latest per key.
-    specs[settings.scoring_snapshots_topic] = (1, {"cleanup.policy": "compact"})
+    # The latest snapshot of that state: manifests on partition 0, chunks on 1; latest per key.
+    # Hourly segments: compaction only cleans rolled segments, and the old chunks' tombstones
+    # should free their space within hours, not after the default 7 days.
+    specs[settings.scoring_snapshots_topic] = (2, {"cleanup.policy": "compact", "segment.ms": "3600000"})
     # One partition, latest announcement per registry kind: a worker starting reads the few records.
     specs[settings.control_topic] = (1, {"cleanup.policy": "compact"})
     return specs

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import msgspec
 import pytest
 from confluent_kafka import Producer
 
@@ -105,6 +106,8 @@ def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covere
     two = snapshots.take(settings, truncate=True)
     assert two.written and two.base == one.manifest and two.read == 300  # only the deltas after the first
     assert two.manifest is not None and two.manifest.deltas == 700
+    # A reader seeks past the first snapshot's chunks: they precede the second's.
+    assert two.manifest.chunk_offset == one.manifest.chunks
     # What the first snapshot covered is deleted; nothing the second one needs.
     assert two.truncated == {p: off for p, off in one.manifest.positions.items() if off > 0}
     assert {p: low for p, (low, _) in snapshots.deltas_bounds(settings).items()} == one.manifest.positions
@@ -240,3 +243,25 @@ def test_the_cli_snapshots_periodically_and_shows_what_a_starting_worker_reads(
     text = " ".join(shown.output.split())
     # _deltas alternates three sources, so _publish wrote one record per delta.
     assert f"snapshot {runs[0]['id']}: 100 deltas" in text and "120 delta records kept, 20 after the snapshot" in text
+
+
+def test_a_corrupt_snapshot_is_refused_and_a_worker_rebuilds_from_the_deltas(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from msgspec.structs import replace
+
+    settings = topic_factory(partitions=1)
+    deltas = _deltas(150, seed=12)
+    _publish(settings, deltas)
+    taken = snapshots.take(settings)
+    assert taken.manifest is not None
+    bad = replace(taken.manifest, sha256="0" * 64)
+    producer = Producer(settings.kafka_config())
+    producer.produce(settings.scoring_snapshots_topic, key=snapshots.MANIFEST_KEY, value=msgspec.msgpack.encode(bad),
+                     partition=snapshots.MANIFESTS)
+    assert producer.flush(30) == 0
+    with pytest.raises(SnapshotError, match="does not match its SHA-256"):
+        snapshots.read_latest(settings)
+    replica = _replica(settings, monkeypatch)
+    asyncio.run(_until_ready(replica))  # the deltas are all still there: it reads them instead
+    assert replica.pipeline.shared.snapshot() == _state(settings, deltas).snapshot()
