@@ -8,7 +8,8 @@ and after the bounded caches), ``encoder`` (the encode path against bare onnxrun
 inference call against a row count alone),
 ``replication`` (in process: what each worker pays per event of the others, and the
 scale-out ceiling it sets), ``restore`` (through the broker: a worker's start-up catch-up from the
-whole deltas topic against the latest snapshot and the deltas after it), ``reviews`` (the review pipeline against the encoder alone), ``load`` (event->emit latency at
+whole deltas topic against the latest snapshot and the deltas after it), ``reviews`` (the review pipeline
+against the encoder alone), ``load`` (event->emit latency at
 offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
 partitions against one, and the pause when a worker joins or leaves), ``new-users`` (in
 process: a new user's ranking against a MovieLens repeat user's, both with item vectors). A part that cannot run here (no

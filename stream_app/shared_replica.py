@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import msgspec
 from aiokafka.errors import OffsetOutOfRangeError
+from confluent_kafka import KafkaException
 
 from scoring.shared import Delta, SnapshotError, decode_record, encode_batch, encode_delta
 from state.errors import BrokerError
@@ -63,7 +64,11 @@ class SharedReplica(TopicTail):
                 latest = await asyncio.to_thread(snapshots.read_latest, settings)
             except (SnapshotError, BrokerError) as exc:
                 log.error("the latest shared-state snapshot cannot be read (%s): reading the deltas topic from its start", exc)
-        if latest is not None:
+        bounds = await self._deltas_bounds()
+        stale = snapshots.beyond_end(latest.manifest, bounds) if latest is not None else None
+        if latest is not None and stale is not None:
+            log.warning("shared-state snapshot %s not used: %s", latest.manifest.id, stale)
+        elif latest is not None:
             try:
                 shared.restore(latest.data)
             except SnapshotError as exc:
@@ -75,13 +80,23 @@ class SharedReplica(TopicTail):
                     latest.manifest.id, latest.manifest.deltas, latest.manifest.size, latest.manifest.positions,
                 )
                 return dict(latest.manifest.positions)
-        bounds = await asyncio.to_thread(snapshots.deltas_bounds, settings)
         try:
             snapshots.check_covers(settings.scoring_deltas_topic, bounds, {})
         except SnapshotError as exc:
             # Ranking with a state that misses deleted history would be silently wrong.
             restart_now(f"the shared scoring state cannot be built: {exc}")
         return {}
+
+    async def _deltas_bounds(self, tries: int = 5) -> dict[int, tuple[int, int]]:
+        """The deltas topic's (first kept, end) offsets; after ``tries`` failures the worker
+        restarts (it cannot know what it must read)."""
+        for attempt in range(tries):
+            try:
+                return await asyncio.to_thread(snapshots.deltas_bounds, self._settings)
+            except (BrokerError, KafkaException) as exc:
+                log.warning("reading the deltas topic's offsets failed (%s); try %d of %d", exc, attempt + 1, tries)
+                await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
+        restart_now(f"the offsets of {self._settings.scoring_deltas_topic} could not be read in {tries} tries")
 
     def out_of_range(self, exc: OffsetOutOfRangeError) -> None:
         restart_now(
