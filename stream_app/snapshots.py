@@ -16,11 +16,13 @@ exactly the deltas below its offsets.
 Storage: a compacted topic of two partitions. A snapshot is chunks (``chunk:{id}:{i}``, at most
 :data:`CHUNK_BYTES` each, under Kafka's default 1 MiB record) on partition 1, then the
 ``manifest`` record on partition 0 naming them, their SHA-256, the first chunk's offset and the
-deltas offsets. A reader reads the manifests (a few small records) and then only the latest
-snapshot's chunks, from that offset: the older snapshots still on the topic before compaction
-are never read. The previous snapshot's chunks are deleted (tombstones) only after the new
-manifest is written, so the latest manifest's chunks are always there; compaction (segments
-rolled hourly) then keeps the topic at about one snapshot.
+deltas offsets. (A ``pending`` record on partition 0 comes first: chunks that no manifest
+follows, a run that failed half-way, are deleted by the next run.) A reader reads the
+manifests (a few small records) and then only the latest snapshot's chunks, from that offset:
+the older snapshots still on the topic before compaction are never read. The previous
+snapshot's chunks are deleted (tombstones) only after the new manifest is written, so the
+latest manifest's chunks are always there; compaction (segments rolled hourly) then keeps the
+topic at about one snapshot.
 
 ``--truncate`` then deletes the deltas that the *previous* snapshot covers (Kafka's
 delete-records). Not the new one's: a worker still catching up from the previous snapshot must
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 #: Largest chunk of a snapshot, in bytes (under Kafka's default 1 MiB ``max.message.bytes``).
 CHUNK_BYTES = 512 * 1024
 MANIFEST_KEY = b"manifest"
+PENDING_KEY = b"pending"
 _CHUNK_PREFIX = b"chunk:"
 #: The snapshots topic's partitions: the manifests (small: a reader reads them all) and the chunks
 #: (a reader seeks to the latest manifest's first chunk and reads only that snapshot).
@@ -74,6 +77,14 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     #: offset of the first chunk on the chunks partition (where a reader seeks)
     chunk_offset: int = 0
     format: int = SNAPSHOT_FORMAT
+
+
+class Pending(msgspec.Struct, frozen=True, array_like=True):
+    """A snapshot being written (the ``pending`` record, before its chunks): if no manifest of
+    that id follows, the run failed and the next one deletes the chunks it left."""
+
+    id: str
+    chunks: int
 
 
 @dataclass(frozen=True)
@@ -100,6 +111,7 @@ class Report:
 
 _manifest_encoder = msgspec.msgpack.Encoder()
 _manifest_decoder = msgspec.msgpack.Decoder(Manifest)
+_pending_decoder = msgspec.msgpack.Decoder(Pending)
 
 
 def new_state(settings: Settings) -> SharedState:
@@ -158,6 +170,37 @@ def _read(
             position = max(position, got)
 
 
+def _manifests(consumer: Consumer, topic: str, deadline: float) -> tuple[Manifest | None, Pending | None]:
+    """The latest manifest and the latest pending record (None when there is none)."""
+    low, high = consumer.get_watermark_offsets(TopicPartition(topic, MANIFESTS), timeout=10)
+    latest: list[Manifest | None] = [None]
+    pending: list[Pending | None] = [None]
+
+    def keep(key: bytes, value: bytes | None) -> bool:
+        if key == MANIFEST_KEY and value is not None:
+            latest[0] = _manifest_decoder.decode(value)
+        elif key == PENDING_KEY and value is not None:
+            pending[0] = _pending_decoder.decode(value)
+        return True
+
+    if high > low:
+        _read(consumer, topic, MANIFESTS, low, high, deadline, keep)
+    return latest[0], pending[0]
+
+
+def orphan(settings: Settings, *, timeout_s: float = 60.0) -> Pending | None:
+    """The chunks a failed run left: its pending record, when no manifest of that id followed."""
+    topic = settings.scoring_snapshots_topic
+    consumer = _consumer(settings)
+    try:
+        if not {MANIFESTS, CHUNKS} <= set(_partitions(consumer, topic)):
+            return None
+        latest, pending = _manifests(consumer, topic, time.monotonic() + timeout_s)
+    finally:
+        consumer.close()
+    return pending if pending is not None and (latest is None or latest.id != pending.id) else None
+
+
 def read_latest(settings: Settings, *, timeout_s: float = 120.0) -> Snapshot | None:
     """The latest complete snapshot, checked against its SHA-256; None when there is none.
     Reads the manifests' partition (a few small records), then only the latest snapshot's
@@ -169,20 +212,10 @@ def read_latest(settings: Settings, *, timeout_s: float = 120.0) -> Snapshot | N
     try:
         if not {MANIFESTS, CHUNKS} <= set(_partitions(consumer, topic)):
             return None
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, MANIFESTS), timeout=10)
-        if high <= low:
+        found, _ = _manifests(consumer, topic, deadline)
+        if found is None:
             return None
-        manifests: list[Manifest] = []
-
-        def manifest(key: bytes, value: bytes | None) -> bool:
-            if key == MANIFEST_KEY and value is not None:
-                manifests.append(_manifest_decoder.decode(value))
-            return True
-
-        _read(consumer, topic, MANIFESTS, low, high, deadline, manifest)
-        if not manifests:
-            return None
-        latest = manifests[-1]
+        latest = found
         wanted = {_chunk_key(latest.id, i): i for i in range(latest.chunks)}
         parts: dict[int, bytes] = {}
 
@@ -300,10 +333,12 @@ def fold(settings: Settings, state: SharedState, positions: Mapping[int, int], *
     return end, n
 
 
-def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifest | None) -> Manifest:
-    """Chunks, then the manifest (with the first chunk's offset), then tombstones for
-    ``previous``'s chunks; each step acknowledged by all in-sync replicas before the next.
-    Returns the manifest as written."""
+def write(
+    settings: Settings, data: bytes, manifest: Manifest, previous: Manifest | None, left_over: Pending | None = None
+) -> Manifest:
+    """The pending record, the chunks, the manifest (with the first chunk's offset), then
+    tombstones for ``previous``'s chunks and those a failed run left (``left_over``); each
+    step acknowledged by all in-sync replicas before the next. Returns the manifest as written."""
     topic = settings.scoring_snapshots_topic
     conf = settings.kafka_config()
     conf.update({"acks": "all", "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5})
@@ -314,7 +349,7 @@ def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifes
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             failed.append(str(err))
-        else:
+        elif msg.partition() == CHUNKS and msg.value() is not None:
             offsets.append(msg.offset())
 
     def flush(step: str) -> None:
@@ -322,6 +357,9 @@ def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifes
         if left or failed:
             raise BrokerError(f"writing snapshot {manifest.id} to {topic} ({step}): {failed[:1] or f'{left} records not delivered'}")
 
+    pending = Pending(id=manifest.id, chunks=manifest.chunks)
+    producer.produce(topic, key=PENDING_KEY, value=msgspec.msgpack.encode(pending), partition=MANIFESTS, on_delivery=on_delivery)
+    flush("pending")
     for i in range(manifest.chunks):
         producer.produce(topic, key=_chunk_key(manifest.id, i), value=data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
                          partition=CHUNKS, on_delivery=on_delivery)
@@ -330,9 +368,12 @@ def write(settings: Settings, data: bytes, manifest: Manifest, previous: Manifes
     manifest = replace(manifest, chunk_offset=min(offsets))
     producer.produce(topic, key=MANIFEST_KEY, value=_manifest_encoder.encode(manifest), partition=MANIFESTS, on_delivery=on_delivery)
     flush("manifest")
-    if previous is not None and previous.id != manifest.id:
-        for i in range(previous.chunks):
-            producer.produce(topic, key=_chunk_key(previous.id, i), value=None, partition=CHUNKS, on_delivery=on_delivery)
+    # Never the chunks just written: an earlier snapshot (or failed run) of the same state has the same id.
+    stale = {(p.id, p.chunks) for p in (previous, left_over) if p is not None and p.id != manifest.id}
+    for snapshot_id, chunks in sorted(stale):
+        for i in range(chunks):
+            producer.produce(topic, key=_chunk_key(snapshot_id, i), value=None, partition=CHUNKS, on_delivery=on_delivery)
+    if stale:
         flush("tombstones")
     return manifest
 
@@ -386,7 +427,7 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
         id=digest[:16], sha256=digest, size=len(data), chunks=max(1, -(-len(data) // CHUNK_BYTES)),
         topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied,
     )
-    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None)
+    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None, orphan(settings))
     report.manifest, report.written = manifest, True
     if truncate and base is not None:
         report.truncated = delete_before(settings, base.positions)

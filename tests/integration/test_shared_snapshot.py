@@ -265,3 +265,50 @@ def test_a_corrupt_snapshot_is_refused_and_a_worker_rebuilds_from_the_deltas(
     replica = _replica(settings, monkeypatch)
     asyncio.run(_until_ready(replica))  # the deltas are all still there: it reads them instead
     assert replica.pipeline.shared.snapshot() == _state(settings, deltas).snapshot()
+
+
+def test_the_chunks_of_a_run_that_failed_before_its_manifest_are_deleted_by_the_next_run(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    settings = topic_factory(partitions=1)
+    monkeypatch.setattr(snapshots, "CHUNK_BYTES", 2048)
+    deltas = _deltas(300, seed=14)
+    _publish(settings, deltas[:200])
+
+    class Broken:
+        def encode(self, obj: object) -> bytes:
+            raise RuntimeError("the broker went away before the manifest")
+
+    with monkeypatch.context() as m:
+        m.setattr(snapshots, "_manifest_encoder", Broken())
+        with pytest.raises(RuntimeError, match="before the manifest"):
+            snapshots.take(settings)
+    left = snapshots.orphan(settings)
+    assert left is not None and left.chunks > 2 and snapshots.read_latest(settings) is None
+    _publish(settings, deltas[200:])
+    done = snapshots.take(settings)
+    assert done.written and done.manifest is not None and done.manifest.id != left.id
+    assert snapshots.orphan(settings) is None
+
+    # The last record of every chunk key the failed run wrote is a tombstone; the new ones are kept.
+    consumer = Consumer(settings.kafka_config() | {"group.id": "persona-test-chunks", "enable.auto.commit": False})
+    last: dict[bytes, bytes | None] = {}
+    try:
+        consumer.assign([TopicPartition(settings.scoring_snapshots_topic, snapshots.CHUNKS, OFFSET_BEGINNING)])
+        _, high = consumer.get_watermark_offsets(TopicPartition(settings.scoring_snapshots_topic, snapshots.CHUNKS), timeout=10)
+        seen = 0
+        while seen < high:
+            for msg in consumer.consume(num_messages=100, timeout=1.0):
+                if msg.error() is None:
+                    last[msg.key() or b""] = msg.value()
+                    seen = (msg.offset() or 0) + 1
+    finally:
+        consumer.close()
+    failed_keys = [k for k in last if k.startswith(f"chunk:{left.id}:".encode())]
+    assert len(failed_keys) == left.chunks and all(last[k] is None for k in failed_keys)
+    kept = [k for k in last if k.startswith(f"chunk:{done.manifest.id}:".encode())]
+    assert len(kept) == done.manifest.chunks and all(last[k] for k in kept)
+    latest = snapshots.read_latest(settings)
+    assert latest is not None and latest.data == _state(settings, deltas).snapshot()
