@@ -74,6 +74,11 @@ class SharedReplica(TopicTail):
             except SnapshotError as exc:
                 log.warning("shared-state snapshot %s not used: %s", latest.manifest.id, exc)
             else:
+                # What replaying each erase delta did at every start: stale copies of the erased
+                # profiles in partitions this worker held before are deleted (a worker that was
+                # down when a user was erased still holds theirs).
+                for user in list(shared.erased):
+                    self.pipeline.erased_elsewhere(user, [], None)
                 metrics.SHARED_SNAPSHOT_DELTAS.set(latest.manifest.deltas)
                 log.info(
                     "shared scoring state restored from snapshot %s (%d deltas, %d bytes); reading the deltas from %s",

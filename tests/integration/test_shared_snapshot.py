@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from scoring.shared import Delta, SharedState, SnapshotError, encode_batch, encode_delta
+from scoring.shared import ERASE, Delta, SharedState, SnapshotError, encode_batch, encode_delta
 from state.catalog import Catalog
 from state.events import Purchase
 from stream_app import shared_replica, snapshots
@@ -60,12 +60,24 @@ class Restart(Exception):
     pass
 
 
+class PurgingStore(DictStore):
+    """Records the keys an erasure asked to purge from partitions held before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.purged: list[bytes] = []
+
+    def purge(self, key: bytes) -> int:
+        self.purged.append(key)
+        return 0
+
+
 def _replica(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> shared_replica.SharedReplica:
     def restart_now(reason: str) -> None:
         raise Restart(reason)
 
     monkeypatch.setattr(shared_replica, "restart_now", restart_now)
-    pipe = Pipeline.from_settings(settings, store=DictStore(), catalog=Catalog(), vectors=FakeVectors(), emit=lambda k, v: None)
+    pipe = Pipeline.from_settings(settings, store=PurgingStore(), catalog=Catalog(), vectors=FakeVectors(), emit=lambda k, v: None)
     return shared_replica.SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, pipe)
 
 
@@ -121,6 +133,9 @@ def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covere
     asyncio.run(_until_ready(replica))
     assert replica.pipeline.shared.snapshot() == _state(settings, deltas).snapshot()
     assert replica.pipeline.shared.applied == 900
+    # Every erasure reached this worker's stale copies, as a replay of its delta would have.
+    erased = {d.user.encode() for d in deltas if d.kind == ERASE}
+    assert erased and erased <= set(replica.pipeline.store.purged)  # type: ignore[attr-defined]
 
     # Without the snapshot the deleted history cannot be rebuilt: the worker refuses to start.
     cold = _replica(settings.model_copy(update={"shared_snapshot": False}), monkeypatch)
