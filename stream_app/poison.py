@@ -21,7 +21,9 @@ between and write the cache back):
    memory, the half-applied record's included.
 
 The replay passes the ledger's records by (counted as ``dead_letter``), so one bad record
-costs one restart, not a crash loop, and the partition moves on. Once the bug is fixed,
+costs one restart, not a crash loop, and the partition moves on. At each start the worker
+forgets the records its group has committed past (:meth:`PoisonLedger.prune`), so the ledger
+holds only what a replay can still meet. Once the bug is fixed,
 ``persona dlq redrive <kind> --reason internal`` publishes the record again. A scoring delta
 the record produced may already have gone out to the other workers before the exception;
 that is the one effect the restart cannot take back.
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +80,27 @@ class PoisonLedger:
 
     def __contains__(self, coordinates: object) -> bool:
         return coordinates in self._seen
+
+    def prune(self, committed: Callable[[str, int], int | None]) -> int:
+        """Forget the records the group has committed past (``committed(topic, partition)``: the
+        group's next offset there, None when unknown): a replay starts at the committed offset,
+        so it never meets them again. The file is rewritten atomically. Returns how many went."""
+        keep: set[Coordinates] = set()
+        for topic, partition, offset in self._seen:
+            done = committed(topic, partition)
+            if done is None or offset >= done:
+                keep.add((topic, partition, offset))
+        dropped = len(self._seen) - len(keep)
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for entry in sorted(keep):
+                    fh.write(json.dumps(list(entry)) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+            self._seen = keep
+        return dropped
 
     def add(self, topic: str, partition: int, offset: int) -> None:
         """Record it durably: appended and fsynced before the worker exits."""

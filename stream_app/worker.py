@@ -30,6 +30,7 @@ from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
+from stream_app.kafka_clients import group_committed
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
 from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, passed_by
@@ -108,6 +109,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     models_tried = asyncio.Event()
     # Records whose processing raised a bug, dead-lettered before a restart (stream_app.poison).
     ledger = PoisonLedger(settings.state_dir / LEDGER_NAME)
+    _prune_ledger(settings, ledger)
     for kind in EVENT_KINDS:
         if kind != "review":
             _add_agent(app, runtime, kind, models_tried, progress, restarts, ledger)
@@ -448,3 +450,17 @@ def _credentials(settings: Settings) -> Any:
     from stream_app import kafka_clients
 
     return kafka_clients.faust_credentials(settings)
+
+
+def _prune_ledger(settings: Settings, ledger: PoisonLedger) -> None:
+    """Forget the poison records the group has committed past (before the agents start: a
+    blocking Admin call per record, and a ledger holds a few)."""
+    if not ledger:
+        return
+    try:
+        dropped = ledger.prune(lambda topic, partition: group_committed(settings, settings.app_id, topic, partition))
+    except Exception as exc:  # the broker's answer is only an optimisation here: keep every record
+        log.warning("poison ledger not pruned (%s: %s); it keeps its %d records", type(exc).__name__, exc, len(ledger))
+        return
+    if dropped:
+        log.info("poison ledger: %d records the group has committed past forgotten, %d kept", dropped, len(ledger))

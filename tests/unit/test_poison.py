@@ -119,3 +119,26 @@ def test_a_recorded_record_is_passed_by_and_counted_as_a_dead_letter(tmp_path: P
     before = outcome._value.get(), reason._value.get()
     assert passed_by(ledger, Msg()) and not passed_by(ledger, Msg(offset=8)) and not passed_by(ledger, Msg(partition=0))
     assert (outcome._value.get(), reason._value.get()) == (before[0] + 1, before[1] + 1)
+
+
+def test_the_ledger_forgets_records_the_group_committed_past_and_keeps_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / poison.LEDGER_NAME
+    ledger = PoisonLedger(path)
+    for entry in [("t.purchases", 0, 5), ("t.purchases", 0, 9), ("t.purchases", 1, 3), ("t.reviews", 0, 7)]:
+        ledger.add(*entry)
+    committed = {("t.purchases", 0): 9, ("t.purchases", 1): 4}  # t.reviews:0: no commit yet
+    asked: list[tuple[str, int]] = []
+
+    def next_offset(topic: str, partition: int) -> int | None:
+        asked.append((topic, partition))
+        return committed.get((topic, partition))
+
+    assert ledger.prune(next_offset) == 2
+    assert set(asked) == {("t.purchases", 0), ("t.purchases", 1), ("t.reviews", 0)}
+    # Offset 9 is the group's next record: a replay meets it, so it stays; 5 and 3 are behind.
+    want = {("t.purchases", 0, 9), ("t.reviews", 0, 7)}
+    assert {e for e in want if e in ledger} == want and len(ledger) == 2
+    assert ("t.purchases", 0, 5) not in ledger and ("t.purchases", 1, 3) not in ledger
+    reopened = PoisonLedger(path)
+    assert len(reopened) == 2 and all(e in reopened for e in want)
+    assert reopened.prune(next_offset) == 0 and not (tmp_path / (poison.LEDGER_NAME + ".tmp")).exists()
