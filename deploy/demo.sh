@@ -67,3 +67,8 @@ echo "== 7. metrics (persona_*)"
 curl -sf "http://127.0.0.1:${PERSONA_WEB_PORT:-6066}/metrics" | grep -E '^persona_(events|dead_letter|profile_updates|recommendations_emitted)_total' || true
 echo "== 8. the operator's view: persona status"
 "$BIN/persona" status
+echo "== 9. the periodic job that bounds a worker's start: persona shared snapshot"
+# The shared scoring state (popularity, co-occurrence, ...) every worker rebuilds at start:
+# from this snapshot and the deltas after it, not from the whole deltas topic.
+"$BIN/persona" shared snapshot
+"$BIN/persona" shared show

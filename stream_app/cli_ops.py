@@ -259,10 +259,10 @@ def _print_snapshot(report: Report, as_json: bool) -> None:
     if not report.written:
         console.print(f"snapshot {m.id} is current ({m.deltas:,} deltas): no new deltas since")
         return
-    base = f"snapshot {report.base.id} + " if report.base else "the deltas topic from its start, "
+    base = f"after snapshot {report.base.id}" if report.base else "from the deltas topic's start"
     console.print(
-        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes in {m.chunks} chunks, "
-        f"from {base}{report.read:,} deltas read, in {report.seconds:.1f} s"
+        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes in {m.chunks} chunks; "
+        f"{report.read:,} deltas read {base}, in {report.seconds:.1f} s"
     )
     if report.truncated:
         console.print("deltas before the previous snapshot deleted; partitions now start at " + ", ".join(
