@@ -23,16 +23,22 @@ def tie_hash(item_id: str) -> int:
 
 
 class PopularitySnapshot(msgspec.Struct, frozen=True, array_like=True):
-    """:class:`Popularity`'s values, exactly (``scoring.snapshot``)."""
+    """:class:`Popularity`'s values, exactly (``scoring.shared``'s snapshot)."""
 
     now: float
-    #: item -> (value, its reference time), in insertion order
-    items: list[str]
-    values: list[float]
-    refs: list[float]
-    #: item -> its order key (items whose value was ever positive), in insertion order
-    keyed: list[str]
-    keys: list[float]
+    #: item -> (value, its reference time), in insertion order (MessagePack keeps it)
+    values: dict[str, tuple[float, float]]
+    #: item -> its order key (items whose value was ever positive)
+    keys: dict[str, float]
+
+
+def key_order(keys: dict[str, float], hashes: dict[str, int]) -> list[tuple[float, int, str]]:
+    """The ``(-key, tie_hash, id)`` order of ``keys`` built at once, filling ``hashes``: what
+    one insort per item reaches (a restored :class:`Popularity` or segment)."""
+    for item in keys:
+        if item not in hashes:
+            hashes[item] = tie_hash(item)
+    return sorted((-key, hashes[item], item) for item, key in keys.items())
 
 
 class Popularity:
@@ -166,24 +172,16 @@ class Popularity:
     # --- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> PopularitySnapshot:
         """Everything the values and the order depend on (not the ranking cache, which is derived)."""
-        return PopularitySnapshot(
-            now=self.now,
-            items=list(self._values),
-            values=[v for v, _ in self._values.values()],
-            refs=[r for _, r in self._values.values()],
-            keyed=list(self._lkey),
-            keys=list(self._lkey.values()),
-        )
+        return PopularitySnapshot(now=self.now, values=dict(self._values), keys=dict(self._lkey))
 
     def restore(self, snap: PopularitySnapshot) -> None:
         """Load ``snap`` into this empty instance: it then reads and orders as the one that made it."""
         if self._values:
             raise ValueError("restore needs an empty Popularity")
-        self._values = dict(zip(snap.items, zip(snap.values, snap.refs, strict=True), strict=True))
-        self._lkey = dict(zip(snap.keyed, snap.keys, strict=True))
-        self._hashes = {item: tie_hash(item) for item in self._lkey}
-        # The order built at once (what order() would reach by one insort per item).
-        self._order = sorted((-key, self._hashes[item], item) for item, key in self._lkey.items())
+        self._values = dict(snap.values)
+        self._lkey = dict(snap.keys)
+        self._hashes = {}
+        self._order = key_order(self._lkey, self._hashes)
         self._moved = {}
         self.now = snap.now
         self._dirty = True

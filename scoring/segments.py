@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import msgspec
 
-from scoring.popularity import tie_hash
+from scoring.popularity import key_order, tie_hash
 from state.decay import SECONDS_PER_DAY, factor, weight_at
 from state.events import AttributeValue
 
@@ -153,17 +153,14 @@ class _Segment:
 
 
 class SegmentSnapshot(msgspec.Struct, frozen=True, array_like=True):
-    """One segment of :class:`SegmentPopularity`, exactly (``scoring.snapshot``)."""
+    """One segment of :class:`SegmentPopularity`, exactly (``scoring.shared``'s snapshot)."""
 
     name: str
     ref: float
     total: float
     total_ref: float
-    items: list[str]
-    values: list[float]
-    refs: list[float]
-    keyed: list[str]
-    keys: list[float]
+    values: dict[str, tuple[float, float]]
+    keys: dict[str, float]
 
 
 class SegmentPopularity:
@@ -309,17 +306,7 @@ class SegmentPopularity:
     def snapshot(self) -> list[SegmentSnapshot]:
         """Every segment's values, totals and order keys (the orders are derived from the keys)."""
         return [
-            SegmentSnapshot(
-                name=name,
-                ref=seg.ref,
-                total=seg.total,
-                total_ref=seg.total_ref,
-                items=list(seg.values),
-                values=[v for v, _ in seg.values.values()],
-                refs=[r for _, r in seg.values.values()],
-                keyed=list(seg.keys),
-                keys=list(seg.keys.values()),
-            )
+            SegmentSnapshot(name=name, ref=seg.ref, total=seg.total, total_ref=seg.total_ref, values=dict(seg.values), keys=dict(seg.keys))
             for name, seg in self._segments.items()
         ]
 
@@ -327,13 +314,8 @@ class SegmentPopularity:
         """Load ``snap`` into this empty instance: it then scores as the one that made it."""
         if self._segments:
             raise ValueError("restore needs an empty SegmentPopularity")
-        hashes = self._hashes
         for s in snap:
             seg = self._segments[s.name] = _Segment()
-            seg.values = dict(zip(s.items, zip(s.values, s.refs, strict=True), strict=True))
+            seg.values, seg.keys = dict(s.values), dict(s.keys)
             seg.ref, seg.total, seg.total_ref = s.ref, s.total, s.total_ref
-            seg.keys = dict(zip(s.keyed, s.keys, strict=True))
-            for item in seg.values:
-                if item not in hashes:
-                    hashes[item] = tie_hash(item)
-            seg.order = sorted((-key, hashes[item], item) for item, key in seg.keys.items())
+            seg.order = key_order(seg.keys, self._hashes)
