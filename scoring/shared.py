@@ -295,6 +295,20 @@ class SharedState:
                 self.content.upsert(item, version, total.astype(np.float32))
 
 
+def new_shared_state(
+    *, popularity_half_life_days: float, cooc_neighbours: int, social_fanout: int, social_quiet_bytes: int
+) -> SharedState:
+    """An empty global scoring state as a worker configures it (the pipeline, and the snapshot
+    job that must build the same one for a worker to restore it)."""
+    return SharedState(
+        popularity=Popularity(popularity_half_life_days),
+        knn=ItemKNN(max_neighbours=cooc_neighbours),
+        half_life_days=popularity_half_life_days,
+        fanout_cap=max(social_fanout, 1),
+        social_quiet_bytes=social_quiet_bytes,
+    )
+
+
 #: Bumped when :class:`SharedSnapshot` changes incompatibly: an old snapshot is then ignored
 #: (the worker replays the deltas topic) or refused (where the deltas it covers were deleted).
 SNAPSHOT_FORMAT = 1

@@ -38,7 +38,7 @@ from scoring.migrate import migrated_interest
 from scoring.popularity import Popularity
 from scoring.ranker import DEFAULT_WEIGHTS, HISTORY, Scorer, Weights, history, rank
 from scoring.segments import segments_of
-from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, SharedState
+from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, new_shared_state
 from scoring.social import QUIET_BYTES
 from state.catalog import Catalog
 from state.events import MAX_AHEAD_S, DeadLetter, Erasure, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
@@ -123,20 +123,6 @@ class Result:
     letter: DeadLetter | None = None
     emitted: bool = False
 
-
-
-def new_shared_state(
-    *, popularity_half_life_days: float, cooc_neighbours: int, social_fanout: int, social_quiet_bytes: int
-) -> SharedState:
-    """An empty global scoring state as a worker configures it (``stream_app.snapshots``
-    builds the one it snapshots here too, so that a worker can restore it)."""
-    return SharedState(
-        popularity=Popularity(popularity_half_life_days),
-        knn=ItemKNN(max_neighbours=cooc_neighbours),
-        half_life_days=popularity_half_life_days,
-        fanout_cap=max(social_fanout, 1),
-        social_quiet_bytes=social_quiet_bytes,
-    )
 
 
 class Pipeline(ErasureSteps):

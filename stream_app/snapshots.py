@@ -44,9 +44,8 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from msgspec.structs import replace
 
-from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, decode_record
+from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, decode_record, new_shared_state
 from state.errors import BrokerError
-from stream_app.pipeline import new_shared_state
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -188,17 +187,9 @@ def _manifests(consumer: Consumer, topic: str, deadline: float) -> tuple[Manifes
     return latest[0], pending[0]
 
 
-def orphan(settings: Settings, *, timeout_s: float = 60.0) -> Pending | None:
+def orphan(settings: Settings) -> Pending | None:
     """The chunks a failed run left: its pending record, when no manifest of that id followed."""
-    topic = settings.scoring_snapshots_topic
-    consumer = _consumer(settings)
-    try:
-        if not {MANIFESTS, CHUNKS} <= set(_partitions(consumer, topic)):
-            return None
-        latest, pending = _manifests(consumer, topic, time.monotonic() + timeout_s)
-    finally:
-        consumer.close()
-    return pending if pending is not None and (latest is None or latest.id != pending.id) else None
+    return _read_latest(settings, chunks=False)[1]
 
 
 def read_latest(settings: Settings, *, timeout_s: float = 120.0) -> Snapshot | None:
@@ -206,15 +197,21 @@ def read_latest(settings: Settings, *, timeout_s: float = 120.0) -> Snapshot | N
     Reads the manifests' partition (a few small records), then only the latest snapshot's
     chunks, from the offset its manifest gives. Raises :class:`SnapshotError` when those
     chunks are missing or corrupt (never restore a partial state)."""
+    return _read_latest(settings, timeout_s=timeout_s)[0]
+
+
+def _read_latest(settings: Settings, *, chunks: bool = True, timeout_s: float = 120.0) -> tuple[Snapshot | None, Pending | None]:
+    """:func:`read_latest` (when ``chunks``) and :func:`orphan`, from one read of the manifests."""
     topic = settings.scoring_snapshots_topic
     consumer = _consumer(settings)
     deadline = time.monotonic() + timeout_s
     try:
         if not {MANIFESTS, CHUNKS} <= set(_partitions(consumer, topic)):
-            return None
-        found, _ = _manifests(consumer, topic, deadline)
-        if found is None:
-            return None
+            return None, None
+        found, pending = _manifests(consumer, topic, deadline)
+        left_over = pending if pending is not None and (found is None or found.id != pending.id) else None
+        if found is None or not chunks:
+            return None, left_over
         latest = found
         wanted = {_chunk_key(latest.id, i): i for i in range(latest.chunks)}
         parts: dict[int, bytes] = {}
@@ -234,7 +231,7 @@ def read_latest(settings: Settings, *, timeout_s: float = 120.0) -> Snapshot | N
     data = b"".join(parts[i] for i in range(latest.chunks))
     if len(data) != latest.size or hashlib.sha256(data).hexdigest() != latest.sha256:
         raise SnapshotError(f"snapshot {latest.id} on {topic} does not match its SHA-256")
-    return Snapshot(latest, data)
+    return Snapshot(latest, data), left_over
 
 
 def _chunk_key(snapshot_id: str, i: int) -> bytes:
@@ -280,11 +277,20 @@ def beyond_end(manifest: Manifest, bounds: Mapping[int, tuple[int, int]]) -> str
     ) + "): the topic was created again after it"
 
 
-def fold(settings: Settings, state: SharedState, positions: Mapping[int, int], *, timeout_s: float = 600.0) -> tuple[dict[int, int], int]:
+def fold(
+    settings: Settings,
+    state: SharedState,
+    positions: Mapping[int, int],
+    *,
+    bounds: Mapping[int, tuple[int, int]] | None = None,
+    timeout_s: float = 600.0,
+) -> tuple[dict[int, int], int]:
     """Apply the deltas topic from ``positions`` (absent: its start) to its end offsets as of
-    now, to ``state``. Returns the offsets reached and the deltas read."""
+    now (or in ``bounds``, :func:`deltas_bounds` just read), to ``state``. Returns the offsets
+    reached and the deltas read."""
     topic = settings.scoring_deltas_topic
-    bounds = deltas_bounds(settings)
+    if bounds is None:
+        bounds = deltas_bounds(settings)
     if not bounds:
         raise BrokerError(f"topic {topic} does not exist (start a worker, or `persona topics`, first)")
     check_covers(topic, bounds, positions)
@@ -402,10 +408,11 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
 
     t0 = time.monotonic()
     ensure_topics(settings)
-    latest = read_latest(settings)
+    latest, left_over = _read_latest(settings)
+    bounds = deltas_bounds(settings)
     state = new_state(settings)
     base: Manifest | None = None  # the snapshot this one builds on
-    stale = beyond_end(latest.manifest, deltas_bounds(settings)) if latest is not None else None
+    stale = beyond_end(latest.manifest, bounds) if latest is not None else None
     if stale is not None and latest is not None:
         log.warning("snapshot %s not used: %s; rebuilding from the deltas topic", latest.manifest.id, stale)
     elif latest is not None:
@@ -416,7 +423,7 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
             # Settings changed: rebuild from the topic's start, which fold refuses if deltas were deleted.
             log.warning("snapshot %s does not fit these settings (%s): rebuilding from the deltas topic", latest.manifest.id, exc)
             state = new_state(settings)
-    reached, read = fold(settings, state, base.positions if base is not None else {})
+    reached, read = fold(settings, state, base.positions if base is not None else {}, bounds=bounds)
     report = Report(manifest=latest.manifest if latest is not None else None, read=read, base=base)
     if (base is not None and reached == base.positions) or (base is None and read == 0):
         report.seconds = time.monotonic() - t0
@@ -427,7 +434,7 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
         id=digest[:16], sha256=digest, size=len(data), chunks=max(1, -(-len(data) // CHUNK_BYTES)),
         topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied,
     )
-    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None, orphan(settings))
+    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None, left_over)
     report.manifest, report.written = manifest, True
     if truncate and base is not None:
         report.truncated = delete_before(settings, base.positions)
