@@ -271,24 +271,37 @@ def _print_snapshot(report: Report, as_json: bool) -> None:
 
 @shared_app.command("show")
 def shared_show(bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None) -> None:
-    """The latest snapshot and how much of the deltas topic lies after it (what a starting worker reads)."""
-    from stream_app.snapshots import deltas_bounds, read_latest
+    """The latest snapshot (its chunks read and checked) and how much of the deltas topic lies
+    after it: what a starting worker reads, and for how long those deltas have waited."""
+    from stream_app.snapshots import coverage, deltas_bounds, read_latest
 
     settings = _settings(bootstrap)
     try:
         latest = read_latest(settings)
+        found = coverage(settings)
         bounds = deltas_bounds(settings)
     except PersonaError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(exit_code(exc)) from exc
-    positions = latest.manifest.positions if latest else {}
-    after = sum(high - max(low, positions.get(p, 0)) for p, (low, high) in bounds.items())
     kept = sum(high - low for low, high in bounds.values())
+    now = time.time()  # an operator's view: ages against the wall clock, as Prometheus' alert does
+    waiting = (
+        f"; the oldest of them was written {_age(now - found.oldest_behind_at)} ago" if found.oldest_behind_at is not None else ""
+    )
     if latest is None:
-        console.print(f"no snapshot: a starting worker reads all {kept:,} delta records")
+        console.print(f"no snapshot: a starting worker reads all {kept:,} delta records{waiting}")
         return
     m = latest.manifest
+    written = f", written {_age(now - found.written_at)} ago" if found.written_at is not None and found.manifest == m else ""
     console.print(
-        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes; {kept:,} delta records kept, "
-        f"{after:,} after the snapshot (what a starting worker reads)"
+        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes{written}; {kept:,} delta records kept, "
+        f"{found.behind:,} after the snapshot (what a starting worker reads){waiting}"
     )
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"

@@ -185,6 +185,23 @@ SHARED_SNAPSHOT_DELTAS = Gauge(
     "Scoring deltas covered by the snapshot this worker restored at start (0: none, it replayed the deltas topic).",
     registry=REGISTRY,
 )
+SNAPSHOT_WRITTEN = Gauge(
+    "persona_shared_snapshot_timestamp_seconds",
+    "When the latest shared-state snapshot was written (its manifest's Kafka time; 0: none seen), as of this worker's last check.",
+    registry=REGISTRY,
+)
+SNAPSHOT_BEHIND = Gauge(
+    "persona_shared_snapshot_behind_records",
+    "Scoring-delta records after the latest snapshot's offsets (all kept records without one): what a worker "
+    "starting now reads after restoring it, as of this worker's last check.",
+    registry=REGISTRY,
+)
+SNAPSHOT_BEHIND_SINCE = Gauge(
+    "persona_shared_snapshot_behind_since_timestamp_seconds",
+    "Kafka time of the oldest scoring-delta record after the latest snapshot (0: none): time() minus this is "
+    "how long deltas have waited for a snapshot.",
+    registry=REGISTRY,
+)
 SHARED_ITEMS = Gauge(
     "persona_shared_items", "Items with popularity in this worker's shared scoring state.", registry=REGISTRY
 )

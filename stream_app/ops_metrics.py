@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from stream_app import metrics
+from stream_app.settings import Settings
 
 log = logging.getLogger("persona.worker")
 
@@ -131,3 +132,14 @@ def instrument_restore(app: Any, table: Any) -> None:
             log.info("state restore took %.3f s", ended - started)
 
     table.on_recover(completed)
+
+
+def sample_snapshot_coverage(settings: Settings) -> None:
+    """``persona_shared_snapshot_*``: how far the latest shared-state snapshot lags the deltas
+    topic (a few small reads from the broker: run it in a thread)."""
+    from stream_app.snapshots import coverage
+
+    found = coverage(settings)
+    metrics.SNAPSHOT_WRITTEN.set(found.written_at or 0.0)
+    metrics.SNAPSHOT_BEHIND.set(found.behind)
+    metrics.SNAPSHOT_BEHIND_SINCE.set(found.oldest_behind_at or 0.0)

@@ -175,6 +175,12 @@ class Settings(BaseSettings):
         description="Start from the latest snapshot of the shared scoring state (`persona shared snapshot`) and read "
         "the deltas after it, instead of the whole deltas topic. A snapshot of other scoring settings is ignored.",
     )
+    shared_snapshot_check_s: float = Field(
+        300.0,
+        gt=0,
+        description="How often a worker reads how far the latest snapshot lags the deltas topic, for "
+        "`persona_shared_snapshot_*` and the PersonaSharedSnapshotStale alert (s).",
+    )
     cooc_neighbours: int = Field(
         500,
         ge=0,

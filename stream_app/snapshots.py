@@ -144,10 +144,17 @@ def _partitions(consumer: Consumer, topic: str) -> list[int]:
 
 
 def _read(
-    consumer: Consumer, topic: str, partition: int, start: int, high: int, deadline: float, keep: Callable[[bytes, bytes | None], bool]
+    consumer: Consumer,
+    topic: str,
+    partition: int,
+    start: int,
+    high: int,
+    deadline: float,
+    keep: Callable[[bytes, bytes | None, float], bool],
 ) -> None:
-    """Feed ``keep(key, value)`` every record of one partition from ``start`` until it returns
-    False or the consumer's position reaches ``high`` (compaction leaves holes in the offsets)."""
+    """Feed ``keep(key, value, timestamp)`` (the record's Kafka time, in seconds) every record of
+    one partition from ``start`` until it returns False or the consumer's position reaches
+    ``high`` (compaction leaves holes in the offsets)."""
     tp = TopicPartition(topic, partition)
     consumer.assign([TopicPartition(topic, partition, start)])
     position = start
@@ -162,29 +169,31 @@ def _read(
                     continue
                 raise BrokerError(f"reading {topic}:{partition}: {err}")
             position = max(position, (msg.offset() or 0) + 1)
-            if not keep(msg.key() or b"", msg.value()):
+            if not keep(msg.key() or b"", msg.value(), msg.timestamp()[1] / 1000.0):
                 return
         got = consumer.position([tp])[0].offset
         if got is not None and got >= 0:
             position = max(position, got)
 
 
-def _manifests(consumer: Consumer, topic: str, deadline: float) -> tuple[Manifest | None, Pending | None]:
-    """The latest manifest and the latest pending record (None when there is none)."""
+def _manifests(consumer: Consumer, topic: str, deadline: float) -> tuple[Manifest | None, Pending | None, float | None]:
+    """The latest manifest, the latest pending record (None when there is none) and the
+    manifest record's Kafka time (s; when the job wrote it)."""
     low, high = consumer.get_watermark_offsets(TopicPartition(topic, MANIFESTS), timeout=10)
     latest: list[Manifest | None] = [None]
     pending: list[Pending | None] = [None]
+    written: list[float | None] = [None]
 
-    def keep(key: bytes, value: bytes | None) -> bool:
+    def keep(key: bytes, value: bytes | None, timestamp: float) -> bool:
         if key == MANIFEST_KEY and value is not None:
-            latest[0] = _manifest_decoder.decode(value)
+            latest[0], written[0] = _manifest_decoder.decode(value), timestamp
         elif key == PENDING_KEY and value is not None:
             pending[0] = _pending_decoder.decode(value)
         return True
 
     if high > low:
         _read(consumer, topic, MANIFESTS, low, high, deadline, keep)
-    return latest[0], pending[0]
+    return latest[0], pending[0], written[0]
 
 
 def orphan(settings: Settings) -> Pending | None:
@@ -208,7 +217,7 @@ def _read_latest(settings: Settings, *, chunks: bool = True, timeout_s: float = 
     try:
         if not {MANIFESTS, CHUNKS} <= set(_partitions(consumer, topic)):
             return None, None
-        found, pending = _manifests(consumer, topic, deadline)
+        found, pending, _ = _manifests(consumer, topic, deadline)
         left_over = pending if pending is not None and (found is None or found.id != pending.id) else None
         if found is None or not chunks:
             return None, left_over
@@ -216,7 +225,7 @@ def _read_latest(settings: Settings, *, chunks: bool = True, timeout_s: float = 
         wanted = {_chunk_key(latest.id, i): i for i in range(latest.chunks)}
         parts: dict[int, bytes] = {}
 
-        def chunk(key: bytes, value: bytes | None) -> bool:
+        def chunk(key: bytes, value: bytes | None, timestamp: float) -> bool:
             i = wanted.get(key)
             if i is not None and value is not None:
                 parts[i] = value
@@ -246,6 +255,55 @@ def deltas_bounds(settings: Settings) -> dict[int, tuple[int, int]]:
         return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in _partitions(consumer, topic)}
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How far the latest snapshot lags the deltas topic: what a worker starting now reads after
+    restoring it. Workers sample it for Prometheus (``persona_shared_snapshot_*``): a snapshot
+    job that stopped shows as deltas piling up behind an ever older first record."""
+
+    #: the latest snapshot (None: none yet)
+    manifest: Manifest | None
+    #: when the job wrote it (the manifest record's Kafka time, s)
+    written_at: float | None
+    #: delta records kept after its offsets (without a snapshot: all kept records)
+    behind: int
+    #: the Kafka time (s) of the oldest of those records; None when there is none
+    oldest_behind_at: float | None
+
+
+def coverage(settings: Settings, *, timeout_s: float = 30.0) -> Coverage:
+    """The latest manifest (not its chunks), the deltas topic's offsets, and the first record
+    after the manifest's offsets on each partition that has one: a few small reads."""
+    consumer = _consumer(settings)
+    deadline = time.monotonic() + timeout_s
+    try:
+        latest, written = None, None
+        snapshots_topic = settings.scoring_snapshots_topic
+        if {MANIFESTS, CHUNKS} <= set(_partitions(consumer, snapshots_topic)):
+            latest, _, written = _manifests(consumer, snapshots_topic, deadline)
+        topic = settings.scoring_deltas_topic
+        positions = latest.positions if latest is not None else {}
+        behind, oldest = 0, None
+        for p in _partitions(consumer, topic):
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            start = max(low, positions.get(p, 0))
+            if start >= high:
+                continue
+            behind += high - start
+            first: list[float] = []
+
+            def keep(key: bytes, value: bytes | None, timestamp: float, first: list[float] = first) -> bool:
+                first.append(timestamp)
+                return False
+
+            _read(consumer, topic, p, start, high, deadline, keep)
+            if first and (oldest is None or first[0] < oldest):
+                oldest = first[0]
+    finally:
+        consumer.close()
+    return Coverage(manifest=latest, written_at=written, behind=behind, oldest_behind_at=oldest)
 
 
 def truncated(bounds: Mapping[int, tuple[int, int]]) -> dict[int, int]:

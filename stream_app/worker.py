@@ -32,7 +32,7 @@ from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.kafka_clients import group_committed
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning
-from stream_app.ops_metrics import LagGauge, instrument_restore, sample_state
+from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
 from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, passed_by
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
@@ -246,6 +246,15 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         metrics.PROFILE_CACHE_BYTES.set(runtime.profiles.cached_bytes)
         metrics.LIVE_QUALITY_BYTES.set(runtime.pipeline.live.nbytes)
         metrics.SOCIAL_QUIET_BYTES.set(runtime.pipeline.shared.social.quiet_nbytes)
+
+    if settings.shared_snapshot:
+
+        @app.timer(settings.shared_snapshot_check_s)  # type: ignore[untyped-decorator]
+        async def sample_snapshots() -> None:
+            try:
+                await asyncio.to_thread(sample_snapshot_coverage, settings)
+            except Exception as exc:  # a gauge left as it was must never stop the worker
+                log.warning("reading how far the latest shared-state snapshot lags failed: %s", exc)
 
     detector = StallDetector(settings.stall_timeout_s)
 

@@ -8,6 +8,8 @@ snapshot to the same bytes.
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -204,9 +206,22 @@ def test_a_restarted_worker_restores_the_snapshot_and_reads_only_the_deltas_afte
     assert one.written and one.manifest is not None and one.manifest.deltas == 400
 
     publish(settings, purchases(400, 100))
-    second = worker_factory(settings)
+    second = worker_factory(settings, shared_snapshot_check_s=0.5)
     wait_drained(settings, [topic], [second], timeout=180)
     samples = second.metrics()
+    # Its check of the snapshot's lag sees its own new delta records, and only those.
+    deadline, behind = time.monotonic() + 30, -1.0
+    while time.monotonic() < deadline:
+        bounds = snapshots.deltas_bounds(settings)
+        expected = sum(high - one.manifest.positions.get(p, 0) for p, (_, high) in bounds.items())
+        behind = metric_sum(second.metrics(), "persona_shared_snapshot_behind_records")
+        if behind == expected:
+            break
+        time.sleep(0.5)
+    assert 0 < behind == expected
+    lag_samples = second.metrics()
+    assert 0 < metric_sum(lag_samples, "persona_shared_snapshot_behind_since_timestamp_seconds") <= time.time()
+    assert metric_sum(lag_samples, "persona_shared_snapshot_timestamp_seconds") > 0
     assert second.stop() == 0
     log = second.log_path.read_text(errors="replace")
     assert f"restored from snapshot {one.manifest.id} (400 deltas" in log
@@ -258,6 +273,8 @@ def test_the_cli_snapshots_periodically_and_shows_what_a_starting_worker_reads(
     text = " ".join(shown.output.split())
     # _deltas alternates three sources, so _publish wrote one record per delta.
     assert f"snapshot {runs[0]['id']}: 100 deltas" in text and "120 delta records kept, 20 after the snapshot" in text
+    # Just written, and the 20 records just published: seconds ago, not minutes.
+    assert re.search(r"bytes, written \d+ s ago;", text) and re.search(r"the oldest of them was written \d+ s ago$", text), text
 
 
 def test_a_corrupt_snapshot_is_refused_and_a_worker_rebuilds_from_the_deltas(
@@ -327,3 +344,46 @@ def test_the_chunks_of_a_run_that_failed_before_its_manifest_are_deleted_by_the_
     assert len(kept) == done.manifest.chunks and all(last[k] for k in kept)
     latest = snapshots.read_latest(settings)
     assert latest is not None and latest.data == _state(settings, deltas).snapshot()
+
+
+def test_coverage_reports_the_records_after_the_latest_snapshot_and_when_the_oldest_was_written(
+    topic_factory: Callable[..., Settings],
+) -> None:
+    from stream_app import metrics
+    from stream_app.ops_metrics import sample_snapshot_coverage
+
+    settings = topic_factory(partitions=2)
+    deltas = _deltas(55, seed=11)
+    now_ms = int(time.time() * 1000)
+    producer = Producer(settings.kafka_config() | {"acks": "all"})
+
+    def produce(batch: list[Delta], partition: int, first_ms: int) -> list[int]:
+        stamps = [first_ms + 1000 * i for i in range(len(batch))]
+        for d, ms in zip(batch, stamps, strict=True):
+            producer.produce(settings.scoring_deltas_topic, key=d.source.encode(), value=encode_delta(d),
+                             partition=partition, timestamp=ms)
+        assert producer.flush(30) == 0
+        return stamps
+
+    # Partition 1's records are written first but carry later times: the oldest is partition 0's first.
+    produce(deltas[30:50], 1, now_ms - 3_600_000)
+    oldest = produce(deltas[:30], 0, now_ms - 7_200_000)[0]
+    found = snapshots.coverage(settings)
+    assert (found.manifest, found.written_at, found.behind) == (None, None, 50)
+    assert found.oldest_behind_at == oldest / 1000.0
+
+    before = time.time()
+    report = snapshots.take(settings)
+    after = time.time()
+    found = snapshots.coverage(settings)
+    assert report.written and found.manifest == report.manifest
+    assert found.written_at is not None and before - 1 <= found.written_at <= after + 1
+    assert (found.behind, found.oldest_behind_at) == (0, None)
+
+    late = produce(deltas[50:], 1, now_ms - 60_000)
+    found = snapshots.coverage(settings)
+    assert (found.behind, found.oldest_behind_at) == (5, late[0] / 1000.0)
+    sample_snapshot_coverage(settings)
+    assert metrics.SNAPSHOT_BEHIND._value.get() == 5
+    assert metrics.SNAPSHOT_BEHIND_SINCE._value.get() == late[0] / 1000.0
+    assert metrics.SNAPSHOT_WRITTEN._value.get() == found.written_at
