@@ -74,13 +74,22 @@ def _publish(settings: Settings, deltas: Sequence[Delta]) -> int:
     return sent
 
 
-def _catch_up(settings: Settings) -> tuple[float, dict[str, int]]:
-    """Wall seconds until a fresh replica is ready, and its state's summary."""
+def _catch_up(settings: Settings) -> tuple[float, float, dict[str, int]]:
+    """Wall seconds until a fresh replica is ready, the event loop's longest stall meanwhile
+    (what the worker's consumer heartbeats and other replicas waited at most), and the state's summary."""
     pipe = Pipeline.from_settings(settings, store=_DictStore(), catalog=Catalog(), vectors=_NoVectors(), emit=lambda k, v: None)
     replica = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, pipe)
+    stalls = [0.0]
+
+    async def ticker() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            stalls[0] = max(stalls[0], time.perf_counter() - before - 0.005)
 
     async def go() -> float:
         started = time.perf_counter()
+        tick = asyncio.create_task(ticker())
         task = asyncio.create_task(replica.run())
         ready = asyncio.create_task(replica.ready.wait())
         try:
@@ -92,10 +101,23 @@ def _catch_up(settings: Settings) -> tuple[float, dict[str, int]]:
             return time.perf_counter() - started
         finally:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            tick.cancel()
+            await asyncio.gather(task, tick, return_exceptions=True)
 
     seconds = asyncio.run(go())
-    return seconds, dict(pipe.shared.summary())
+    return seconds, stalls[0], dict(pipe.shared.summary())
+
+
+def _restore_in_one_go(settings: Settings) -> float:
+    """Seconds of ``SharedState.restore`` of the latest snapshot, in one call: what a worker's
+    event loop was blocked for when the restore ran on it (before it was staged in a thread)."""
+    latest = snapshots.read_latest(settings)
+    if latest is None:
+        raise RuntimeError("no snapshot to restore")
+    state = snapshots.new_state(settings)
+    started = time.perf_counter()
+    state.restore(latest.data)
+    return time.perf_counter() - started
 
 
 def _topic_bytes(settings: Settings) -> int:
@@ -127,8 +149,9 @@ def measure(events: Sequence[Event], bootstrap: str, at: float, work: Path) -> d
     if report.manifest is None:
         raise RuntimeError("no snapshot was taken")
     records += _publish(settings, deltas[cut:])
-    full_s, full_state = _catch_up(settings.model_copy(update={"shared_snapshot": False}))
-    snap_s, snap_state = _catch_up(settings)
+    full_s, full_stall, full_state = _catch_up(settings.model_copy(update={"shared_snapshot": False}))
+    snap_s, snap_stall, snap_state = _catch_up(settings)
+    one_go = _restore_in_one_go(settings)
     return {
         "cpus": os.cpu_count() or 0,
         "deltas": len(deltas),
@@ -141,6 +164,9 @@ def measure(events: Sequence[Event], bootstrap: str, at: float, work: Path) -> d
         "full_replay_s": full_s,
         "snapshot_restore_s": snap_s,
         "restore_vs_full": snap_s / full_s,
+        "full_replay_max_loop_stall_s": full_stall,
+        "snapshot_max_loop_stall_s": snap_stall,
+        "restore_in_one_go_s": one_go,
         "same_summary": full_state == snap_state,
         "summary": snap_state,
         "summary_full": full_state,
@@ -167,5 +193,11 @@ def render(report: dict[str, Any], console: Console) -> None:
     table.add_row("catch-up, whole deltas topic (baseline)", f"{report['full_replay_s']:.2f} s")
     table.add_row("catch-up, snapshot + deltas after it", f"{report['snapshot_restore_s']:.2f} s")
     table.add_row("ratio (snapshot / baseline)", f"{report['restore_vs_full']:.3f}")
+    if "snapshot_max_loop_stall_s" in report:
+        table.add_row(
+            "longest event-loop stall: baseline / snapshot (staged in a thread)",
+            f"{report['full_replay_max_loop_stall_s']:.3f} / {report['snapshot_max_loop_stall_s']:.3f} s",
+        )
+        table.add_row("the restore in one call (on the loop, before staging)", f"{report['restore_in_one_go_s']:.3f} s")
     table.add_row("same state (summaries)", "yes" if report["same_summary"] else "NO")
     console.print(table)

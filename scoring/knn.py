@@ -228,6 +228,10 @@ class ItemKNN:
             counts=[co[:m].astype("<f8").tobytes() for co, m in zip(self._co, sizes, strict=True)],
         )
 
+    def empty_like(self) -> ItemKNN:
+        """A new, empty instance with this one's window and bound."""
+        return ItemKNN(window=self.window, max_neighbours=self.max_neighbours)
+
     def restore(self, snap: KNNSnapshot) -> None:
         """Load ``snap`` into this empty instance made with the same window and bound."""
         if self._ids:

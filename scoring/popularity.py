@@ -174,6 +174,12 @@ class Popularity:
         """Everything the values and the order depend on (not the ranking cache, which is derived)."""
         return PopularitySnapshot(now=self.now, values=dict(self._values), keys=dict(self._lkey))
 
+    def empty_like(self) -> Popularity:
+        """A new, empty instance made as this one was (a snapshot is restored into it off the
+        event loop, then swapped in)."""
+        clock = None if self._clock == self._event_time else self._clock
+        return Popularity(self._half_life_days, self._refresh_s, clock)
+
     def restore(self, snap: PopularitySnapshot) -> None:
         """Load ``snap`` into this empty instance: it then reads and orders as the one that made it."""
         if self._values:

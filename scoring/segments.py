@@ -173,6 +173,7 @@ class SegmentPopularity:
     def __init__(self, half_life_days: float) -> None:
         if not half_life_days > 0.0 or not math.isfinite(half_life_days):
             raise ValueError(f"half_life_days must be a positive number, got {half_life_days}")
+        self._half_life_days = half_life_days
         self._hl = half_life_days * SECONDS_PER_DAY
         self._segments: dict[str, _Segment] = {}
         self._hashes: dict[str, int] = {}
@@ -309,6 +310,10 @@ class SegmentPopularity:
             SegmentSnapshot(name=name, ref=seg.ref, total=seg.total, total_ref=seg.total_ref, values=dict(seg.values), keys=dict(seg.keys))
             for name, seg in self._segments.items()
         ]
+
+    def empty_like(self) -> SegmentPopularity:
+        """A new, empty instance with this one's half-life."""
+        return SegmentPopularity(self._half_life_days)
 
     def restore(self, snap: Sequence[SegmentSnapshot]) -> None:
         """Load ``snap`` into this empty instance: it then scores as the one that made it."""

@@ -23,6 +23,7 @@ last bits of a decayed sum. Event time only: nothing here reads a clock.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -256,9 +257,19 @@ class SharedState:
 
         Raises :class:`SnapshotError` for unreadable bytes, another format, other settings
         or a state that has applied deltas already."""
+        self.adopt(self.stage(data))
+
+    def _refuse_unless_new(self) -> None:
         # Catalog-text vectors may be here already (they are not part of a snapshot).
         if self.applied or self.watermarks or len(self.popularity) or len(self.knn) or self._centroids or self.erased:
             raise SnapshotError("a snapshot can only be restored into a new shared state")
+
+    def stage(self, data: bytes) -> StagedSnapshot:
+        """The first half of :meth:`restore`, the costly one: decode and check ``data`` and build
+        its parts in new objects made as this state's. It reads only this state's settings, so a
+        worker runs it in a thread while its event loop goes on (other replicas write to this
+        state meanwhile); :meth:`adopt` then takes the parts over on the loop."""
+        self._refuse_unless_new()
         try:
             # The format first: a snapshot of another format may not decode as this one.
             head = _head_decoder.decode(data)
@@ -273,17 +284,35 @@ class SharedState:
                 "the snapshot was taken with other scoring settings: "
                 + ", ".join(f"{k} {snap.config.get(k)} (here {self.config.get(k)})" for k in differ)
             )
+        staged = StagedSnapshot(
+            snap=snap,
+            popularity=self.popularity.empty_like(),
+            knn=self.knn.empty_like(),
+            segments=self.segments.empty_like(),
+            social=self.social.empty_like(),
+            centroids={c.item: (np.frombuffer(c.total, dtype="<f8").astype(np.float64), c.version) for c in snap.centroids},
+        )
         try:
-            self.popularity.restore(snap.popularity)
-            self.knn.restore(snap.knn)
-            self.segments.restore(snap.segments)
-            self.social.restore(snap.social)
+            staged.popularity.restore(snap.popularity)
+            staged.knn.restore(snap.knn)
+            staged.segments.restore(snap.segments)
+            staged.social.restore(snap.social)
         except ValueError as exc:
             raise SnapshotError(f"inconsistent shared-state snapshot: {exc}") from exc
+        return staged
+
+    def adopt(self, staged: StagedSnapshot) -> None:
+        """The second half of :meth:`restore`: take over ``staged``'s parts (this state must
+        still be new) and index its review centroids, after the catalog-text vectors that
+        reached this state first."""
+        self._refuse_unless_new()
+        snap = staged.snap
+        self.popularity, self.knn, self.segments, self.social = staged.popularity, staged.knn, staged.segments, staged.social
         self.watermarks = dict(snap.watermarks)
         self.erased = dict(snap.erased)
         self.applied, self.skipped = snap.applied, snap.skipped
-        self._centroids = {c.item: (np.frombuffer(c.total, dtype="<f8").astype(np.float64), c.version) for c in snap.centroids}
+        self._centroids = staged.centroids
+        self.cache.clear()  # derived from the parts just replaced
         # The content index gets the centroids it held, in the order it first held them; an item
         # whose catalog text is already here (the item-vectors replica ran first) keeps it, as
         # _add_review_vector would have.
@@ -293,6 +322,18 @@ class SharedState:
                 continue
             if version == snap.content_version and float(np.linalg.norm(total)) > 0.0:
                 self.content.upsert(item, version, total.astype(np.float32))
+
+
+@dataclass(frozen=True)
+class StagedSnapshot:
+    """A snapshot decoded and its parts built (:meth:`SharedState.stage`), for :meth:`SharedState.adopt`."""
+
+    snap: SharedSnapshot
+    popularity: Popularity
+    knn: ItemKNN
+    segments: SegmentPopularity
+    social: SocialGraph
+    centroids: dict[str, tuple[np.ndarray, str]]
 
 
 def new_shared_state(

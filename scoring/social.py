@@ -122,6 +122,7 @@ class SocialGraph:
             raise ValueError(f"fanout_cap must be >= 0, got {fanout_cap}")
         if quiet_bytes < 0:
             raise ValueError(f"quiet_bytes must be >= 0, got {quiet_bytes}")
+        self._half_life_days = half_life_days
         self._hl = half_life_days * SECONDS_PER_DAY
         self.recent = recent
         self.fanout_cap = fanout_cap
@@ -250,6 +251,12 @@ class SocialGraph:
             recent=_windows(self._recent.items()),
             quiet=_windows(self._quiet.items()),
             quiet_evictions=self.quiet_evictions,
+        )
+
+    def empty_like(self) -> SocialGraph:
+        """A new, empty graph made as this one was."""
+        return SocialGraph(
+            half_life_days=self._half_life_days, recent=self.recent, fanout_cap=self.fanout_cap, quiet_bytes=self.quiet_bytes
         )
 
     def restore(self, snap: SocialSnapshot) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ from stream_app import kafka_clients, metrics
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Longest stretch a replica applies records without yielding to the event loop (s).
+SLICE_S = 0.01
 
 
 class TopicTail:
@@ -101,10 +105,21 @@ class TopicTail:
                     continue
                 if self._rewind:  # asked while we waited: this batch may predate the request
                     continue
+                budget = time.perf_counter() + SLICE_S
                 for tp, records in batch.items():
                     for rec in records:
                         ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
                         self.apply(tp.partition, rec.key, rec.value, ts)
+                        if time.perf_counter() > budget:
+                            # A catch-up batch (up to 5,000 records, each scoring-delta record up
+                            # to 256 deltas) held the loop for 0.3 s at a time: the agents, the
+                            # other replicas and the consumer's heartbeats wait for it. Let them run.
+                            await asyncio.sleep(0)
+                            budget = time.perf_counter() + SLICE_S
+                            if self._rewind:  # the rest of this batch is read again anyway
+                                break
+                    if self._rewind:
+                        break
                 if batch:
                     self.after_batch()
                 if pending:

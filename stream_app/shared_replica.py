@@ -60,7 +60,6 @@ class SharedReplica(TopicTail):
         latest = None
         if settings.shared_snapshot:
             try:
-                # The network read in a thread; the restore here, on the loop (other replicas write to the state).
                 latest = await asyncio.to_thread(snapshots.read_latest, settings)
             except (SnapshotError, BrokerError) as exc:
                 log.error("the latest shared-state snapshot cannot be read (%s): reading the deltas topic from its start", exc)
@@ -70,7 +69,11 @@ class SharedReplica(TopicTail):
             log.warning("shared-state snapshot %s not used: %s", latest.manifest.id, stale)
         elif latest is not None:
             try:
-                shared.restore(latest.data)
+                # Decoded and built in a thread (seconds for a large state: the loop keeps serving
+                # the consumer's heartbeats and the other replicas); taken over here, on the loop,
+                # where the other replicas write to the state.
+                staged = await asyncio.to_thread(shared.stage, latest.data)
+                shared.adopt(staged)
             except SnapshotError as exc:
                 log.warning("shared-state snapshot %s not used: %s", latest.manifest.id, exc)
             else:

@@ -387,3 +387,47 @@ def test_coverage_reports_the_records_after_the_latest_snapshot_and_when_the_old
     assert metrics.SNAPSHOT_BEHIND._value.get() == 5
     assert metrics.SNAPSHOT_BEHIND_SINCE._value.get() == late[0] / 1000.0
     assert metrics.SNAPSHOT_WRITTEN._value.get() == found.written_at
+
+
+def test_regression_a_replica_catching_up_on_a_large_batch_lets_the_event_loop_run(
+    topic_factory: Callable[..., Settings],
+) -> None:
+    """A replica applied each fetched batch (up to 5,000 records) without yielding: the
+    deltas topic's catch-up held the loop for 0.3 s at a time (``persona bench restore``),
+    and everything else on it (agents, other replicas, heartbeats) waited."""
+    from stream_app.catalog_replica import TopicTail
+
+    settings = topic_factory(partitions=1)
+    producer = Producer(settings.kafka_config() | {"acks": "all", "linger.ms": 50})
+    for i in range(200):
+        producer.produce(settings.scoring_deltas_topic, key=b"k", value=b"%d" % i)
+    assert producer.flush(30) == 0
+    ticks = [0]
+    seen: list[int] = []
+
+    class SlowTail(TopicTail):
+        def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
+            time.sleep(0.002)  # a costly record: 200 of them are 0.4 s
+            seen.append(ticks[0])
+
+    async def main() -> None:
+        tail = SlowTail(settings, settings.scoring_deltas_topic, 1)
+
+        async def ticker() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+
+        tick = asyncio.create_task(ticker())
+        task = asyncio.create_task(tail.run())
+        try:
+            await asyncio.wait_for(tail.ready.wait(), 60)
+        finally:
+            task.cancel()
+            tick.cancel()
+            await asyncio.gather(task, tick, return_exceptions=True)
+
+    asyncio.run(main())
+    assert len(seen) == 200
+    # The ticker ran between records many times (every ~10 ms of applying), not only between batches.
+    assert len(set(seen)) >= 10, f"the loop ran only {len(set(seen))} times while 200 records were applied"

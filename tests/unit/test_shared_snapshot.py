@@ -274,3 +274,67 @@ def test_an_erased_user_is_named_only_on_the_suppression_list_of_a_snapshot() ->
     # A replayed delta of theirs from before the erasure leaves no trace after the restore either.
     restored.apply(Delta(source="t.events:1", offset=0, kind=FOLLOW, user="u3", ts=2_000_005.0, target=user))
     assert not restored.social.knows(user)
+
+
+def test_a_snapshot_staged_off_the_loop_changes_nothing_until_adopted_and_a_vector_arriving_meanwhile_wins() -> None:
+    """The worker stages (decodes and builds) a snapshot in a thread while its item-vectors
+    replica may write a catalog vector into the state; adopting it on the loop must give what a
+    replay of every delta after that vector gives, and staging must leave the state as it was."""
+    from state.interest import ItemVector, item_vector_bytes
+
+    deltas = _deltas(600, seed=4)
+    item = next(d.item for d in deltas if d.vector)
+    catalog = ItemVector(item_id=item, version="enc-1", digest="d", vector=item_vector_bytes(np.arange(1, 9, dtype=np.float32)))
+    first = _fresh()
+    for d in deltas:
+        first.apply(d)
+    data = first.snapshot()
+    replayed = _fresh()
+    replayed.item_vector(catalog)
+    for d in deltas:
+        replayed.apply(d)
+
+    live = _fresh()
+    parts = (live.popularity, live.knn, live.segments, live.social)
+    staged = live.stage(data)
+    assert live.snapshot() == _fresh().snapshot() and dict(live.summary()) == dict(_fresh().summary())
+    assert all(a is not b for a, b in zip(parts, (staged.popularity, staged.knn, staged.segments, staged.social), strict=True))
+    live.item_vector(catalog)  # the item-vectors replica, while the snapshot was being staged
+    live.adopt(staged)
+    assert _reads(live) == _reads(replayed)
+    restored = _fresh()  # restore() in one go, after the vector: the same state, to the byte
+    restored.item_vector(catalog)
+    restored.restore(data)
+    assert live.snapshot() == restored.snapshot()
+    for later in _deltas(700, seed=4)[600:]:
+        live.apply(later)
+        replayed.apply(later)
+    assert _reads(live) == _reads(replayed)
+
+    used = _fresh()
+    staged = used.stage(data)
+    used.apply(deltas[0])  # a delta applied between the two halves: the state is not new any more
+    with pytest.raises(SnapshotError, match="new shared state"):
+        used.adopt(staged)
+
+
+def test_empty_like_keeps_every_setting_of_the_parts() -> None:
+    """The staged parts must behave as the live ones would: a half-life, bound or window lost
+    on the way would change every score after the restore."""
+    state = SharedState(
+        popularity=Popularity(3.5, refresh_s=7.0, clock=lambda: 42.0),
+        knn=ItemKNN(window=7, max_neighbours=11),
+        half_life_days=9.25,
+        social_recent=4,
+        fanout_cap=13,
+        social_quiet_bytes=1234,
+    )
+    pop = state.popularity.empty_like()
+    assert (pop.half_life_days, pop._refresh_s, pop._clock()) == (3.5, 7.0, 42.0)
+    default = Popularity(2.0).empty_like()
+    assert default._clock == default._event_time  # its own event-time clock, not the original's
+    knn = state.knn.empty_like()
+    assert (knn.window, knn.max_neighbours) == (7, 11)
+    assert state.segments.empty_like()._hl == state.segments._hl
+    social = state.social.empty_like()
+    assert (social._hl, social.recent, social.fanout_cap, social.quiet_bytes) == (state.social._hl, 4, 13, 1234)
