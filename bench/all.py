@@ -134,6 +134,9 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("restore", "start-up catch-up: whole deltas topic / snapshot + last 10% (s)",
                      f"{r['full_replay_s']:.2f} / {r['snapshot_restore_s']:.2f}"))
         rows.append(("restore", "snapshot / whole topic", f"{r['restore_vs_full']:.3f}"))
+        if "snapshot_max_loop_stall_s" in r:
+            rows.append(("restore", "longest event-loop stall: whole topic / snapshot; the restore in one call (s)",
+                         f"{r['full_replay_max_loop_stall_s']:.3f} / {r['snapshot_max_loop_stall_s']:.3f}; {r['restore_in_one_go_s']:.3f}"))
     m = parts.get("memory", {}).get("result") or {}
     for name in ("before", "after"):
         if name in m:
