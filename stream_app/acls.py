@@ -14,7 +14,9 @@ needs no new ACL:
   groups, which never commit): read and describe;
 - the cluster: idempotent-write (every producer is idempotent) and describe-configs;
 - delete on the scoring-deltas topic only (a literal grant): ``persona shared snapshot
-  --truncate`` deletes the deltas a snapshot covers. A deployment that never truncates may drop it.
+  --truncate`` deletes the deltas a snapshot covers. A deployment that never truncates may drop it;
+- write and describe on one transactional id (literal): ``persona shared snapshot`` writes each
+  snapshot in a transaction, which also fences a concurrent run (``stream_app.snapshots.write``).
 
 Nothing else: no other delete, no alter or cluster-action, and no topic outside the two prefixes.
 """
@@ -37,7 +39,7 @@ TOOL_GROUP_PREFIX = "persona-"
 class Grant:
     """One allow rule: ``operation`` on resources of ``resource`` named ``name``* (prefixed) or ``name`` (literal)."""
 
-    resource: str  # TOPIC, GROUP or CLUSTER
+    resource: str  # TOPIC, GROUP, CLUSTER or TRANSACTIONAL_ID
     name: str
     pattern: str  # PREFIXED or LITERAL
     operation: str
@@ -46,7 +48,10 @@ class Grant:
 
     def kafka_acls_args(self, principal: str) -> str:
         """The same rule as ``kafka-acls.sh`` arguments."""
-        target = {"TOPIC": f"--topic '{self.name}'", "GROUP": f"--group '{self.name}'", "CLUSTER": "--cluster"}[self.resource]
+        target = {
+            "TOPIC": f"--topic '{self.name}'", "GROUP": f"--group '{self.name}'", "CLUSTER": "--cluster",
+            "TRANSACTIONAL_ID": f"--transactional-id '{self.name}'",
+        }[self.resource]
         pattern = " --resource-pattern-type prefixed" if self.pattern == "PREFIXED" else ""
         op = "".join(word.title() for word in self.operation.split("_"))  # DESCRIBE_CONFIGS -> DescribeConfigs
         return f"--add --{self.permission.lower()}-principal '{principal}' --operation {op} {target}{pattern}"
@@ -59,6 +64,7 @@ def grants(settings: Settings) -> list[Grant]:
     rows += [Grant("GROUP", g, "PREFIXED", op) for g in groups for op in _GROUP_OPS]
     rows += [Grant("CLUSTER", "kafka-cluster", "LITERAL", op) for op in _CLUSTER_OPS]
     rows.append(Grant("TOPIC", settings.scoring_deltas_topic, "LITERAL", "DELETE"))
+    rows += [Grant("TRANSACTIONAL_ID", settings.snapshot_transactional_id, "LITERAL", op) for op in ("WRITE", "DESCRIBE")]
     return rows
 
 

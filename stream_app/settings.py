@@ -326,6 +326,12 @@ class Settings(BaseSettings):
         return f"{self.topic_prefix}scoring.snapshots"
 
     @property
+    def snapshot_transactional_id(self) -> str:
+        """The snapshot job's Kafka transactional id: one per snapshots topic, so that a run
+        fences every other run of the same deployment (stream_app/snapshots.py, ``write``)."""
+        return f"persona-shared-snapshot.{self.scoring_snapshots_topic}"
+
+    @property
     def control_topic(self) -> str:
         """Model announcements (publish, rollback, trials), read by every worker (stream_app/control.py)."""
         return f"{self.topic_prefix}control"

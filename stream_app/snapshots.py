@@ -16,8 +16,10 @@ exactly the deltas below its offsets.
 Storage: a compacted topic of two partitions. A snapshot is chunks (``chunk:{id}:{i}``, at most
 :data:`CHUNK_BYTES` each, under Kafka's default 1 MiB record) on partition 1, then the
 ``manifest`` record on partition 0 naming them, their SHA-256, the first chunk's offset and the
-deltas offsets. (A ``pending`` record on partition 0 comes first: chunks that no manifest
-follows, a run that failed half-way, are deleted by the next run.) A reader reads the
+deltas offsets, all in one Kafka transaction (:func:`write`): readers see a run's records
+all at once or not at all, and a run fences any other run still writing. (A ``pending`` record
+on partition 0 comes first: the chunks that no manifest followed, left by a failed run of a
+version before transactions, are deleted by the next run.) A reader reads the
 manifests (a few small records) and then only the latest snapshot's chunks, from that offset:
 the older snapshots still on the topic before compaction are never read. The previous
 snapshot's chunks are deleted (tombstones) only after the new manifest is written, so the
@@ -127,6 +129,9 @@ def _consumer(settings: Settings) -> Consumer:
     conf = settings.kafka_config()
     conf.update({
         "group.id": f"persona-snapshot-{time.time_ns()}", "enable.auto.commit": False, "auto.offset.reset": "error",
+        # A snapshot is written in a transaction (:func:`write`): read what was committed, up to
+        # the last stable offset (an open transaction's records are neither read nor waited for).
+        "isolation.level": "read_committed",
         # A snapshot is read in one go: whole chunks per fetch, not librdkafka's 1 MiB per partition.
         "max.partition.fetch.bytes": 16 * 1024 * 1024, "fetch.max.bytes": 64 * 1024 * 1024,
         # Everything read is already there: a fetch left waiting at a partition's end (500 ms by
@@ -397,22 +402,54 @@ def fold(
     return end, n
 
 
-def write(
-    settings: Settings, data: bytes, manifest: Manifest, previous: Manifest | None, left_over: Pending | None = None
-) -> Manifest:
-    """The pending record, the chunks, the manifest (with the first chunk's offset), then
-    tombstones for ``previous``'s chunks and those a failed run left (``left_over``); each
-    step acknowledged by all in-sync replicas before the next. Returns the manifest as written."""
-    topic = settings.scoring_snapshots_topic
+def writer(settings: Settings) -> Producer:
+    """The job's transactional producer, its id initialised: from here on any other run that
+    was writing is fenced (its open transaction aborted, its later writes refused)."""
     conf = settings.kafka_config()
-    conf.update({"acks": "all", "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5})
+    conf.update({
+        "acks": "all", "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 5,
+        "transactional.id": settings.snapshot_transactional_id,
+        # Only the write is in the transaction (a large snapshot: tens of seconds); a run killed
+        # with one open is aborted by the next run's init or after this long. Readers are never
+        # held by it: a read_committed reader's end offset is the last stable one.
+        "transaction.timeout.ms": 600_000,
+    })
     producer = Producer(conf)
-    failed: list[str] = []
+    try:
+        producer.init_transactions(60)
+    except KafkaException as exc:
+        raise BrokerError(f"starting the snapshot job's transaction ({settings.snapshot_transactional_id}): {exc}") from exc
+    return producer
+
+
+def write(
+    settings: Settings,
+    data: bytes,
+    manifest: Manifest,
+    previous: Manifest | None,
+    left_over: Pending | None = None,
+    *,
+    producer: Producer | None = None,
+) -> Manifest:
+    """In one transaction: the pending record, the chunks, the manifest (with the first chunk's
+    offset), then tombstones for ``previous``'s chunks and those a failed run of an earlier
+    version left (``left_over``). Returns the manifest as written.
+
+    Why a transaction: two runs at once (a run by hand while the cron job runs) each delete
+    the chunks the other's pending record names; the later manifest could then name deleted
+    chunks, and no worker could restore it. With one transactional id, the run that started
+    last fences the other (its writes are refused and its transaction aborted), and readers
+    (``read_committed``) see a run's records all at once or never: a run that fails half-way
+    leaves nothing they read."""
+    topic = settings.scoring_snapshots_topic
+    if producer is None:
+        producer = writer(settings)
+    failed: list[KafkaError] = []
     offsets: list[int] = []
 
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
         if err is not None:
-            failed.append(str(err))
+            failed.append(err)
         elif msg.partition() == CHUNKS and msg.value() is not None:
             offsets.append(msg.offset())
 
@@ -421,25 +458,47 @@ def write(
         if left or failed:
             raise BrokerError(f"writing snapshot {manifest.id} to {topic} ({step}): {failed[:1] or f'{left} records not delivered'}")
 
-    pending = Pending(id=manifest.id, chunks=manifest.chunks)
-    producer.produce(topic, key=PENDING_KEY, value=msgspec.msgpack.encode(pending), partition=MANIFESTS, on_delivery=on_delivery)
-    flush("pending")
-    for i in range(manifest.chunks):
-        producer.produce(topic, key=_chunk_key(manifest.id, i), value=data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
-                         partition=CHUNKS, on_delivery=on_delivery)
-        producer.poll(0)
-    flush("chunks")
-    manifest = replace(manifest, chunk_offset=min(offsets))
-    producer.produce(topic, key=MANIFEST_KEY, value=_manifest_encoder.encode(manifest), partition=MANIFESTS, on_delivery=on_delivery)
-    flush("manifest")
-    # Never the chunks just written: an earlier snapshot (or failed run) of the same state has the same id.
-    stale = {(p.id, p.chunks) for p in (previous, left_over) if p is not None and p.id != manifest.id}
-    for snapshot_id, chunks in sorted(stale):
-        for i in range(chunks):
-            producer.produce(topic, key=_chunk_key(snapshot_id, i), value=None, partition=CHUNKS, on_delivery=on_delivery)
-    if stale:
-        flush("tombstones")
+    try:
+        producer.begin_transaction()
+        pending = Pending(id=manifest.id, chunks=manifest.chunks)
+        producer.produce(topic, key=PENDING_KEY, value=msgspec.msgpack.encode(pending), partition=MANIFESTS, on_delivery=on_delivery)
+        for i in range(manifest.chunks):
+            producer.produce(topic, key=_chunk_key(manifest.id, i), value=data[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES],
+                             partition=CHUNKS, on_delivery=on_delivery)
+            producer.poll(0)
+        flush("chunks")
+        manifest = replace(manifest, chunk_offset=min(offsets))
+        producer.produce(topic, key=MANIFEST_KEY, value=_manifest_encoder.encode(manifest), partition=MANIFESTS, on_delivery=on_delivery)
+        # Never the chunks just written: an earlier snapshot (or failed run) of the same state has the same id.
+        stale = {(p.id, p.chunks) for p in (previous, left_over) if p is not None and p.id != manifest.id}
+        for snapshot_id, chunks in sorted(stale):
+            for i in range(chunks):
+                producer.produce(topic, key=_chunk_key(snapshot_id, i), value=None, partition=CHUNKS, on_delivery=on_delivery)
+        flush("manifest")
+        producer.commit_transaction(60)
+    except BaseException as exc:
+        _abort(producer)
+        errors: list[Any] = list(failed)
+        if isinstance(exc, KafkaException) and exc.args:
+            errors.append(exc.args[0])
+        if any(isinstance(e, KafkaError) and e.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED) for e in errors):
+            raise BrokerError(
+                f"snapshot {manifest.id} was not written: another `persona shared snapshot` run started since "
+                f"and fenced this one (transactional id {settings.snapshot_transactional_id}); its snapshot stands"
+            ) from exc
+        if isinstance(exc, KafkaException):
+            raise BrokerError(f"writing snapshot {manifest.id} to {topic}: {exc}") from exc
+        raise
     return manifest
+
+
+def _abort(producer: Producer) -> None:
+    """Abort the open transaction, when the producer still can (a fenced one cannot: the run
+    that fenced it aborted it already)."""
+    try:
+        producer.abort_transaction(30)
+    except KafkaException as exc:
+        log.debug("aborting the snapshot transaction: %s", exc)
 
 
 def delete_before(settings: Settings, positions: Mapping[int, int]) -> dict[int, int]:
@@ -466,6 +525,8 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
 
     t0 = time.monotonic()
     ensure_topics(settings)
+    # Fence first, then read: a run still writing is stopped before this one reads what it builds on.
+    producer = writer(settings)
     latest, left_over = _read_latest(settings)
     bounds = deltas_bounds(settings)
     state = new_state(settings)
@@ -492,7 +553,7 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
         id=digest[:16], sha256=digest, size=len(data), chunks=max(1, -(-len(data) // CHUNK_BYTES)),
         topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied,
     )
-    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None, left_over)
+    manifest = write(settings, data, manifest, latest.manifest if latest is not None else None, left_over, producer=producer)
     report.manifest, report.written = manifest, True
     if truncate and base is not None:
         report.truncated = delete_before(settings, base.positions)

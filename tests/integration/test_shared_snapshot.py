@@ -120,8 +120,9 @@ def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covere
     two = snapshots.take(settings, truncate=True)
     assert two.written and two.base == one.manifest and two.read == 300  # only the deltas after the first
     assert two.manifest is not None and two.manifest.deltas == 700
-    # A reader seeks past the first snapshot's chunks: they precede the second's.
-    assert two.manifest.chunk_offset == one.manifest.chunks
+    # A reader seeks past the first snapshot's chunks: they (and the first transaction's commit
+    # marker, which takes an offset on every partition it wrote) precede the second's.
+    assert two.manifest.chunk_offset == one.manifest.chunks + 1
     # What the first snapshot covered is deleted; nothing the second one needs.
     assert two.truncated == {p: off for p, off in one.manifest.positions.items() if off > 0}
     assert {p: low for p, (low, _) in snapshots.deltas_bounds(settings).items()} == one.manifest.positions
@@ -299,11 +300,33 @@ def test_a_corrupt_snapshot_is_refused_and_a_worker_rebuilds_from_the_deltas(
     assert replica.pipeline.shared.snapshot() == _state(settings, deltas).snapshot()
 
 
-def test_the_chunks_of_a_run_that_failed_before_its_manifest_are_deleted_by_the_next_run(
-    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _last_values(settings: Settings, partition: int, isolation: str = "read_committed") -> dict[bytes, bytes | None]:
+    """Every key of one snapshots partition with its last value (None: a tombstone), as a
+    reader of that isolation level sees them."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+    topic = settings.scoring_snapshots_topic
+    consumer = Consumer(settings.kafka_config() | {
+        "group.id": "persona-test-chunks", "enable.auto.commit": False, "isolation.level": isolation,
+    })
+    last: dict[bytes, bytes | None] = {}
+    try:
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        deadline = time.monotonic() + 30
+        while (consumer.position([TopicPartition(topic, partition)])[0].offset or 0) < high:
+            assert time.monotonic() < deadline, f"{topic}:{partition} not read to {high}"
+            for msg in consumer.consume(num_messages=100, timeout=0.5):
+                if msg.error() is None:
+                    last[msg.key() or b""] = msg.value()
+    finally:
+        consumer.close()
+    return last
+
+
+def test_a_run_that_fails_half_way_leaves_nothing_a_reader_sees(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = topic_factory(partitions=1)
     monkeypatch.setattr(snapshots, "CHUNK_BYTES", 2048)
     deltas = _deltas(300, seed=14)
@@ -317,33 +340,94 @@ def test_the_chunks_of_a_run_that_failed_before_its_manifest_are_deleted_by_the_
         m.setattr(snapshots, "_manifest_encoder", Broken())
         with pytest.raises(RuntimeError, match="before the manifest"):
             snapshots.take(settings)
-    left = snapshots.orphan(settings)
-    assert left is not None and left.chunks > 2 and snapshots.read_latest(settings) is None
+    # Its pending record and chunks were written, in a transaction that was then aborted:
+    # only a read_uncommitted reader sees them.
+    written = _last_values(settings, snapshots.CHUNKS, "read_uncommitted")
+    assert len(written) > 2 and all(k.startswith(b"chunk:") for k in written)
+    assert _last_values(settings, snapshots.CHUNKS) == {} and _last_values(settings, snapshots.MANIFESTS) == {}
+    assert snapshots.orphan(settings) is None and snapshots.read_latest(settings) is None
+
     _publish(settings, deltas[200:])
     done = snapshots.take(settings)
-    assert done.written and done.manifest is not None and done.manifest.id != left.id
-    assert snapshots.orphan(settings) is None
+    assert done.written and done.manifest is not None and done.base is None
+    latest = snapshots.read_latest(settings)
+    assert latest is not None and latest.data == _state(settings, deltas).snapshot()
 
-    # The last record of every chunk key the failed run wrote is a tombstone; the new ones are kept.
-    consumer = Consumer(settings.kafka_config() | {"group.id": "persona-test-chunks", "enable.auto.commit": False})
-    last: dict[bytes, bytes | None] = {}
-    try:
-        consumer.assign([TopicPartition(settings.scoring_snapshots_topic, snapshots.CHUNKS, OFFSET_BEGINNING)])
-        _, high = consumer.get_watermark_offsets(TopicPartition(settings.scoring_snapshots_topic, snapshots.CHUNKS), timeout=10)
-        seen = 0
-        while seen < high:
-            for msg in consumer.consume(num_messages=100, timeout=1.0):
-                if msg.error() is None:
-                    last[msg.key() or b""] = msg.value()
-                    seen = (msg.offset() or 0) + 1
-    finally:
-        consumer.close()
-    failed_keys = [k for k in last if k.startswith(f"chunk:{left.id}:".encode())]
-    assert len(failed_keys) == left.chunks and all(last[k] is None for k in failed_keys)
+
+def test_the_chunks_a_failed_run_of_an_earlier_version_left_are_deleted_by_the_next_run(
+    topic_factory: Callable[..., Settings],
+) -> None:
+    """Before transactions a run that failed after its pending record left its chunks visible;
+    the next run deletes them (their last record becomes a tombstone)."""
+    settings = topic_factory(partitions=1)
+    deltas = _deltas(200, seed=15)
+    _publish(settings, deltas)
+    old = snapshots.Pending(id="0123456789abcdef", chunks=3)
+    producer = Producer(settings.kafka_config() | {"acks": "all"})
+    topic = settings.scoring_snapshots_topic
+    producer.produce(topic, key=snapshots.PENDING_KEY, value=msgspec.msgpack.encode(old), partition=snapshots.MANIFESTS)
+    for i in range(old.chunks):
+        producer.produce(topic, key=f"chunk:{old.id}:{i:06d}".encode(), value=b"x" * 100, partition=snapshots.CHUNKS)
+    assert producer.flush(30) == 0
+    assert snapshots.orphan(settings) == old
+
+    done = snapshots.take(settings)
+    assert done.written and done.manifest is not None
+    assert snapshots.orphan(settings) is None
+    last = _last_values(settings, snapshots.CHUNKS)
+    failed_keys = [k for k in last if k.startswith(f"chunk:{old.id}:".encode())]
+    assert len(failed_keys) == old.chunks and all(last[k] is None for k in failed_keys)
     kept = [k for k in last if k.startswith(f"chunk:{done.manifest.id}:".encode())]
     assert len(kept) == done.manifest.chunks and all(last[k] for k in kept)
     latest = snapshots.read_latest(settings)
     assert latest is not None and latest.data == _state(settings, deltas).snapshot()
+
+
+def test_regression_two_overlapping_snapshot_runs_never_leave_a_manifest_without_its_chunks(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run by hand while the cron job ran: each deleted the chunks the other's pending record
+    named, and the run that wrote its manifest last could name chunks already tombstoned. A
+    reader still found them until compaction removed them; from then on no worker could restore
+    the latest snapshot, and after a truncation none could start."""
+    from state.errors import BrokerError
+
+    settings = topic_factory(partitions=1)
+    monkeypatch.setattr(snapshots, "CHUNK_BYTES", 2048)
+    deltas = _deltas(350, seed=16)
+    _publish(settings, deltas[:200])
+    base = snapshots.take(settings)
+    assert base.written and base.manifest is not None
+    _publish(settings, deltas[200:300])
+
+    real = snapshots._manifest_encoder
+    other: list[snapshots.Report] = []
+
+    class Interleaved:
+        """Run A's manifest encoder: before A writes its manifest, run B starts and finishes."""
+
+        def encode(self, obj: object) -> bytes:
+            if not other:
+                _publish(settings, deltas[300:])  # B covers more than A: another state, another id
+                monkeypatch.setattr(snapshots, "_manifest_encoder", real)
+                other.append(snapshots.take(settings))
+            return real.encode(obj)
+
+    monkeypatch.setattr(snapshots, "_manifest_encoder", Interleaved())
+    with pytest.raises(BrokerError, match="fenced this one"):
+        snapshots.take(settings)  # A
+    b = other[0]
+    assert b.written and b.base == base.manifest and b.manifest is not None and b.manifest.deltas == 350
+    latest = snapshots.read_latest(settings)
+    assert latest is not None and latest.manifest == b.manifest
+    # Before the fence the latest was A's manifest, each of its chunks followed by a tombstone.
+    last = _last_values(settings, snapshots.CHUNKS)
+    assert all(last[f"chunk:{b.manifest.id}:{i:06d}".encode()] for i in range(b.manifest.chunks))
+    assert latest.data == _state(settings, deltas).snapshot()
+    assert snapshots.orphan(settings) is None
+    # The next run builds on B's snapshot and finds nothing new.
+    again = snapshots.take(settings)
+    assert not again.written and again.manifest == b.manifest
 
 
 def test_coverage_reports_the_records_after_the_latest_snapshot_and_when_the_oldest_was_written(
