@@ -125,7 +125,9 @@ def new_state(settings: Settings) -> SharedState:
     )
 
 
-def _consumer(settings: Settings) -> Consumer:
+def _consumer(settings: Settings, *, lean: bool = False) -> Consumer:
+    """A group-less reader of the snapshots and deltas topics. ``lean``: for a few small reads
+    (:func:`coverage`): fetch one record batch at a time and buffer nothing ahead."""
     conf = settings.kafka_config()
     conf.update({
         "group.id": f"persona-snapshot-{time.time_ns()}", "enable.auto.commit": False, "auto.offset.reset": "error",
@@ -138,6 +140,12 @@ def _consumer(settings: Settings) -> Consumer:
         # default) held up the next partition's by that much (measured: 0.53 s of a 0.6 s read).
         "fetch.wait.max.ms": 10,
     })
+    if lean:
+        # Reading one record's time pulled 30 MB from a 30 MB deltas partition: librdkafka
+        # fetches ahead until its queue holds queued.max.messages.kbytes (64 MB). A fetch
+        # returns at least one whole record batch whatever these say (fetch.max.bytes may not be
+        # below message.max.bytes: the one partition read at a time bounds it anyway).
+        conf.update({"max.partition.fetch.bytes": 1024, "fetch.max.bytes": 1_000_000, "queued.max.messages.kbytes": 1})
     return Consumer(conf)
 
 
@@ -281,7 +289,7 @@ class Coverage:
 def coverage(settings: Settings, *, timeout_s: float = 30.0) -> Coverage:
     """The latest manifest (not its chunks), the deltas topic's offsets, and the first record
     after the manifest's offsets on each partition that has one: a few small reads."""
-    consumer = _consumer(settings)
+    consumer = _consumer(settings, lean=True)
     deadline = time.monotonic() + timeout_s
     try:
         latest, written = None, None
@@ -303,7 +311,7 @@ def coverage(settings: Settings, *, timeout_s: float = 30.0) -> Coverage:
                 first.append(timestamp)
                 return False
 
-            _read(consumer, topic, p, start, high, deadline, keep)
+            _read(consumer, topic, p, start, start + 1, deadline, keep)
             if first and (oldest is None or first[0] < oldest):
                 oldest = first[0]
     finally:

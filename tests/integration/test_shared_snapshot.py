@@ -515,3 +515,35 @@ def test_regression_a_replica_catching_up_on_a_large_batch_lets_the_event_loop_r
     assert len(seen) == 200
     # The ticker ran between records many times (every ~10 ms of applying), not only between batches.
     assert len(set(seen)) >= 10, f"the loop ran only {len(set(seen))} times while 200 records were applied"
+
+
+def test_regression_coverage_reads_a_few_record_batches_not_the_whole_deltas_partition(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every worker checks the snapshot's lag every few minutes; reading the first record after
+    the snapshot pulled the whole partition (30 MB of 30 MB here): librdkafka fetched ahead."""
+    import json
+
+    settings = topic_factory(partitions=1)
+    producer = Producer(settings.kafka_config() | {"linger.ms": 5})
+    for _ in range(120):
+        producer.produce(settings.scoring_deltas_topic, key=b"k", value=bytes(250_000), partition=0)
+    assert producer.flush(30) == 0
+    received: list[int] = []
+
+    class Counted(snapshots.Consumer):  # type: ignore[misc]
+        def __init__(self, conf: dict[str, object]) -> None:
+            def stats(raw: str) -> None:
+                received.append(sum(b.get("rxbytes", 0) for b in json.loads(raw)["brokers"].values()))
+
+            super().__init__(conf | {"statistics.interval.ms": 50, "stats_cb": stats})
+
+        def close(self) -> None:
+            time.sleep(0.3)  # let the fetcher finish what it had asked for, and a last report come
+            self.poll(0.1)
+            super().close()
+
+    monkeypatch.setattr(snapshots, "Consumer", Counted)
+    found = snapshots.coverage(settings)
+    assert found.behind == 120 and found.oldest_behind_at is not None
+    assert received and max(received) < 3_000_000, f"{max(received):,} bytes read for one record's time"
