@@ -531,7 +531,9 @@ def test_regression_coverage_reads_a_few_record_batches_not_the_whole_deltas_par
     assert producer.flush(30) == 0
     received: list[int] = []
 
-    class Counted(snapshots.Consumer):  # type: ignore[misc]
+    from confluent_kafka import Consumer
+
+    class Counted(Consumer):  # type: ignore[misc]
         def __init__(self, conf: dict[str, object]) -> None:
             def stats(raw: str) -> None:
                 received.append(sum(b.get("rxbytes", 0) for b in json.loads(raw)["brokers"].values()))
