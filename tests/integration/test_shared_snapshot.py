@@ -533,7 +533,7 @@ def test_regression_coverage_reads_a_few_record_batches_not_the_whole_deltas_par
 
     from confluent_kafka import Consumer
 
-    class Counted(Consumer):  # type: ignore[misc]
+    class Counted(Consumer):
         def __init__(self, conf: dict[str, object]) -> None:
             def stats(raw: str) -> None:
                 received.append(sum(b.get("rxbytes", 0) for b in json.loads(raw)["brokers"].values()))
