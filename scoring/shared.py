@@ -278,12 +278,9 @@ class SharedState:
             snap = _snapshot_decoder.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise SnapshotError(f"unreadable shared-state snapshot: {exc}") from exc
-        if snap.config != self.config:
-            differ = sorted(k for k in set(snap.config) | set(self.config) if snap.config.get(k) != self.config.get(k))
-            raise SnapshotError(
-                "the snapshot was taken with other scoring settings: "
-                + ", ".join(f"{k} {snap.config.get(k)} (here {self.config.get(k)})" for k in differ)
-            )
+        differ = config_differences(snap.config, self.config)
+        if differ:
+            raise SnapshotError("the snapshot was taken with other scoring settings: " + ", ".join(differ))
         staged = StagedSnapshot(
             snap=snap,
             popularity=self.popularity.empty_like(),
@@ -334,6 +331,23 @@ class StagedSnapshot:
     segments: SegmentPopularity
     social: SocialGraph
     centroids: dict[str, tuple[np.ndarray, str]]
+
+
+def config_differences(theirs: Mapping[str, float], ours: Mapping[str, float]) -> list[str]:
+    """``"name theirs (here ours)"`` for each scoring setting a snapshot was taken with that
+    differs from this state's (empty: the snapshot can be restored here)."""
+
+    def show(value: float | None) -> str:
+        # MessagePack brings an int setting back as the float it was declared (3.0): print both as 3.
+        if value is None:
+            return "unset"
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+    return [
+        f"{k} {show(theirs.get(k))} (here {show(ours.get(k))})"
+        for k in sorted(set(theirs) | set(ours))
+        if theirs.get(k) != ours.get(k)
+    ]
 
 
 def new_shared_state(

@@ -6,6 +6,7 @@ dead-letter reasons), so series counts stay bounded.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -202,6 +203,14 @@ SNAPSHOT_BEHIND_SINCE = Gauge(
     "how long deltas have waited for a snapshot.",
     registry=REGISTRY,
 )
+SNAPSHOT_FITS = Gauge(
+    "persona_shared_snapshot_fits",
+    "1 when the latest shared-state snapshot was taken with this worker's scoring settings (a start restores it), "
+    "0 when with others (a start ignores it and replays the deltas topic, or cannot start if it was truncated); "
+    "NaN when unknown (no snapshot yet). As of this worker's last check.",
+    registry=REGISTRY,
+)
+SNAPSHOT_FITS.set(math.nan)
 SHARED_ITEMS = Gauge(
     "persona_shared_items", "Items with popularity in this worker's shared scoring state.", registry=REGISTRY
 )

@@ -10,6 +10,7 @@ leaves a gauge unset instead of crashing the worker.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -143,3 +144,11 @@ def sample_snapshot_coverage(settings: Settings) -> None:
     metrics.SNAPSHOT_WRITTEN.set(found.written_at or 0.0)
     metrics.SNAPSHOT_BEHIND.set(found.behind)
     metrics.SNAPSHOT_BEHIND_SINCE.set(found.oldest_behind_at or 0.0)
+    fits = math.nan if found.differs is None else float(not found.differs)
+    was = metrics.SNAPSHOT_FITS._value.get()
+    metrics.SNAPSHOT_FITS.set(fits)
+    if found.differs and was != 0.0 and found.manifest is not None:  # said once per change, not every check
+        log.warning(
+            "the latest shared-state snapshot %s was taken with other scoring settings (%s): this worker would "
+            "ignore it at its next start", found.manifest.id, ", ".join(found.differs),
+        )

@@ -46,7 +46,7 @@ import msgspec
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from msgspec.structs import replace
 
-from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, decode_record, new_shared_state
+from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, config_differences, decode_record, new_shared_state
 from state.errors import BrokerError
 from stream_app.settings import Settings
 
@@ -78,6 +78,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     #: offset of the first chunk on the chunks partition (where a reader seeks)
     chunk_offset: int = 0
     format: int = SNAPSHOT_FORMAT
+    #: the scoring settings the state was built with (``SharedState.config``): a worker checks
+    #: them without reading the chunks (empty in manifests of the first version)
+    config: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Pending(msgspec.Struct, frozen=True, array_like=True):
@@ -284,6 +287,9 @@ class Coverage:
     behind: int
     #: the Kafka time (s) of the oldest of those records; None when there is none
     oldest_behind_at: float | None
+    #: how the snapshot's scoring settings differ from these settings' (empty: a worker with
+    #: them restores it); None when unknown (no snapshot, or a manifest without them)
+    differs: list[str] | None = None
 
 
 def coverage(settings: Settings, *, timeout_s: float = 30.0) -> Coverage:
@@ -316,7 +322,8 @@ def coverage(settings: Settings, *, timeout_s: float = 30.0) -> Coverage:
                 oldest = first[0]
     finally:
         consumer.close()
-    return Coverage(manifest=latest, written_at=written, behind=behind, oldest_behind_at=oldest)
+    differs = config_differences(latest.config, new_state(settings).config) if latest is not None and latest.config else None
+    return Coverage(manifest=latest, written_at=written, behind=behind, oldest_behind_at=oldest, differs=differs)
 
 
 def truncated(bounds: Mapping[int, tuple[int, int]]) -> dict[int, int]:
@@ -559,7 +566,7 @@ def take(settings: Settings, *, truncate: bool = False) -> Report:
     digest = hashlib.sha256(data).hexdigest()
     manifest = Manifest(
         id=digest[:16], sha256=digest, size=len(data), chunks=max(1, -(-len(data) // CHUNK_BYTES)),
-        topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied,
+        topic=settings.scoring_deltas_topic, positions=reached, deltas=state.applied, config=dict(state.config),
     )
     manifest = write(settings, data, manifest, latest.manifest if latest is not None else None, left_over, producer=producer)
     report.manifest, report.written = manifest, True

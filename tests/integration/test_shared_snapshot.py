@@ -177,6 +177,16 @@ def test_a_snapshot_of_other_scoring_settings_is_rebuilt_by_the_job_and_ignored_
     _publish(settings, deltas)
     snapshots.take(settings)
     other = settings.model_copy(update={"cooc_neighbours": 7})
+    # A worker with the other settings sees it in its periodic check, before any restart.
+    assert snapshots.coverage(settings).differs == []
+    assert snapshots.coverage(other).differs == ["cooc_neighbours 3 (here 7)"]
+    from stream_app import metrics
+    from stream_app.ops_metrics import sample_snapshot_coverage
+
+    sample_snapshot_coverage(other)
+    assert metrics.SNAPSHOT_FITS._value.get() == 0.0
+    sample_snapshot_coverage(settings)
+    assert metrics.SNAPSHOT_FITS._value.get() == 1.0
     replica = _replica(other, monkeypatch)
     asyncio.run(_until_ready(replica))  # the whole topic, under its own settings
     assert replica.pipeline.shared.snapshot() == _state(other, deltas).snapshot()

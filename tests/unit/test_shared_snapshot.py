@@ -338,3 +338,19 @@ def test_empty_like_keeps_every_setting_of_the_parts() -> None:
     assert state.segments.empty_like()._hl == state.segments._hl
     social = state.social.empty_like()
     assert (social._hl, social.recent, social.fanout_cap, social.quiet_bytes) == (state.social._hl, 4, 13, 1234)
+
+
+def test_settings_differences_name_each_setting_exactly() -> None:
+    """MessagePack brings int settings back as floats: 3.0 and 3 are the same setting, and a
+    large byte budget must not be rounded into looking like its neighbour."""
+    from scoring.shared import config_differences
+
+    ours = {"cooc_neighbours": 3, "social_quiet_bytes": 4_194_305, "half_life_days": 30.0, "new": 1}
+    theirs = {"cooc_neighbours": 3.0, "social_quiet_bytes": 4_194_304.0, "half_life_days": 14.5, "gone": 2.0}
+    assert config_differences(theirs, ours) == [
+        "gone 2 (here unset)",
+        "half_life_days 14.5 (here 30)",
+        "new unset (here 1)",
+        "social_quiet_bytes 4194304 (here 4194305)",
+    ]
+    assert config_differences(dict(ours), ours) == []
