@@ -297,6 +297,11 @@ def shared_show(bootstrap: Annotated[Optional[str], typer.Option(help="Kafka boo
         f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes{written}; {kept:,} delta records kept, "
         f"{found.behind:,} after the snapshot (what a starting worker reads){waiting}"
     )
+    if found.differs:
+        console.print(
+            "[yellow]taken with other scoring settings than these: " + ", ".join(found.differs)
+            + " (a worker with these settings ignores it)[/yellow]"
+        )
 
 
 def _age(seconds: float) -> str:

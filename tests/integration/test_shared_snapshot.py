@@ -286,6 +286,11 @@ def test_the_cli_snapshots_periodically_and_shows_what_a_starting_worker_reads(
     assert f"snapshot {runs[0]['id']}: 100 deltas" in text and "120 delta records kept, 20 after the snapshot" in text
     # Just written, and the 20 records just published: seconds ago, not minutes.
     assert re.search(r"bytes, written \d+ s ago;", text) and re.search(r"the oldest of them was written \d+ s ago$", text), text
+    monkeypatch.setenv("PERSONA_COOC_NEIGHBOURS", str(settings.cooc_neighbours + 1))
+    shown = runner.invoke(app, ["shared", "show"])
+    text = " ".join(shown.output.split())
+    want = f"taken with other scoring settings than these: cooc_neighbours {settings.cooc_neighbours} (here {settings.cooc_neighbours + 1})"
+    assert shown.exit_code == 0 and want in text, shown.output
 
 
 def test_a_corrupt_snapshot_is_refused_and_a_worker_rebuilds_from_the_deltas(
