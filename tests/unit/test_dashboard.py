@@ -62,6 +62,8 @@ ALLOWED_METRICS = (
         "persona_live_quality_bytes",
         "persona_social_quiet_bytes",
         "persona_rocksdb_memory_bytes",
+        "persona_shared_catchup_seconds",
+        "persona_shared_snapshot_behind_records",
     }
     | {f"{h}_{suffix}" for h in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )
@@ -132,6 +134,8 @@ def test_every_panel_of_the_real_dashboard_has_queries_on_persona_metrics_only()
         "persona_profile_cache_bytes",
         "persona_live_quality_bytes",
         "persona_social_quiet_bytes",
+        "persona_shared_catchup_seconds",
+        "persona_shared_snapshot_behind_records",
     ):
         assert metric in used, metric
 
