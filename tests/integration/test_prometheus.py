@@ -110,7 +110,8 @@ def test_real_prometheus_sees_every_series_live_hit_rate_matches_harness_and_eve
     pool = ProcessPoolExecutor(1)
     offline_run = pool.submit(_harness, data_dir / AMAZON, settings.model_dump_json())
 
-    first = worker_factory(settings)
+    # The snapshot-lag check every 2 s, not 5 min: its gauge is scraped and drawn within the run.
+    first = worker_factory(settings, shared_snapshot_check_s=2.0)
     first.wait_ready()
     publish(settings, events)
     producer = make_producer(settings)
@@ -167,7 +168,7 @@ def test_real_prometheus_sees_every_series_live_hit_rate_matches_harness_and_eve
     int8 = versions[1]
     second = worker_factory(
         settings, state_dir=settings.state_dir / "fresh", web_port=second_port,
-        model_registry=_registry(root, int8, tmp_path / "registry"),
+        model_registry=_registry(root, int8, tmp_path / "registry"), shared_snapshot_check_s=2.0,
     )
     second.wait_ready()
     users = len({e.user_id for e in events if isinstance(e, Review)})
@@ -176,6 +177,8 @@ def test_real_prometheus_sees_every_series_live_hit_rate_matches_harness_and_eve
     assert _wait(prometheus, "sum(persona_state_restore_seconds_count)", lambda v: v >= 1) >= 1
     assert _wait(prometheus, "sum(persona_rebalances_total)", lambda v: v >= 1) >= 1
     assert _wait(prometheus, "max(persona_profiles)", lambda v: v > 0) > 0
+    # No snapshot job runs here: every delta record is after the (missing) snapshot.
+    assert _wait(prometheus, "max(persona_shared_snapshot_behind_records)", lambda v: v > 0) > 0
     late = _late_reviews(events, 400)
     publish(settings, late)
     wait_drained(settings, inputs, [second], timeout=300)
