@@ -94,6 +94,20 @@ def status_cmd(
     total = sum(s.dead_letters_last_hour.values())
     detail = ", ".join(f"{t} {n:,}" for t, n in sorted(s.dead_letters_last_hour.items()) if n)
     out.print(f"dead letters in the last hour: {total:,}" + (f" ({detail})" if detail else ""))
+    snap = s.shared_snapshot
+    if snap is not None:
+        waiting = (
+            f", the oldest written {_age(s.checked_at - snap['oldest_behind_at'])} ago" if snap["oldest_behind_at"] is not None else ""
+        )
+        head = (
+            f"{snap['id']} ({snap['deltas']:,} deltas), written {_age(s.checked_at - snap['written_at'])} ago"
+            if snap["id"] is not None and snap["written_at"] is not None else "[yellow]none[/yellow]"
+        )
+        out.print(f"shared-state snapshot: {head}; {snap['behind_records']:,} delta records after it{waiting}")
+        if snap["differs"]:
+            out.print("[yellow]  taken with other scoring settings than these: " + ", ".join(snap["differs"]) + "[/yellow]")
+    for note in s.notes:
+        out.print(f"[yellow]{note}[/yellow]")
 
 
 def erase_cmd(

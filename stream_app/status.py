@@ -1,6 +1,7 @@
 """``persona status``: what an operator asks first, read from Kafka and the registries only
 (no worker needs to answer): the group's lag per input topic, when the last recommendation
-was emitted, which model versions are published, and dead letters in the last hour."""
+was emitted, which model versions are published, dead letters in the last hour, and how far
+the latest shared-state snapshot lags the deltas topic."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from state.events import EVENT_KINDS
 from stream_app.dlq_ops import recent_counts
 from stream_app.kafka_clients import preflight
 from stream_app.settings import Settings
+from stream_app.snapshots import coverage
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,9 @@ class Status:
     dead_letters_last_hour: dict[str, int]
     checked_at: float
     notes: list[str] = field(default_factory=list)
+    #: the latest shared-state snapshot (``snapshots.coverage``): id, written_at, deltas,
+    #: behind_records, oldest_behind_at, differs; None when it could not be read
+    shared_snapshot: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +143,17 @@ def status(settings: Settings, *, now: float | None = None) -> Status:
     preflight(settings)
     inputs = [settings.topic(kind) for kind in EVENT_KINDS] + [settings.encoded_reviews_topic]
     last, count = last_record_time(settings, settings.recommendations_topic)
+    notes: list[str] = []
+    snapshot: dict[str, Any] | None = None
+    try:
+        found = coverage(settings)
+        m = found.manifest
+        snapshot = {
+            "id": m.id if m else None, "written_at": found.written_at, "deltas": m.deltas if m else 0,
+            "behind_records": found.behind, "oldest_behind_at": found.oldest_behind_at, "differs": found.differs,
+        }
+    except (BrokerError, KafkaException) as exc:
+        notes.append(f"the shared-state snapshot could not be read: {exc}")
     return Status(
         group=settings.app_id,
         lags=group_lags(settings, inputs),
@@ -146,4 +162,6 @@ def status(settings: Settings, *, now: float | None = None) -> Status:
         models=published_models(settings),
         dead_letters_last_hour=recent_counts(settings, since_ms=int((now - 3600) * 1000)),
         checked_at=now,
+        notes=notes,
+        shared_snapshot=snapshot,
     )

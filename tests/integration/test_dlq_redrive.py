@@ -140,3 +140,10 @@ def test_redrive_after_a_fixed_decoder_applies_each_record_once_and_twice_change
     assert started <= status["last_emit"] <= time.time()
     assert status["recommendations"] >= len(reviews)
     assert status["models"] == {"encoder": None, "ranker": None}
+    # No snapshot job ran: every delta record the worker wrote is after the (missing) snapshot.
+    from stream_app.snapshots import deltas_bounds
+
+    kept = sum(high - low for low, high in deltas_bounds(settings).values())
+    snap = status["shared_snapshot"]
+    assert snap["id"] is None and snap["written_at"] is None and snap["behind_records"] == kept > 0
+    assert started - 1 <= snap["oldest_behind_at"] <= time.time()

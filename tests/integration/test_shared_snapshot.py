@@ -286,6 +286,11 @@ def test_the_cli_snapshots_periodically_and_shows_what_a_starting_worker_reads(
     assert f"snapshot {runs[0]['id']}: 100 deltas" in text and "120 delta records kept, 20 after the snapshot" in text
     # Just written, and the 20 records just published: seconds ago, not minutes.
     assert re.search(r"bytes, written \d+ s ago;", text) and re.search(r"the oldest of them was written \d+ s ago$", text), text
+    status = runner.invoke(app, ["status"])
+    text = " ".join(status.output.split())
+    assert status.exit_code == 0 and re.search(
+        rf"shared-state snapshot: {runs[0]['id']} \(100 deltas\), written \d+ s ago; 20 delta records after it, "
+        r"the oldest written \d+ s ago", text), status.output
     monkeypatch.setenv("PERSONA_COOC_NEIGHBOURS", str(settings.cooc_neighbours + 1))
     shown = runner.invoke(app, ["shared", "show"])
     text = " ".join(shown.output.split())
