@@ -136,7 +136,7 @@ class _Segment:
     """One segment: item -> (decayed value, its reference time), the decayed total, and the
     items' order kept incrementally (as :meth:`scoring.popularity.Popularity.order`)."""
 
-    __slots__ = ("values", "ref", "total", "total_ref", "keys", "order", "moved")
+    __slots__ = ("values", "ref", "total", "total_ref", "keys", "order", "moved", "changes", "shares", "shares_at")
 
     def __init__(self) -> None:
         self.values: dict[str, tuple[float, float]] = {}
@@ -150,6 +150,11 @@ class _Segment:
         self.order: list[tuple[float, int, str]] = []
         #: item -> its key when the order was last brought up to date (None: not in it yet)
         self.moved: dict[str, float | None] = {}
+        #: adds so far; ``shares`` holds item -> share as of ``shares_at`` adds (a ranking burst,
+        #: such as the worker's pre-commit flush, reads the same shares again and again)
+        self.changes = 0
+        self.shares: dict[str, float] = {}
+        self.shares_at = -1
 
 
 class SegmentSnapshot(msgspec.Struct, frozen=True, array_like=True):
@@ -191,6 +196,7 @@ class SegmentPopularity:
             seg = self._segments.get(name)
             if seg is None:
                 seg = self._segments[name] = _Segment()
+            seg.changes += 1
             value, ref = seg.values.get(item, (0.0, ts))
             if ts > ref:
                 value, ref = value * factor(ts - ref, hl), ts
@@ -268,21 +274,29 @@ class SegmentPopularity:
         # _share per (candidate, segment), with each segment's decayed total hoisted: the same
         # float operations in the same order (bit-identical shares), at half the cost per ranking.
         hl, exp = self._hl, math.exp
-        segs = [(name, seg.values, seg.ref, weight_at(seg.total, seg.total_ref, seg.ref, hl)) for name, seg in fresh if seg.total > 0.0]
+        segs = [(name, seg, weight_at(seg.total, seg.total_ref, seg.ref, hl)) for name, seg in fresh if seg.total > 0.0]
         if not segs:
             return []
         items = sorted(candidates)
         # One list of shares per segment (comprehensions, not a loop per candidate and segment:
         # this was a fifth of a MovieLens ranking), summed in segment order: the same float
-        # operations in the same order as _share (bit-identical scores).
-        shares = [
-            [0.0 if e is None else e[0] * exp(-_LN2 * (at - e[1]) / hl) / denom for e in map(values.get, items)]
-            for _, values, at, denom in segs
-        ]
+        # operations in the same order as _share (bit-identical scores). A share is computed once
+        # per state of its segment: until the segment's next add, rankings read it from the cache.
+        shares: list[list[float]] = []
+        for _, seg, denom in segs:
+            if seg.shares_at != seg.changes:
+                seg.shares, seg.shares_at = {}, seg.changes
+            cache, values, at = seg.shares, seg.values, seg.ref
+            missing = [item for item in items if item not in cache]
+            if missing:
+                cache.update(zip(missing, [
+                    0.0 if e is None else e[0] * exp(-_LN2 * (at - e[1]) / hl) / denom for e in map(values.get, missing)
+                ], strict=True))
+            shares.append([cache[item] for item in items])
         totals = [0.0 + x for x in shares[0]]
         for more in shares[1:]:
             totals = [a + b for a, b in zip(totals, more, strict=True)]
-        names = [name for name, _, _, _ in segs]
+        names = [name for name, _, _ in segs]
         hashes = self._hashes
         keyed = [(-t, hashes[item], item, j) for j, (item, t) in enumerate(zip(items, totals, strict=True)) if t > 0.0]
         keyed.sort()

@@ -250,3 +250,33 @@ def test_top_scores_are_the_shares_summed_bit_for_bit_with_the_leading_segment()
         best = max(x for x, _ in shares)
         assert lead == next(s for x, s in shares if x == best)
     assert [s for _, s, _ in out] == sorted((s for _, s, _ in out), reverse=True)
+
+
+def test_cached_shares_are_the_shares_of_a_fresh_instance_after_every_add() -> None:
+    """``top`` keeps each segment's shares until the segment's next add (a burst of rankings
+    reads them again). Every answer must be bit-identical to that of an instance that saw the
+    same adds and never ranked before, whether the shares came from the cache or not."""
+    import random
+
+    rng = random.Random(7)
+    names = ["age=25-34", "gender=f", "gender=m", "occupation=doctor", "occupation=writer"]
+    items = [f"i{n}" for n in range(60)]
+    adds: list[tuple[list[str], str, float, float]] = []
+    ranked = SegmentPopularity(half_life_days=3.0)
+    checks = 0
+    ts = 1_000_000.0
+    for step in range(400):
+        ts += rng.uniform(-3_000, 9_000)  # some adds out of event-time order
+        add = (rng.sample(names, rng.randrange(1, 4)), rng.choice(items), rng.choice([1.0, 3.0, 5.0]), ts)
+        adds.append(add)
+        ranked.add(*add)
+        for _ in range(rng.randrange(0, 4)):  # 0-3 rankings between adds: cache hits and misses
+            segs = rng.sample(names, rng.randrange(1, 4))
+            exclude = set(rng.sample(items, 5))
+            fresh = SegmentPopularity(half_life_days=3.0)
+            for a in adds:
+                fresh.add(*a)
+            got = ranked.top(segs, 10, exclude=exclude, now=ts)
+            assert got == fresh.top(segs, 10, exclude=exclude, now=ts), step
+            checks += 1
+    assert checks > 300
