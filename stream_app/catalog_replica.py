@@ -106,14 +106,18 @@ class TopicTail:
                 if self._rewind:  # asked while we waited: this batch may predate the request
                     continue
                 budget = time.perf_counter() + SLICE_S
+                catching_up = not self.ready.is_set()
                 for tp, records in batch.items():
                     for rec in records:
                         ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
                         self.apply(tp.partition, rec.key, rec.value, ts)
-                        if time.perf_counter() > budget:
+                        if catching_up and time.perf_counter() > budget:
                             # A catch-up batch (up to 5,000 records, each scoring-delta record up
-                            # to 256 deltas) held the loop for 0.3 s at a time: the agents, the
-                            # other replicas and the consumer's heartbeats wait for it. Let them run.
+                            # to 256 deltas) held the loop for 0.3 s at a time: the other replicas
+                            # and the consumer's heartbeats wait for it. Let them run. Only while
+                            # catching up (the agents wait for it anyway): once ready, a batch is
+                            # a few records and is applied whole, so no ranking sees half of it
+                            # (yielding there made two workers' in-flight lists lag each other more).
                             await asyncio.sleep(0)
                             budget = time.perf_counter() + SLICE_S
                             if self._rewind:  # the rest of this batch is read again anyway
