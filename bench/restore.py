@@ -35,7 +35,7 @@ from bench.ranking import _Replay, load_events
 from scoring.shared import Delta, encode_batch, encode_delta
 from state.catalog import Catalog
 from state.events import Event, Item
-from stream_app import snapshots
+from stream_app import snapshot_job, snapshots
 from stream_app.evaluate import _DictStore, _NoVectors
 from stream_app.pipeline import Pipeline
 from stream_app.settings import Settings
@@ -144,7 +144,7 @@ def measure(events: Sequence[Event], bootstrap: str, at: float, work: Path) -> d
     cut = int(len(deltas) * at)
     records = _publish(settings, deltas[:cut])
     started = time.perf_counter()
-    report = snapshots.take(settings)
+    report = snapshot_job.take(settings)
     take_s = time.perf_counter() - started
     if report.manifest is None:
         raise RuntimeError("no snapshot was taken")

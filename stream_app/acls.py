@@ -16,7 +16,7 @@ needs no new ACL:
 - delete on the scoring-deltas topic only (a literal grant): ``persona shared snapshot
   --truncate`` deletes the deltas a snapshot covers. A deployment that never truncates may drop it;
 - write and describe on one transactional id (literal): ``persona shared snapshot`` writes each
-  snapshot in a transaction, which also fences a concurrent run (``stream_app.snapshots.write``).
+  snapshot in a transaction, which also fences a concurrent run (``stream_app.snapshot_job.write``).
 
 Nothing else: no other delete, no alter or cluster-action, and no topic outside the two prefixes.
 """

@@ -17,7 +17,7 @@ from state.errors import PersonaError
 
 if TYPE_CHECKING:
     from stream_app.settings import Settings
-    from stream_app.snapshots import Report
+    from stream_app.snapshot_job import Report
 
 dlq_app = typer.Typer(help="Dead-letter topics: list them, redrive them after a fix.", no_args_is_help=True)
 shared_app = typer.Typer(help="The shared scoring state's snapshots (what a starting worker restores).", no_args_is_help=True)
@@ -229,7 +229,7 @@ def shared_snapshot(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per run.")] = False,
 ) -> None:
     """Snapshot the shared scoring state: the latest snapshot plus the deltas since (a periodic job)."""
-    from stream_app.snapshots import take
+    from stream_app.snapshot_job import take
 
     settings = _settings(bootstrap)
     if every is None:
@@ -287,28 +287,28 @@ def _print_snapshot(report: Report, as_json: bool) -> None:
 def shared_show(bootstrap: Annotated[Optional[str], typer.Option(help="Kafka bootstrap servers.")] = None) -> None:
     """The latest snapshot (its chunks read and checked) and how much of the deltas topic lies
     after it: what a starting worker reads, and for how long those deltas have waited."""
-    from stream_app.snapshots import coverage, deltas_bounds, read_latest
+    from stream_app.snapshot_lag import coverage_of
+    from stream_app.snapshots import read_latest
 
     settings = _settings(bootstrap)
     try:
         latest = read_latest(settings)
-        found = coverage(settings)
-        bounds = deltas_bounds(settings)
+        # The manifest just read, not read again: the figures below are of that snapshot.
+        found = coverage_of(settings, latest.manifest if latest else None, latest.written_at if latest else None)
     except PersonaError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(exit_code(exc)) from exc
-    kept = sum(high - low for low, high in bounds.values())
     now = time.time()  # an operator's view: ages against the wall clock, as Prometheus' alert does
     waiting = (
         f"; the oldest of them was written {_age(now - found.oldest_behind_at)} ago" if found.oldest_behind_at is not None else ""
     )
     if latest is None:
-        console.print(f"no snapshot: a starting worker reads all {kept:,} delta records{waiting}")
+        console.print(f"no snapshot: a starting worker reads all {found.kept:,} delta records{waiting}")
         return
     m = latest.manifest
-    written = f", written {_age(now - found.written_at)} ago" if found.written_at is not None and found.manifest == m else ""
+    written = f", written {_age(now - found.written_at)} ago" if found.written_at is not None else ""
     console.print(
-        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes{written}; {kept:,} delta records kept, "
+        f"snapshot {m.id}: {m.deltas:,} deltas, {m.size:,} bytes{written}; {found.kept:,} delta records kept, "
         f"{found.behind:,} after the snapshot (what a starting worker reads){waiting}"
     )
     if found.differs:

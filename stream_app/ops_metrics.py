@@ -138,7 +138,7 @@ def instrument_restore(app: Any, table: Any) -> None:
 def sample_snapshot_coverage(settings: Settings) -> None:
     """``persona_shared_snapshot_*``: how far the latest shared-state snapshot lags the deltas
     topic (a few small reads from the broker: run it in a thread)."""
-    from stream_app.snapshots import coverage
+    from stream_app.snapshot_lag import coverage
 
     found = coverage(settings)
     metrics.SNAPSHOT_WRITTEN.set(found.written_at or 0.0)

@@ -328,7 +328,7 @@ class Settings(BaseSettings):
     @property
     def snapshot_transactional_id(self) -> str:
         """The snapshot job's Kafka transactional id: one per snapshots topic, so that a run
-        fences every other run of the same deployment (stream_app/snapshots.py, ``write``)."""
+        fences every other run of the same deployment (stream_app/snapshot_job.py, ``write``)."""
         return f"persona-shared-snapshot.{self.scoring_snapshots_topic}"
 
     @property

@@ -17,7 +17,7 @@ from state.events import EVENT_KINDS
 from stream_app.dlq_ops import recent_counts
 from stream_app.kafka_clients import preflight
 from stream_app.settings import Settings
-from stream_app.snapshots import coverage
+from stream_app.snapshot_lag import coverage
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class Status:
     dead_letters_last_hour: dict[str, int]
     checked_at: float
     notes: list[str] = field(default_factory=list)
-    #: the latest shared-state snapshot (``snapshots.coverage``): id, written_at, deltas,
+    #: the latest shared-state snapshot (``snapshot_lag.coverage``): id, written_at, deltas,
     #: behind_records, oldest_behind_at, differs; None when it could not be read
     shared_snapshot: dict[str, Any] | None = None
 

@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -20,7 +21,7 @@ from confluent_kafka import Producer
 from scoring.shared import ERASE, Delta, SharedState, SnapshotError, encode_batch, encode_delta
 from state.catalog import Catalog
 from state.events import Purchase
-from stream_app import shared_replica, snapshots
+from stream_app import shared_replica, snapshot_job, snapshot_lag, snapshots
 from stream_app.inspect import all_profiles
 from stream_app.pipeline import Pipeline
 from stream_app.producer import publish
@@ -101,23 +102,23 @@ def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covere
 ) -> None:
     # One partition: the topic's order is the produce order, so the expected state is exact.
     settings = topic_factory(partitions=1, cooc_neighbours=3, social_quiet_bytes=4_000)
-    monkeypatch.setattr(snapshots, "CHUNK_BYTES", 4096)  # several chunks per snapshot
+    monkeypatch.setattr(snapshot_job, "CHUNK_BYTES", 4096)  # several chunks per snapshot
     deltas = _deltas(900, seed=21)
     first, second, third = deltas[:400], deltas[400:700], deltas[700:]
 
-    assert snapshots.take(settings).manifest is None  # nothing to snapshot yet
+    assert snapshot_job.take(settings).manifest is None  # nothing to snapshot yet
     _publish(settings, first)
-    one = snapshots.take(settings, truncate=True)
+    one = snapshot_job.take(settings, truncate=True)
     assert one.written and one.base is None and one.read == 400 and one.truncated == {}
     assert one.manifest is not None and one.manifest.chunks > 3 and one.manifest.deltas == 400
     latest = snapshots.read_latest(settings)
     assert latest is not None and latest.data == _state(settings, first).snapshot()
 
-    again = snapshots.take(settings)  # no new deltas: no new snapshot
+    again = snapshot_job.take(settings)  # no new deltas: no new snapshot
     assert not again.written and again.manifest == one.manifest
 
     _publish(settings, second)
-    two = snapshots.take(settings, truncate=True)
+    two = snapshot_job.take(settings, truncate=True)
     assert two.written and two.base == one.manifest and two.read == 300  # only the deltas after the first
     assert two.manifest is not None and two.manifest.deltas == 700
     # A reader seeks past the first snapshot's chunks: they (and the first transaction's commit
@@ -154,9 +155,9 @@ def test_a_replica_reading_deltas_that_were_deleted_under_it_restarts(
     settings = topic_factory(partitions=1)
     deltas = _deltas(200, seed=5)
     _publish(settings, deltas[:100])
-    snapshots.take(settings)
+    snapshot_job.take(settings)
     _publish(settings, deltas[100:])
-    snapshots.take(settings, truncate=True)
+    snapshot_job.take(settings, truncate=True)
     low = snapshots.deltas_bounds(settings)[0][0]
     assert low > 0
     replica = _replica(settings, monkeypatch)
@@ -175,11 +176,11 @@ def test_a_snapshot_of_other_scoring_settings_is_rebuilt_by_the_job_and_ignored_
     settings = topic_factory(partitions=1, cooc_neighbours=3)
     deltas = _deltas(150, seed=8)
     _publish(settings, deltas)
-    snapshots.take(settings)
+    snapshot_job.take(settings)
     other = settings.model_copy(update={"cooc_neighbours": 7})
     # A worker with the other settings sees it in its periodic check, before any restart.
-    assert snapshots.coverage(settings).differs == []
-    assert snapshots.coverage(other).differs == ["cooc_neighbours 3 (here 7)"]
+    assert snapshot_lag.coverage(settings).differs == []
+    assert snapshot_lag.coverage(other).differs == ["cooc_neighbours 3 (here 7)"]
     from stream_app import metrics
     from stream_app.ops_metrics import sample_snapshot_coverage
 
@@ -190,7 +191,7 @@ def test_a_snapshot_of_other_scoring_settings_is_rebuilt_by_the_job_and_ignored_
     replica = _replica(other, monkeypatch)
     asyncio.run(_until_ready(replica))  # the whole topic, under its own settings
     assert replica.pipeline.shared.snapshot() == _state(other, deltas).snapshot()
-    rebuilt = snapshots.take(other)
+    rebuilt = snapshot_job.take(other)
     assert rebuilt.written and rebuilt.base is None and rebuilt.read == 150
     latest = snapshots.read_latest(other)
     assert latest is not None and latest.data == _state(other, deltas).snapshot()
@@ -213,7 +214,7 @@ def test_a_restarted_worker_restores_the_snapshot_and_reads_only_the_deltas_afte
     first = worker_factory(settings)
     wait_drained(settings, [topic], [first], timeout=180)
     assert first.stop() == 0
-    one = snapshots.take(settings, truncate=True)
+    one = snapshot_job.take(settings, truncate=True)
     assert one.written and one.manifest is not None and one.manifest.deltas == 400
 
     publish(settings, purchases(400, 100))
@@ -243,7 +244,7 @@ def test_a_restarted_worker_restores_the_snapshot_and_reads_only_the_deltas_afte
     counts = {u: p.counts.get("purchase", 0) for u, p in all_profiles(settings).items()}
     assert counts == {f"u{k}": 500 // 30 + (1 if k < 500 % 30 else 0) for k in range(30)}
 
-    two = snapshots.take(settings, truncate=True)
+    two = snapshot_job.take(settings, truncate=True)
     assert two.base == one.manifest and two.read == 100 and two.manifest is not None and two.manifest.deltas == 500
     assert two.truncated == {p: off for p, off in one.manifest.positions.items() if off > 0}
 
@@ -279,8 +280,19 @@ def test_the_cli_snapshots_periodically_and_shows_what_a_starting_worker_reads(
     runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["written"] for r in runs] == [True, False] and runs[0]["deltas"] == 100 and runs[0]["id"] == runs[1]["id"]
     _publish(settings, deltas[100:])
-    shown = runner.invoke(app, ["shared", "show"])
+    reads: list[str] = []
+
+    def counted(consumer: Any, topic: str, deadline: float) -> Any:
+        reads.append(topic)
+        return real(consumer, topic, deadline)
+
+    real = snapshots.manifests
+    with monkeypatch.context() as m:
+        m.setattr(snapshots, "manifests", counted)
+        m.setattr(snapshot_lag, "manifests", counted)
+        shown = runner.invoke(app, ["shared", "show"])
     assert shown.exit_code == 0, shown.output
+    assert reads == [settings.scoring_snapshots_topic]  # the manifests once (it read them twice before)
     text = " ".join(shown.output.split())
     # _deltas alternates three sources, so _publish wrote one record per delta.
     assert f"snapshot {runs[0]['id']}: 100 deltas" in text and "120 delta records kept, 20 after the snapshot" in text
@@ -306,7 +318,7 @@ def test_a_corrupt_snapshot_is_refused_and_a_worker_rebuilds_from_the_deltas(
     settings = topic_factory(partitions=1)
     deltas = _deltas(150, seed=12)
     _publish(settings, deltas)
-    taken = snapshots.take(settings)
+    taken = snapshot_job.take(settings)
     assert taken.manifest is not None
     bad = replace(taken.manifest, sha256="0" * 64)
     producer = Producer(settings.kafka_config())
@@ -348,7 +360,7 @@ def test_a_run_that_fails_half_way_leaves_nothing_a_reader_sees(
     topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = topic_factory(partitions=1)
-    monkeypatch.setattr(snapshots, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(snapshot_job, "CHUNK_BYTES", 2048)
     deltas = _deltas(300, seed=14)
     _publish(settings, deltas[:200])
 
@@ -357,9 +369,9 @@ def test_a_run_that_fails_half_way_leaves_nothing_a_reader_sees(
             raise RuntimeError("the broker went away before the manifest")
 
     with monkeypatch.context() as m:
-        m.setattr(snapshots, "_manifest_encoder", Broken())
+        m.setattr(snapshot_job, "_manifest_encoder", Broken())
         with pytest.raises(RuntimeError, match="before the manifest"):
-            snapshots.take(settings)
+            snapshot_job.take(settings)
     # Its pending record and chunks were written, in a transaction that was then aborted:
     # only a read_uncommitted reader sees them.
     written = _last_values(settings, snapshots.CHUNKS, "read_uncommitted")
@@ -368,7 +380,7 @@ def test_a_run_that_fails_half_way_leaves_nothing_a_reader_sees(
     assert snapshots.orphan(settings) is None and snapshots.read_latest(settings) is None
 
     _publish(settings, deltas[200:])
-    done = snapshots.take(settings)
+    done = snapshot_job.take(settings)
     assert done.written and done.manifest is not None and done.base is None
     latest = snapshots.read_latest(settings)
     assert latest is not None and latest.data == _state(settings, deltas).snapshot()
@@ -391,7 +403,7 @@ def test_the_chunks_a_failed_run_of_an_earlier_version_left_are_deleted_by_the_n
     assert producer.flush(30) == 0
     assert snapshots.orphan(settings) == old
 
-    done = snapshots.take(settings)
+    done = snapshot_job.take(settings)
     assert done.written and done.manifest is not None
     assert snapshots.orphan(settings) is None
     last = _last_values(settings, snapshots.CHUNKS)
@@ -413,15 +425,15 @@ def test_regression_two_overlapping_snapshot_runs_never_leave_a_manifest_without
     from state.errors import BrokerError
 
     settings = topic_factory(partitions=1)
-    monkeypatch.setattr(snapshots, "CHUNK_BYTES", 2048)
+    monkeypatch.setattr(snapshot_job, "CHUNK_BYTES", 2048)
     deltas = _deltas(350, seed=16)
     _publish(settings, deltas[:200])
-    base = snapshots.take(settings)
+    base = snapshot_job.take(settings)
     assert base.written and base.manifest is not None
     _publish(settings, deltas[200:300])
 
-    real = snapshots._manifest_encoder
-    other: list[snapshots.Report] = []
+    real = snapshot_job._manifest_encoder
+    other: list[snapshot_job.Report] = []
 
     class Interleaved:
         """Run A's manifest encoder: before A writes its manifest, run B starts and finishes."""
@@ -429,13 +441,13 @@ def test_regression_two_overlapping_snapshot_runs_never_leave_a_manifest_without
         def encode(self, obj: object) -> bytes:
             if not other:
                 _publish(settings, deltas[300:])  # B covers more than A: another state, another id
-                monkeypatch.setattr(snapshots, "_manifest_encoder", real)
-                other.append(snapshots.take(settings))
+                monkeypatch.setattr(snapshot_job, "_manifest_encoder", real)
+                other.append(snapshot_job.take(settings))
             return real.encode(obj)
 
-    monkeypatch.setattr(snapshots, "_manifest_encoder", Interleaved())
+    monkeypatch.setattr(snapshot_job, "_manifest_encoder", Interleaved())
     with pytest.raises(BrokerError, match="fenced this one"):
-        snapshots.take(settings)  # A
+        snapshot_job.take(settings)  # A
     b = other[0]
     assert b.written and b.base == base.manifest and b.manifest is not None and b.manifest.deltas == 350
     latest = snapshots.read_latest(settings)
@@ -446,7 +458,7 @@ def test_regression_two_overlapping_snapshot_runs_never_leave_a_manifest_without
     assert latest.data == _state(settings, deltas).snapshot()
     assert snapshots.orphan(settings) is None
     # The next run builds on B's snapshot and finds nothing new.
-    again = snapshots.take(settings)
+    again = snapshot_job.take(settings)
     assert not again.written and again.manifest == b.manifest
 
 
@@ -472,20 +484,20 @@ def test_coverage_reports_the_records_after_the_latest_snapshot_and_when_the_old
     # Partition 1's records are written first but carry later times: the oldest is partition 0's first.
     produce(deltas[30:50], 1, now_ms - 3_600_000)
     oldest = produce(deltas[:30], 0, now_ms - 7_200_000)[0]
-    found = snapshots.coverage(settings)
+    found = snapshot_lag.coverage(settings)
     assert (found.manifest, found.written_at, found.behind) == (None, None, 50)
     assert found.oldest_behind_at == oldest / 1000.0
 
     before = time.time()
-    report = snapshots.take(settings)
+    report = snapshot_job.take(settings)
     after = time.time()
-    found = snapshots.coverage(settings)
+    found = snapshot_lag.coverage(settings)
     assert report.written and found.manifest == report.manifest
     assert found.written_at is not None and before - 1 <= found.written_at <= after + 1
     assert (found.behind, found.oldest_behind_at) == (0, None)
 
     late = produce(deltas[50:], 1, now_ms - 60_000)
-    found = snapshots.coverage(settings)
+    found = snapshot_lag.coverage(settings)
     assert (found.behind, found.oldest_behind_at) == (5, late[0] / 1000.0)
     sample_snapshot_coverage(settings)
     assert metrics.SNAPSHOT_BEHIND._value.get() == 5
@@ -566,6 +578,6 @@ def test_regression_coverage_reads_a_few_record_batches_not_the_whole_deltas_par
             super().close()
 
     monkeypatch.setattr(snapshots, "Consumer", Counted)
-    found = snapshots.coverage(settings)
+    found = snapshot_lag.coverage(settings)
     assert found.behind == 120 and found.oldest_behind_at is not None
     assert received and max(received) < 3_000_000, f"{max(received):,} bytes read for one record's time"
