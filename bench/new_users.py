@@ -67,13 +67,13 @@ def measure(
     from state.events import Event, Item, kind_of
     from state.interest import ItemVector, item_vector_bytes
     from state.profile import Origin
-    from stream_app.evaluate import _DictStore, _DictVectors
     from stream_app.pipeline import Pipeline
     from stream_app.settings import Settings
+    from stream_app.stores import DictStore, DictVectors
 
     settings = Settings()
     clock = [0.0]
-    catalog, vectors = Catalog(), _DictVectors("bench-v1")
+    catalog, vectors = Catalog(), DictVectors("bench-v1")
 
     def now() -> float:
         return clock[0]
@@ -81,7 +81,7 @@ def measure(
     def discard(key: bytes, value: bytes | None) -> None:
         pass
 
-    store = _DictStore()
+    store = DictStore()
     pipeline = Pipeline.from_settings(settings, store=store, catalog=catalog, vectors=vectors, emit=discard,
                                       emit_interval_s=math.inf, monotonic=now, wall=now)
     items_ev: list[Event]

@@ -42,9 +42,10 @@ from scoring.ranker import Scorer
 from state.catalog import Catalog
 from state.events import Event, EventKind, Item, kind_of
 from state.profile import Origin
-from stream_app.evaluate import _DictStore, _NoVectors, evaluate
-from stream_app.pipeline import Pipeline, Publish
+from stream_app.evaluate import evaluate
+from stream_app.pipeline import Pipeline
 from stream_app.settings import Settings
+from stream_app.stores import DictStore, NoVectors, Publish
 
 RANKERS: Final[tuple[str, ...]] = ("blend", "baseline")
 #: rankings/s of the in-process evaluator on MovieLens-100k, one core
@@ -81,7 +82,7 @@ class _Replay:
         self.settings = settings
         self.now = 0.0
         self.catalog = catalog if catalog is not None else Catalog()
-        self.store = _DictStore()
+        self.store = DictStore()
         self._offsets: dict[EventKind, int] = {}
         # Emission is effectively off (an infinite interval: only each user's first change
         # emits), so feeding does not rank; what is timed is called explicitly.
@@ -89,7 +90,7 @@ class _Replay:
             settings,
             store=self.store,
             catalog=self.catalog,
-            vectors=_NoVectors(),
+            vectors=NoVectors(),
             emit=_discard,
             emit_interval_s=math.inf,
             monotonic=self._clock,

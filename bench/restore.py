@@ -36,10 +36,10 @@ from scoring.shared import Delta, encode_batch, encode_delta
 from state.catalog import Catalog
 from state.events import Event, Item
 from stream_app import snapshot_job, snapshots
-from stream_app.evaluate import _DictStore, _NoVectors
 from stream_app.pipeline import Pipeline
 from stream_app.settings import Settings
 from stream_app.shared_replica import MAX_BATCH_BYTES, SharedReplica
+from stream_app.stores import DictStore, NoVectors
 from stream_app.topics import ensure_topics
 
 
@@ -77,7 +77,7 @@ def _publish(settings: Settings, deltas: Sequence[Delta]) -> int:
 def _catch_up(settings: Settings) -> tuple[float, float, dict[str, int]]:
     """Wall seconds until a fresh replica is ready, the event loop's longest stall meanwhile
     (what the worker's consumer heartbeats and other replicas waited at most), and the state's summary."""
-    pipe = Pipeline.from_settings(settings, store=_DictStore(), catalog=Catalog(), vectors=_NoVectors(), emit=lambda k, v: None)
+    pipe = Pipeline.from_settings(settings, store=DictStore(), catalog=Catalog(), vectors=NoVectors(), emit=lambda k, v: None)
     replica = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, pipe)
     stalls = [0.0]
 

@@ -18,7 +18,7 @@ from stream_app.emitter import Coalescer, Trigger
 from stream_app.experiment import LiveQuality
 
 if TYPE_CHECKING:
-    from stream_app.pipeline import Emit, Publish, Store
+    from stream_app.stores import Emit, Publish, Store
 
 
 class ErasureSteps:

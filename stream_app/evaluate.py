@@ -51,10 +51,11 @@ from scoring.ranker import Scorer, Weights
 from state.catalog import Catalog
 from state.events import DeadLetter, Event, EventKind, Impression, Item, Review, encode, item_text, key_of, kind_of
 from state.interest import ItemVector, item_vector_bytes, text_digest
-from state.profile import EVENT_WEIGHTS, Encoding, Profile
+from state.profile import EVENT_WEIGHTS, Encoding
 from stream_app.pipeline import APPLIED, Pipeline, Record
 from stream_app.reviews import review_text
 from stream_app.settings import Settings
+from stream_app.stores import DictStore, DictVectors, EventClock, NoVectors
 
 ALL: Final = "all"
 #: Per-dimension variants: behaviour features plus the named ranker dimensions.
@@ -69,75 +70,6 @@ VARIANTS: Final[tuple[str, ...]] = (ALL, *DIMENSIONS, "popularity", "decayed_pop
 #: Always in the report, whatever ``variants`` asks for.
 REQUIRED: Final[tuple[str, ...]] = (ALL, "popularity", "item_knn")
 LAST_EMITTED: Final = "last_emitted"
-
-
-class _DictStore:
-    """The pipeline's profile store as a dict (the worker's is RocksDB behind a cache)."""
-
-    def __init__(self) -> None:
-        self.profiles: dict[bytes, Profile] = {}
-
-    def get(self, key: bytes, partition: int) -> Profile | None:
-        return self.profiles.get(key)
-
-    def put(self, key: bytes, profile: Profile, partition: int) -> None:
-        self.profiles[key] = profile
-
-    def touch(self, key: bytes) -> None:
-        pass
-
-    def cached(self, key: bytes) -> Profile | None:
-        return self.profiles.get(key)
-
-    def find(self, key: bytes) -> tuple[Profile, int] | None:
-        profile = self.profiles.get(key)
-        return None if profile is None else (profile, 0)
-
-    def delete(self, key: bytes, partition: int) -> None:
-        self.profiles.pop(key, None)
-
-    def purge(self, key: bytes) -> int:
-        return 0
-
-
-class _NoVectors:
-    """No text encoder in the evaluator: the baseline ranker does not read vectors."""
-
-    @property
-    def wanted(self) -> str | None:
-        return None
-
-    def get(self, item_id: str) -> ItemVector | None:
-        return None
-
-
-class _DictVectors:
-    """Item text vectors of one encoder version, filled as the replay reaches each item
-    (what the worker's item-vector replica holds)."""
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-        self.vectors: dict[str, ItemVector] = {}
-
-    @property
-    def wanted(self) -> str | None:
-        return self.version
-
-    def get(self, item_id: str) -> ItemVector | None:
-        return self.vectors.get(item_id)
-
-
-class _EventClock:
-    """The replay's clock: the latest event time seen (never goes back)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def advance(self, ts: float) -> None:
-        self.now = max(self.now, ts)
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -253,19 +185,19 @@ class Replay:
         self.variants = selected_variants(variants)
         self.emit_interval_s = emit_interval_s
         self.trace = trace
-        self.clock = _EventClock()
+        self.clock = EventClock()
         self.catalog = Catalog()
-        self.store = _DictStore()
+        self.store = DictStore()
         self.last_message: dict[bytes, bytes] = {}
         self.messages = 0
         self.encodings: dict[int, Encoding] = {}
         self.item_vectors: dict[int, ItemVector] = {}
         self.encoder_version: str | None = None
-        vectors: _NoVectors | _DictVectors = _NoVectors()
+        vectors: NoVectors | DictVectors = NoVectors()
         if encoder is not None:
             self.encoder_version = str(encoder.info.version)
             self._encode(encoder)
-            vectors = _DictVectors(self.encoder_version)
+            vectors = DictVectors(self.encoder_version)
         self.vectors = vectors
         self.weights = settings.rank_weights()
         self.extra: dict[str, Weights] = {}
@@ -400,7 +332,7 @@ class Replay:
             self._see(event.item_id)
             pipe.process(kind, record)
             vector = self.item_vectors.get(self.position)
-            if vector is not None and isinstance(self.vectors, _DictVectors):
+            if vector is not None and isinstance(self.vectors, DictVectors):
                 self.vectors.vectors[vector.item_id] = vector  # what the item-vector replica does
                 pipe.add_item_vector(vector)
             return

@@ -28,7 +28,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from scoring.baseline import recommend
 from scoring.knn import ItemKNN
@@ -49,44 +48,7 @@ from stream_app.emitter import Coalescer, Trigger
 from stream_app.erasure import ErasureSteps
 from stream_app.experiment import CAPACITY_BYTES, SERVED, SHADOW, Candidate, LiveQuality, assigned
 from stream_app.settings import Settings
-
-
-class Store(Protocol):
-    """Decoded profiles by user key; ``partition`` says where a profile lives."""
-
-    def get(self, key: bytes, partition: int) -> Profile | None: ...
-
-    def put(self, key: bytes, profile: Profile, partition: int) -> None: ...
-
-    def touch(self, key: bytes) -> None:
-        """A replayed event was skipped: rewrite the stored copy (see ProfileStore.touch)."""
-
-    def cached(self, key: bytes) -> Profile | None: ...
-
-    def find(self, key: bytes) -> tuple[Profile, int] | None:
-        """A profile held here and its partition, the partition unknown (an erasure's followers)."""
-
-    def delete(self, key: bytes, partition: int) -> None:
-        """Erase a profile from every copy the store keeps (cache, disk, changelog)."""
-
-    def purge(self, key: bytes) -> int:
-        """Delete stale copies of a profile from partitions held here before and owned by
-        another worker now (an erasure reaches every worker); how many were found."""
-
-
-class Vectors(Protocol):
-    """Item text vectors of one wanted encoder version (``None``: no encoder)."""
-
-    @property
-    def wanted(self) -> str | None: ...
-
-    def get(self, item_id: str) -> ItemVector | None: ...
-
-
-#: Takes one recommendation message: ``(key, value)``; a value of None is a tombstone (erasure).
-Emit = Callable[[bytes, bytes | None], None]
-#: Takes one scoring delta this pipeline applied (the worker publishes it for the others).
-Publish = Callable[[Delta], None]
+from stream_app.stores import Emit, Publish, Store, Vectors
 
 
 @dataclass(frozen=True, slots=True)

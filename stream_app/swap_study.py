@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from state.events import Event, Item
-from stream_app.evaluate import ALL, Replay, _DictVectors
+from stream_app.evaluate import ALL, Replay
 from stream_app.settings import Settings
+from stream_app.stores import DictVectors
 
 
 class SwapReplay(Replay):
@@ -46,7 +47,7 @@ class SwapReplay(Replay):
         self.encodings, self.item_vectors, version = self._b
         self.encoder_version = version
         vectors = self.vectors
-        assert isinstance(vectors, _DictVectors)
+        assert isinstance(vectors, DictVectors)
         vectors.version = version
         vectors.vectors = {}
         for n, event in enumerate(self.events[: self.at]):
