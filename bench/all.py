@@ -129,6 +129,11 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("replication", "group ceiling, any number of workers (events/s)", f"{r['ceiling_eps']:,.0f}"))
         curve = ", ".join(f"{p['workers']}: {p['speedup']:.2f}" for p in r["projection"])
         rows.append(("replication", f"projected speedup by workers (C {r['worker_us']:.0f} µs, {r['worker_us_from']})", curve))
+        a = r.get("agreement")
+        if a:
+            rows.append(("replication", "another interleaving of the same deltas: co-occurrence rows differing; lists identical "
+                         "/ same items / users", f"{a['rows_differing']:,} of {a['rows']:,}; {a['lists_identical']:,} / "
+                         f"{a['lists_same_items']:,} / {a['users']:,}"))
     r = parts.get("restore", {}).get("result") or {}
     if r:
         rows.append(("restore", "start-up catch-up: whole deltas topic / snapshot + last 10% (s)",

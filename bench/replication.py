@@ -24,27 +24,42 @@ projection is the worker's measured CPU per event when given (``bench all`` pass
 part's), else ``own_us`` (the update path alone: Faust's per-event cost and the rankings left out).
 The projected speedup grows with ``C``, so with ``own_us`` it is a lower bound; the ceiling
 ``1 / S`` does not depend on ``C``.
+
+``agreement``: whether a replica that reads the same deltas in another interleaving holds the
+same state. Worker A's deltas are split by user into :data:`PARTITIONS` partitions (each keeps
+its order, as a partition of the deltas topic does) and read a record of :data:`RECORD` deltas
+at a time from each in turn, last partition first; a fresh state folds them in. Each part is
+order-free but the co-occurrence cut (``scoring.knn``: a row that reaches 2N neighbours keeps
+its N largest counts), so what is reported is the rows that differ and, for every user A holds,
+whether A's pipeline ranks the same list over the other state (items and order).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
+from msgspec.structs import replace
 from rich.console import Console
 from rich.table import Table
 
 from bench.ranking import _Replay
-from scoring.shared import ENGAGE, FOLLOW, Delta, decode_record, encode_delta
+from scoring.shared import ENGAGE, FOLLOW, Delta, SharedState, decode_record, encode_delta
 from state.events import Event, Item
 from stream_app.settings import Settings
 from stream_app.snapshots import new_state
 
 #: workers in the projected scaling curve (16: the device machine's cores)
 WORKERS: Final[tuple[int, ...]] = (1, 2, 4, 8, 16)
+#: partitions the agreement check splits the deltas into, by user (as the input topics are)
+PARTITIONS: Final = 4
+#: deltas per record of the deltas topic (``PERSONA_DELTA_BATCH``'s default): read at once
+RECORD: Final = 256
 
 
 def speedup(workers: int, worker_us: float, replicated_us: float) -> float:
@@ -102,6 +117,72 @@ def measure(events: Sequence[Event], settings: Settings, worker_us: float | None
         "worker_us": c,
         "worker_us_from": "given" if worker_us is not None else "own_us",
         "projection": [{"workers": w, "speedup": speedup(w, c, replicated_us)} for w in WORKERS],
+        "agreement": agreement(own, deltas, settings),
+    }
+
+
+def interleaved(deltas: Sequence[Delta], partitions: int = PARTITIONS, record: int = RECORD) -> list[Delta]:
+    """``deltas`` as another replica may read them (module docstring): split by user into
+    ``partitions`` sources, each in its order (offsets renumbered, so none is skipped as seen),
+    then ``record`` deltas at a time from each in turn, the last partition first."""
+    parts: list[list[Delta]] = [[] for _ in range(partitions)]
+    for d in deltas:
+        p = zlib.crc32(d.user.encode()) % partitions
+        parts[p].append(replace(d, source=f"{d.source}/{p}", offset=len(parts[p])))
+    out: list[Delta] = []
+    for start in range(0, max((len(p) for p in parts), default=0), record):
+        for part in reversed(parts):
+            out.extend(part[start : start + record])
+    return out
+
+
+def _rows(state: SharedState) -> dict[str, dict[str, float]]:
+    snap = state.knn.snapshot()
+    out: dict[str, dict[str, float]] = {}
+    for item, nb, co in zip(snap.ids, snap.neighbours, snap.counts, strict=True):
+        rows = np.frombuffer(nb, dtype="<i8")
+        out[item] = dict(zip((snap.ids[int(r)] for r in rows), np.frombuffer(co, dtype="<f8").tolist(), strict=True))
+    return out
+
+
+def agreement(own: _Replay, deltas: Sequence[Delta], settings: Settings) -> dict[str, Any]:
+    """Worker A's state against one built from the same deltas interleaved (:func:`interleaved`):
+    the co-occurrence rows that differ and the users whose list differs."""
+    again = new_state(settings)  # the deltas in A's order: must be A's state to the byte
+    for d in deltas:
+        again.apply(d)
+    other = new_state(settings)
+    for d in interleaved(deltas):
+        other.apply(d)
+    mine, theirs = _rows(own.pipeline.shared), _rows(other)
+    users = sorted(own.store.profiles)
+    identical = same_items = 0
+    overlap = 0.0
+    shared = own.pipeline.shared
+    try:
+        for key in users:
+            profile = own.store.profiles[key]
+            own.pipeline.shared = shared
+            a = [s.item_id for s in own.pipeline.recommend(profile).items]
+            own.pipeline.shared = other
+            b = [s.item_id for s in own.pipeline.recommend(profile).items]
+            identical += a == b
+            same_items += set(a) == set(b)
+            overlap += len(set(a) & set(b)) / len(a) if a else 1.0
+    finally:
+        own.pipeline.shared = shared
+    return {
+        "partitions": PARTITIONS,
+        "record": RECORD,
+        "same_order_identical": again.snapshot() == shared.snapshot(),
+        "snapshot_identical": other.snapshot() == shared.snapshot(),
+        "rows": len(mine),
+        "rows_differing": sum(theirs.get(item) != row for item, row in mine.items()) + len(theirs.keys() - mine.keys()),
+        "cut_rows": shared.knn.cuts,
+        "users": len(users),
+        "lists_identical": identical,
+        "lists_same_items": same_items,
+        "mean_overlap": overlap / len(users) if users else 1.0,
     }
 
 
@@ -172,3 +253,11 @@ def render(report: dict[str, Any], console: Console) -> None:
     for row in report["projection"]:
         curve.add_row(str(row["workers"]), f"{row['speedup']:.2f}")
     console.print(curve)
+    a = report["agreement"]
+    console.print(
+        f"the same deltas read in another interleaving ({a['partitions']} partitions by user, {a['record']} deltas "
+        f"per record): {a['rows_differing']:,} of {a['rows']:,} co-occurrence rows differ ({a['cut_rows']:,} cuts); "
+        f"{a['lists_identical']:,} of {a['users']:,} users' lists identical, {a['lists_same_items']:,} with the same "
+        f"items, mean overlap {a['mean_overlap']:.4f}"
+        + ("" if a["same_order_identical"] else " [red](the same order did NOT rebuild the same state)[/red]")
+    )

@@ -14,10 +14,15 @@ and the state keeps the highest offset applied per source; a delta at or below i
 replay and is skipped. Deltas of one source are produced in offset order by whichever worker
 owns that partition, so the watermark also covers a partition that moved between workers.
 
-Order-free: each part sums contributions that do not depend on the order they arrive in
-(decayed sums kept at a reference time, integer co-occurrence counts, vector sums), so two
+Nearly order-free: each part sums contributions that do not depend on the order they arrive
+in (decayed sums kept at a reference time, integer co-occurrence counts, vector sums), so two
 workers that applied the same deltas in different orders agree, up to float rounding in the
-last bits of a decayed sum. Event time only: nothing here reads a clock.
+last bits of a decayed sum, but for one thing: a co-occurrence row cut to its bound keeps what
+its counts were *at the cut* (``scoring.knn``), so cut rows can differ in their tail, and a
+snapshot's bytes differ with them (rows are also stored in the order items first arrived).
+``persona bench replication`` measures it: on MovieLens-100k, 80 of 1,682 rows differed and 927
+of 943 users' lists were identical (941 with the same items). Event time only: nothing here
+reads a clock.
 """
 
 from __future__ import annotations

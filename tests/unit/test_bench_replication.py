@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import pytest
 
@@ -88,6 +89,7 @@ def test_bench_all_markdown_gives_the_replication_rows() -> None:
         "own_us": 204.1, "replicated_us": 120.2, "replicated_vs_own": 120.2 / 204.1, "ceiling_eps": 1e6 / 120.2,
         "worker_us": 497.7, "worker_us_from": "given",
         "projection": [{"workers": w, "speedup": speedup(w, 497.7, 120.2)} for w in (1, 2, 16)],
+        "agreement": {"rows_differing": 80, "rows": 1682, "lists_identical": 927, "lists_same_items": 941, "users": 943},
     }
     report = {
         "started": "2026-12-03T00:00:00Z", "quick": False, "settings": {},
@@ -99,4 +101,35 @@ def test_bench_all_markdown_gives_the_replication_rows() -> None:
     assert "| replication | group ceiling, any number of workers (events/s) | 8,319 |" in md
     # 16 * 497.7 / (497.7 + 15 * 120.2) = 3.46
     assert "(C 498 µs, given) | 1: 1.00, 2: 1.61, 16: 3.46 |" in md
+    assert "lists identical / same items / users | 80 of 1,682; 927 / 941 / 943 |" in md
 
+
+def test_interleaved_keeps_every_delta_and_each_users_order() -> None:
+    from bench.replication import interleaved
+    from scoring.shared import ENGAGE, Delta
+
+    deltas = [Delta(source="t:0", offset=i, kind=ENGAGE, user=f"u{i % 7}", ts=float(i), item=f"m{i % 5}") for i in range(2_000)]
+    got = interleaved(deltas, partitions=3, record=16)
+    assert sorted(d.ts for d in got) == [d.ts for d in deltas]
+    assert [d.ts for d in got] != [d.ts for d in deltas]  # another order indeed
+    for user in {d.user for d in deltas}:
+        assert [d.ts for d in got if d.user == user] == [d.ts for d in deltas if d.user == user]
+    by_source: dict[str, list[int]] = {}
+    for d in got:
+        by_source.setdefault(d.source, []).append(d.offset)
+    # Each source's offsets run 0, 1, 2, ... in the order read: a replica skips none as seen.
+    assert all(offsets == list(range(len(offsets))) for offsets in by_source.values())
+    assert {d.source for d in got if d.user == "u3"} == {f"t:0/{zlib.crc32(b'u3') % 3}"}
+
+
+def test_agreement_is_whole_without_the_cut_and_finds_the_rows_the_cut_changes() -> None:
+    catalog, behaviour = synthetic_purchases(1_500, users=40, items=60, seed=3)
+    unbounded = measure(catalog + behaviour, Settings(cooc_neighbours=0))["agreement"]
+    assert unbounded["same_order_identical"] and unbounded["cut_rows"] == 0
+    assert unbounded["rows"] == 60 and unbounded["rows_differing"] == 0
+    assert unbounded["users"] == 40 and unbounded["lists_identical"] == 40 and unbounded["mean_overlap"] == 1.0
+    # Rows of at most 4 neighbours, cut to 2: which survive depends on the order.
+    cut = measure(catalog + behaviour, Settings(cooc_neighbours=2))["agreement"]
+    assert cut["same_order_identical"] and cut["cut_rows"] > 0
+    assert 0 < cut["rows_differing"] <= cut["rows"]
+    assert cut["lists_same_items"] <= cut["users"] and cut["lists_identical"] <= cut["lists_same_items"]
