@@ -23,7 +23,17 @@ between and write the cache back):
 The replay passes the ledger's records by (counted as ``dead_letter``), so one bad record
 costs one restart, not a crash loop, and the partition moves on. At each start the worker
 forgets the records its group has committed past (:meth:`PoisonLedger.prune`), so the ledger
-holds only what a replay can still meet. Once the bug is fixed,
+holds only what a replay can still meet.
+
+The ledger is the group's, not only the worker's: with the dead letter, step 1 also writes the
+record's coordinates to the compacted ``poison`` topic (``Settings.poison_topic``), and every
+worker reads that topic after each rebalance, before it processes its next record
+(:func:`refresh`). Before, a ledger on the worker's disk alone meant that the worker which took
+the partition over while the failing one restarted (or a pod that came back with an empty
+disk) met the record again: another dead letter and another restart, one per worker of the
+group (``test_regression_poison_ledger_was_per_worker``). What still can meet it twice: a
+rebalance that moves the partition in the very moment the record raises, before the topic has
+its coordinates. Pruning writes tombstones for what the group committed past. Once the bug is fixed,
 ``persona dlq redrive <kind> --reason internal`` publishes the record again. A scoring delta
 the record produced may already have gone out to the other workers before the exception;
 that is the one effect the restart cannot take back.
@@ -35,9 +45,11 @@ skipped unkept).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,6 +79,12 @@ class PoisonLedger:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._seen: set[Coordinates] = set()
+        #: read from the group's topic (:func:`read_shared`)
+        self._shared: set[Coordinates] = set()
+        #: the shared ones the last :meth:`prune` forgot: tombstones to write (:func:`forget_shared`)
+        self.forgotten: set[Coordinates] = set()
+        #: True until the group's topic was read since the last rebalance (:func:`refresh`)
+        self.stale = True
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -91,7 +109,10 @@ class PoisonLedger:
             if done is None or offset >= done:
                 keep.add((topic, partition, offset))
         dropped = len(self._seen) - len(keep)
+        self.forgotten = self._shared - keep
+        self._shared &= keep
         if dropped:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as fh:
                 for entry in sorted(keep):
@@ -101,6 +122,11 @@ class PoisonLedger:
             os.replace(tmp, self.path)
             self._seen = keep
         return dropped
+
+    def merge(self, found: set[Coordinates]) -> None:
+        """Records the group's topic holds (dead-lettered by any worker of the group)."""
+        self._seen |= found
+        self._shared |= found
 
     def add(self, topic: str, partition: int, offset: int) -> None:
         """Record it durably: appended and fsynced before the worker exits."""
@@ -180,11 +206,83 @@ def confirm_dead_letter(settings: Settings, kind_topic: str, message: Any, lette
             failures.append(err)
 
     producer.produce(dlq.dlq_topic(kind_topic), key=key, value=value, headers=headers, on_delivery=delivered)
+    shared: list[KafkaError] = []
+    where = (message.topic, message.partition, message.offset)
+    # The group's ledger (module docstring). Its loss costs at most a second dead letter and
+    # restart on another worker, as before it existed: it never fails the confirmation.
+    producer.produce(settings.poison_topic, key=_key(*where), value=json.dumps(list(where)).encode(),
+                     on_delivery=lambda err, _msg: shared.append(err) if err is not None else None)
     left = producer.flush(CONFIRM_TIMEOUT_S)
+    if shared:
+        log.warning("the group's poison ledger (%s) did not take %s: %s", settings.poison_topic, where, shared[0])
     if left or failures:
         log.error("dead letter of %s@%s:%s not confirmed: %s", message.topic, message.partition, message.offset, failures or "timeout")
         return False
     return True
+
+
+def _key(topic: str, partition: int, offset: int) -> bytes:
+    return f"{topic}:{partition}:{offset}".encode()
+
+
+def read_shared(settings: Settings, timeout_s: float = 10.0) -> set[Coordinates]:
+    """Every record the group's poison topic holds now (its one partition, to the end)."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    topic = settings.poison_topic
+    consumer = Consumer(settings.kafka_config() | {
+        "group.id": f"persona-poison-{time.time_ns()}", "enable.auto.commit": False, "fetch.wait.max.ms": 10,
+    })
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout_s)
+        latest: dict[bytes, bool] = {}
+        if high > low:
+            consumer.assign([TopicPartition(topic, 0, low)])
+            position, deadline = low, time.monotonic() + timeout_s
+            while position < high:
+                if time.monotonic() > deadline:
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, f"{topic} not read to offset {high}"))
+                for msg in consumer.consume(num_messages=max(1, min(500, high - position)), timeout=0.5):
+                    if msg.error() is not None:
+                        continue  # a partition EOF; anything worse ends as the deadline
+                    position = max(position, (msg.offset() or 0) + 1)
+                    latest[msg.key() or b""] = msg.value() is not None
+                got = consumer.position([TopicPartition(topic, 0)])[0].offset
+                position = max(position, got if got is not None else -1)  # compaction leaves holes
+    finally:
+        consumer.close()
+    out: set[Coordinates] = set()
+    for key, present in latest.items():
+        t, partition, offset = key.decode("utf-8", "replace").rsplit(":", 2)
+        if present:
+            out.add((t, int(partition), int(offset)))
+    return out
+
+
+async def refresh(ledger: PoisonLedger, settings: Settings) -> None:
+    """Merge the group's topic into ``ledger`` when a rebalance made it stale (the agents call
+    this before their next record). Unreadable, the worker goes on with what it knows: at worst a
+    record raises here once more, as before the topic existed."""
+    try:
+        found = await asyncio.to_thread(read_shared, settings)
+    except Exception as exc:
+        log.warning("the group's poison ledger (%s) was not read (%s: %s): going on with this worker's", settings.poison_topic,
+                    type(exc).__name__, exc)
+        found = set()
+    ledger.merge(found)
+    ledger.stale = False
+
+
+def forget_shared(settings: Settings, coordinates: set[Coordinates]) -> None:
+    """Tombstones in the group's topic for records the group has committed past."""
+    from confluent_kafka import Producer
+
+    if not coordinates:
+        return
+    producer = Producer(settings.kafka_config() | {"acks": "all"})
+    for where in sorted(coordinates):
+        producer.produce(settings.poison_topic, key=_key(*where), value=None)
+    producer.flush(CONFIRM_TIMEOUT_S)
 
 
 def dead_letter_and_restart(settings: Settings, ledger: PoisonLedger, kind_topic: str, message: Any, exc: BaseException) -> None:

@@ -332,6 +332,12 @@ class Settings(BaseSettings):
         return f"persona-shared-snapshot.{self.scoring_snapshots_topic}"
 
     @property
+    def poison_topic(self) -> str:
+        """Internal, compacted: the records of this worker group that raised a bug and were
+        dead-lettered, so that whichever worker replays one passes it by (stream_app/poison.py)."""
+        return f"{self.topic_prefix}poison.{self.app_id}"
+
+    @property
     def control_topic(self) -> str:
         """Model announcements (publish, rollback, trials), read by every worker (stream_app/control.py)."""
         return f"{self.topic_prefix}control"

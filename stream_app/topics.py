@@ -38,6 +38,8 @@ def topic_specs(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     specs[settings.scoring_snapshots_topic] = (2, {"cleanup.policy": "compact", "segment.ms": "3600000"})
     # One partition, latest announcement per registry kind: a worker starting reads the few records.
     specs[settings.control_topic] = (1, {"cleanup.policy": "compact"})
+    # The group's poison ledger: a few records, one per record that raised; read whole after each rebalance.
+    specs[settings.poison_topic] = (1, {"cleanup.policy": "compact"})
     return specs
 
 

@@ -33,7 +33,7 @@ from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.kafka_clients import group_committed
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
-from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, passed_by
+from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, forget_shared, passed_by, read_shared, refresh
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
@@ -228,6 +228,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def on_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.profiles.reset()
         progress.forget()
+        # A partition that comes next may hold a record another worker dead-lettered before it
+        # left: the agents read the group's ledger before their next record (stream_app.poison).
+        ledger.stale = True
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -379,6 +382,8 @@ def _add_agent(
                 decision = await order.check(msg)
                 if decision is not None:
                     await restarts.halt(decision)
+            if ledger.stale:
+                await refresh(ledger, runtime.settings)
             if not passed_by(ledger, msg):
                 with Guard(runtime.settings, ledger, runtime.settings.topic(kind), msg):  # a bug: stream_app.poison
                     await runtime.handle(kind, msg)
@@ -437,6 +442,8 @@ def _add_review_stages(
             decision = await order.check(msg)
             if decision is not None:
                 await restarts.halt(decision)
+            if ledger.stale:
+                await refresh(ledger, settings)
             started = time.perf_counter()
             try:
                 record = load_review(msg.value)
@@ -462,12 +469,17 @@ def _credentials(settings: Settings) -> Any:
 
 
 def _prune_ledger(settings: Settings, ledger: PoisonLedger) -> None:
-    """Forget the poison records the group has committed past (before the agents start: a
-    blocking Admin call per record, and a ledger holds a few)."""
+    """Read the group's poison records and forget those the group has committed past (before
+    the agents start: a blocking Admin call per record, and a ledger holds a few)."""
+    try:
+        ledger.merge(read_shared(settings))
+    except Exception as exc:  # read again after the first assignment (stream_app.poison.refresh)
+        log.warning("the group's poison ledger was not read (%s: %s)", type(exc).__name__, exc)
     if not ledger:
         return
     try:
         dropped = ledger.prune(lambda topic, partition: group_committed(settings, settings.app_id, topic, partition))
+        forget_shared(settings, ledger.forgotten)
     except Exception as exc:  # the broker's answer is only an optimisation here: keep every record
         log.warning("poison ledger not pruned (%s: %s); it keeps its %d records", type(exc).__name__, exc, len(ledger))
         return

@@ -8,8 +8,10 @@ first, would leave the record's purchase in its user's profile."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,9 +20,11 @@ from state.events import Purchase
 from stream_app import dlq
 from stream_app.dlq_ops import redrive
 from stream_app.inspect import all_profiles, scan
-from stream_app.poison import FAILPOINT_ENV, LEDGER_NAME, PoisonLedger
+from stream_app.poison import FAILPOINT_ENV, LEDGER_NAME, PoisonLedger, read_shared
 from stream_app.producer import publish
 from stream_app.settings import Settings
+from stream_app.supervise import _CHILD_ENV as CHILD_ENV
+from stream_app.supervise import RESTART_EXIT_CODE
 from tests.support import WorkerProcess, metric_sum, wait_drained
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
@@ -80,3 +84,56 @@ def test_a_record_that_raises_is_dead_lettered_and_restarted_past_then_redriven(
     wait_drained(settings, [topic], [worker], timeout=300)
     assert worker.stop() == 0
     assert _purchase_counts(settings) == dict(want)
+
+
+def test_regression_poison_ledger_was_per_worker(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The worker that dead-lettered a record stops for good (a pod gone with its disk); another
+    worker of the group, with its own empty state directory, takes the partition over. With the
+    ledger on the first worker's disk alone, the second met the record again: a second dead
+    letter and a restart. The group's poison topic makes it pass the record by."""
+    settings = topic_factory()
+    topic = settings.topic("purchase")
+    purchases = [
+        Purchase(event_id=f"poison-group-{i}", ts=1_700_000_000.0 + i, user_id=f"u{i % 30}", item_id=f"i{i % 53}")
+        for i in range(600)
+    ]
+    publish(settings, purchases)
+    records = sorted(scan(settings, topic), key=lambda r: (r[3], r[4]))
+    _, value, _, partition, offset = records[len(records) // 2]
+    victim = msgspec.json.decode(value or b"{}")["user_id"]
+    monkeypatch.setenv(FAILPOINT_ENV, f"{topic}:{partition}:{offset}")
+
+    # Worker A runs without its supervisor: after the dead letter it exits and stays down.
+    monkeypatch.setenv(CHILD_ENV, "1")
+    first = worker_factory(settings)
+    deadline = time.monotonic() + 300
+    while first.alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert first.proc.returncode == RESTART_EXIT_CODE, first.log_tail()
+    assert len(list(scan(settings, dlq.dlq_topic(topic)))) == 1
+    assert read_shared(settings) == {(topic, partition, offset)}
+
+    # Worker B: same group, its own empty state directory, the failpoint still armed.
+    monkeypatch.delenv(CHILD_ENV)
+    second = worker_factory(settings, state_dir=tmp_path / "second-worker-state")
+    wait_drained(settings, [topic], [second], timeout=300)
+    final = second.metrics()  # raises if B's supervisor restarted it
+    assert second.stop() == 0
+    assert not (tmp_path / "second-worker-state" / LEDGER_NAME).exists()  # B knew it from the topic alone
+    assert metric_sum(final, "persona_dead_letter_total", reason="internal") == 1  # passed by, counted by B
+    assert len(list(scan(settings, dlq.dlq_topic(topic)))) == 1  # no second dead letter
+    want = Counter(p.user_id for p in purchases)
+    want[victim] -= 1
+    assert _purchase_counts(settings) == dict(want)
+
+    # The group has committed past it: the next start forgets it, in the topic too.
+    from stream_app.worker import _prune_ledger
+
+    ledger = PoisonLedger(tmp_path / "third" / LEDGER_NAME)
+    _prune_ledger(settings, ledger)
+    assert len(ledger) == 0 and read_shared(settings) == set()

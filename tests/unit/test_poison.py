@@ -142,3 +142,17 @@ def test_the_ledger_forgets_records_the_group_committed_past_and_keeps_the_rest(
     reopened = PoisonLedger(path)
     assert len(reopened) == 2 and all(e in reopened for e in want)
     assert reopened.prune(next_offset) == 0 and not (tmp_path / (poison.LEDGER_NAME + ".tmp")).exists()
+
+
+def test_records_of_the_groups_topic_are_passed_by_and_their_pruned_ones_are_named_for_tombstones(tmp_path: Path) -> None:
+    ledger = PoisonLedger(tmp_path / "fresh" / poison.LEDGER_NAME)
+    assert ledger.stale  # nothing read from the group's topic yet
+    ledger.add("t.purchases", 0, 2)  # this worker's own
+    ledger.merge({("t.purchases", 1, 7), ("t.purchases", 1, 12), ("t.reviews", 0, 4)})  # another worker's
+    assert passed_by(ledger, Msg(topic="t.purchases", partition=1, offset=7)) and len(ledger) == 4
+    committed = {("t.purchases", 0): 3, ("t.purchases", 1): 10}
+    assert ledger.prune(lambda topic, partition: committed.get((topic, partition))) == 2
+    # Only what came from the topic gets a tombstone there; the worker's own went from its file.
+    assert ledger.forgotten == {("t.purchases", 1, 7)}
+    assert ("t.purchases", 1, 12) in ledger and ("t.reviews", 0, 4) in ledger
+    assert ledger.prune(lambda topic, partition: None) == 0 and ledger.forgotten == set()
