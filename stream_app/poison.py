@@ -85,6 +85,8 @@ class PoisonLedger:
         self.forgotten: set[Coordinates] = set()
         #: True until the group's topic was read since the last rebalance (:func:`refresh`)
         self.stale = True
+        #: the read in flight, which every agent that finds the ledger stale awaits
+        self.reading: asyncio.Future[None] | None = None
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -261,8 +263,15 @@ def read_shared(settings: Settings, timeout_s: float = 10.0) -> set[Coordinates]
 
 async def refresh(ledger: PoisonLedger, settings: Settings) -> None:
     """Merge the group's topic into ``ledger`` when a rebalance made it stale (the agents call
-    this before their next record). Unreadable, the worker goes on with what it knows: at worst a
-    record raises here once more, as before the topic existed."""
+    this before their next record; one read serves every agent waiting). Unreadable, the worker
+    goes on with what it knows: at worst a record raises here once more, as before the topic
+    existed."""
+    if ledger.reading is None or ledger.reading.done():
+        ledger.reading = asyncio.ensure_future(_refresh(ledger, settings))
+    await asyncio.shield(ledger.reading)
+
+
+async def _refresh(ledger: PoisonLedger, settings: Settings) -> None:
     try:
         found = await asyncio.to_thread(read_shared, settings)
     except Exception as exc:

@@ -473,7 +473,8 @@ def _prune_ledger(settings: Settings, ledger: PoisonLedger) -> None:
     the agents start: a blocking Admin call per record, and a ledger holds a few)."""
     try:
         ledger.merge(read_shared(settings))
-    except Exception as exc:  # read again after the first assignment (stream_app.poison.refresh)
+        ledger.stale = False  # until a rebalance
+    except Exception as exc:  # read again before the first record (stream_app.poison.refresh)
         log.warning("the group's poison ledger was not read (%s: %s)", type(exc).__name__, exc)
     if not ledger:
         return

@@ -156,3 +156,23 @@ def test_records_of_the_groups_topic_are_passed_by_and_their_pruned_ones_are_nam
     assert ledger.forgotten == {("t.purchases", 1, 7)}
     assert ("t.purchases", 1, 12) in ledger and ("t.reviews", 0, 4) in ledger
     assert ledger.prune(lambda topic, partition: None) == 0 and ledger.forgotten == set()
+
+
+def test_agents_that_find_the_ledger_stale_share_one_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+
+    def read(settings: Settings, timeout_s: float = 10.0) -> set[tuple[str, int, int]]:
+        reads.append(settings.poison_topic)
+        return {("t.purchases", 3, 9)}
+
+    monkeypatch.setattr(poison, "read_shared", read)
+    ledger = PoisonLedger(tmp_path / poison.LEDGER_NAME)
+
+    async def agents() -> None:
+        await asyncio.gather(*(poison.refresh(ledger, Settings()) for _ in range(6)))
+
+    asyncio.run(agents())
+    assert reads == [Settings().poison_topic] and not ledger.stale and ("t.purchases", 3, 9) in ledger
+    ledger.stale = True  # a rebalance: the next agent reads again
+    asyncio.run(poison.refresh(ledger, Settings()))
+    assert len(reads) == 2 and not ledger.stale
