@@ -189,23 +189,29 @@ def bench_reviews(
     device: Annotated[str, typer.Option(help="cpu, or cuda on a GPU machine (refuses to report a CPU fallback).")] = "cpu",
     batch: Annotated[Optional[int], typer.Option(help="Reviews per micro-batch (default PERSONA_REVIEW_BATCH).")] = None,
     max_batch_tokens: Annotated[Optional[int], typer.Option(help="Token budget per inference call.")] = None,
+    pipeline_spin: Annotated[str, typer.Option(help="The worker's PERSONA_MODEL_SPIN: off (its default), on, or both.")] = "off",
 ) -> None:
     """Reviews/s through one worker's two-stage review pipeline vs the encoder alone."""
     from rich.table import Table
 
     from bench.reviews import run
 
+    spins = {"off": (False,), "on": (True,), "both": (False, True)}.get(pipeline_spin)
+    if spins is None:
+        raise typer.BadParameter(f"--pipeline-spin is off, on or both, not {pipeline_spin!r}")
     rows = run(
         bootstrap, _data_dir(), _model_registry(registry), reviews=reviews, threads=threads, export_missing=export_missing,
-        device=device, batch=batch, max_batch_tokens=max_batch_tokens,
+        device=device, batch=batch, max_batch_tokens=max_batch_tokens, pipeline_spins=spins,
     )
-    table = Table(title="persona bench reviews (reviews/s; ratio = pipeline / encoder alone)")
-    for col in ("variant", "reviews", "batch", "threads", "encoder alone", "pipeline", "ratio"):
+    table = Table(title="persona bench reviews (reviews/s; ratio = pipeline / the faster encoder alone)")
+    cols = ("variant", "reviews", "batch", "threads", "alone, spin / no spin", "worker spin", "pipeline", "ratio")
+    for col in cols:
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
         table.add_row(
             r["variant"], f"{r['reviews']:,}", str(r["batch"]), str(r["threads"]),
-            f"{r['encoder_alone_per_s']:,.1f}", f"{r['pipeline_per_s']:,.1f}", f"{r['ratio']:.3f}",
+            f"{r['encoder_alone_spin_per_s']:,.1f} / {r['encoder_alone_nospin_per_s']:,.1f}",
+            "on" if r["pipeline_spin"] else "off", f"{r['pipeline_per_s']:,.1f}", f"{r['ratio']:.3f}",
         )
     Console().print(table)
     if json_out:

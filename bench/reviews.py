@@ -9,6 +9,10 @@ the encoder alone on the same texts, measured in the same run with the same thre
   (the worker's start and model load are outside the clock).
 
 The ratio pipeline/baseline is the share of the encoder's speed the streaming design keeps.
+The baseline is the faster of the encoder with onnxruntime's intra-op threads spin-waiting
+between calls (its default) and without; the worker runs with ``PERSONA_MODEL_SPIN`` (off by
+default: spinning threads take the cores the event loop and the broker need), and
+``pipeline_spins`` runs it both ways in the same run.
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ AMAZON = Path("amazon2014-musical-instruments-5core") / "reviews_Musical_Instrum
 
 
 def encoder_alone(
-    version_dir: Path, texts: list[str], batch: int, threads: int, device: str = "cpu", max_batch_tokens: int | None = None
+    version_dir: Path, texts: list[str], batch: int, threads: int, device: str = "cpu", max_batch_tokens: int | None = None,
+    spin: bool = True,
 ) -> float:
     """Texts/s of the encoder on ``texts`` in batches of ``batch`` (cache off, warmed up)."""
     encoder = load_encoder(
-        version_dir, device=device, threads=threads, cache_size=0, batch_size=batch, max_batch_tokens=max_batch_tokens  # type: ignore[arg-type]
+        version_dir, device=device, threads=threads, cache_size=0, batch_size=batch, max_batch_tokens=max_batch_tokens,  # type: ignore[arg-type]
+        spin=spin,
     )
     if device == "cuda" and encoder.provider != "CUDAExecutionProvider":
         raise RuntimeError(f"asked for CUDA, the session runs on {encoder.provider}: no GPU figures from a CPU run")
@@ -68,10 +74,12 @@ def run(
     device: str = "cpu",
     batch: int | None = None,
     max_batch_tokens: int | None = None,
+    pipeline_spins: tuple[bool, ...] = (False,),
 ) -> list[dict[str, Any]]:
     """``device="cuda"`` (the GPU machine): the fp32 artifact only, whose fp16 graph the
     worker and the baseline run there; ``batch``/``max_batch_tokens`` override the settings'
-    micro-batch (on a GPU: e.g. 1024 rows and a 65,536-token budget)."""
+    micro-batch (on a GPU: e.g. 1024 rows and a 65,536-token budget); ``pipeline_spins``: the
+    worker's ``model_spin`` per pipeline run (a row each)."""
     versions = ensure_versions(registry, export_missing)
     if device == "cuda":
         versions = {k: v for k, v in versions.items() if k == "fp32"}
@@ -88,28 +96,36 @@ def run(
             reg.mkdir()
             (reg / version_dir.name).symlink_to(version_dir.resolve())
             (reg / "CURRENT").write_text(version_dir.name)
-            tag = f"benchrev{variant}{int(time.time())}"
-            base = bench_settings(bs, tag, work / f"state-{variant}")
-            settings = base.model_copy(
-                update={"model_registry": reg, "model_threads": threads, "model_device": device,
-                        "review_batch": batch or base.review_batch, "model_batch_tokens": max_batch_tokens}
-            )
-            ensure_topics(settings)
-            publish(settings, events)
-            alone = encoder_alone(version_dir, texts, settings.review_batch, threads, device, max_batch_tokens)
-            through = pipeline(settings, len(events), work)
-            rows.append(
-                {
-                    "variant": variant,
-                    "version": version_dir.name,
-                    "reviews": len(events),
-                    "batch": settings.review_batch,
-                    "threads": threads,
-                    "device": device,
-                    "max_batch_tokens": max_batch_tokens,
-                    "encoder_alone_per_s": alone,
-                    "pipeline_per_s": through,
-                    "ratio": through / alone,
-                }
-            )
+            alone = {
+                spin: encoder_alone(version_dir, texts, batch or Settings().review_batch, threads, device, max_batch_tokens, spin)
+                for spin in (True, False)
+            }
+            for spin in pipeline_spins:
+                tag = f"benchrev{variant}{'spin' if spin else ''}{int(time.time())}"
+                base = bench_settings(bs, tag, work / f"state-{variant}-{spin}")
+                settings = base.model_copy(
+                    update={"model_registry": reg, "model_threads": threads, "model_device": device, "model_spin": spin,
+                            "review_batch": batch or base.review_batch, "model_batch_tokens": max_batch_tokens}
+                )
+                ensure_topics(settings)
+                publish(settings, events)
+                through = pipeline(settings, len(events), work)
+                best = max(alone.values())
+                rows.append(
+                    {
+                        "variant": variant,
+                        "version": version_dir.name,
+                        "reviews": len(events),
+                        "batch": settings.review_batch,
+                        "threads": threads,
+                        "device": device,
+                        "max_batch_tokens": max_batch_tokens,
+                        "encoder_alone_per_s": best,
+                        "encoder_alone_spin_per_s": alone[True],
+                        "encoder_alone_nospin_per_s": alone[False],
+                        "pipeline_spin": spin,
+                        "pipeline_per_s": through,
+                        "ratio": through / best,
+                    }
+                )
     return rows

@@ -134,10 +134,17 @@ def _try_cuda(device: Device, *, auto_cuda: bool = True) -> bool:
     return device == "auto" and auto_cuda and not _cuda_failed and cuda_possible()
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spin: bool = True) -> ort.SessionOptions:
     """Explicit thread counts: onnxruntime's default spins one thread per *host* core, which
-    oversubscribes a container limited to fewer cores and fights the worker's event loop."""
+    oversubscribes a container limited to fewer cores and fights the worker's event loop.
+
+    ``spin=False``: the intra-op threads block when a call ends instead of spin-waiting for the
+    next one (onnxruntime's ``session.intra_op.allow_spinning``). Spinning is faster for an
+    encoder that has the cores to itself; beside an event loop, a broker or another job on the
+    same cores it burns CPU they need (``persona bench reviews`` measures both)."""
     opts = ort.SessionOptions()
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.intra_op_num_threads = threads or available_threads()
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -145,8 +152,12 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return opts
 
 
+def _spinning(spin: bool) -> str:
+    return "" if spin else ", no spinning"
+
+
 def open_session(
-    model: Path, device: Device, threads: int | None, *, auto_cuda: bool = True
+    model: Path, device: Device, threads: int | None, *, auto_cuda: bool = True, spin: bool = True
 ) -> tuple[ort.InferenceSession, str]:
     """A session and the provider it *really* uses. ``auto_cuda=False`` keeps ``device="auto"``
     on CPU (int8 graphs: their dynamic-quantization ops are CPU kernels, so on CUDA they would
@@ -164,7 +175,7 @@ def open_session(
     # device="auto" on a machine without a GPU goes straight to CPU (see cuda_possible).
     providers = [CUDA, CPU] if _try_cuda(device, auto_cuda=auto_cuda) else [CPU]
     try:
-        session = ort.InferenceSession(str(model), sess_options=session_options(threads), providers=providers)
+        session = ort.InferenceSession(str(model), sess_options=session_options(threads, spin), providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind classes, not a common base
         raise ModelError(f"onnxruntime cannot load {model} on {providers[0]}: {exc}") from exc
     actual = session.get_providers()[0]
@@ -386,8 +397,10 @@ def load_encoder(
     batch_size: int = 64,
     fp16: bool = True,
     max_batch_tokens: int | None = None,
+    spin: bool = True,
 ) -> Encoder:
-    """Verify (sha256 of every file against the manifest) and load one version directory."""
+    """Verify (sha256 of every file against the manifest) and load one version directory
+    (``spin``: :func:`session_options`)."""
     root = Path(version_dir)
     manifest = read_manifest(root)
     verify(root, manifest)
@@ -397,7 +410,7 @@ def load_encoder(
         raise ModelError(f"encoder artifact {root}: cannot read {GOLDEN_FILE}: {exc}") from exc
     return open_encoder(
         root, manifest, golden, device=device, threads=threads, cache_size=cache_size, batch_size=batch_size, fp16=fp16,
-        max_batch_tokens=max_batch_tokens,
+        max_batch_tokens=max_batch_tokens, spin=spin,
     )
 
 
@@ -413,6 +426,7 @@ def open_encoder(
     batch_size: int = 64,
     fp16: bool = True,
     max_batch_tokens: int | None = None,
+    spin: bool = True,
 ) -> Encoder:
     """An Encoder over already-verified files (the exporter uses it on a draft artifact,
     before head.json exists: hence the optional ``head``)."""
@@ -428,11 +442,11 @@ def open_encoder(
     tokenizer.enable_truncation(manifest.max_length)
     cuda_usable = _try_cuda(device)
     graph = pick_graph(manifest, device, fp16, cuda_usable)
-    session, provider = open_session(root / graph, device, threads, auto_cuda=manifest.variant != "int8")
+    session, provider = open_session(root / graph, device, threads, auto_cuda=manifest.variant != "int8", spin=spin)
     if graph != MODEL_FILE and provider != CUDA:
         # CUDA did not start after all: never run the fp16 graph on CPU.
         graph = MODEL_FILE
-        session, provider = open_session(root / graph, device, threads, auto_cuda=False)
+        session, provider = open_session(root / graph, device, threads, auto_cuda=False, spin=spin)
     if manifest.variant == "fp16" and provider != CUDA:
         log.warning("fp16 encoder %s runs on %s: fp16 graphs are meant for CUDA and are slow here", manifest.version, provider)
     names = {i.name for i in session.get_inputs()}
@@ -445,7 +459,7 @@ def open_encoder(
         manifest.dim,
         graph,
         provider,
-        f" with {session_options(threads).intra_op_num_threads} intra-op threads" if provider == CPU else "",
+        f" with {session_options(threads).intra_op_num_threads} intra-op threads{_spinning(spin)}" if provider == CPU else "",
     )
     return Encoder(
         session=session,

@@ -84,8 +84,11 @@ class EncoderHolder:
         fp16: bool = True,
         batch_size: int = 64,
         max_batch_tokens: int | None = None,
+        spin: bool = True,
     ) -> None:
         self.registry_path = registry
+        #: onnxruntime's intra-op spin-wait (encoders.runtime.session_options)
+        self.spin = spin
         self.device = device
         self.threads = threads
         self.fp16 = fp16
@@ -106,7 +109,7 @@ class EncoderHolder:
 
         encoder = load_encoder(
             version_dir, device=self.device, threads=self.threads, fp16=self.fp16,  # type: ignore[arg-type]
-            batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens,
+            batch_size=self.batch_size, max_batch_tokens=self.max_batch_tokens, spin=self.spin,
         )
         encoder.golden_check()
         encoder.encode(["warm-up", "a slightly longer warm-up sentence for the session"])

@@ -229,6 +229,11 @@ class Settings(BaseSettings):
         True, description="On CUDA, run the artifact's fp16 graph when it carries one (fp32 exports do)."
     )
     model_threads: int | None = Field(None, ge=1, description="CPU inference threads (default: ONNX Runtime's).")
+    model_spin: bool = Field(
+        False,
+        description="Let the encoder's CPU threads spin-wait between inference calls (onnxruntime's default). Off: they "
+        "block, and leave the cores to the worker's event loop and the broker (see `persona bench reviews`).",
+    )
     model_poll_s: float = Field(10.0, gt=0, description="How often workers look for a new CURRENT encoder.")
     review_batch: int = Field(64, ge=1, description="Most reviews encoded in one micro-batch (and rows per inference call).")
     model_batch_tokens: int | None = Field(

@@ -104,7 +104,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
 
     holder = EncoderHolder(
         settings.model_registry, device=settings.model_device, threads=settings.model_threads, fp16=settings.model_fp16,
-        batch_size=settings.review_batch, max_batch_tokens=settings.model_batch_tokens,
+        batch_size=settings.review_batch, max_batch_tokens=settings.model_batch_tokens, spin=settings.model_spin,
     )
     models_tried = asyncio.Event()
     # Records whose processing raised a bug, dead-lettered before a restart (stream_app.poison).

@@ -25,6 +25,7 @@ from encoders import Encoder, EncoderInfo, Registry, load_encoder
 from encoders.artifact import GOLDEN_SENTENCES, GPU_MODEL_FILE, HASHED_FILES, Head, Manifest, Parity, Variant, sha256_file
 from encoders.pooling import cosine_rows, mean_pool_normalize
 from state.errors import ModelError
+from stream_app.settings import Settings
 
 DIM = 8
 MAX_LENGTH = 12
@@ -652,3 +653,15 @@ def test_regression_int8_golden_check_refused_a_sound_artifact_at_review_batch_1
     for batch_size, budget in ((1, None), (64, 16), (64, None), (64, 0)):
         enc = load_encoder(int8, device="cpu", batch_size=batch_size, max_batch_tokens=budget, cache_size=0)
         assert enc.golden_check() >= runtime.GOLDEN_MIN_COS, (batch_size, budget)
+
+
+def test_the_worker_encoder_blocks_instead_of_spinning_and_encodes_the_same(artifact: Path) -> None:
+    spinning = load_encoder(artifact, device="cpu", threads=2, cache_size=0)
+    blocking = load_encoder(artifact, device="cpu", threads=2, cache_size=0, spin=False)
+    key = "session.intra_op.allow_spinning"
+    assert blocking.session.get_session_options().get_session_config_entry(key) == "0"
+    # Unset is onnxruntime's default, which spins.
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        spinning.session.get_session_options().get_session_config_entry(key)
+    np.testing.assert_array_equal(blocking.encode(TEXTS), spinning.encode(TEXTS))
+    assert Settings().model_spin is False  # the worker's default (stream_app.worker builds its EncoderHolder with it)
