@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from faust.sensors import Monitor
@@ -65,4 +69,61 @@ class RetriableAsWarning(logging.Filter):
         err = record.args[0] if isinstance(record.args, tuple) and record.args else None
         if record.levelno == logging.ERROR and getattr(err, "retriable", False):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+#: aiokafka's warning when the coordinator no longer knows this consumer's member id.
+_MEMBER_UNKNOWN = "Heartbeat failed: local member_id was not recognized"
+#: The exit code of a setting to fix (as ``persona``'s ConfigError): no restart can help.
+CONFIG_EXIT_CODE = 3
+
+
+def _exit_config(message: str) -> None:
+    logging.getLogger("persona.worker").error("%s", message)
+    logging.shutdown()
+    os._exit(CONFIG_EXIT_CODE)
+
+
+class SharedInstanceId(logging.Filter):
+    """Stops a static member whose ``group_instance_id`` another live worker also uses.
+
+    Two workers with one instance id do not fail: each JoinGroup gives the id to the newer
+    member, the older one's next heartbeat finds its member id unknown, it joins again, and so
+    on every few seconds (seen with two workers and one id: both kept taking the same partitions
+    back, each processing them in turn). One unknown member id alone is also what a worker that
+    stalled past its session sees, so only ``times`` of them within ``window_s`` stop the
+    worker, with an error naming the setting and the exit code of a setting to fix (never a
+    restart, which would only take the id back). The first of the two to count them exits; the
+    other then keeps the id."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        *,
+        times: int = 3,
+        window_s: float = 120.0,
+        on_shared: Callable[[str], None] = _exit_config,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.instance_id = instance_id
+        self.window_s = window_s
+        self._seen: deque[float] = deque(maxlen=times)
+        self._on_shared = on_shared
+        self._clock = clock
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(_MEMBER_UNKNOWN):
+            now = self._clock()
+            self._seen.append(now)
+            span = now - self._seen[0]
+            if len(self._seen) == self._seen.maxlen and span <= self.window_s:
+                times = len(self._seen)
+                self._seen.clear()
+                self._on_shared(
+                    f"PERSONA_GROUP_INSTANCE_ID={self.instance_id!r} is in use by another live worker of "
+                    f"this group: the group gave the id to another member {times} times in {span:.0f} s. "
+                    "Give every worker its own id (in Kubernetes, the StatefulSet pod's name); stopping "
+                    "this worker, without a restart"
+                )
         return True

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         description="Consumer group session timeout (s): how long a crashed worker keeps its "
         "partitions before the group moves them (Faust's default is 60).",
     )
+    # Static membership (KIP-345). Without it a worker that restarts (the supervisor after a
+    # faust#596 hole, a pod restart) rejoins as a stranger: every worker in the group stops for a
+    # rebalance, and after a kill -9 the group first waits for the dead member's session to end.
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=249,
+        description="Static group membership: a name unique to this worker in its group (in "
+        "Kubernetes the StatefulSet pod's name). A worker that restarts within session_timeout_s "
+        "gets its partitions back without a rebalance of the group; the price: a worker stopped "
+        "for good keeps its partitions until its session times out, since static members do not "
+        "leave the group on close. Unset: dynamic membership.",
+    )
     stall_timeout_s: float = Field(
         30.0,
         gt=0,

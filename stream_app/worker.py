@@ -31,7 +31,7 @@ from stream_app.experiment import Candidate
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.kafka_clients import group_committed
-from stream_app.monitor import PersonaMonitor, RetriableAsWarning
+from stream_app.monitor import PersonaMonitor, RetriableAsWarning, SharedInstanceId
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
 from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, forget_shared, passed_by, read_shared, refresh
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
@@ -59,6 +59,8 @@ _PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     """The Faust app with its agents, table, timers and web views."""
     logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(RetriableAsWarning())
+    if settings.group_instance_id:
+        logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(SharedInstanceId(settings.group_instance_id))
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
@@ -75,11 +77,21 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         table_standby_replicas=0,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 10,
+        consumer_group_instance_id=settings.group_instance_id,
         producer_acks=-1,
         web_enabled=True,
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,
+        # Faust puts this URL in its assignment metadata and asserts, when an assignment
+        # arrives, that it is its own. A static member that restarts gets the assignment its
+        # previous run was given, without a rebalance, so the URL must not change with the
+        # port or the pod's address: with an instance id, the id is the URL's host. (We serve
+        # no table views between workers, so nothing connects to it.)
+        canonical_url=(
+            f"http://{settings.group_instance_id}" if settings.group_instance_id
+            else f"http://{settings.web_host}:{settings.web_port}"
+        ),
         autodiscover=False,
         # We encode and decode every payload ourselves (msgspec), so Faust moves raw bytes.
         key_serializer="raw",

@@ -393,6 +393,12 @@ def test_worker_probes_scrape_annotations_and_limits() -> None:
     assert grace > Settings.model_fields["session_timeout_s"].default
 
 
+def test_statefulset_pods_are_static_group_members_named_after_the_pod() -> None:
+    (entry,) = [e for e in _worker_container().get("env", []) if e["name"] == "PERSONA_GROUP_INSTANCE_ID"]
+    assert entry["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "unique and stable across the pod's restarts"
+    assert "PERSONA_GROUP_INSTANCE_ID" not in _config(), "one value for all pods would make them fence each other"
+
+
 def test_pdb_covers_the_workers() -> None:
     pdb = _one("PodDisruptionBudget")
     pod_labels = _statefulset()["spec"]["template"]["metadata"]["labels"]
@@ -487,6 +493,8 @@ def test_compose_services() -> None:
         assert f":{env['PERSONA_WEB_PORT']}/ready" in check, f"{name}: the healthcheck asks its own /ready"
         assert worker["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert len(ports) == len(WORKER_SERVICES), "distinct web ports"
+    instance_ids = {services[name]["environment"]["PERSONA_GROUP_INSTANCE_ID"] for name in WORKER_SERVICES}
+    assert len(instance_ids) == len(WORKER_SERVICES), "one static group member id per worker: two would take it from each other"
     assert len(state_volumes) == len(WORKER_SERVICES), "one state volume per worker"
     assert len(models) == 1, "the workers share one models volume"
 

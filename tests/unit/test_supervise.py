@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -250,3 +251,46 @@ def test_restarts_back_off_while_the_worker_keeps_asking_soon_after_it_starts() 
     assert delays[-1] == MAX_DELAY_S
     # A child that ran a while asked for an ordinary restart: the wait starts over.
     assert next_delay(MAX_DELAY_S, lived_s=QUICK_S) == FIRST_DELAY_S
+
+
+def _member_unknown() -> logging.LogRecord:
+    # aiokafka's own message (group_coordinator.py), logged at WARNING with no arguments.
+    return logging.LogRecord(
+        "aiokafka.consumer.group_coordinator", logging.WARNING, "x", 1,
+        "Heartbeat failed: local member_id was not recognized; resetting and re-joining group", (), None,
+    )
+
+
+def test_a_static_member_whose_id_is_taken_three_times_in_the_window_is_stopped() -> None:
+    from stream_app.monitor import SharedInstanceId
+
+    now = [0.0]
+    calls: list[str] = []
+    f = SharedInstanceId("pod-0", times=3, window_s=120.0, on_shared=calls.append, clock=lambda: now[0])
+    for t in (0.0, 3.0):
+        now[0] = t
+        assert f.filter(_member_unknown())
+    assert calls == [], "twice is still a session that may have expired after a stall"
+    other = logging.LogRecord("aiokafka", logging.WARNING, "x", 1, "Heartbeat failed for group %s because it is rebalancing", ("g",), None)
+    assert f.filter(other) and calls == [], "other heartbeat failures do not count"
+    now[0] = 6.0
+    assert f.filter(_member_unknown())
+    assert len(calls) == 1
+    assert "PERSONA_GROUP_INSTANCE_ID='pod-0' is in use by another live worker" in calls[0]
+    assert "3 times in 6 s" in calls[0]
+
+
+def test_unknown_member_ids_spread_wider_than_the_window_do_not_stop_the_worker() -> None:
+    from stream_app.monitor import SharedInstanceId
+
+    now = [0.0]
+    calls: list[str] = []
+    f = SharedInstanceId("pod-0", times=3, window_s=120.0, on_shared=calls.append, clock=lambda: now[0])
+    for t in (0.0, 100.0, 200.0, 300.0, 400.0):  # a session lost now and then, after a stall
+        now[0] = t
+        f.filter(_member_unknown())
+    assert calls == []
+    for t in (401.0, 402.0):  # with the one at 400: three within the window
+        now[0] = t
+        f.filter(_member_unknown())
+    assert len(calls) == 1
