@@ -11,7 +11,8 @@ scale-out ceiling it sets), ``restore`` (through the broker: a worker's start-up
 whole deltas topic against the latest snapshot and the deltas after it), ``reviews`` (the review pipeline
 against the encoder alone), ``load`` (event->emit latency at
 offered loads with 10% reviews, against the offered rate) and ``scale`` (1, 2, 4 workers on 8
-partitions against one, and the pause when a worker joins or leaves), ``new-users`` (in
+partitions against one, the pause when a worker joins or leaves, and when one is killed and
+restarted as a dynamic against a static member), ``new-users`` (in
 process: a new user's ranking against a MovieLens repeat user's, both with item vectors). A part that cannot run here (no
 encoder registry, no dataset) is recorded with the reason, never left out silently.
 """
@@ -186,6 +187,9 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rb = sc["rebalance"]
         join, leave = rb.get("join_pause_s", float("nan")), rb.get("leave_pause_s", float("nan"))
         rows.append(("scale", "pause after a join / a leave (s)", f"{join:.1f} / {leave:.1f}"))
+    for kind, rs in (sc.get("restart") or {}).items():
+        rows.append(("scale", f"a worker killed and restarted, {kind} members: group pause / back after (s)",
+                     f"{rs.get('restart_pause_s', float('nan')):.1f} / {rs.get('back_s', float('nan')):.1f}"))
     return rows
 
 

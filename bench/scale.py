@@ -12,6 +12,12 @@ not the design: the report gives the cores and the load.
 Then a rebalance run with two workers: when a third of the events are applied a third
 worker joins; at two thirds one worker is stopped (SIGTERM). The pause is the longest time
 without any applied event in the 60 s after each change (sampled every 0.2 s).
+
+Last, two restart runs with two workers: at a third of the events one worker is killed
+(SIGKILL, as a crashed pod) and started again at once on its state dir, once as a dynamic
+member and once with a group instance id (static membership, ``PERSONA_GROUP_INSTANCE_ID``).
+Each reports the group's longest pause after the kill and ``back_s``, the time from the kill to
+the restarted worker's first applied event.
 """
 
 from __future__ import annotations
@@ -44,9 +50,11 @@ def _events(data_dir: Path, limit: int | None) -> tuple[list[Event], list[Event]
 class Group:
     """Workers of one consumer group; counters of stopped workers are kept at their last value."""
 
-    def __init__(self, settings: Settings, work: Path) -> None:
+    def __init__(self, settings: Settings, work: Path, *, static: bool = False) -> None:
         self.settings = settings
         self.work = work
+        #: give each worker a group instance id (static membership)
+        self.static = static
         work.mkdir(parents=True, exist_ok=True)
         self.workers: list[WorkerProcess] = []
         self._last: dict[int, float] = {}
@@ -54,14 +62,32 @@ class Group:
         self._base: dict[int, float] = {}
         self._stopped = 0.0
         self._restarts: dict[int, int] = {}
+        #: worker -> its number (state dir, instance id), and how many processes were started
+        self._index: dict[int, int] = {}
+        self._started = 0
 
-    def add(self) -> WorkerProcess:
-        n = len(self.workers)
-        s = self.settings.model_copy(update={"state_dir": self.work / f"state-{n}", "web_port": free_port()})
+    def add(self, n: int | None = None) -> WorkerProcess:
+        n = len(self.workers) if n is None else n
+        update: dict[str, Any] = {"state_dir": self.work / f"state-{n}", "web_port": free_port()}
+        if self.static:
+            update["group_instance_id"] = f"bench-worker-{n}"
+        s = self.settings.model_copy(update=update)
         # Restarts allowed: a restart under rebalance is a finding to report, not a crash.
-        w = WorkerProcess(s, self.work / f"worker-{n}.log", allow_restarts=True)
+        self._started += 1
+        w = WorkerProcess(s, self.work / f"worker-{n}-{self._started}.log", allow_restarts=True)
+        self._index[id(w)] = n
         self.workers.append(w)
         return w
+
+    def restart(self, w: WorkerProcess) -> WorkerProcess:
+        """SIGKILL ``w`` and start it again at once on its state dir (and instance id)."""
+        n = self._index.pop(id(w))
+        self._stopped += self._last.pop(id(w), 0.0) + self._base.pop(id(w), 0.0)
+        self._restarts.pop(id(w), None)  # a new process may get the old one's id()
+        w.kill()
+        w.stop()
+        self.workers.remove(w)
+        return self.add(n)
 
     def stop(self, w: WorkerProcess) -> None:
         self._stopped += self._last.pop(id(w), 0.0) + self._base.pop(id(w), 0.0)
@@ -87,6 +113,10 @@ class Group:
                 self._last[id(w)] = now
             total += self._last.get(id(w), 0.0) + self._base.get(id(w), 0.0)
         return total
+
+    def applied_by(self, w: WorkerProcess) -> float:
+        """What ``w``'s process applied, as of the last :meth:`applied`."""
+        return self._last.get(id(w), 0.0)
 
     @property
     def restarts(self) -> int:
@@ -128,11 +158,12 @@ def _pauses(changes: list[tuple[str, float]], samples: list[tuple[float, float]]
 
 
 def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
-               rebalance: bool = False) -> dict[str, Any]:
+               rebalance: bool = False, restart: bool = False, static: bool = False) -> dict[str, Any]:
     settings = bench_settings(bs, tag, work / "unused", partitions=PARTITIONS)
     ensure_topics(settings)
     publish(settings, catalog)
-    group = Group(settings, work / tag)
+    group = Group(settings, work / tag, static=static)
+    restarted: WorkerProcess | None = None
     n = len(behaviour)
     row: dict[str, Any] = {"workers": workers}
     try:
@@ -156,9 +187,16 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
             elif rebalance and len(changes) == 1 and done >= 2 * n / 3:
                 changes.append(("leave", now))
                 group.stop(group.workers[0])
-            if done >= n:
+            elif restart and not changes and done >= n / 3:
+                changes.append(("restart", now))
+                restarted = group.restart(group.workers[-1])
+            if restarted is not None and "back_s" not in row and group.applied_by(restarted) > 0:
+                row["back_s"] = now - changes[0][1]
+            if restarted is not None and "back_s" not in row:
+                pass  # the restarted worker has not applied yet: not done whatever the counters say
+            elif done >= n:
                 break
-            if len(samples) % 25 == 0 and group_lag(settings, [settings.topic("purchase")]) == 0 and done > 0:
+            elif len(samples) % 25 == 0 and group_lag(settings, [settings.topic("purchase")]) == 0 and done > 0:
                 break  # all committed (a restart's re-processing makes the counters overshoot or lag)
             time.sleep(0.2)
         else:
@@ -185,7 +223,8 @@ def _keep_logs(folder: Path) -> None:
         shutil.copy(log, LOGS / f"{folder.name}-{log.name}")
 
 
-def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts: tuple[int, ...] = (1, 2, 4)) -> dict[str, Any]:
+def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts: tuple[int, ...] = (1, 2, 4),
+        restarts: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "partitions": PARTITIONS, "load_1m_start": os.getloadavg()[0], "rows": []}
     catalog, behaviour, what = _events(data_dir, events)
     report["data"] = what
@@ -199,5 +238,10 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts
             for row in report["rows"]:
                 row["speedup"] = row["eps"] / base
         report["rebalance"] = throughput(bs, f"scale{stamp}rb", work, 2, catalog, behaviour, rebalance=True)
+        if restarts:
+            report["restart"] = {
+                kind: throughput(bs, f"scale{stamp}rs{kind[0]}", work, 2, catalog, behaviour, restart=True, static=kind == "static")
+                for kind in ("dynamic", "static")
+            }
     report["load_1m_end"] = os.getloadavg()[0]
     return report

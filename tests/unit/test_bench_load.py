@@ -59,7 +59,9 @@ def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_me
                 {"offered_eps": 1000, "not_run": "saturated at 500 events/s"}]}},
             "scale": {"ok": True, "result": {"rows": [{"workers": 1, "eps": 1500.0, "speedup": 1.0},
                                                       {"workers": 2, "eps": 2100.0, "speedup": 1.4}],
-                                             "rebalance": {"join_pause_s": 3.2, "leave_pause_s": 1.5}}},
+                                             "rebalance": {"join_pause_s": 3.2, "leave_pause_s": 1.5},
+                                             "restart": {"dynamic": {"restart_pause_s": 28.94, "back_s": 31.68},
+                                                         "static": {"restart_pause_s": 0.36, "back_s": 4.67}}}},
             "encoder": {"ok": False, "not_measured": "FileNotFoundError: no registry"},
         },
     }
@@ -68,6 +70,8 @@ def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_me
     assert "| load | 1000/s offered | saturated at 500 events/s |" in md
     assert "| scale | 2 workers: events/s (speedup vs 1) | 2,100 (1.40) |" in md
     assert "| scale | pause after a join / a leave (s) | 3.2 / 1.5 |" in md
+    assert "| scale | a worker killed and restarted, dynamic members: group pause / back after (s) | 28.9 / 31.7 |" in md
+    assert "| scale | a worker killed and restarted, static members: group pause / back after (s) | 0.4 / 4.7 |" in md
     assert "- encoder: FileNotFoundError: no registry" in md
 
 
