@@ -192,11 +192,11 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
                 restarted = group.restart(group.workers[-1])
             if restarted is not None and "back_s" not in row and group.applied_by(restarted) > 0:
                 row["back_s"] = now - changes[0][1]
-            if restarted is not None and "back_s" not in row:
-                pass  # the restarted worker has not applied yet: not done whatever the counters say
-            elif done >= n:
+            # Until the restarted worker applies again the run is not done, whatever the counters say.
+            waiting = restarted is not None and "back_s" not in row
+            if not waiting and done >= n:
                 break
-            elif len(samples) % 25 == 0 and group_lag(settings, [settings.topic("purchase")]) == 0 and done > 0:
+            if not waiting and len(samples) % 25 == 0 and group_lag(settings, [settings.topic("purchase")]) == 0 and done > 0:
                 break  # all committed (a restart's re-processing makes the counters overshoot or lag)
             time.sleep(0.2)
         else:

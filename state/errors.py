@@ -42,6 +42,10 @@ DEAD_LETTER_REASONS: tuple[DeadLetterReason, ...] = (
 )
 
 
+#: The exit code of a setting or credential to fix: retrying, or a supervisor restart, cannot help.
+CONFIG_EXIT_CODE = 3
+
+
 class PersonaError(Exception):
     """Root of every error Persona raises on purpose."""
 

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from state.errors import PersonaError
+from state.errors import CONFIG_EXIT_CODE, PersonaError
 
 if TYPE_CHECKING:
     from stream_app.settings import Settings
@@ -50,7 +50,7 @@ def exit_code(exc: PersonaError) -> int:
     from state.errors import ConfigError
     from stream_app.kafka_clients import AuthenticationError
 
-    return 3 if isinstance(exc, (AuthenticationError, ConfigError)) else 1
+    return CONFIG_EXIT_CODE if isinstance(exc, (AuthenticationError, ConfigError)) else 1
 
 
 def _settings(bootstrap: str | None) -> Settings:

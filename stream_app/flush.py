@@ -82,9 +82,14 @@ def restart_from_committed(topic: str, exc: BaseException) -> None:
 def restart_now(reason: str) -> NoReturn:
     """Log ``reason`` and exit at once with the code that asks the supervisor for a restart
     (``stream_app.supervise``): no commit, no shutdown that could commit."""
+    exit_now(reason, RESTART_EXIT_CODE)
+
+
+def exit_now(reason: str, code: int) -> NoReturn:
+    """Log ``reason`` and end the process at once with ``code``: no commit, no shutdown."""
     log.error("%s", reason)
     logging.shutdown()
-    os._exit(RESTART_EXIT_CODE)
+    os._exit(code)
 
 
 class DeliveryGuard:

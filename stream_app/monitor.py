@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -11,7 +11,8 @@ from typing import Any
 
 from faust.sensors import Monitor
 
-from stream_app.flush import DeliveryGuard
+from state.errors import CONFIG_EXIT_CODE
+from stream_app.flush import DeliveryGuard, exit_now
 from stream_app.runtime import Runtime
 
 
@@ -74,15 +75,8 @@ class RetriableAsWarning(logging.Filter):
 
 #: aiokafka's warning when the coordinator no longer knows this consumer's member id.
 _MEMBER_UNKNOWN = "Heartbeat failed: local member_id was not recognized"
-#: The exit code of a setting to fix (as ``persona``'s ConfigError): no restart can help.
-CONFIG_EXIT_CODE = 3
-
-
-def _exit_config(message: str) -> None:
-    logging.getLogger("persona.worker").error("%s", message)
-    logging.shutdown()
-    os._exit(CONFIG_EXIT_CODE)
-
+#: A setting to fix: the supervisor must not restart the worker (it would only take the id back).
+_exit_config = functools.partial(exit_now, code=CONFIG_EXIT_CODE)
 
 class SharedInstanceId(logging.Filter):
     """Stops a static member whose ``group_instance_id`` another live worker also uses.
