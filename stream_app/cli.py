@@ -407,6 +407,7 @@ def inspect_profile(
 
 
 from stream_app.cli_dashboard import dashboard_app  # noqa: E402  (after `app`: the sub-apps are mounted here)
+from stream_app.cli_group import group_app  # noqa: E402
 from stream_app.cli_model import model_app  # noqa: E402
 from stream_app.cli_ops import acls_cmd, dlq_app, erase_cmd, shared_app, status_cmd  # noqa: E402
 
@@ -414,6 +415,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(dashboard_app, name="dashboard")
 app.add_typer(shared_app, name="shared")
+app.add_typer(group_app, name="group")
 app.command("status")(status_cmd)
 app.command("erase")(erase_cmd)
 app.command("acls")(acls_cmd)

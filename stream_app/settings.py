@@ -113,8 +113,11 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(
         30.0,
         ge=6.0,
+        # Kafka's group.max.session.timeout.ms defaults to 30 min (group.min: 6 s).
+        le=1800.0,
         description="Consumer group session timeout (s): how long a crashed worker keeps its "
-        "partitions before the group moves them (Faust's default is 60).",
+        "partitions before the group moves them (Faust's default is 60; at most 1,800, the "
+        "broker's default group.max.session.timeout.ms).",
     )
     # Static membership (KIP-345). Without it a worker that restarts (the supervisor after a
     # faust#596 hole, a pod restart) rejoins as a stranger: every worker in the group stops for a
@@ -126,8 +129,8 @@ class Settings(BaseSettings):
         description="Static group membership: a name unique to this worker in its group (in "
         "Kubernetes the StatefulSet pod's name). A worker that restarts within session_timeout_s "
         "gets its partitions back without a rebalance of the group; the price: a worker stopped "
-        "for good keeps its partitions until its session times out, since static members do not "
-        "leave the group on close. Unset: dynamic membership.",
+        "for good keeps its partitions until its session times out (static members do not "
+        "leave the group on close) or `persona group leave ID` removes it. Unset: dynamic membership.",
     )
     stall_timeout_s: float = Field(
         30.0,

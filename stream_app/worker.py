@@ -56,6 +56,21 @@ log = logging.getLogger("persona.worker")
 _PROM_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
 
+def group_timeouts(settings: Settings) -> dict[str, Any]:
+    """Faust's consumer group timeouts from ``session_timeout_s``.
+
+    Faust refuses a session timeout longer than its request timeout (90 s by default) by
+    crashing at start; a long session is what static members may want (a pod that takes two
+    minutes to come back keeps its partitions), so the request timeout follows the session.
+    """
+    session = settings.session_timeout_s
+    return {
+        "broker_session_timeout": session,
+        "broker_heartbeat_interval": session / 10,
+        "broker_request_timeout": max(90.0, session),
+    }
+
+
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     """The Faust app with its agents, table, timers and web views."""
     logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(RetriableAsWarning())
@@ -75,8 +90,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.session_timeout_s / 10,
+        **group_timeouts(settings),
         consumer_group_instance_id=settings.group_instance_id,
         producer_acks=-1,
         web_enabled=True,

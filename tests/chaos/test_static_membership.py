@@ -116,3 +116,54 @@ def test_two_live_workers_with_one_instance_id_stop_one_with_a_clear_error(
     time.sleep(8.0)  # more than two heartbeat rounds of the loser's old takeovers (3 s apart)
     assert metric_sum(survivor.metrics(), "persona_rebalances_total") == rebalances, survivor.log_tail()
     assert survivor.alive
+
+
+def test_a_stopped_static_member_is_removed_by_persona_group_leave_before_its_session_ends(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """A scale-down with static members: the stopped worker stays in the group, holding its
+    partitions, until its session ends; ``persona group leave`` hands them over at once."""
+    from stream_app.membership import describe, leave
+
+    # A session far longer than the takeover is allowed to take below.
+    session = 120.0
+    settings = topic_factory(session_timeout_s=session)
+    catalog, rest = split_catalog(data_dir)
+    publish_catalog(settings, catalog)
+    w1 = worker_factory(settings, allow_restarts=True, group_instance_id="worker-a")
+    w2 = worker_factory(settings, allow_restarts=True, group_instance_id="worker-b",
+                        state_dir=tmp_path / "state-second", web_port=free_port())
+    w1.wait_ready()
+    w2.wait_ready()
+    wait_group_stable(settings, 2)
+    half = len(rest) // 2
+    publish(settings, rest[:half])
+    wait_drained(settings, input_topics(settings), [w1, w2])
+    topic = settings.topic("purchase")
+    every = set(range(settings.partitions))
+    mine = _wait_owned(w1, topic)
+    assert mine and mine != every
+
+    assert w2.stop() == 0  # SIGTERM: a static member closes without leaving the group
+    time.sleep(3.0)
+    # The problem, in this run: the stopped worker is still a member and w1 did not take over.
+    assert {m.instance_id for m in describe(settings).members} == {"worker-a", "worker-b"}
+    assert _owned(w1.metrics(), topic) == mine
+
+    t0 = time.monotonic()
+    assert [(r.instance_id, r.outcome) for r in leave(settings, ["worker-b"])] == [("worker-b", "removed")]
+    w1.wait_until(lambda m: _owned(m, topic) == every, timeout=session / 3)
+    took = time.monotonic() - t0
+    assert took < session / 3, took
+    view = describe(settings)
+    assert [m.instance_id for m in view.members] == ["worker-a"] and view.members[0].partitions > 0
+    # Idempotent: a second removal finds nobody.
+    assert [(r.instance_id, r.outcome) for r in leave(settings, ["worker-b"])] == [("worker-b", "absent")]
+
+    publish(settings, rest[half:])
+    wait_drained(settings, input_topics(settings), [w1])
+    assert w1.stop() == 0
+    check_against_truth(settings, data_dir)
