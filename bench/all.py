@@ -190,6 +190,8 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     for kind, rs in (sc.get("restart") or {}).items():
         rows.append(("scale", f"a worker killed and restarted, {kind} members: group pause / back after (s)",
                      f"{rs.get('restart_pause_s', float('nan')):.1f} / {rs.get('back_s', float('nan')):.1f}"))
+    for kind, rs in (sc.get("stop") or {}).items():
+        rows.append(("scale", f"a worker stopped for good, {kind}: group pause (s)", f"{rs.get('stop_pause_s', float('nan')):.1f}"))
     return rows
 
 

@@ -256,13 +256,14 @@ def bench_scale(
     events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
     workers: Annotated[str, typer.Option(help="Worker counts, comma-separated.")] = "1,2,4",
     restarts: Annotated[bool, typer.Option(help="Also kill and restart one of two workers, dynamic and static members.")] = True,
+    stops: Annotated[bool, typer.Option(help="Also stop one of two workers for good (dynamic; static; static, then group leave).")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
 ) -> None:
     """Events/s of 1, 2, 4 workers in one group on 8 partitions; the pause when a worker joins, leaves or restarts."""
     from bench.scale import run
 
-    report = run(bootstrap, _data_dir(), events, tuple(int(x) for x in workers.split(",") if x.strip()), restarts)
-    _print_report("persona bench scale", {k: v for k, v in report.items() if k not in ("rows", "rebalance", "restart")})
+    report = run(bootstrap, _data_dir(), events, tuple(int(x) for x in workers.split(",") if x.strip()), restarts, stops)
+    _print_report("persona bench scale", {k: v for k, v in report.items() if k not in ("rows", "rebalance", "restart", "stop")})
     from rich.table import Table
 
     table = Table(title=f"{report['data']}, {report['partitions']} partitions, {report['cpus']} cores")
@@ -278,6 +279,10 @@ def bench_scale(
         Console().print(f"restart run, {kind} members (2 workers, one killed and started again at 1/3): group's longest pause "
                         f"{rs.get('restart_pause_s', float('nan')):.1f} s; the restarted worker applied again after "
                         f"{rs.get('back_s', float('nan')):.1f} s; supervisor restarts {rs['worker_restarts']}")
+    for kind, rs in report.get("stop", {}).items():
+        Console().print(f"scale-down run, {kind} (2 workers, one stopped for good at 1/3): group's longest pause "
+                        f"{rs.get('stop_pause_s', float('nan')):.1f} s (the stop took {rs.get('stopped_s', float('nan')):.1f} s); "
+                        f"supervisor restarts {rs['worker_restarts']}")
     if json_out:
         json_out.write_text(json.dumps(report, indent=2))
 

@@ -18,6 +18,12 @@ Last, two restart runs with two workers: at a third of the events one worker is 
 member and once with a group instance id (static membership, ``PERSONA_GROUP_INSTANCE_ID``).
 Each reports the group's longest pause after the kill and ``back_s``, the time from the kill to
 the restarted worker's first applied event.
+
+And three scale-down runs with two workers: at a third of the events one worker is stopped for
+good (SIGTERM): a dynamic member (it leaves the group as it closes), a static member (it does not:
+its partitions wait for its session to time out) and a static member removed at once with
+``persona group leave`` (``stream_app.membership.leave``). Each reports the group's longest pause
+after the stop.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from stream_app.settings import Settings
 from stream_app.topics import ensure_topics
 
 PARTITIONS = 8
+#: the scale-down run whose stopped static member ``persona group leave`` removes
+STATIC_REMOVED = "static, then persona group leave"
 
 
 def _events(data_dir: Path, limit: int | None) -> tuple[list[Event], list[Event], str]:
@@ -78,6 +86,9 @@ class Group:
         self._index[id(w)] = n
         self.workers.append(w)
         return w
+
+    def instance_id(self, w: WorkerProcess) -> str | None:
+        return f"bench-worker-{self._index[id(w)]}" if self.static else None
 
     def restart(self, w: WorkerProcess) -> WorkerProcess:
         """SIGKILL ``w`` and start it again at once on its state dir (and instance id)."""
@@ -158,7 +169,10 @@ def _pauses(changes: list[tuple[str, float]], samples: list[tuple[float, float]]
 
 
 def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
-               rebalance: bool = False, restart: bool = False, static: bool = False) -> dict[str, Any]:
+               rebalance: bool = False, restart: bool = False, static: bool = False,
+               stop: bool = False, remove: bool = False) -> dict[str, Any]:
+    """One run; ``stop``: one worker stopped for good at a third, and with ``remove`` (static
+    members) removed from the group at once by ``persona group leave``'s request."""
     settings = bench_settings(bs, tag, work / "unused", partitions=PARTITIONS)
     ensure_topics(settings)
     publish(settings, catalog)
@@ -187,6 +201,19 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
             elif rebalance and len(changes) == 1 and done >= 2 * n / 3:
                 changes.append(("leave", now))
                 group.stop(group.workers[0])
+            elif stop and not changes and done >= n / 3:
+                changes.append(("stop", now))
+                gone = group.workers[-1]
+                ident = group.instance_id(gone)
+                group.stop(gone)
+                row["stopped_s"] = time.monotonic() - now
+                if remove and ident is not None:
+                    from stream_app.membership import leave
+
+                    outcome = leave(settings, [ident])[0].outcome
+                    if outcome != "removed":
+                        raise RuntimeError(f"persona group leave {ident}: {outcome}")
+                    row["removed_s"] = time.monotonic() - now
             elif restart and not changes and done >= n / 3:
                 changes.append(("restart", now))
                 restarted = group.restart(group.workers[-1])
@@ -224,7 +251,7 @@ def _keep_logs(folder: Path) -> None:
 
 
 def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts: tuple[int, ...] = (1, 2, 4),
-        restarts: bool = True) -> dict[str, Any]:
+        restarts: bool = True, stops: bool = True) -> dict[str, Any]:
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "partitions": PARTITIONS, "load_1m_start": os.getloadavg()[0], "rows": []}
     catalog, behaviour, what = _events(data_dir, events)
     report["data"] = what
@@ -242,6 +269,12 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts
             report["restart"] = {
                 kind: throughput(bs, f"scale{stamp}rs{kind[0]}", work, 2, catalog, behaviour, restart=True, static=kind == "static")
                 for kind in ("dynamic", "static")
+            }
+        if stops:
+            report["stop"] = {
+                kind: throughput(bs, f"scale{stamp}st{i}", work, 2, catalog, behaviour, stop=True,
+                                 static=kind != "dynamic", remove=kind == STATIC_REMOVED)
+                for i, kind in enumerate(("dynamic", "static", STATIC_REMOVED))
             }
     report["load_1m_end"] = os.getloadavg()[0]
     return report

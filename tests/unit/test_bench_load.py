@@ -61,7 +61,9 @@ def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_me
                                                       {"workers": 2, "eps": 2100.0, "speedup": 1.4}],
                                              "rebalance": {"join_pause_s": 3.2, "leave_pause_s": 1.5},
                                              "restart": {"dynamic": {"restart_pause_s": 28.94, "back_s": 31.68},
-                                                         "static": {"restart_pause_s": 0.36, "back_s": 4.67}}}},
+                                                         "static": {"restart_pause_s": 0.36, "back_s": 4.67}},
+                                             "stop": {"static": {"stop_pause_s": 31.04},
+                                                      "static, then persona group leave": {"stop_pause_s": 2.26}}}},
             "encoder": {"ok": False, "not_measured": "FileNotFoundError: no registry"},
         },
     }
@@ -72,6 +74,8 @@ def test_bench_all_markdown_lists_the_load_and_scale_figures_and_what_was_not_me
     assert "| scale | pause after a join / a leave (s) | 3.2 / 1.5 |" in md
     assert "| scale | a worker killed and restarted, dynamic members: group pause / back after (s) | 28.9 / 31.7 |" in md
     assert "| scale | a worker killed and restarted, static members: group pause / back after (s) | 0.4 / 4.7 |" in md
+    assert "| scale | a worker stopped for good, static: group pause (s) | 31.0 |" in md
+    assert "| scale | a worker stopped for good, static, then persona group leave: group pause (s) | 2.3 |" in md
     assert "- encoder: FileNotFoundError: no registry" in md
 
 
