@@ -85,9 +85,20 @@ def restart_now(reason: str) -> NoReturn:
     exit_now(reason, RESTART_EXIT_CODE)
 
 
+#: Called by :func:`exit_now` after the reason is logged and before the exit (the worker's: a
+#: dynamic group member leaves its group). Each must be quick and commit nothing.
+BEFORE_EXIT: list[Callable[[], None]] = []
+
+
 def exit_now(reason: str, code: int) -> NoReturn:
-    """Log ``reason`` and end the process at once with ``code``: no commit, no shutdown."""
+    """Log ``reason`` and end the process at once with ``code``: no commit, no shutdown (but
+    :data:`BEFORE_EXIT`)."""
     log.error("%s", reason)
+    for hook in BEFORE_EXIT:
+        try:
+            hook()
+        except Exception as exc:  # the exit must happen whatever a hook does
+            log.warning("before exit: %s failed: %r", getattr(hook, "__name__", hook), exc)
     logging.shutdown()
     os._exit(code)
 

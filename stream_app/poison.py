@@ -57,6 +57,7 @@ from typing import Any
 from state.errors import PersonaError
 from state.events import DeadLetter
 from stream_app import dlq, metrics
+from stream_app.flush import exit_now
 from stream_app.settings import Settings
 from stream_app.supervise import RESTART_EXIT_CODE
 
@@ -305,5 +306,4 @@ def dead_letter_and_restart(settings: Settings, ledger: PoisonLedger, kind_topic
         if confirm_dead_letter(settings, kind_topic, message, letter):
             ledger.add(message.topic, message.partition, message.offset)
     finally:
-        logging.shutdown()
-        os._exit(RESTART_EXIT_CODE)
+        exit_now(f"{message.topic}@{message.partition}:{message.offset}: restarting without it", RESTART_EXIT_CODE)

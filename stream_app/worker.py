@@ -25,9 +25,10 @@ from scoring.ranker import FEATURES
 from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
 from state.profile import Encoding, Origin
-from stream_app import metrics
+from stream_app import flush, metrics
 from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
+from stream_app.flush import exit_now
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.kafka_clients import group_committed
@@ -49,6 +50,7 @@ from stream_app.supervise import (
     StallDetector,
     dump_tasks,
     hold_ack_failpoint,
+    leave_group_now,
 )
 
 log = logging.getLogger("persona.worker")
@@ -285,6 +287,11 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             except Exception as exc:  # a gauge left as it was must never stop the worker
                 log.warning("reading how far the latest shared-state snapshot lags failed: %s", exc)
 
+    def leave_group() -> None:
+        log.info("before exit: %s", leave_group_now(app))
+
+    # One worker app per process: its exit hook replaces any earlier one.
+    flush.BEFORE_EXIT[:] = [leave_group]
     detector = StallDetector(settings.stall_timeout_s)
 
     @app.timer(min(5.0, max(0.5, settings.stall_timeout_s / 4)))  # type: ignore[untyped-decorator]
@@ -308,11 +315,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     async def restart_when_asked() -> None:
         # The one place a worker restarts itself: agents and the watchdog only ask.
         decision = await restarts.wait()
-        log.error("%s: restarting from committed offsets", decision.reason)
         dump_tasks(app)
         # Skip Faust's shutdown: it would wait on the same in-flight message.
-        logging.shutdown()
-        os._exit(RESTART_EXIT_CODE)
+        exit_now(f"{decision.reason}: restarting from committed offsets", RESTART_EXIT_CODE)
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

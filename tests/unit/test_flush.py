@@ -176,3 +176,26 @@ def test_the_monitor_passes_a_failed_send_to_the_guard_with_the_record_topic() -
     assert seen == []
     monitor.on_send_error(None, RuntimeError("TopicAuthorizationFailedError"), state)
     assert seen == [("persona.recommendations", "TopicAuthorizationFailedError")]
+
+
+def test_exit_now_runs_the_hooks_then_exits_even_when_a_hook_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream_app import flush
+
+    calls: list[str] = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        calls.append(f"exit {code}")
+        raise Exited
+
+    def broken() -> None:
+        calls.append("broken")
+        raise RuntimeError("no coordinator")
+
+    monkeypatch.setattr(flush.os, "_exit", fake_exit)
+    monkeypatch.setattr(flush, "BEFORE_EXIT", [broken, lambda: calls.append("leave")])
+    with pytest.raises(Exited):
+        flush.exit_now("a test", 75)
+    assert calls == ["broken", "leave", "exit 75"]
