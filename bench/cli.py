@@ -274,7 +274,8 @@ def bench_scale(
     Console().print(table)
     rb = report["rebalance"]
     Console().print(f"rebalance run (2 workers, +1 at 1/3, -1 at 2/3): {rb['eps']:,.0f} events/s; longest pause after the join "
-                    f"{rb.get('join_pause_s', float('nan')):.1f} s, after the leave {rb.get('leave_pause_s', float('nan')):.1f} s")
+                    f"{rb.get('join_pause_s', float('nan')):.1f} s, after the leave {rb.get('leave_pause_s', float('nan')):.1f} s; "
+                    f"supervisor restarts {rb['worker_restarts']}")
     for kind, rs in report.get("restart", {}).items():
         Console().print(f"restart run, {kind} members (2 workers, one killed and started again at 1/3): group's longest pause "
                         f"{rs.get('restart_pause_s', float('nan')):.1f} s; the restarted worker applied again after "
