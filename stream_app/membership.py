@@ -3,8 +3,8 @@
 A static member (``PERSONA_GROUP_INSTANCE_ID``, KIP-345) does not leave its group when it stops:
 that is what lets a restarted worker take its partitions back without a rebalance. The price is
 paid on a scale-down: the partitions of a removed worker stay with its instance id until its
-session times out (``PERSONA_SESSION_TIMEOUT_S``; 26 s of pause in one measured run against
-about 3 s for a dynamic member's leave). KIP-345's answer is an admin request that removes
+session times out (``PERSONA_SESSION_TIMEOUT_S``: the group paused 19.8 and 27.4 s in two
+``persona bench scale`` runs, against 1.8 and 1.9 s with the removal below). KIP-345's answer is an admin request that removes
 members by instance id (Java's ``Admin.removeMembersFromConsumerGroup``): a LeaveGroup request,
 version 3 or later, naming the instance ids with an empty member id. Neither confluent-kafka nor
 aiokafka exposes it, so :func:`leave` builds it on aiokafka's protocol classes (version 3, the
@@ -132,7 +132,10 @@ async def _leave(settings: Settings, instance_ids: list[str], timeout_s: float) 
     client = AIOKafkaClient(**kafka_clients.aiokafka(settings), client_id=f"{settings.app_id}-group-leave")
     deadline = asyncio.get_running_loop().time() + timeout_s
     try:
-        await client.bootstrap()
+        try:
+            await client.bootstrap()
+        except errors.KafkaError as exc:
+            raise BrokerError(f"cannot reach Kafka at {settings.bootstrap_servers}: {exc!r}") from exc
         while True:
             try:
                 node = await client.coordinator_lookup(CoordinationType.GROUP, settings.app_id)
@@ -156,8 +159,12 @@ def leave(settings: Settings, instance_ids: list[str], timeout_s: float = 30.0) 
     """Remove the static members ``instance_ids`` from the worker group (``settings.app_id``) now.
 
     Idempotent: an id that is not a member is reported ``absent``, not as a failure."""
+    from stream_app import kafka_clients
+
     if not instance_ids:
         raise PersonaError("name at least one group instance id to remove")
+    # A refused login or an unreachable broker, said clearly (aiokafka would raise its own).
+    kafka_clients.preflight(settings, timeout_s=timeout_s)
     return asyncio.run(_leave(settings, instance_ids, timeout_s))
 
 
@@ -165,11 +172,10 @@ def describe(settings: Settings, timeout_s: float = 10.0) -> GroupView:
     """The worker group as the coordinator sees it (a member whose session has not ended yet is
     still listed, whether its process runs or not)."""
     from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
 
     from stream_app import kafka_clients
 
-    admin = AdminClient(kafka_clients.librdkafka(settings) | {"log_level": 2})
+    admin = kafka_clients.preflight(settings, timeout_s=timeout_s)
     try:
         g = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=timeout_s)
     except KafkaException as exc:

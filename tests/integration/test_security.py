@@ -118,12 +118,15 @@ def test_every_client_works_over_sasl_ssl_with_client_certificates_and_acls(
         snapshot = ("shared", "snapshot", "--truncate", "--json")
         commands = [snapshot, ("status", "--json"), ("tail", settings.recommendations_topic, "--max", "3"),
                     ("inspect", "profile", "a", "--json"), ("produce", "--limit", "5", "--no-progress"), ("erase", "f", "--wait", "60"),
-                    snapshot]
+                    ("group", "members", "--json"), ("group", "leave", "gone-for-good"), snapshot]
         shown = [_persona(settings, *args)[0] for args in commands]
         for out in shown:
             assert out.returncode == 0, out.stdout + out.stderr
             assert PASSWORD not in out.stdout + out.stderr
         assert '"user_id":"a"' in shown[3].stdout.replace(" ", "")
+        # The group commands under the worker's grants (DESCRIBE and READ on its group).
+        assert len(json.loads(shown[6].stdout)["members"]) == 1
+        assert shown[7].stdout.startswith("gone-for-good: not a member of group")
         # The snapshot job: written, then built on it and the deltas it covered deleted (the one DELETE grant).
         first, second = json.loads(shown[0].stdout), json.loads(shown[-1].stdout)
         assert first["written"] and second["written"] and second["base"] == first["id"]
