@@ -8,7 +8,9 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -294,3 +296,67 @@ def test_unknown_member_ids_spread_wider_than_the_window_do_not_stop_the_worker(
         now[0] = t
         f.filter(_member_unknown())
     assert len(calls) == 1
+
+
+class _Coordinator:
+    """aiokafka's GroupCoordinator as leave_group_now reads it (the chaos test uses the real one)."""
+
+    def __init__(self, instance_id: str | None, generation: int) -> None:
+        self._group_instance_id = instance_id
+        self.generation = generation
+        self.left_on: list[str] = []
+
+    async def _maybe_leave_group(self) -> None:
+        import threading
+
+        self.left_on.append(threading.current_thread().name)
+
+
+def _app_with_consumer_thread(coordinator: _Coordinator | None) -> tuple[Any, asyncio.AbstractEventLoop, threading.Thread]:
+    from types import SimpleNamespace
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="consumer-thread", daemon=True)
+    thread.start()
+    consumer_thread = SimpleNamespace(thread_loop=loop, _consumer=SimpleNamespace(_coordinator=coordinator))
+    return SimpleNamespace(consumer=SimpleNamespace(_thread=consumer_thread)), loop, thread
+
+
+def test_a_dynamic_member_leaves_on_the_consumers_own_loop_before_a_restart() -> None:
+    from stream_app.supervise import leave_group_now
+
+    for instance_id, generation, said, left in [
+        (None, 4, "left the consumer group", ["consumer-thread"]),
+        ("worker-0", 4, "a static member: the group keeps its partitions for its return", []),
+        (None, -1, "not a member of a group generation yet", []),
+    ]:
+        coordinator = _Coordinator(instance_id, generation)
+        app, loop, thread = _app_with_consumer_thread(coordinator)
+        try:
+            assert leave_group_now(app) == said
+            assert coordinator.left_on == left
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(5)
+            loop.close()
+    from types import SimpleNamespace
+
+    assert leave_group_now(SimpleNamespace(consumer=object())) == "no consumer group membership to leave"
+
+
+def test_leaving_from_the_consumers_own_loop_does_not_wait_on_itself() -> None:
+    from stream_app.supervise import leave_group_now
+
+    coordinator = _Coordinator(None, 3)
+    app, loop, thread = _app_with_consumer_thread(coordinator)
+
+    async def from_inside() -> str:
+        return leave_group_now(app, timeout_s=0.5)
+
+    try:
+        said = asyncio.run_coroutine_threadsafe(from_inside(), loop).result(5)
+        assert said == "on the consumer's own loop: cannot wait for the LeaveGroup there"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
