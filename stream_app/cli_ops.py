@@ -106,6 +106,11 @@ def status_cmd(
         out.print(f"shared-state snapshot: {head}; {snap['behind_records']:,} delta records after it{waiting}")
         if snap["differs"]:
             out.print("[yellow]  taken with other scoring settings than these: " + ", ".join(snap["differs"]) + "[/yellow]")
+    if s.group_members is not None:
+        ms = s.group_members["members"]
+        static = sum(1 for m in ms if m["instance_id"])
+        who = ", ".join(f"{m['instance_id'] or '(dynamic)'} {m['partitions']}" for m in ms)
+        out.print(f"group members: {len(ms)} ({s.group_members['state']}; {static} static)" + (f": {who} partitions" if ms else ""))
     for note in s.notes:
         out.print(f"[yellow]{note}[/yellow]")
 

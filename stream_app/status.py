@@ -1,7 +1,7 @@
 """``persona status``: what an operator asks first, read from Kafka and the registries only
 (no worker needs to answer): the group's lag per input topic, when the last recommendation
-was emitted, which model versions are published, dead letters in the last hour, and how far
-the latest shared-state snapshot lags the deltas topic."""
+was emitted, which model versions are published, dead letters in the last hour, how far
+the latest shared-state snapshot lags the deltas topic, and the group's members."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from state.errors import BrokerError
 from state.events import EVENT_KINDS
 from stream_app.dlq_ops import recent_counts
 from stream_app.kafka_clients import preflight
+from stream_app.membership import describe
 from stream_app.settings import Settings
 from stream_app.snapshot_lag import coverage
 
@@ -45,6 +46,9 @@ class Status:
     #: the latest shared-state snapshot (``snapshot_lag.coverage``): id, written_at, deltas,
     #: behind_records, oldest_behind_at, differs; None when it could not be read
     shared_snapshot: dict[str, Any] | None = None
+    #: the group as its coordinator sees it (``membership.describe``): state and members, a static
+    #: member stopped for good included until its session ends; None when it could not be read
+    group_members: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +158,12 @@ def status(settings: Settings, *, now: float | None = None) -> Status:
         }
     except (BrokerError, KafkaException) as exc:
         notes.append(f"the shared-state snapshot could not be read: {exc}")
+    members: dict[str, Any] | None = None
+    try:
+        view = describe(settings)
+        members = {"state": view.state, "members": [asdict(m) for m in view.members]}
+    except BrokerError as exc:
+        notes.append(f"the group's members could not be read: {exc}")
     return Status(
         group=settings.app_id,
         lags=group_lags(settings, inputs),
@@ -164,4 +174,5 @@ def status(settings: Settings, *, now: float | None = None) -> Status:
         checked_at=now,
         notes=notes,
         shared_snapshot=snapshot,
+        group_members=members,
     )

@@ -40,6 +40,11 @@ def test_group_members_lists_a_stopped_static_member_until_group_leave_removes_i
     (member,) = view["members"]
     assert member["instance_id"] == "cli-worker-0" and member["partitions"] >= settings.partitions
 
+    status = runner.invoke(app, ["status", "--json"])
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.stdout)["group_members"]
+    assert [(m["instance_id"], m["partitions"]) for m in shown["members"]] == [("cli-worker-0", member["partitions"])]
+
     assert worker.stop() == 0
     # Stopped, and still a member (no leave on close): what a scale-down leaves behind.
     assert [m["instance_id"] for m in _members(runner)["members"]] == ["cli-worker-0"]
