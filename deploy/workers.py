@@ -68,6 +68,15 @@ def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], me
     return total
 
 
+def owned_partitions(samples: Samples, topic: str) -> set[int]:
+    """The partitions of ``topic`` a worker owns, from its per-partition lag gauge."""
+    return {
+        int(dict(labels)["partition"])
+        for (name, labels), _ in samples.items()
+        if name == "persona_consumer_lag" and dict(labels).get("topic") == topic
+    }
+
+
 class WorkerProcess:
     """A ``persona worker`` subprocess with its own state dir and web port."""
 
@@ -117,6 +126,11 @@ class WorkerProcess:
                 pass
             time.sleep(0.5)
         raise AssertionError(f"timed out; last events={metric_sum(last, 'persona_events_total')}\n{self.log_tail()}")
+
+    def wait_owned(self, topic: str, timeout: float = 60.0) -> set[int]:
+        """The partitions of ``topic`` this worker owns, once it owns any (the lag gauge is
+        sampled every few seconds)."""
+        return owned_partitions(self.wait_until(lambda m: bool(owned_partitions(m, topic)), timeout), topic)
 
     def wait_events(self, n: int, timeout: float = 120.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Wait until the worker handled ``n`` records (any outcome)."""

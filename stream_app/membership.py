@@ -168,14 +168,16 @@ def leave(settings: Settings, instance_ids: list[str], timeout_s: float = 30.0) 
     return asyncio.run(_leave(settings, instance_ids, timeout_s))
 
 
-def describe(settings: Settings, timeout_s: float = 10.0) -> GroupView:
+def describe(settings: Settings, timeout_s: float = 10.0, admin: Any = None) -> GroupView:
     """The worker group as the coordinator sees it (a member whose session has not ended yet is
-    still listed, whether its process runs or not)."""
+    still listed, whether its process runs or not). ``admin``: a connected ``AdminClient`` (from
+    ``kafka_clients.preflight``) to reuse; without one, the connection is checked first."""
     from confluent_kafka import KafkaException
 
     from stream_app import kafka_clients
 
-    admin = kafka_clients.preflight(settings, timeout_s=timeout_s)
+    if admin is None:
+        admin = kafka_clients.preflight(settings, timeout_s=timeout_s)
     try:
         g = admin.describe_consumer_groups([settings.app_id])[settings.app_id].result(timeout=timeout_s)
     except KafkaException as exc:

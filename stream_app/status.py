@@ -144,7 +144,7 @@ def published_models(settings: Settings) -> dict[str, str | None]:
 
 def status(settings: Settings, *, now: float | None = None) -> Status:
     now = time.time() if now is None else now
-    preflight(settings)
+    admin = preflight(settings)
     inputs = [settings.topic(kind) for kind in EVENT_KINDS] + [settings.encoded_reviews_topic]
     last, count = last_record_time(settings, settings.recommendations_topic)
     notes: list[str] = []
@@ -160,7 +160,7 @@ def status(settings: Settings, *, now: float | None = None) -> Status:
         notes.append(f"the shared-state snapshot could not be read: {exc}")
     members: dict[str, Any] | None = None
     try:
-        view = describe(settings)
+        view = describe(settings, admin=admin)
         members = {"state": view.state, "members": [asdict(m) for m in view.members]}
     except BrokerError as exc:
         notes.append(f"the group's members could not be read: {exc}")

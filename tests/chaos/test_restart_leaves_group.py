@@ -21,23 +21,7 @@ from stream_app.inspect import all_profiles
 from stream_app.producer import publish
 from stream_app.settings import Settings
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
-
-
-def _owned(worker: WorkerProcess, topic: str) -> set[int]:
-    """The partitions of ``topic`` the worker owns, from its per-partition lag gauge (sampled
-    every few seconds, so waited for)."""
-
-    def owned(samples: Samples) -> set[int]:
-        return {
-            int(dict(labels)["partition"])
-            for (name, labels), _ in samples.items()
-            if name == "persona_consumer_lag" and dict(labels).get("topic") == topic
-        }
-
-    return owned(worker.wait_until(lambda m: bool(owned(m)), timeout=60))
 
 
 def _purchases(prefix: str, n: int) -> list[Event]:
@@ -63,7 +47,7 @@ def test_regression_a_dynamic_workers_restart_stopped_the_group_for_a_session_ti
     first = _purchases("a", 200)
     publish(settings, first)
     wait_drained(settings, [topic], [w1, w2])
-    (mine,) = _owned(w2, topic)  # two partitions, two workers: one each
+    (mine,) = w2.wait_owned(topic)  # two partitions, two workers: one each
 
     # The next two records of w2's partition stay un-acked: the commit stalls, w2 restarts itself.
     head = end_offsets(settings, topic)[mine]

@@ -6,31 +6,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from deploy.workers import WorkerProcess, free_port, metric_sum, wait_drained, wait_group_stable
+from deploy.workers import WorkerProcess, free_port, metric_sum, owned_partitions, wait_drained, wait_group_stable
+from state.events import Event
 from stream_app.producer import publish
 from stream_app.settings import Settings
 from tests.movielens_replay import check_against_truth, input_topics, publish_catalog, split_catalog
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-
-def _owned(samples: Samples, topic: str) -> set[int]:
-    """The partitions of ``topic`` a worker owns, from its per-partition lag gauge."""
-    return {
-        int(dict(labels)["partition"])
-        for (name, labels), _ in samples.items()
-        if name == "persona_consumer_lag" and dict(labels).get("topic") == topic
-    }
-
-
-def _wait_owned(worker: WorkerProcess, topic: str, timeout: float = 60.0) -> set[int]:
-    samples = worker.wait_until(lambda m: bool(_owned(m, topic)), timeout)
-    return _owned(samples, topic)
+def _two_workers_half_replayed(
+    settings: Settings, worker_factory: Callable[..., WorkerProcess], data_dir: Path,
+    first: dict[str, Any], second: dict[str, Any],
+) -> tuple[WorkerProcess, WorkerProcess, list[Event]]:
+    """Two workers in one settled group, the first half of MovieLens applied; returns the rest."""
+    catalog, rest = split_catalog(data_dir)
+    publish_catalog(settings, catalog)
+    w1 = worker_factory(settings, allow_restarts=True, **first)
+    w2 = worker_factory(settings, allow_restarts=True, **second)
+    w1.wait_ready()
+    w2.wait_ready()
+    wait_group_stable(settings, 2)
+    half = len(rest) // 2
+    publish(settings, rest[:half])
+    wait_drained(settings, input_topics(settings), [w1, w2])
+    return w1, w2, rest[half:]
 
 
 # The dynamic case is the control (the same steps do rebalance the group without an id); it waits
@@ -49,18 +53,9 @@ def test_regression_a_restarted_worker_stopped_the_whole_group(
     second = {"state_dir": tmp_path / "state-second", "web_port": free_port()}
     if static:
         second["group_instance_id"] = "worker-b"
-    catalog, rest = split_catalog(data_dir)
-    publish_catalog(settings, catalog)
-    w1 = worker_factory(settings, allow_restarts=True, **first)
-    w2 = worker_factory(settings, allow_restarts=True, **second)
-    w1.wait_ready()
-    w2.wait_ready()
-    wait_group_stable(settings, 2)
-    half = len(rest) // 2
-    publish(settings, rest[:half])
-    wait_drained(settings, input_topics(settings), [w1, w2])
+    w1, w2, rest = _two_workers_half_replayed(settings, worker_factory, data_dir, first, second)
     topic = settings.topic("purchase")
-    owned_before = _wait_owned(w2, topic)
+    owned_before = w2.wait_owned(topic)
     rebalances = metric_sum(w1.metrics(), "persona_rebalances_total")
 
     w2.kill()  # kill -9: no LeaveGroup, as when a pod or a process dies
@@ -68,7 +63,7 @@ def test_regression_a_restarted_worker_stopped_the_whole_group(
     # URL in the assignment it is handed is its own, and a static member is handed the old one.
     w2 = worker_factory(settings, allow_restarts=True, **{**second, "web_port": free_port()})
     w2.wait_ready()
-    publish(settings, rest[half:])
+    publish(settings, rest)
     wait_drained(settings, input_topics(settings), [w1, w2])
     time.sleep(2.0)  # a rebalance the join started would have reached w1 by now
 
@@ -76,7 +71,7 @@ def test_regression_a_restarted_worker_stopped_the_whole_group(
     if static:
         # The restarted worker took its own partitions back and w1 never stopped.
         assert after == rebalances, (rebalances, after, w1.log_tail())
-        assert _wait_owned(w2, topic) == owned_before
+        assert w2.wait_owned(topic) == owned_before
     else:
         assert after > rebalances, (rebalances, after)
     assert w1.stop() == 0 and w2.stop() == 0
@@ -131,31 +126,24 @@ def test_a_stopped_static_member_is_removed_by_persona_group_leave_before_its_se
     # A session far longer than the takeover is allowed to take below.
     session = 120.0
     settings = topic_factory(session_timeout_s=session)
-    catalog, rest = split_catalog(data_dir)
-    publish_catalog(settings, catalog)
-    w1 = worker_factory(settings, allow_restarts=True, group_instance_id="worker-a")
-    w2 = worker_factory(settings, allow_restarts=True, group_instance_id="worker-b",
-                        state_dir=tmp_path / "state-second", web_port=free_port())
-    w1.wait_ready()
-    w2.wait_ready()
-    wait_group_stable(settings, 2)
-    half = len(rest) // 2
-    publish(settings, rest[:half])
-    wait_drained(settings, input_topics(settings), [w1, w2])
+    w1, w2, rest = _two_workers_half_replayed(
+        settings, worker_factory, data_dir, {"group_instance_id": "worker-a"},
+        {"group_instance_id": "worker-b", "state_dir": tmp_path / "state-second", "web_port": free_port()},
+    )
     topic = settings.topic("purchase")
     every = set(range(settings.partitions))
-    mine = _wait_owned(w1, topic)
+    mine = w1.wait_owned(topic)
     assert mine and mine != every
 
     assert w2.stop() == 0  # SIGTERM: a static member closes without leaving the group
     time.sleep(3.0)
     # The problem, in this run: the stopped worker is still a member and w1 did not take over.
     assert {m.instance_id for m in describe(settings).members} == {"worker-a", "worker-b"}
-    assert _owned(w1.metrics(), topic) == mine
+    assert owned_partitions(w1.metrics(), topic) == mine
 
     t0 = time.monotonic()
     assert [(r.instance_id, r.outcome) for r in leave(settings, ["worker-b"])] == [("worker-b", "removed")]
-    w1.wait_until(lambda m: _owned(m, topic) == every, timeout=session / 3)
+    w1.wait_until(lambda m: owned_partitions(m, topic) == every, timeout=session / 3)
     took = time.monotonic() - t0
     assert took < session / 3, took
     view = describe(settings)
@@ -163,7 +151,7 @@ def test_a_stopped_static_member_is_removed_by_persona_group_leave_before_its_se
     # Idempotent: a second removal finds nobody.
     assert [(r.instance_id, r.outcome) for r in leave(settings, ["worker-b"])] == [("worker-b", "absent")]
 
-    publish(settings, rest[half:])
+    publish(settings, rest)
     wait_drained(settings, input_topics(settings), [w1])
     assert w1.stop() == 0
     check_against_truth(settings, data_dir)
