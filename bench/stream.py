@@ -1,7 +1,9 @@
 """``persona bench stream``: behaviour-update throughput of one worker, against baselines
 measured in the same run on the same topic and broker.
 
-* (a) a trivial Faust agent that only counts events: the framework's own ceiling;
+* (a) a trivial Faust agent that only counts events: the framework's own ceiling; and the same
+  agent consuming the stream in batches (``take_events`` of :data:`TAKE_BATCH`), which shows
+  whether batching the stream moves that ceiling (it did not: ``docs/PERFORMANCE.md``);
 * (b) a bare confluent-kafka consumer draining the topic;
 * Persona: decode, idempotent profile update in RocksDB, coalesced scoring and emission;
   twice, on the same broker and the same events with the same settings but the ranker:
@@ -49,6 +51,8 @@ from stream_app.topics import ensure_topics
 REPO = Path(__file__).resolve().parent.parent
 #: events/s of the blend-ranker worker over the baseline-ranker worker (printed, not asserted)
 GOAL_BLEND_VS_BASELINE = 0.8
+#: Events per batch of the batched trivial agent (``stream.take_events(n, within=0.5)``).
+TAKE_BATCH = 1000
 
 
 def bare_consumer(settings: Settings, topic: str, n: int) -> float:
@@ -74,23 +78,32 @@ def bare_consumer(settings: Settings, topic: str, n: int) -> float:
         consumer.close()
 
 
-def trivial_agent(settings: Settings, topic: str, n: int, workdir: Path, cpu: dict[str, float] | None = None) -> float:
-    """Events/s of :mod:`bench.trivial_agent`; ``cpu`` gets its CPU microseconds per event."""
-    result = workdir / "trivial.json"
+def trivial_agent(
+    settings: Settings, topic: str, n: int, workdir: Path, cpu: dict[str, float] | None = None, take: int = 0,
+    timeout_s: float = 600.0,
+) -> float:
+    """Events/s of :mod:`bench.trivial_agent` (``take`` > 0: in batches of that many); ``cpu``
+    gets its CPU microseconds per event. The batched agent is a consumer group of its own, so
+    after the per-event one on the same settings it still reads ``topic`` from the start."""
+    result = workdir / f"trivial-{take}.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.trivial_agent"],
         cwd=REPO,
-        env=worker_env(settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result)),
+        env=worker_env(
+            settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result), BENCH_TAKE=str(take)
+        ),
         stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "trivial.log", "wb"),
+        stderr=open(workdir / f"trivial-{take}.log", "wb"),
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + timeout_s
         while not result.exists() and time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"trivial agent exited {proc.returncode}; see {workdir / 'trivial.log'}")
+                raise RuntimeError(f"trivial agent exited {proc.returncode}; see {workdir / f'trivial-{take}.log'}")
             time.sleep(0.2)
+        if not result.exists():
+            raise RuntimeError(f"the trivial agent did not see {n} events in {timeout_s:.0f} s; see {workdir / f'trivial-{take}.log'}")
         data = json.loads(result.read_text())
         if cpu is not None:
             cpu["trivial_cpu_us_per_event"] = float(data["cpu"]) / float(data["events"]) * 1e6
@@ -295,6 +308,13 @@ def run(
         tcpu: dict[str, float] = {}
         report["trivial_faust_eps"] = trivial_agent(settings, topic, n, work, cpu=tcpu)
         report["trivial_cpu_us_per_event"] = tcpu["trivial_cpu_us_per_event"]
+        # Does consuming the stream in batches beat the per-event agent? (The issue's question:
+        # if it did, the batched agent would be the ceiling to compare with.)
+        kcpu: dict[str, float] = {}
+        report["trivial_take_batch"] = TAKE_BATCH
+        report["trivial_take_eps"] = trivial_agent(settings, topic, n, work, cpu=kcpu, take=TAKE_BATCH)
+        report["trivial_take_cpu_us_per_event"] = kcpu["trivial_cpu_us_per_event"]
+        report["trivial_take_vs_trivial"] = report["trivial_take_eps"] / report["trivial_faust_eps"]
         cpu: dict[str, float] = {}
         rate, rss, disk, emitted = persona_worker(settings, n, work, cpu=cpu)
         # Where an event's time goes: the worker's own CPU, and the rest of the machine's
@@ -333,6 +353,7 @@ def run(
             report["persona_against_recommendations"] = oemitted
             report["persona_vs_against"] = rate / orate
         report["persona_vs_trivial"] = rate / report["trivial_faust_eps"]
+        report["persona_vs_trivial_take"] = rate / report["trivial_take_eps"]
         report["persona_vs_bare"] = rate / report["bare_consumer_eps"]
         report["trivial_vs_bare"] = report["trivial_faust_eps"] / report["bare_consumer_eps"]
 
