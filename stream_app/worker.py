@@ -28,6 +28,7 @@ from state.profile import Encoding, Origin
 from stream_app import flush, metrics
 from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
+from stream_app.flow_control import stop_flow_on_seek
 from stream_app.flush import exit_now
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
@@ -119,6 +120,9 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     # buffer. Our commit-time flush queues a burst (profiles + recommendations), so the
     # limit stalled consumption on every commit; the burst is bounded by one commit's work.
     app.producer.buffer.max_messages = 20_000
+    # A seek to the committed offsets must not let the fetch loop finish a batch fetched
+    # before it: at a worker's start that left holes the gap guard restarted for (faust#596).
+    stop_flow_on_seek(app.consumer)
     # Faust's buffer flush, awaited before each commit, can return with records not yet handed
     # to the Kafka client, and a record the client failed to deliver is only logged
     # (stream_app.flush): a commit must wait for every one and follow no failure.

@@ -1,0 +1,82 @@
+"""A worker's start left a hole when its seek to the committed offsets let the fetch loop finish a
+batch fetched before it (one form of faust#596, fixed in ``stream_app.flow_control``).
+
+The race needs the fetch loop to be delivering a batch of the stream partitions when recovery's
+seek starts. Here a worker starts with another state dir, so its profiles come back from the
+changelog (the recovery starts the fetch loop early, as on a new owner after a rebalance), over
+a backlog of 20,000 purchases, and a failpoint holds the seek until the loop has read a record of
+the stream. The control (the fix switched off by its failpoint) shows that this start does meet
+the hole: in its first run here the seek cleared 4,096 buffered records and the agent's first
+record on one partition was 2113, with 65 committed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from deploy.workers import WorkerProcess, metric_sum, wait_drained
+from state.events import Event, Purchase
+from stream_app.flow_control import AFTER_READ_ENV, UNFIXED_ENV
+from stream_app.inspect import all_profiles
+from stream_app.producer import publish
+from stream_app.settings import Settings
+
+pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
+
+EVENTS = 20_000
+HOLE = "never did (faust#596)"
+UNDER_WAY = "failpoint: the seek starts with a batch under way"
+
+
+def _purchases(n: int) -> list[Event]:
+    return [Purchase(event_id=f"p-{i}", ts=1_000.0 + i, user_id=f"u{i % 97}", item_id=f"i{i % 31}") for i in range(n)]
+
+
+def _start_with_backlog(
+    topic_factory: Callable[..., Settings], worker_factory: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Settings, WorkerProcess, list[Event], str]:
+    """The second worker's whole log, once it drained the backlog."""
+    settings = topic_factory(partitions=2)
+    topic = settings.topic("purchase")
+    events = _purchases(EVENTS)
+    # A first run commits offsets (the gap guard compares a partition's first record with them)
+    # and writes the profiles' changelog.
+    publish(settings, events[:200])
+    first = worker_factory(settings)
+    wait_drained(settings, [topic], [first], timeout=120)
+    assert first.stop() == 0
+    publish(settings, events[200:])
+    monkeypatch.setenv(AFTER_READ_ENV, "1")
+    worker = worker_factory(settings, allow_restarts=True, state_dir=settings.state_dir.parent / f"{settings.state_dir.name}-second")
+    wait_drained(settings, [topic], [worker], timeout=240)
+    return settings, worker, events, worker.log_path.read_text(errors="replace")
+
+
+def _exact(settings: Settings, events: list[Event]) -> None:
+    want = Counter(e.user_id for e in events)
+    assert {u: p.counts.get("purchase", 0) for u, p in all_profiles(settings).items()} == dict(want)
+
+
+def test_regression_a_seek_at_the_start_let_the_fetch_loop_finish_an_older_batch(
+    topic_factory: Callable[..., Settings], worker_factory: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, worker, events, log = _start_with_backlog(topic_factory, worker_factory, monkeypatch)
+    assert UNDER_WAY in log, log[-5000:]  # the seek began with the loop delivering
+    assert HOLE not in log, log[-5000:]
+    assert metric_sum(worker.metrics(), "persona_supervisor_restarts_total") == 0
+    assert worker.stop() == 0
+    _exact(settings, events)
+
+
+def test_control_without_the_fix_the_same_start_meets_a_hole(
+    topic_factory: Callable[..., Settings], worker_factory: Callable[..., WorkerProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(UNFIXED_ENV, "1")
+    settings, worker, events, log = _start_with_backlog(topic_factory, worker_factory, monkeypatch)
+    assert UNDER_WAY in log, log[-5000:]
+    assert HOLE in log, log[-5000:]
+    # The gap guard restarted the worker before anything past the hole was applied: still exact.
+    assert worker.stop() == 0
+    _exact(settings, events)
