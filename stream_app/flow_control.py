@@ -54,16 +54,17 @@ log = logging.getLogger("persona.flow")
 #: Benchmark and test failpoint: set to 1 to leave Faust's seek as it is, for a before/after in one
 #: tree (``PERSONA_FAILPOINT_SEEK_UNFIXED=1 persona bench scale ...``). Unset in production.
 UNFIXED_ENV = "PERSONA_FAILPOINT_SEEK_UNFIXED"
-#: Test failpoint: set to 1 to make a seek start only once the fetch loop has read a record of a
-#: stream partition (or after 5 s): a batch is then under way, the race made certain.
+#: Test failpoint: n > 0 makes a seek start only once the fetch loop has read a record of n stream
+#: partitions (or after 5 s): batches are then under way, the race made certain. Unset in production.
 AFTER_READ_ENV = "PERSONA_FAILPOINT_SEEK_AFTER_READ"
 
 
-async def _first_read(consumer: Any, timeout: float = 5.0) -> None:
+async def _reads(consumer: Any, partitions: int, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(offset is not None and not consumer._is_changelog_tp(tp) for tp, offset in consumer._read_offset.items()):
-            log.warning("failpoint: the seek starts with a batch under way")
+        read = [tp for tp, offset in consumer._read_offset.items() if offset is not None and not consumer._is_changelog_tp(tp)]
+        if len(read) >= partitions:
+            log.warning("failpoint: the seek starts with a batch under way (%d stream partitions read)", len(read))
             return
         await asyncio.sleep(0.005)
 
@@ -72,7 +73,7 @@ def stop_flow_on_seek(consumer: Any) -> None:
     """Make ``consumer.perform_seek`` stop the flow before it seeks (see the module docstring)."""
     original: Callable[[], Awaitable[None]] = consumer.perform_seek
     unfixed = os.environ.get(UNFIXED_ENV) == "1"
-    after_read = os.environ.get(AFTER_READ_ENV) == "1"
+    after_read = int(os.environ.get(AFTER_READ_ENV) or 0)
     if unfixed:
         log.warning("failpoint: seeks leave the flow as it is (faust#596's race left open)")
         if not after_read:
@@ -80,7 +81,7 @@ def stop_flow_on_seek(consumer: Any) -> None:
 
     async def perform_seek() -> None:
         if after_read:
-            await _first_read(consumer)
+            await _reads(consumer, after_read)
         if not unfixed:
             consumer.stop_flow()
         await original()
