@@ -348,17 +348,19 @@ class OrderCheck:
         consumer: Any = self._app.consumer
         tp = faust.types.TP(msg.topic, msg.partition)
         committed = consumer._committed_offset.get(tp)
+        earliest: int | None = None  # the log's start, asked of the broker at most once a record
         if committed is None and msg.offset > 0 and self._guard.first_seen(msg.partition):
             # No committed offset (Faust keeps none for a partition the group never committed,
             # nor for offset 0): the fetch starts at the log's start (auto_offset_reset=earliest),
             # so that is where the first record must be. Compared with nothing, a hole here was
             # applied past and then committed past (tests/chaos/test_seek_hole.py). Offset 0
             # follows no hole: no broker call then (the call delays the partition's first record).
-            committed = (await consumer.earliest_offsets(tp)).get(tp)
+            committed = earliest = (await consumer.earliest_offsets(tp)).get(tp)
         missing = self._guard.check(msg.partition, msg.offset, committed)
         if missing is not None and self._guard.first_seen(msg.partition):
             # Right after (re)assignment a jump can be real: retention deleted the records.
-            earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
+            if earliest is None:
+                earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
             if earliest >= msg.offset:
                 log.warning("%s: records %d..%d were deleted by retention before being processed", tp, missing, msg.offset - 1)
                 missing = None
