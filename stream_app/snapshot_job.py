@@ -31,6 +31,7 @@ from stream_app.snapshots import (
     fold,
     new_state,
     read_latest_and_orphan,
+    reader,
 )
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,15 @@ def write(
         producer = writer(settings)
     failed: list[KafkaError] = []
     offsets: list[int] = []
+    manifest_at: list[int] = []
 
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             failed.append(err)
         elif msg.partition() == CHUNKS and msg.value() is not None:
             offsets.append(msg.offset())
+        elif msg.partition() == MANIFESTS and msg.key() == MANIFEST_KEY:
+            manifest_at.append(msg.offset())
 
     def flush(step: str) -> None:
         left = producer.flush(60)
@@ -144,7 +148,35 @@ def write(
         if isinstance(exc, KafkaException):
             raise BrokerError(f"writing snapshot {manifest.id} to {topic}: {exc}") from exc
         raise
+    await_visible(settings, max(manifest_at), what=f"snapshot {manifest.id}")
     return manifest
+
+
+def await_visible(settings: Settings, offset: int, *, what: str, timeout_s: float = 30.0) -> None:
+    """Return once a ``read_committed`` reader's end of the manifests partition is past ``offset``.
+
+    Why: the broker answers a transaction's commit once the commit is decided, then writes the
+    commit markers to the partitions; until a partition has its marker, its last stable offset
+    stays before the transaction, and readers do not see the snapshot yet. Without this wait,
+    a reader right after a run (a starting worker, the next run, a test) could find the
+    previous manifest (``test_regression_a_snapshot_was_not_readable_right_after_its_run``)."""
+    consumer = reader(settings)
+    deadline = time.monotonic() + timeout_s
+    tp = TopicPartition(settings.scoring_snapshots_topic, MANIFESTS)
+    try:
+        while True:
+            _, stable = consumer.get_watermark_offsets(tp, timeout=10)
+            if stable > offset:
+                return
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"{what} was committed but readers did not see it within {timeout_s:.0f} s "
+                    f"(the last stable offset of {tp.topic}:{MANIFESTS} is {stable}, its manifest is at {offset}): "
+                    "the broker has not written the commit marker yet, or another producer's transaction on that partition is open"
+                )
+            time.sleep(0.02)
+    finally:
+        consumer.close()
 
 
 def _abort(producer: Producer) -> None:

@@ -20,6 +20,7 @@ from confluent_kafka import Producer
 
 from scoring.shared import ERASE, Delta, SharedState, SnapshotError, encode_batch, encode_delta
 from state.catalog import Catalog
+from state.errors import BrokerError
 from state.events import Purchase
 from stream_app import shared_replica, snapshot_job, snapshot_lag, snapshots
 from stream_app.inspect import all_profiles
@@ -147,6 +148,35 @@ def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covere
         asyncio.run(_until_ready(cold))
     with pytest.raises(SnapshotError, match="deleted"):
         snapshots.fold(settings, snapshots.new_state(settings), {})
+
+
+def test_regression_a_snapshot_was_not_readable_right_after_its_run(
+    topic_factory: Callable[..., Settings],
+) -> None:
+    # The broker answers a commit before it writes the commit markers: a read right after a run
+    # once found no manifest (the last stable offset was still before the transaction).
+    settings = topic_factory(partitions=1)
+    deltas = _deltas(300, seed=13)
+    for part in (deltas[:100], deltas[100:200], deltas[200:]):
+        _publish(settings, part)
+        report = snapshot_job.take(settings)
+        latest = snapshots.read_latest(settings)
+        assert report.written and latest is not None and latest.manifest == report.manifest
+
+    # The wait reads the last stable offset, not the high watermark: another producer's open
+    # transaction on the manifests partition holds it back until that transaction ends.
+    other = Producer(settings.kafka_config() | {"transactional.id": f"{settings.snapshot_transactional_id}-other"})
+    other.init_transactions(30)
+    other.begin_transaction()
+    at: list[int] = []
+    other.produce(settings.scoring_snapshots_topic, key=b"other", value=b"x", partition=snapshots.MANIFESTS,
+                  on_delivery=lambda err, msg: at.append(msg.offset()))
+    assert other.flush(30) == 0 and at
+    with pytest.raises(BrokerError, match="did not see it within 1 s"):
+        snapshot_job.await_visible(settings, at[0], what="the other record", timeout_s=1.0)
+    other.commit_transaction(30)
+    snapshot_job.await_visible(settings, at[0], what="the other record", timeout_s=30.0)
+    assert snapshots.read_latest(settings) == latest  # the foreign record is not a manifest
 
 
 def test_a_replica_reading_deltas_that_were_deleted_under_it_restarts(
