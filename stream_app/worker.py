@@ -35,6 +35,7 @@ from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.kafka_clients import group_committed
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning, SharedInstanceId
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
+from stream_app.order_check import OrderCheck
 from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, forget_shared, passed_by, read_shared, refresh
 from stream_app.reviews import EncodedReview, EncoderHolder, review_text
 from stream_app.reviews import dumps as dump_review
@@ -44,7 +45,6 @@ from stream_app.settings import Settings
 from stream_app.supervise import (
     RESTART_EXIT_CODE,
     RESTARTS_ENV,
-    GapGuard,
     Progress,
     Restart,
     RestartRequests,
@@ -334,61 +334,6 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         return web.json({"ready": ready, "catalog_items": len(runtime.replica.catalog)}, status=200 if ready else 503)
 
     return app, runtime
-
-
-class OrderCheck:
-    """The gap guard in front of one agent: returns a :class:`Restart` decision, takes none."""
-
-    def __init__(self, app: faust.App, settings: Settings | None = None) -> None:
-        self._app = app
-        self._settings = settings
-        self._guard = GapGuard()
-
-    async def check(self, msg: Any) -> Restart | None:
-        consumer: Any = self._app.consumer
-        tp = faust.types.TP(msg.topic, msg.partition)
-        committed = consumer._committed_offset.get(tp)
-        earliest: int | None = None  # the log's start, asked of the broker at most once a record
-        if committed is None and msg.offset > 0 and self._guard.first_seen(msg.partition):
-            # No committed offset (Faust keeps none for a partition the group never committed,
-            # nor for offset 0): the fetch starts at the log's start (auto_offset_reset=earliest),
-            # so that is where the first record must be. Compared with nothing, a hole here was
-            # applied past and then committed past (tests/chaos/test_seek_hole.py). Offset 0
-            # follows no hole: no broker call then (the call delays the partition's first record).
-            committed = earliest = (await consumer.earliest_offsets(tp)).get(tp)
-        missing = self._guard.check(msg.partition, msg.offset, committed)
-        if missing is not None and self._guard.first_seen(msg.partition):
-            # Right after (re)assignment a jump can be real: retention deleted the records.
-            if earliest is None:
-                earliest = (await consumer.earliest_offsets(tp)).get(tp, 0)
-            if earliest >= msg.offset:
-                log.warning("%s: records %d..%d were deleted by retention before being processed", tp, missing, msg.offset - 1)
-                missing = None
-            elif self._settings is not None and await self._committed_since(tp, msg.offset):
-                # Seen in bench scale: a worker joining under load was handed a partition whose
-                # committed offset Faust read before the previous owner's last commit; the fetch
-                # then started at the newer one. Those records were processed, not lost.
-                log.warning("%s: records %d..%d were committed by the partition's previous owner", tp, missing, msg.offset - 1)
-                missing = None
-        if missing is not None:
-            return Restart(f"{tp}: offset {msg.offset} reached the agent but {missing} never did (faust#596)")
-        self._guard.advance(msg.partition, msg.offset)
-        return None
-
-    async def _committed_since(self, tp: Any, offset: int) -> bool:
-        """Whether the group's committed offset on ``tp``, read from the broker now, reaches ``offset``."""
-        from stream_app.kafka_clients import group_committed
-
-        assert self._settings is not None
-        settings = self._settings
-        try:
-            committed = await asyncio.get_running_loop().run_in_executor(
-                None, group_committed, settings, settings.app_id, tp.topic, tp.partition
-            )
-        except Exception as exc:  # the broker could not say: keep the restart (the safe side)
-            log.warning("%s: cannot read the group's committed offset: %s", tp, exc)
-            return False
-        return committed is not None and committed >= offset
 
 
 def _coordinator_known(consumer: Any) -> bool:
