@@ -111,7 +111,9 @@ class Settings(BaseSettings):
     # 10,000 (Faust's default) with the 1 s interval: past 1,000 events/s a crash still replays
     # at most a second of input, and each commit ranks every pending user early (its pre-commit
     # flush): 1,000 gave 14-16% more lists and 8-10% more worker CPU per event (docs/PERFORMANCE.md).
-    commit_every: int = Field(10_000, ge=1, description="Commit offsets after this many events (or after the interval, whichever comes first).")
+    commit_every: int = Field(
+        10_000, ge=1, description="Commit offsets after this many events (or after the interval, whichever comes first)."
+    )
     commit_interval_s: float = Field(1.0, gt=0, description="Commit offsets at least this often (s).")
     session_timeout_s: float = Field(
         30.0,
