@@ -102,15 +102,15 @@ def write(
         producer = writer(settings)
     failed: list[KafkaError] = []
     offsets: list[int] = []
-    manifest_at: list[int] = []
+    last: dict[int, int] = {}  # partition -> the offset of this run's last record there
 
     def on_delivery(err: KafkaError | None, msg: Any) -> None:
         if err is not None:
             failed.append(err)
-        elif msg.partition() == CHUNKS and msg.value() is not None:
+            return
+        last[msg.partition()] = max(last.get(msg.partition(), -1), msg.offset())
+        if msg.partition() == CHUNKS and msg.value() is not None:
             offsets.append(msg.offset())
-        elif msg.partition() == MANIFESTS and msg.key() == MANIFEST_KEY:
-            manifest_at.append(msg.offset())
 
     def flush(step: str) -> None:
         left = producer.flush(60)
@@ -148,33 +148,38 @@ def write(
         if isinstance(exc, KafkaException):
             raise BrokerError(f"writing snapshot {manifest.id} to {topic}: {exc}") from exc
         raise
-    await_visible(settings, max(manifest_at), what=f"snapshot {manifest.id}")
+    await_visible(settings, last, what=f"snapshot {manifest.id}")
     return manifest
 
 
-def await_visible(settings: Settings, offset: int, *, what: str, timeout_s: float = 30.0) -> None:
-    """Return once a ``read_committed`` reader's end of the manifests partition is past ``offset``.
+def await_visible(settings: Settings, offsets: Mapping[int, int], *, what: str, timeout_s: float = 30.0) -> None:
+    """Return once a ``read_committed`` reader's end of each snapshots partition in ``offsets``
+    (partition -> the offset of a record just committed there) is past that offset.
 
     Why: the broker answers a transaction's commit once the commit is decided, then writes the
-    commit markers to the partitions; until a partition has its marker, its last stable offset
-    stays before the transaction, and readers do not see the snapshot yet. Without this wait,
-    a reader right after a run (a starting worker, the next run, a test) could find the
-    previous manifest (``test_regression_a_snapshot_was_not_readable_right_after_its_run``)."""
+    commit markers to the partitions, each in its own time; until a partition has its marker,
+    its last stable offset stays before the transaction, and readers do not see those records.
+    Without this wait, a reader right after a run (a starting worker, the next run, a test)
+    could find the previous manifest, or the new manifest without its chunks
+    (``test_regression_a_snapshot_was_not_readable_right_after_its_run``)."""
     consumer = reader(settings)
     deadline = time.monotonic() + timeout_s
-    tp = TopicPartition(settings.scoring_snapshots_topic, MANIFESTS)
+    topic = settings.scoring_snapshots_topic
+    waiting = dict(offsets)
     try:
-        while True:
-            _, stable = consumer.get_watermark_offsets(tp, timeout=10)
-            if stable > offset:
-                return
-            if time.monotonic() > deadline:
-                raise BrokerError(
-                    f"{what} was committed but readers did not see it within {timeout_s:.0f} s "
-                    f"(the last stable offset of {tp.topic}:{MANIFESTS} is {stable}, its manifest is at {offset}): "
-                    "the broker has not written the commit marker yet, or another producer's transaction on that partition is open"
-                )
-            time.sleep(0.02)
+        while waiting:
+            for partition, offset in list(waiting.items()):
+                _, stable = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                if stable > offset:
+                    del waiting[partition]
+                elif time.monotonic() > deadline:
+                    raise BrokerError(
+                        f"{what} was committed but readers did not see it within {timeout_s:.0f} s "
+                        f"(the last stable offset of {topic}:{partition} is {stable}, the record is at {offset}): the broker "
+                        "has not written the commit marker yet, or another producer's transaction on that partition is open"
+                    )
+            if waiting:
+                time.sleep(0.02)
     finally:
         consumer.close()
 

@@ -173,9 +173,9 @@ def test_regression_a_snapshot_was_not_readable_right_after_its_run(
                   on_delivery=lambda err, msg: at.append(msg.offset()))
     assert other.flush(30) == 0 and at
     with pytest.raises(BrokerError, match="did not see it within 1 s"):
-        snapshot_job.await_visible(settings, at[0], what="the other record", timeout_s=1.0)
+        snapshot_job.await_visible(settings, {snapshots.MANIFESTS: at[0]}, what="the other record", timeout_s=1.0)
     other.commit_transaction(30)
-    snapshot_job.await_visible(settings, at[0], what="the other record", timeout_s=30.0)
+    snapshot_job.await_visible(settings, {snapshots.MANIFESTS: at[0]}, what="the other record", timeout_s=30.0)
     assert snapshots.read_latest(settings) == latest  # the foreign record is not a manifest
 
 
