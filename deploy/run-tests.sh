@@ -29,7 +29,18 @@ run() {
 # or here with PERSONA_TEST_HEAVY=1: CI's budget is for the rest.
 select=(-m "not heavy")
 [ "${PERSONA_TEST_HEAVY:-0}" = "1" ] && select=()
-run "worker env suite (.venv)" .venv/bin/python tests --ignore=tests/train "${select[@]}" "$@"
+# The worker suite in PERSONA_TEST_PROCESSES processes (pytest-xdist; default 2, 0 = in this
+# process): serial, a core sat idle half of the time, waiting on brokers, rebalances and
+# session timeouts. Whole files go to one process (--dist loadfile), so a module's fixtures,
+# such as test_security's secured broker, start once. Each process starts its own broker.
+# The trainer suite stays serial: torch already keeps both cores busy.
+procs=${PERSONA_TEST_PROCESSES:-2}
+case $procs in
+  ''|*[!0-9]*) echo "PERSONA_TEST_PROCESSES must be a whole number, got '$procs'" >&2; exit 2 ;;
+esac
+spread=()
+[ "$procs" -gt 0 ] && spread=(-n "$procs" --dist loadfile)
+run "worker env suite (.venv)" .venv/bin/python tests --ignore=tests/train "${select[@]}" "${spread[@]}" "$@"
 if [ -x .venv-train/bin/python ]; then
   run "trainer env suite (.venv-train)" .venv-train/bin/python tests/train "$@"
 else

@@ -22,6 +22,7 @@ log = logging.getLogger("persona.tests")
 
 DATA_DIR = Path(os.environ.get("PERSONA_DATA_DIR") or DEFAULT_DATA_DIR)
 _BROKER_KEY = pytest.StashKey[str]()
+_NODE_BROKERS_KEY = pytest.StashKey[list[str]]()
 
 
 def _docker_answers() -> bool:
@@ -40,7 +41,7 @@ def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     Kafka when a Docker engine answers, else the launcher in deploy/kafka."""
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if env:
-        request.config.stash[_BROKER_KEY] = f"KAFKA_BOOTSTRAP_SERVERS={env}"
+        _note_broker(request, f"KAFKA_BOOTSTRAP_SERVERS={env}")
         yield env
         return
     if _docker_answers():
@@ -48,15 +49,15 @@ def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
         with KafkaContainer().with_kraft() as container:
             bootstrap = container.get_bootstrap_server()
-            request.config.stash[_BROKER_KEY] = f"testcontainers Kafka at {bootstrap}"
+            _note_broker(request, f"testcontainers Kafka at {bootstrap}")
             yield bootstrap
         return
     from deploy.kafka import launcher
 
     data_dir = tmp_path_factory.mktemp("kafka")
     handle = launcher.start(port=free_port(), data_dir=data_dir)
-    request.config.stash[_BROKER_KEY] = (
-        f"deploy/kafka launcher: Apache Kafka {launcher.KAFKA_VERSION} (KRaft) at {handle.bootstrap}, pid {handle.pid}"
+    _note_broker(
+        request, f"deploy/kafka launcher: Apache Kafka {launcher.KAFKA_VERSION} (KRaft) at {handle.bootstrap}, pid {handle.pid}"
     )
     log.info("kafka broker: %s", request.config.stash[_BROKER_KEY])
     try:
@@ -65,10 +66,27 @@ def kafka_broker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         launcher.stop(handle)
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    used = config.stash.get(_BROKER_KEY, None)
+def _note_broker(request: pytest.FixtureRequest, text: str) -> None:
+    """Record the broker for the run's summary; under pytest-xdist (deploy/run-tests.sh) each
+    process has a broker of its own, and only the controller prints a summary."""
+    request.config.stash[_BROKER_KEY] = text
+    workeroutput = getattr(request.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["kafka_broker"] = text
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist: a process ended; keep the broker it reported."""
+    used = getattr(node, "workeroutput", {}).get("kafka_broker")
     if used:
-        terminalreporter.write_line(f"Kafka broker used by integration tests: {used}")
+        node.config.stash.setdefault(_NODE_BROKERS_KEY, []).append(used)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    used = [config.stash[_BROKER_KEY]] if _BROKER_KEY in config.stash else []
+    for text in used + sorted(config.stash.get(_NODE_BROKERS_KEY, [])):
+        terminalreporter.write_line(f"Kafka broker used by integration tests: {text}")
 
 
 _counter = itertools.count()
