@@ -132,10 +132,11 @@ class Settings(BaseSettings):
         min_length=1,
         max_length=249,
         description="Static group membership: a name unique to this worker in its group (in "
-        "Kubernetes the StatefulSet pod's name). A worker that restarts within session_timeout_s "
-        "gets its partitions back without a rebalance of the group; the price: a worker stopped "
-        "for good keeps its partitions until its session times out (static members do not "
-        "leave the group on close) or `persona group leave ID` removes it. Unset: dynamic membership.",
+        "Kubernetes the StatefulSet pod's name, which `deploy/k8s` sets). A worker that restarts "
+        "within session_timeout_s gets its partitions back without a rebalance of the group; the "
+        "price: a worker stopped for good keeps its partitions until its session times out (static "
+        "members do not leave the group on close) or `persona group leave ID` removes it. Two live "
+        "workers with one id: one stops with exit code 3. Unset: dynamic membership.",
     )
     stall_timeout_s: float = Field(
         30.0,

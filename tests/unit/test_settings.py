@@ -123,6 +123,18 @@ def test_markdown_table_lists_every_field() -> None:
     assert "`<repo>/../shared/data`" in table
 
 
+def test_regression_the_readme_settings_table_drifted_from_the_model() -> None:
+    """The README's table is `persona config --markdown`, row for row: one row had been edited
+    by hand and said less than the field's description (PERSONA_GROUP_INSTANCE_ID)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").splitlines()
+    generated = markdown_table().splitlines()
+    start = readme.index(generated[0])
+    documented = readme[start : start + len(generated)]
+    assert documented == generated, [row[:80] for row in set(generated) ^ set(documented)]
+    # No other table names a setting the model does not have.
+    assert sum(line.startswith("| `PERSONA_") for line in readme) == len(Settings.model_fields)
+
+
 def test_regression_settings_env_round_trips_dict_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker started by the harness got `PERSONA_EVENT_WEIGHTS={'click': 1.0, ...}` (a Python
     repr) and refused to start: every setting must survive the trip through the environment."""
