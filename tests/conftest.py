@@ -85,7 +85,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     used = [config.stash[_BROKER_KEY]] if _BROKER_KEY in config.stash else []
-    for text in used + sorted(config.stash.get(_NODE_BROKERS_KEY, [])):
+    # Once each: processes given KAFKA_BOOTSTRAP_SERVERS share one broker.
+    for text in dict.fromkeys(used + sorted(config.stash.get(_NODE_BROKERS_KEY, []))):
         terminalreporter.write_line(f"Kafka broker used by integration tests: {text}")
 
 
