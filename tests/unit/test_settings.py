@@ -125,7 +125,7 @@ def test_markdown_table_lists_every_field() -> None:
 
 def test_regression_the_readme_settings_table_drifted_from_the_model() -> None:
     """The README's table is `persona config --markdown`, row for row: one row had been edited
-    by hand and said less than the field's description (PERSONA_GROUP_INSTANCE_ID)."""
+    by hand and no longer matched the field's description (PERSONA_GROUP_INSTANCE_ID)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8").splitlines()
     generated = markdown_table().splitlines()
     start = readme.index(generated[0])
