@@ -29,18 +29,25 @@ run() {
 # or here with PERSONA_TEST_HEAVY=1: CI's budget is for the rest.
 select=(-m "not heavy")
 [ "${PERSONA_TEST_HEAVY:-0}" = "1" ] && select=()
-# The worker suite in PERSONA_TEST_PROCESSES processes (pytest-xdist; default 2, 0 = in this
-# process): serial, a core sat idle half of the time, waiting on brokers, rebalances and
-# session timeouts. Whole files go to one process (--dist loadfile), so a module's fixtures,
-# such as test_security's secured broker, start once. Each process starts its own broker.
-# The trainer suite stays serial: torch already keeps both cores busy.
+# The unit and integration tiers in PERSONA_TEST_PROCESSES processes (pytest-xdist; default 2,
+# 0 = in this process): serially a core sat idle half of the time, waiting on brokers,
+# rebalances and session timeouts. Whole files go to one process (--dist loadfile), so a
+# module's fixtures, such as test_security's secured broker, start once; each process starts
+# its own broker. The chaos tier stays serial: with two chaos files at once on 2 cores, a
+# rebalance test once saw a partition stay 471 records behind for 5 minutes with both workers
+# alive (2026-12-06; not in any serial CI run kept here). The trainer suite stays serial: torch keeps
+# both cores busy.
 procs=${PERSONA_TEST_PROCESSES:-2}
 case $procs in
   ''|*[!0-9]*) echo "PERSONA_TEST_PROCESSES must be a whole number, got '$procs'" >&2; exit 2 ;;
 esac
-spread=()
-[ "$procs" -gt 0 ] && spread=(-n "$procs" --dist loadfile)
-run "worker env suite (.venv)" .venv/bin/python tests --ignore=tests/train "${select[@]}" "${spread[@]}" "$@"
+if [ "$procs" -gt 0 ]; then
+  run "worker env suite, unit + integration (.venv, $procs processes)" .venv/bin/python tests \
+    --ignore=tests/train --ignore=tests/chaos "${select[@]}" -n "$procs" --dist loadfile "$@"
+  run "worker env suite, chaos (.venv)" .venv/bin/python tests/chaos "${select[@]}" "$@"
+else
+  run "worker env suite (.venv)" .venv/bin/python tests --ignore=tests/train "${select[@]}" "$@"
+fi
 if [ -x .venv-train/bin/python ]; then
   run "trainer env suite (.venv-train)" .venv-train/bin/python tests/train "$@"
 else
