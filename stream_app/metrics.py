@@ -92,7 +92,8 @@ PROFILES_TRIMMED = Counter(
 STALL_RESTARTS = Counter(
     "persona_commit_stall_restarts",
     "Worker self-restarts asked for by this process: a commit stuck behind finished work, "
-    "or a message lost before the agent (faust#596); the supervisor restarts it.",
+    "a message lost before the agent (faust#596), or an idle worker owning a partition with "
+    "records it never reads (starved_partition); the supervisor restarts it.",
     ["cause"],
     registry=REGISTRY,
 )

@@ -142,8 +142,9 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="A partition whose commit is stuck this long behind records an agent already "
-        "finished (faust#596) makes the worker restart itself from the committed offset; a busy "
-        "agent (a long encode) is never taken for a stuck one.",
+        "finished (faust#596), or that has records the idle worker has not read for this long "
+        "(a partition left paused), makes the worker restart itself from the committed offset; a "
+        "busy agent (a long encode) is never taken for a stuck one.",
     )
     # --- worker ------------------------------------------------------------------------
     state_dir: Path = Field(

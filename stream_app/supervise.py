@@ -48,9 +48,18 @@ QUICK_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Restart:
-    """A decision to restart the worker from its committed offsets (taken by the worker)."""
+    """A decision to restart the worker from its committed offsets (taken by the worker).
+
+    ``cause`` labels ``persona_commit_stall_restarts_total``; empty, it is read from the
+    reason (the two causes that came first)."""
 
     reason: str
+    cause: str = ""
+
+    def label(self) -> str:
+        if self.cause:
+            return self.cause
+        return "lost_message" if "never did" in self.reason else "stuck_commit"
 
 
 @dataclass
@@ -165,7 +174,7 @@ class RestartRequests:
     def request(self, decision: Restart) -> None:
         if self.decision is None:
             self.decision = decision
-            metrics.STALL_RESTARTS.labels("lost_message" if "never did" in decision.reason else "stuck_commit").inc()
+            metrics.STALL_RESTARTS.labels(decision.label()).inc()
             self._event.set()
 
     async def wait(self) -> Restart:

@@ -25,7 +25,7 @@ from scoring.ranker import FEATURES
 from state.errors import ContractError
 from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
 from state.profile import Encoding, Origin
-from stream_app import flush, metrics
+from stream_app import flush, metrics, starvation
 from stream_app.control_replica import ControlTail
 from stream_app.experiment import Candidate
 from stream_app.flow_control import stop_flow_on_seek
@@ -42,6 +42,7 @@ from stream_app.reviews import dumps as dump_review
 from stream_app.reviews import loads as load_review
 from stream_app.runtime import Runtime, raw_topic, record_of
 from stream_app.settings import Settings
+from stream_app.starvation import StarvationDetector
 from stream_app.supervise import (
     RESTART_EXIT_CODE,
     RESTARTS_ENV,
@@ -297,15 +298,24 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     # One worker app per process: its exit hook replaces any earlier one.
     flush.BEFORE_EXIT[:] = [leave_group]
     detector = StallDetector(settings.stall_timeout_s)
+    starving = StarvationDetector(settings.stall_timeout_s)
+    inputs = {settings.topic(kind) for kind in EVENT_KINDS} | {settings.encoded_reviews_topic}
 
     @app.timer(min(5.0, max(0.5, settings.stall_timeout_s / 4)))  # type: ignore[untyped-decorator]
     async def watch_commits() -> None:
         consumer: Any = app.consumer
-        stalled = detector.stalled(
-            consumer.assignment(), consumer._committed_offset, progress, time.monotonic(), broker_up=_coordinator_known(consumer)
-        )
+        now, broker_up = time.monotonic(), _coordinator_known(consumer)
+        stalled = detector.stalled(consumer.assignment(), consumer._committed_offset, progress, now, broker_up=broker_up)
         if stalled:
             restarts.request(Restart(f"commit stuck behind finished records on {stalled} for {settings.stall_timeout_s:.0f}s (faust#596)"))
+            return
+        try:
+            decision = await starvation.check(app, starving, inputs, progress, now, broker_up)
+        except Exception as exc:  # an end-offset request that failed: judge again at the next tick
+            log.warning("checking for starved partitions failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if decision is not None:
+            restarts.request(decision)
 
     @app.task  # type: ignore[untyped-decorator]
     async def watch_loop_lag() -> None:

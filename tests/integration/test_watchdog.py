@@ -108,3 +108,35 @@ def test_a_record_held_in_flight_restarts_the_worker_once_and_nothing_is_lost(
     # Every purchase applied exactly once across the restart (the watermark skips replays).
     assert {u: p.counts.get("purchase", 0) for u, p in profiles.items()} == dict(want)
     assert all(p.version == want[u] for u, p in profiles.items())
+
+
+def test_a_partition_left_paused_restarts_the_idle_worker_once_and_nothing_is_lost(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stuck partition of a chaos CI run (records waiting, never fetched, worker idle),
+    made with a failpoint that pauses one partition at Faust's level and never resumes it."""
+    settings = topic_factory(partitions=2, stall_timeout_s=2.0)
+    marker = tmp_path / "pause"
+    marker.write_text(f"{settings.topic('purchase')}:1\n")
+    monkeypatch.setenv("PERSONA_FAILPOINT_PAUSE_PARTITION", str(marker))
+    events: list[Event] = [
+        Purchase(event_id=f"paused-{i}", ts=1_000.0 + i, user_id=f"u{i % 16}", item_id=f"i{i % 9}") for i in range(160)
+    ]
+    worker = worker_factory(settings, allow_restarts=True)
+    worker.wait_ready()
+    worker.wait_until(lambda m: not marker.exists(), timeout=60)  # the failpoint paused it
+    publish(settings, events)
+    worker.wait_until(lambda m: metric_sum(m, "persona_supervisor_restarts_total") >= 1, timeout=120)
+    wait_drained(settings, [settings.topic("purchase")], [worker], timeout=120)
+    samples = worker.metrics()
+    assert metric_sum(samples, "persona_supervisor_restarts_total") == 1.0
+    log = worker.log_tail(400)
+    assert f"'{settings.topic('purchase')}:1':" in log and "were not read for 2s" in log, log
+    assert worker.stop() == 0
+    profiles = all_profiles(settings)
+    want = Counter(e.user_id for e in events)
+    assert {u: p.counts.get("purchase", 0) for u, p in profiles.items()} == dict(want)
+    assert all(p.version == want[u] for u, p in profiles.items())

@@ -1,0 +1,244 @@
+"""The starved-partition watchdog: an idle worker that owns a partition with records it never
+reads restarts; a busy, waiting, recovering or quiet one does not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream_app.starvation import PAUSE_ENV, StarvationDetector, check, waiting
+from stream_app.supervise import Progress, Restart
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class Message:
+    tp: TP
+    acked: bool = False
+
+
+@dataclass
+class Queue:
+    items: int = 0
+
+    def qsize(self) -> int:
+        return self.items
+
+
+@dataclass
+class Channel:
+    queue: Queue = field(default_factory=Queue)
+
+
+@dataclass
+class Buffer:
+    size: int = 0
+
+
+@dataclass
+class Producer:
+    buffer: Buffer = field(default_factory=Buffer)
+
+
+@dataclass
+class Consumer:
+    """What the check reads of Faust's consumer: its bookkeeping and two broker calls."""
+
+    assigned: set[TP]
+    _committed_offset: dict[TP, int | None]
+    ends: dict[TP, int]
+    starts: dict[TP, int] = field(default_factory=dict)
+    _read_offset: dict[TP, int | None] = field(default_factory=dict)
+    _unacked_messages: set[int] = field(default_factory=set)
+    unacked: list[Message] = field(default_factory=list)
+    paused: set[TP] = field(default_factory=set)
+    asked_ends: list[tuple[TP, ...]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._unacked_messages = self.unacked  # type: ignore[assignment]
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        self.asked_ends.append(tps)
+        return {tp: self.ends[tp] for tp in tps}
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.starts[tp] for tp in tps}
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        self.paused.update(tps)
+
+
+@dataclass
+class App:
+    consumer: Consumer
+    topics: list[Channel] = field(default_factory=lambda: [Channel(), Channel()])
+    producer: Producer = field(default_factory=Producer)
+    rebalancing: bool = False
+    in_recovery: bool = False
+
+
+CLICKS0, CLICKS1, ITEMS0 = TP("clicks", 0), TP("clicks", 1), TP("items", 0)
+INPUTS = {"clicks"}
+
+
+def _app(committed: dict[TP, int | None], ends: dict[TP, int], **kw: object) -> App:
+    return App(Consumer(set(committed) | {ITEMS0}, dict(committed) | {ITEMS0: 3}, dict(ends) | {ITEMS0: 9}, **kw))  # type: ignore[arg-type]
+
+
+def _tick(app: App, detector: StarvationDetector, progress: Progress, now: float, broker_up: bool = True) -> Restart | None:
+    return asyncio.run(check(app, detector, INPUTS, progress, now, broker_up))
+
+
+def test_regression_a_partition_left_behind_after_a_rebalance_restarts_the_idle_worker() -> None:
+    """The chaos CI run of acefcad: after a rebalance one partition stayed 471 records behind for
+    300 s on a live, idle worker, and nothing restarted it."""
+    app = _app({CLICKS0: 1200, CLICKS1: 530}, {CLICKS0: 1200, CLICKS1: 1001})
+    progress = Progress()
+    progress.done("clicks", 0, 1199)
+    detector = StarvationDetector(stall_s=30.0)
+    decisions = [_tick(app, detector, progress, float(now)) for now in range(0, 30, 5)]
+    assert decisions == [None] * 6  # still for less than 30 s
+    decision = _tick(app, detector, progress, 30.0)
+    assert decision is not None and decision.label() == "starved_partition"
+    assert "'clicks:1': 471" in decision.reason  # 1001 - 530 records behind, the partition named
+    assert "clicks:0" not in decision.reason  # caught up: quiet, not starved
+    # Only the still partitions' end offsets were asked for, and never the catalog's (not an input).
+    assert app.consumer.asked_ends == [(CLICKS0, CLICKS1)] or app.consumer.asked_ends == [(CLICKS1, CLICKS0)]
+
+
+def test_a_busy_worker_is_never_taken_for_a_starved_one() -> None:
+    """A message in an agent's hands (a long encode), an event queued for an agent (one waiting
+    for the catalog before its first record) or output waiting to be produced: not idle."""
+    for busy in ("unacked", "queued", "producing"):
+        app = _app({CLICKS0: 10, CLICKS1: 10}, {CLICKS0: 500, CLICKS1: 500})
+        detector = StarvationDetector(stall_s=4.0)
+        if busy == "unacked":
+            app.consumer.unacked.append(Message(CLICKS0))
+        elif busy == "queued":
+            app.topics[1].queue.items = 3
+        else:
+            app.producer.buffer.size = 7
+        assert [_tick(app, detector, Progress(), float(t)) for t in range(0, 600, 5)] == [None] * 120, busy
+        assert app.consumer.asked_ends == []  # not even a broker round trip while busy
+        # The work ends and nothing moved: the clock ran all along, so the restart comes at once.
+        app.consumer.unacked.clear()
+        app.topics[1].queue.items = 0
+        app.producer.buffer.size = 0
+        decision = _tick(app, detector, Progress(), 600.0)
+        assert decision is not None and decision.cause == "starved_partition", busy
+
+
+def test_an_acked_message_still_in_faust_s_weak_set_is_not_work() -> None:
+    app = _app({CLICKS0: 10}, {CLICKS0: 20}, unacked=[Message(CLICKS0, acked=True)])
+    detector = StarvationDetector(stall_s=1.0)
+    assert _tick(app, detector, Progress(), 0.0) is None
+    assert _tick(app, detector, Progress(), 1.0) is not None
+
+
+def test_any_movement_of_commit_read_or_finished_offset_restarts_the_clock() -> None:
+    app = _app({CLICKS0: 10}, {CLICKS0: 900})
+    detector = StarvationDetector(stall_s=10.0)
+    progress = Progress()
+    assert _tick(app, detector, progress, 0.0) is None
+    app.consumer._read_offset[CLICKS0] = 15  # fetched: the clock starts again
+    assert _tick(app, detector, progress, 9.0) is None
+    progress.done("clicks", 0, 12)  # finished further
+    assert _tick(app, detector, progress, 18.0) is None
+    app.consumer._committed_offset[CLICKS0] = 13  # committed further
+    assert _tick(app, detector, progress, 27.0) is None
+    assert _tick(app, detector, progress, 36.0) is None  # still for 9 s only
+    decision = _tick(app, detector, progress, 37.0)
+    assert decision is not None and "'clicks:0': 887" in decision.reason
+
+
+def test_rebalance_recovery_and_a_lost_coordinator_stop_every_clock() -> None:
+    app = _app({CLICKS0: 0}, {CLICKS0: 50})
+    detector = StarvationDetector(stall_s=10.0)
+    progress = Progress()
+    assert _tick(app, detector, progress, 0.0) is None
+    for pause in ("rebalancing", "in_recovery", "broker"):
+        if pause == "broker":
+            assert _tick(app, detector, progress, 100.0, broker_up=False) is None
+        else:
+            setattr(app, pause, True)
+            assert _tick(app, detector, progress, 100.0) is None  # recovering for 100 s: not judged
+            setattr(app, pause, False)
+        # Back: the clock starts now, not at 0.
+        assert _tick(app, detector, progress, 101.0) is None
+        assert _tick(app, detector, progress, 110.0) is None
+        assert _tick(app, detector, progress, 111.0) is not None
+        detector.reset()
+        assert _tick(app, detector, progress, 0.0) is None
+
+
+def test_a_partition_the_group_never_committed_is_read_from_its_log_start() -> None:
+    # Never committed, records 40..99 on the broker (retention deleted 0..39): 60 waiting.
+    app = _app({CLICKS0: None}, {CLICKS0: 100}, starts={CLICKS0: 40})
+    detector = StarvationDetector(stall_s=1.0)
+    assert _tick(app, detector, Progress(), 0.0) is None
+    decision = _tick(app, detector, Progress(), 1.0)
+    assert decision is not None and "'clicks:0': 60" in decision.reason
+    # Everything deleted by retention: nothing to read, nothing starved.
+    app = _app({CLICKS0: None}, {CLICKS0: 100}, starts={CLICKS0: 100})
+    detector = StarvationDetector(stall_s=1.0)
+    assert [_tick(app, detector, Progress(), t) for t in (0.0, 1.0, 2.0)] == [None] * 3
+
+
+def test_waiting_needs_records_past_the_commit() -> None:
+    a, b, c, d = (TP("t", i) for i in range(4))
+    committed: dict[Hashable, int | None] = {a: 5, b: 5, c: None, d: None}
+    ends: dict[Hashable, int] = {a: 5, b: 6, c: 3, d: 3}
+    assert waiting([a, b, c, d], committed, ends, {c: 0, d: 3}) == [b, c]
+    assert waiting([a, b], committed, {}, {}) == []  # no end offset known: no judgement
+
+
+@given(st.lists(st.tuples(st.sampled_from(["commit", "read", "finish", "wait"]), st.floats(0.0, 9.99)), max_size=60))
+def test_marks_that_move_within_the_stall_time_never_report(steps: list[tuple[str, float]]) -> None:
+    detector = StarvationDetector(stall_s=10.0)
+    commit, read, finish, now = 0, 0, 0, 0.0
+    for what, dt in steps:
+        now += dt
+        commit += what == "commit"
+        read += what == "read"
+        finish += what == "finish"
+        assert detector.still({CLICKS0: (commit, read, finish)}, now) == []
+        if what == "wait":  # nothing moved: the next step must move something to stay quiet
+            commit += 1
+            assert detector.still({CLICKS0: (commit, read, finish)}, now) == []
+
+
+def test_partitions_no_longer_assigned_are_forgotten() -> None:
+    detector = StarvationDetector(stall_s=5.0)
+    assert detector.still({CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}, 0.0) == []
+    assert detector.still({CLICKS1: (1, 1, 1)}, 3.0) == []  # clicks:0 went to another worker
+    # ...and came back: a new clock, not the old one.
+    assert detector.still({CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}, 6.0) == [CLICKS1]
+    assert detector.still({CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}, 11.0) == [CLICKS0, CLICKS1]
+
+
+def test_pause_failpoint_pauses_its_partition_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "pause"
+    marker.write_text("clicks:1\n")
+    monkeypatch.setenv(PAUSE_ENV, str(marker))
+    app = _app({CLICKS0: 0, CLICKS1: 0}, {CLICKS0: 0, CLICKS1: 0})
+    _tick(app, StarvationDetector(stall_s=5.0), Progress(), 0.0)
+    assert app.consumer.paused == {CLICKS1}
+    assert not marker.exists()
+    # A partition the worker does not own leaves the file for the worker that does.
+    marker.write_text("clicks:7\n")
+    _tick(app, StarvationDetector(stall_s=5.0), Progress(), 0.0)
+    assert marker.exists() and app.consumer.paused == {CLICKS1}
