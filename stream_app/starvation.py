@@ -4,28 +4,29 @@ The commit-stall watchdog (``stream_app.supervise``) needs finished work past a 
 commit; the gap guard needs a record that reaches an agent. Neither sees a partition
 that is assigned, has records waiting, and is simply never fetched. A CI run of the chaos
 suite met one: after a rebalance a partition stayed 471 records behind for 300 s, both
-workers alive and idle, no warning, no restart. faust-streaming keeps a Faust-level pause
-across a rebalance when the partition comes back to the same worker
-(``Consumer.on_partitions_assigned`` only drops *revoked* partitions from its paused set),
-and other clients have had that bug in their pause bookkeeping (franz-go#507, #1272);
-we did not prove which form it was, so the remedy is the one that works whatever the cause:
-restart from the committed offsets, which our idempotent profiles make safe.
+workers alive, no warning, no restart. Faust pauses every assigned partition at a
+rebalance and resumes them when its recovery ends, unless it finds the generation changed
+meanwhile ("Recovery rebalancing again"), when it leaves them to the next recovery; other
+clients have had bugs in their pause bookkeeping across rebalances (franz-go#507, #1272).
+We did not prove which form it was, so the remedy is the one that works whatever the
+cause: restart from the committed offsets, which our idempotent profiles make safe.
 
-Starved, for ``stall_s``: an assigned input partition whose committed offset, last read
-offset and last finished offset have not moved, while the broker holds records past the
-committed offset, and the worker is idle *now*: no message in an agent's hands, none queued
-for one, nothing waiting to be produced. A busy or saturated worker is never taken for a
-starved one (its queues are not empty), nor is an agent that waits for the catalog or the
-models before its first record (the fetched records queue up in front of it). A rebalance,
-a table recovery or a lost coordinator stops every clock. Under saturation a starved
-partition is found only once the load drops: what this check cannot see, said here.
+Starved: an assigned input partition whose committed offset, last read offset and last
+finished offset have not moved since the broker was first seen holding records past its
+committed offset, ``stall_s`` ago (at least :data:`FLOOR_S`), the worker idle at both
+sights: no message in an agent's hands, none queued for one, nothing waiting to be
+produced. A busy or saturated worker is never taken for a starved one (its queues are not
+empty), nor is an agent that waits for the catalog or the models before its first record
+(the fetched records queue up in front of it). A rebalance, a table recovery or a lost
+coordinator stops every clock. Under saturation a starved partition is found only once the
+load drops: what this check cannot see, said here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 
@@ -42,31 +43,62 @@ PAUSE_ENV = "PERSONA_FAILPOINT_PAUSE_PARTITION"
 Marks = tuple[int | None, int | None, int | None]
 
 
+#: The least time a partition's records may wait unread before a restart, whatever
+#: ``stall_s``: on two loaded cores a fetch can wait seconds for the event loop (a CI run saw
+#: this watchdog's own tick take 2.4 s while the catalog was encoded), and a restart replays
+#: far more than ten seconds of work.
+FLOOR_S = 10.0
+
+
 @dataclass
 class StarvationDetector:
-    """Per partition, how long its marks have stood still (the pure part of the check)."""
+    """The pure part of the check: which partitions stood still, and since when records have
+    been seen waiting on each without any of its marks moving."""
 
     stall_s: float
-    _since: dict[Hashable, tuple[Marks, float]] = field(default_factory=dict)
+    _marks: dict[Hashable, Marks] = field(default_factory=dict)
+    _waiting_since: dict[Hashable, float] = field(default_factory=dict)
 
-    def still(self, marks: Mapping[Hashable, Marks], now: float) -> list[Hashable]:
-        """The partitions of ``marks`` (the assigned input partitions) whose marks have not
-        moved for ``stall_s``; a partition that moved, or is new, starts its clock now, and
-        partitions no longer assigned are forgotten."""
+    @property
+    def wait_s(self) -> float:
+        return max(self.stall_s, FLOOR_S)
+
+    def unchanged(self, marks: Mapping[Hashable, Marks]) -> list[Hashable]:
+        """The partitions of ``marks`` (the assigned input partitions) whose marks are those
+        of the previous tick. A partition that moved loses its waiting clock; partitions no
+        longer assigned are forgotten."""
         out: list[Hashable] = []
         for tp, mark in marks.items():
-            last = self._since.get(tp)
-            if last is None or last[0] != mark:
-                self._since[tp] = (mark, now)
-            elif now - last[1] >= self.stall_s:
+            if self._marks.get(tp) == mark:
                 out.append(tp)
-        for gone in set(self._since) - set(marks):
-            del self._since[gone]
+            else:
+                self._marks[tp] = mark
+                self._waiting_since.pop(tp, None)
+        for gone in set(self._marks) - set(marks):
+            del self._marks[gone]
+            self._waiting_since.pop(gone, None)
+        return out
+
+    def judge(self, unchanged: Iterable[Hashable], waiting: Iterable[Hashable], now: float) -> list[Hashable]:
+        """Starved: seen with records past its commit, idle, for ``wait_s`` since the first such
+        sight, its marks unmoved all along. The clock starts when records are first seen
+        waiting, never earlier: records arriving on a partition quiet for an hour are not an
+        hour late."""
+        behind = set(waiting)
+        out: list[Hashable] = []
+        for tp in unchanged:
+            if tp not in behind:
+                self._waiting_since.pop(tp, None)
+                continue
+            since = self._waiting_since.setdefault(tp, now)
+            if now - since >= self.wait_s:
+                out.append(tp)
         return out
 
     def reset(self) -> None:
         """A rebalance, a recovery or a lost coordinator: no partition can be judged now."""
-        self._since.clear()
+        self._marks.clear()
+        self._waiting_since.clear()
 
 
 def waiting(
@@ -114,7 +146,7 @@ def input_marks(consumer: Any, topics: set[str], progress: Progress) -> dict[Has
 
 
 async def check(
-    app: Any, detector: StarvationDetector, topics: set[str], progress: Progress, now: float, broker_up: bool
+    app: Any, detector: StarvationDetector, topics: set[str], progress: Progress, clock: Callable[[], float], broker_up: bool
 ) -> Restart | None:
     """One watchdog tick: a restart decision when an idle worker owns a starved partition."""
     if not broker_up or app.rebalancing or app.in_recovery:
@@ -123,19 +155,23 @@ async def check(
     consumer = app.consumer
     _pause_failpoint(consumer, topics)
     marks = input_marks(consumer, topics, progress)
-    still = detector.still(marks, now)
-    if not still or not idle(app):
+    unchanged = detector.unchanged(marks)
+    if not unchanged or not idle(app):
         return None
-    committed = {tp: marks[tp][0] for tp in still}
-    ends = await consumer.highwaters(*still)
-    never = [tp for tp in still if committed[tp] is None]
+    committed = {tp: marks[tp][0] for tp in unchanged}
+    ends = await consumer.highwaters(*unchanged)
+    never = [tp for tp in unchanged if committed[tp] is None]
     starts = await consumer.earliest_offsets(*never) if never else {}
-    starved = waiting(still, committed, ends, starts)
+    # The broker calls took time: judge only if nothing moved and nothing arrived meanwhile.
+    after = input_marks(consumer, topics, progress)
+    if any(after.get(tp) != marks[tp] for tp in unchanged) or not idle(app):
+        return None
+    starved = detector.judge(unchanged, waiting(unchanged, committed, ends, starts), clock())
     if not starved:
         return None
     behind = {_name(tp): ends[tp] - (committed[tp] if committed[tp] is not None else starts[tp]) for tp in starved}
     return Restart(
-        f"idle, yet partitions {behind} (records behind) were not read for {detector.stall_s:.0f}s", cause="starved_partition"
+        f"idle, yet partitions {behind} (records behind) were not read for {detector.wait_s:.0f}s", cause="starved_partition"
     )
 
 

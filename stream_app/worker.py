@@ -310,7 +310,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
             restarts.request(Restart(f"commit stuck behind finished records on {stalled} for {settings.stall_timeout_s:.0f}s (faust#596)"))
             return
         try:
-            decision = await starvation.check(app, starving, inputs, progress, now, broker_up)
+            decision = await starvation.check(app, starving, inputs, progress, time.monotonic, broker_up)
         except Exception as exc:  # an end-offset request that failed: judge again at the next tick
             log.warning("checking for starved partitions failed (%s: %s)", type(exc).__name__, exc)
             return

@@ -23,6 +23,7 @@ from stream_app.inspect import all_profiles
 from stream_app.producer import publish
 from stream_app.settings import Settings
 from stream_app.sources import read_events
+from stream_app.starvation import FLOOR_S
 from tests.integration.test_reviews_encoder import _registry_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -134,7 +135,7 @@ def test_a_partition_left_paused_restarts_the_idle_worker_once_and_nothing_is_lo
     samples = worker.metrics()
     assert metric_sum(samples, "persona_supervisor_restarts_total") == 1.0
     log = worker.log_tail(400)
-    assert f"'{settings.topic('purchase')}:1':" in log and "were not read for 2s" in log, log
+    assert f"'{settings.topic('purchase')}:1':" in log and f"were not read for {FLOOR_S:.0f}s" in log, log
     assert worker.stop() == 0
     profiles = all_profiles(settings)
     want = Counter(e.user_id for e in events)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_app.starvation import PAUSE_ENV, StarvationDetector, check, waiting
+from stream_app.starvation import FLOOR_S, PAUSE_ENV, Marks, StarvationDetector, check, waiting
 from stream_app.supervise import Progress, Restart
 
 
@@ -100,7 +100,11 @@ def _app(committed: dict[TP, int | None], ends: dict[TP, int], **kw: object) -> 
 
 
 def _tick(app: App, detector: StarvationDetector, progress: Progress, now: float, broker_up: bool = True) -> Restart | None:
-    return asyncio.run(check(app, detector, INPUTS, progress, now, broker_up))
+    return asyncio.run(check(app, detector, INPUTS, progress, lambda: now, broker_up))
+
+
+def _ticks(app: App, detector: StarvationDetector, progress: Progress, times: Iterable[float]) -> list[Restart | None]:
+    return [_tick(app, detector, progress, float(t)) for t in times]
 
 
 def test_regression_a_partition_left_behind_after_a_rebalance_restarts_the_idle_worker() -> None:
@@ -110,14 +114,39 @@ def test_regression_a_partition_left_behind_after_a_rebalance_restarts_the_idle_
     progress = Progress()
     progress.done("clicks", 0, 1199)
     detector = StarvationDetector(stall_s=30.0)
-    decisions = [_tick(app, detector, progress, float(now)) for now in range(0, 30, 5)]
-    assert decisions == [None] * 6  # still for less than 30 s
-    decision = _tick(app, detector, progress, 30.0)
+    # First tick: the marks are new. Second: unchanged, records seen waiting: the clock starts.
+    assert _ticks(app, detector, progress, range(0, 35, 5)) == [None] * 7
+    decision = _tick(app, detector, progress, 35.0)  # 30 s after the records were first seen
     assert decision is not None and decision.label() == "starved_partition"
     assert "'clicks:1': 471" in decision.reason  # 1001 - 530 records behind, the partition named
     assert "clicks:0" not in decision.reason  # caught up: quiet, not starved
-    # Only the still partitions' end offsets were asked for, and never the catalog's (not an input).
-    assert app.consumer.asked_ends == [(CLICKS0, CLICKS1)] or app.consumer.asked_ends == [(CLICKS1, CLICKS0)]
+    # Only input partitions' end offsets were asked for, never the catalog's.
+    assert all(ITEMS0 not in asked for asked in app.consumer.asked_ends) and app.consumer.asked_ends
+
+
+def test_regression_records_arriving_on_a_long_quiet_partition_are_not_late() -> None:
+    """The first version timed a partition from its marks' last move: records published to a
+    partition quiet since the worker started were 'unread for 1 s' the moment they arrived,
+    and a healthy worker restarted before its fetch came back (the catalog-encode watchdog
+    test, stall_timeout_s=1, in the CI run of dba92ef). The clock starts at the first sight
+    of records waiting."""
+    app = _app({CLICKS0: 0}, {CLICKS0: 0})
+    detector = StarvationDetector(stall_s=1.0)
+    assert _ticks(app, detector, Progress(), range(0, 3600, 5)) == [None] * 720  # an hour, quiet
+    app.consumer.ends[CLICKS0] = 640  # records arrive; the fetch has not come back yet
+    assert _ticks(app, detector, Progress(), [3600.0, 3605.0, 3609.9]) == [None] * 3
+    # Stalls shorter than FLOOR_S are not trusted to this check: 10 s, not the 1 s asked for.
+    assert detector.wait_s == FLOOR_S == 10.0
+    assert _tick(app, detector, Progress(), 3610.0) is not None
+    # Had the fetch come back (the read offset moved), no restart.
+    app = _app({CLICKS0: 0}, {CLICKS0: 0})
+    detector = StarvationDetector(stall_s=1.0)
+    assert _ticks(app, detector, Progress(), [0.0, 5.0]) == [None] * 2
+    app.consumer.ends[CLICKS0] = 640
+    assert _ticks(app, detector, Progress(), [6.0, 12.0]) == [None] * 2
+    app.consumer._read_offset[CLICKS0] = 63
+    assert _ticks(app, detector, Progress(), [16.0, 17.0, 26.9]) == [None] * 3  # a new clock at 17
+    assert _tick(app, detector, Progress(), 27.0) is not None  # ...which ran out: stuck after one fetch
 
 
 def test_a_busy_worker_is_never_taken_for_a_starved_one() -> None:
@@ -132,36 +161,50 @@ def test_a_busy_worker_is_never_taken_for_a_starved_one() -> None:
             app.topics[1].queue.items = 3
         else:
             app.producer.buffer.size = 7
-        assert [_tick(app, detector, Progress(), float(t)) for t in range(0, 600, 5)] == [None] * 120, busy
+        assert _ticks(app, detector, Progress(), range(0, 600, 5)) == [None] * 120, busy
         assert app.consumer.asked_ends == []  # not even a broker round trip while busy
-        # The work ends and nothing moved: the clock ran all along, so the restart comes at once.
+        # The work ends and nothing moved: now the records are seen waiting, idle, and judged.
         app.consumer.unacked.clear()
         app.topics[1].queue.items = 0
         app.producer.buffer.size = 0
-        decision = _tick(app, detector, Progress(), 600.0)
+        assert _ticks(app, detector, Progress(), [600.0, 605.0]) == [None] * 2, busy
+        decision = _tick(app, detector, Progress(), 610.0)
         assert decision is not None and decision.cause == "starved_partition", busy
+
+
+def test_work_that_starts_during_the_broker_call_cancels_the_judgement() -> None:
+    app = _app({CLICKS0: 10}, {CLICKS0: 20})
+    detector = StarvationDetector(stall_s=1.0)
+    assert _ticks(app, detector, Progress(), [0.0, 1.0]) == [None] * 2
+    real = app.consumer.highwaters
+
+    async def slow_then_fetched(*tps: TP) -> dict[TP, int]:
+        app.consumer._read_offset[CLICKS0] = 10  # the fetch came back meanwhile
+        return await real(*tps)
+
+    app.consumer.highwaters = slow_then_fetched  # type: ignore[method-assign]
+    assert _tick(app, detector, Progress(), 11.0) is None
 
 
 def test_an_acked_message_still_in_faust_s_weak_set_is_not_work() -> None:
     app = _app({CLICKS0: 10}, {CLICKS0: 20}, unacked=[Message(CLICKS0, acked=True)])
     detector = StarvationDetector(stall_s=1.0)
-    assert _tick(app, detector, Progress(), 0.0) is None
-    assert _tick(app, detector, Progress(), 1.0) is not None
+    assert _ticks(app, detector, Progress(), [0.0, 1.0]) == [None] * 2
+    assert _tick(app, detector, Progress(), 11.0) is not None
 
 
 def test_any_movement_of_commit_read_or_finished_offset_restarts_the_clock() -> None:
     app = _app({CLICKS0: 10}, {CLICKS0: 900})
     detector = StarvationDetector(stall_s=10.0)
     progress = Progress()
-    assert _tick(app, detector, progress, 0.0) is None
-    app.consumer._read_offset[CLICKS0] = 15  # fetched: the clock starts again
-    assert _tick(app, detector, progress, 9.0) is None
+    assert _ticks(app, detector, progress, [0.0, 1.0]) == [None] * 2  # waiting since 1
+    app.consumer._read_offset[CLICKS0] = 15  # fetched: the clock stops
+    assert _ticks(app, detector, progress, [10.0, 11.0]) == [None] * 2  # waiting since 11
     progress.done("clicks", 0, 12)  # finished further
-    assert _tick(app, detector, progress, 18.0) is None
+    assert _ticks(app, detector, progress, [20.0, 21.0]) == [None] * 2  # since 21
     app.consumer._committed_offset[CLICKS0] = 13  # committed further
-    assert _tick(app, detector, progress, 27.0) is None
-    assert _tick(app, detector, progress, 36.0) is None  # still for 9 s only
-    decision = _tick(app, detector, progress, 37.0)
+    assert _ticks(app, detector, progress, [30.0, 31.0, 40.9]) == [None] * 3  # since 31
+    decision = _tick(app, detector, progress, 41.0)
     assert decision is not None and "'clicks:0': 887" in decision.reason
 
 
@@ -169,7 +212,7 @@ def test_rebalance_recovery_and_a_lost_coordinator_stop_every_clock() -> None:
     app = _app({CLICKS0: 0}, {CLICKS0: 50})
     detector = StarvationDetector(stall_s=10.0)
     progress = Progress()
-    assert _tick(app, detector, progress, 0.0) is None
+    assert _ticks(app, detector, progress, [0.0, 1.0]) == [None] * 2
     for pause in ("rebalancing", "in_recovery", "broker"):
         if pause == "broker":
             assert _tick(app, detector, progress, 100.0, broker_up=False) is None
@@ -177,25 +220,23 @@ def test_rebalance_recovery_and_a_lost_coordinator_stop_every_clock() -> None:
             setattr(app, pause, True)
             assert _tick(app, detector, progress, 100.0) is None  # recovering for 100 s: not judged
             setattr(app, pause, False)
-        # Back: the clock starts now, not at 0.
-        assert _tick(app, detector, progress, 101.0) is None
-        assert _tick(app, detector, progress, 110.0) is None
-        assert _tick(app, detector, progress, 111.0) is not None
+        # Back: the marks are new again, the clock starts at the next tick, not at 0.
+        assert _ticks(app, detector, progress, [101.0, 102.0, 111.9]) == [None] * 3, pause
+        assert _tick(app, detector, progress, 112.0) is not None, pause
         detector.reset()
-        assert _tick(app, detector, progress, 0.0) is None
 
 
 def test_a_partition_the_group_never_committed_is_read_from_its_log_start() -> None:
     # Never committed, records 40..99 on the broker (retention deleted 0..39): 60 waiting.
     app = _app({CLICKS0: None}, {CLICKS0: 100}, starts={CLICKS0: 40})
     detector = StarvationDetector(stall_s=1.0)
-    assert _tick(app, detector, Progress(), 0.0) is None
-    decision = _tick(app, detector, Progress(), 1.0)
+    assert _ticks(app, detector, Progress(), [0.0, 1.0]) == [None] * 2
+    decision = _tick(app, detector, Progress(), 11.0)
     assert decision is not None and "'clicks:0': 60" in decision.reason
     # Everything deleted by retention: nothing to read, nothing starved.
     app = _app({CLICKS0: None}, {CLICKS0: 100}, starts={CLICKS0: 100})
     detector = StarvationDetector(stall_s=1.0)
-    assert [_tick(app, detector, Progress(), t) for t in (0.0, 1.0, 2.0)] == [None] * 3
+    assert _ticks(app, detector, Progress(), [0.0, 1.0, 11.0, 60.0]) == [None] * 4
 
 
 def test_waiting_needs_records_past_the_commit() -> None:
@@ -207,7 +248,7 @@ def test_waiting_needs_records_past_the_commit() -> None:
 
 
 @given(st.lists(st.tuples(st.sampled_from(["commit", "read", "finish", "wait"]), st.floats(0.0, 9.99)), max_size=60))
-def test_marks_that_move_within_the_stall_time_never_report(steps: list[tuple[str, float]]) -> None:
+def test_marks_that_move_within_the_wait_never_report(steps: list[tuple[str, float]]) -> None:
     detector = StarvationDetector(stall_s=10.0)
     commit, read, finish, now = 0, 0, 0, 0.0
     for what, dt in steps:
@@ -215,19 +256,23 @@ def test_marks_that_move_within_the_stall_time_never_report(steps: list[tuple[st
         commit += what == "commit"
         read += what == "read"
         finish += what == "finish"
-        assert detector.still({CLICKS0: (commit, read, finish)}, now) == []
+        marks: dict[Hashable, Marks] = {CLICKS0: (commit, read, finish)}
+        unchanged = detector.unchanged(marks)
+        assert detector.judge(unchanged, [CLICKS0], now) == []
         if what == "wait":  # nothing moved: the next step must move something to stay quiet
             commit += 1
-            assert detector.still({CLICKS0: (commit, read, finish)}, now) == []
 
 
 def test_partitions_no_longer_assigned_are_forgotten() -> None:
     detector = StarvationDetector(stall_s=5.0)
-    assert detector.still({CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}, 0.0) == []
-    assert detector.still({CLICKS1: (1, 1, 1)}, 3.0) == []  # clicks:0 went to another worker
-    # ...and came back: a new clock, not the old one.
-    assert detector.still({CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}, 6.0) == [CLICKS1]
-    assert detector.still({CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}, 11.0) == [CLICKS0, CLICKS1]
+    both: dict[Hashable, Marks] = {CLICKS0: (1, 1, 1), CLICKS1: (1, 1, 1)}
+    assert detector.unchanged(both) == []
+    assert detector.judge(detector.unchanged(both), both, 0.0) == []  # both waiting since 0
+    assert detector.judge(detector.unchanged({k: v for k, v in both.items() if k == CLICKS1}), both, 3.0) == []  # clicks:0 moved away
+    # ...and came back: new marks, a new clock, not the old one.
+    assert detector.judge(detector.unchanged(both), both, 10.0) == [CLICKS1]
+    assert detector.judge(detector.unchanged(both), both, 12.0) == [CLICKS1]
+    assert detector.judge(detector.unchanged(both), both, 22.0) == [CLICKS0, CLICKS1]
 
 
 def test_pause_failpoint_pauses_its_partition_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
