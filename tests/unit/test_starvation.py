@@ -287,3 +287,22 @@ def test_pause_failpoint_pauses_its_partition_once(tmp_path: Path, monkeypatch: 
     marker.write_text("clicks:7\n")
     _tick(app, StarvationDetector(stall_s=5.0), Progress(), 0.0)
     assert marker.exists() and app.consumer.paused == {CLICKS1}
+
+
+def test_a_starvation_restart_is_counted_under_its_own_cause() -> None:
+    from stream_app import metrics
+    from stream_app.supervise import RestartRequests
+
+    def count(cause: str) -> float:
+        value = metrics.REGISTRY.get_sample_value("persona_commit_stall_restarts_total", {"cause": cause})
+        return value or 0.0
+
+    before = {c: count(c) for c in ("starved_partition", "stuck_commit", "lost_message")}
+    app = _app({CLICKS0: 10}, {CLICKS0: 20})
+    detector = StarvationDetector(stall_s=1.0)
+    decision = [_tick(app, detector, Progress(), t) for t in (0.0, 1.0, 11.0)][-1]
+    assert decision is not None
+    RestartRequests().request(decision)
+    RestartRequests().request(Restart("commit stuck behind finished records on [...] for 30s (faust#596)"))
+    after = {c: count(c) for c in before}
+    assert {c: after[c] - before[c] for c in before} == {"starved_partition": 1.0, "stuck_commit": 1.0, "lost_message": 0.0}
