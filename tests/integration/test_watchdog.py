@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from deploy.workers import WorkerProcess, metric_sum, wait_drained
-from state.events import Event, Item, Purchase, Review
+from state.events import Item, Purchase, Review
 from stream_app.inspect import all_profiles
 from stream_app.producer import publish
 from stream_app.settings import Settings
@@ -36,6 +36,20 @@ def _restarts(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> 
         metric_sum(samples, "persona_supervisor_restarts_total"),
         metric_sum(samples, "persona_commit_stall_restarts_total"),
     )
+
+
+def _purchases(prefix: str, n: int, *, users: int) -> list[Purchase]:
+    return [
+        Purchase(event_id=f"{prefix}-{i}", ts=1_000.0 + i, user_id=f"u{i % users}", item_id=f"i{i % 9}") for i in range(n)
+    ]
+
+
+def _assert_each_applied_once(settings: Settings, events: list[Purchase]) -> None:
+    """Every purchase applied exactly once across the restart (the watermark skips replays)."""
+    profiles = all_profiles(settings)
+    want = Counter(e.user_id for e in events)
+    assert {u: p.counts.get("purchase", 0) for u, p in profiles.items()} == dict(want)
+    assert all(p.version == want[u] for u, p in profiles.items())
 
 
 def test_regression_long_catalog_encode_under_short_stall_timeout_restarts_nothing(
@@ -92,9 +106,7 @@ def test_a_record_held_in_flight_restarts_the_worker_once_and_nothing_is_lost(
     # Two records: faust-streaming commits past a single un-acked head record.
     marker.write_text(f"{settings.topic('purchase')}:0:7:8\n")
     monkeypatch.setenv("PERSONA_FAILPOINT_HOLD_ACK", str(marker))
-    events: list[Event] = [
-        Purchase(event_id=f"held-{i}", ts=1_000.0 + i, user_id=f"u{i % 4}", item_id=f"i{i % 9}") for i in range(60)
-    ]
+    events = _purchases("held", 60, users=4)
     worker = worker_factory(settings, allow_restarts=True)
     worker.wait_ready()
     publish(settings, events)
@@ -104,11 +116,7 @@ def test_a_record_held_in_flight_restarts_the_worker_once_and_nothing_is_lost(
     samples = worker.metrics()
     assert _restarts(samples)[0] == 1.0
     assert worker.stop() == 0
-    profiles = all_profiles(settings)
-    want = Counter(e.user_id for e in events)
-    # Every purchase applied exactly once across the restart (the watermark skips replays).
-    assert {u: p.counts.get("purchase", 0) for u, p in profiles.items()} == dict(want)
-    assert all(p.version == want[u] for u, p in profiles.items())
+    _assert_each_applied_once(settings, events)
 
 
 def test_a_partition_left_paused_restarts_the_idle_worker_once_and_nothing_is_lost(
@@ -123,9 +131,7 @@ def test_a_partition_left_paused_restarts_the_idle_worker_once_and_nothing_is_lo
     marker = tmp_path / "pause"
     marker.write_text(f"{settings.topic('purchase')}:1\n")
     monkeypatch.setenv("PERSONA_FAILPOINT_PAUSE_PARTITION", str(marker))
-    events: list[Event] = [
-        Purchase(event_id=f"paused-{i}", ts=1_000.0 + i, user_id=f"u{i % 16}", item_id=f"i{i % 9}") for i in range(160)
-    ]
+    events = _purchases("paused", 160, users=16)
     worker = worker_factory(settings, allow_restarts=True)
     worker.wait_ready()
     worker.wait_until(lambda m: not marker.exists(), timeout=60)  # the failpoint paused it
@@ -137,7 +143,4 @@ def test_a_partition_left_paused_restarts_the_idle_worker_once_and_nothing_is_lo
     log = worker.log_tail(400)
     assert f"'{settings.topic('purchase')}:1':" in log and f"were not read for {FLOOR_S:.0f}s" in log, log
     assert worker.stop() == 0
-    profiles = all_profiles(settings)
-    want = Counter(e.user_id for e in events)
-    assert {u: p.counts.get("purchase", 0) for u, p in profiles.items()} == dict(want)
-    assert all(p.version == want[u] for u, p in profiles.items())
+    _assert_each_applied_once(settings, events)
