@@ -326,14 +326,19 @@ def bench_memory(
     cache_bytes: Annotated[
         str, typer.Option(help="Comma-separated profile cache sizes in bytes: also run the current defaults with each.")
     ] = "",
+    poll_records: Annotated[
+        str, typer.Option(help="Comma-separated max_poll_records (0: no bound, Faust's default): also run the current defaults with each.")
+    ] = "",
 ) -> None:
     """RSS and disk per 100k profiles: the previous cache and RocksDB settings against the current defaults."""
     from bench.memory import run
 
     chosen = tuple(c.strip() for c in configs.split(",") if c.strip())
     caches = tuple(int(c) for c in cache_bytes.split(",") if c.strip())
+    polls = tuple(int(c) for c in poll_records.split(",") if c.strip())
     partial = json_out.with_name(json_out.name + ".partial") if json_out else None
-    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry, cache_bytes=caches, partial=partial)
+    report = run(bootstrap, profiles=profiles, small=small, configs=chosen, registry=registry, cache_bytes=caches, partial=partial,
+                 poll_records=polls)
     flat: dict[str, object] = {k: v for k, v in report.items() if not isinstance(v, dict)}
     for name, part in report.items():
         if not isinstance(part, dict):

@@ -15,7 +15,10 @@ The large run also samples the worker's RSS every twentieth of its users: the sl
 second half of that curve (``rss_bytes_per_100k_tail``) is what another 100k users cost once
 the bounded parts (profile cache, memtables, block cache, live-quality lists) are full, the
 figure that says whether a million users fit. ``--cache-bytes`` adds runs of the current
-defaults with other profile cache settings, to show the RSS follows the setting, not the users.
+defaults with other profile cache settings, to show the RSS follows the setting, not the users;
+``--poll-records`` adds runs with other bounds on the records taken from the Kafka client at once
+(0: none, Faust's default). The large run drains a backlog (every purchase is published before
+the worker starts), so without that bound the read-ahead is in its RSS.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ BEFORE: dict[str, Any] = {
     "profile_cache_bytes": 50_000 * 2_134,
     "rocksdb_write_buffer_bytes": 64 * 1024 * 1024,
     "rocksdb_block_cache_bytes": 2 * 1024**3,
+    # Faust's default: every record fetched so far handed out at once (a backlog's prefetch).
+    "max_poll_records": 0,
 }
 
 
@@ -106,12 +111,14 @@ def _footprint(
 def run(
     bootstrap: str | None, profiles: int = 100_000, small: int = 1_000, configs: tuple[str, ...] = ("before", "after"),
     registry: Path | None = None, cache_bytes: tuple[int, ...] = (), partial: Path | None = None,
+    poll_records: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """``configs``: "before" and/or "after" (a million-user run of the current defaults alone).
     ``registry``: an encoder registry; the workers load it and every profile carries an interest
     vector (both runs: the encoder's own memory is in the fixed cost, not per profile).
     ``cache_bytes``: also run the current defaults with each of these profile cache settings
-    (reported as ``cache-<bytes>``). ``partial``: rewritten with what was measured so far at
+    (reported as ``cache-<bytes>``). ``poll_records``: also run the current defaults with each
+    of these ``max_poll_records`` (``poll-<n>``; 0 is no bound). ``partial``: rewritten with what was measured so far at
     every RSS sample of a large run (a million users take over an hour: a stopped run keeps
     its fixed cost and its curve)."""
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0],
@@ -126,6 +133,7 @@ def run(
         after = {k: getattr(defaults, k) for k in BEFORE}
         runs = [(name, o) for name, o in (("before", BEFORE), ("after", after)) if name in configs]
         runs += [(f"cache-{b}", {**after, "profile_cache_bytes": b}) for b in cache_bytes]
+        runs += [(f"poll-{n}", {**after, "max_poll_records": n}) for n in poll_records]
         for name, overrides in runs:
             parts_small: dict[str, float] = {}
             _, rss_small, disk_small = _footprint(bs, work, f"{tag}{name}s", small, overrides, registry, memory=parts_small)

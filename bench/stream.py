@@ -80,30 +80,33 @@ def bare_consumer(settings: Settings, topic: str, n: int) -> float:
 
 def trivial_agent(
     settings: Settings, topic: str, n: int, workdir: Path, cpu: dict[str, float] | None = None, take: int = 0,
-    timeout_s: float = 600.0,
+    timeout_s: float = 600.0, variant: str = "",
 ) -> float:
     """Events/s of :mod:`bench.trivial_agent` (``take`` > 0: in batches of that many); ``cpu``
     gets its CPU microseconds per event. The batched agent is a consumer group of its own, so
-    after the per-event one on the same settings it still reads ``topic`` from the start."""
-    result = workdir / f"trivial-{take}.json"
+    after the per-event one on the same settings it still reads ``topic`` from the start; so is
+    each ``variant`` (a name for a run on other settings)."""
+    result = workdir / f"trivial-{take}{variant}.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.trivial_agent"],
         cwd=REPO,
         env=worker_env(
-            settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result), BENCH_TAKE=str(take)
+            settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result), BENCH_TAKE=str(take),
+            BENCH_VARIANT=variant,
         ),
         stdout=subprocess.DEVNULL,
-        stderr=open(workdir / f"trivial-{take}.log", "wb"),
+        stderr=open(workdir / f"trivial-{take}{variant}.log", "wb"),
         start_new_session=True,
     )
+    log = workdir / f"trivial-{take}{variant}.log"
     try:
         deadline = time.monotonic() + timeout_s
         while not result.exists() and time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"trivial agent exited {proc.returncode}; see {workdir / f'trivial-{take}.log'}")
+                raise RuntimeError(f"trivial agent exited {proc.returncode}; see {log}")
             time.sleep(0.2)
         if not result.exists():
-            raise RuntimeError(f"the trivial agent did not see {n} events in {timeout_s:.0f} s; see {workdir / f'trivial-{take}.log'}")
+            raise RuntimeError(f"the trivial agent did not see {n} events in {timeout_s:.0f} s; see {log}")
         data = json.loads(result.read_text())
         if cpu is not None:
             cpu["trivial_cpu_us_per_event"] = float(data["cpu"]) / float(data["events"]) * 1e6
@@ -308,6 +311,13 @@ def run(
         tcpu: dict[str, float] = {}
         report["trivial_faust_eps"] = trivial_agent(settings, topic, n, work, cpu=tcpu)
         report["trivial_cpu_us_per_event"] = tcpu["trivial_cpu_us_per_event"]
+        # The agent above takes at most max_poll_records at once, as the worker does; Faust's
+        # default (no bound) beside it says what the bound does to the framework alone.
+        ucpu: dict[str, float] = {}
+        unbounded = settings.model_copy(update={"max_poll_records": 0})
+        report["trivial_poll_unbounded_eps"] = trivial_agent(unbounded, topic, n, work, cpu=ucpu, variant="poll0")
+        report["trivial_poll_unbounded_cpu_us_per_event"] = ucpu["trivial_cpu_us_per_event"]
+        report["trivial_vs_trivial_poll_unbounded"] = report["trivial_faust_eps"] / report["trivial_poll_unbounded_eps"]
         # Does consuming the stream in batches beat the per-event agent? (The issue's question:
         # if it did, the batched agent would be the ceiling to compare with.)
         kcpu: dict[str, float] = {}

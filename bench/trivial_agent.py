@@ -5,7 +5,9 @@ usual PERSONA_* settings; writes ``{"events": n, "first": t0, "last": t1}`` (mon
 seconds, first and last event) to BENCH_RESULT once BENCH_EVENTS events were seen, with
 ``cpu``: the process's CPU seconds between them (its own per-event cost, apart from the broker's).
 With BENCH_TAKE=n > 0 the agent takes the stream in batches of up to n (``take_events``, 0.5 s
-window) and counts each batch at once, in a consumer group of its own.
+window) and counts each batch at once, in a consumer group of its own. The agent takes at most
+``PERSONA_MAX_POLL_RECORDS`` records from its Kafka client at once, as the worker does (0: Faust's
+default, no bound); BENCH_VARIANT names a further run's own consumer group.
 """
 
 from __future__ import annotations
@@ -27,13 +29,16 @@ def main() -> None:
     target = int(os.environ["BENCH_EVENTS"])
     result = Path(os.environ["BENCH_RESULT"])
     take = int(os.environ.get("BENCH_TAKE", "0"))
+    variant = os.environ.get("BENCH_VARIANT", "")
     app = faust.App(
-        f"{settings.app_id}-trivial" + (f"-take{take}" if take else ""),
+        f"{settings.app_id}-trivial" + (f"-take{take}" if take else "") + (f"-{variant}" if variant else ""),
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
         datadir=str(settings.state_dir),
         processing_guarantee="at_least_once",
         broker_commit_every=settings.commit_every,
         broker_commit_interval=settings.commit_interval_s,
+        # The worker's bound (stream_app.worker), so the two are compared on one Faust set-up.
+        broker_max_poll_records=settings.max_poll_records or None,
         topic_replication_factor=settings.replication_factor,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,

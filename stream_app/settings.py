@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         10_000, ge=1, description="Commit offsets after this many events (or after the interval, whichever comes first)."
     )
     commit_interval_s: float = Field(1.0, gt=0, description="Commit offsets at least this often (s).")
+    # Faust asks its Kafka client for every record fetched so far (no max_records), and the
+    # client prefetches up to a megabyte per partition while the previous batch is worked
+    # through: a worker catching up on a backlog held it all as Python records. At 100k users
+    # that was ~102k records alive at once, about 60 MB of the RSS (docs/PERFORMANCE.md). The
+    # records beyond the bound stay in the client as raw bytes until asked for.
+    max_poll_records: int = Field(
+        500,
+        ge=0,
+        description="Most records the worker takes from its Kafka client at once (Kafka's "
+        "max.poll.records; Faust's default, 0 here, is no bound: a backlog's whole prefetch, up "
+        "to a megabyte per partition, becomes Python objects at once).",
+    )
     session_timeout_s: float = Field(
         30.0,
         ge=6.0,

@@ -89,6 +89,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         processing_guarantee="at_least_once",
         broker_commit_every=settings.commit_every,
         broker_commit_interval=settings.commit_interval_s,
+        broker_max_poll_records=settings.max_poll_records or None,
         topic_replication_factor=settings.replication_factor,
         topic_partitions=settings.partitions,
         topic_allow_declare=True,

@@ -47,10 +47,15 @@ def test_the_batched_agent_after_the_per_event_one_reads_the_topic_in_a_group_of
     topic_factory: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """bench stream runs both on one topic with one settings: in the per-event agent's group the
-    batched one would start at its committed end of the topic and never see an event."""
+    batched one would start at its committed end of the topic and never see an event. The same
+    holds for the run without the poll bound."""
     settings = topic_factory()
     publish(settings, _purchases(EVENTS))
     topic = settings.topic("purchase")
     trivial_agent(settings, topic, EVENTS, tmp_path, timeout_s=120)
     assert trivial_agent(settings, topic, EVENTS, tmp_path, take=100, timeout_s=60) > 0
     assert (tmp_path / "trivial-100.json").exists()
+    # So does the run without the poll bound (bench stream's Faust-default baseline).
+    unbounded = settings.model_copy(update={"max_poll_records": 0})
+    assert trivial_agent(unbounded, topic, EVENTS, tmp_path, timeout_s=60, variant="poll0") > 0
+    assert json.loads((tmp_path / "trivial-0poll0.json").read_text())["events"] == EVENTS
