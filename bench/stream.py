@@ -87,6 +87,7 @@ def trivial_agent(
     after the per-event one on the same settings it still reads ``topic`` from the start; so is
     each ``variant`` (a name for a run on other settings)."""
     result = workdir / f"trivial-{take}{variant}.json"
+    log = workdir / f"trivial-{take}{variant}.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.trivial_agent"],
         cwd=REPO,
@@ -95,10 +96,9 @@ def trivial_agent(
             BENCH_VARIANT=variant,
         ),
         stdout=subprocess.DEVNULL,
-        stderr=open(workdir / f"trivial-{take}{variant}.log", "wb"),
+        stderr=open(log, "wb"),
         start_new_session=True,
     )
-    log = workdir / f"trivial-{take}{variant}.log"
     try:
         deadline = time.monotonic() + timeout_s
         while not result.exists() and time.monotonic() < deadline:
