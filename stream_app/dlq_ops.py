@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from state.errors import BrokerError, PersonaError
 from state.events import EVENT_KINDS
 from stream_app import dlq
+from stream_app.kafka_clients import watermarks
 from stream_app.producer import make_producer
 from stream_app.settings import Settings
 
@@ -106,7 +107,7 @@ def _read(settings: Settings, topic: str, since_ms: int | None, *, deadline_s: f
             offset = _start_offset(consumer, topic, partition, since_ms)
             if offset is None:
                 continue
-            end = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+            end = watermarks(consumer, TopicPartition(topic, partition), 10)[1]
             consumer.assign([TopicPartition(topic, partition, offset)])
             deadline = time.monotonic() + deadline_s
             while offset < end:
@@ -132,7 +133,7 @@ def read_letters(settings: Settings, dlq_topic: str, *, since_ms: int | None = N
 
 def _start_offset(consumer: Consumer, topic: str, partition: int, since_ms: int | None) -> int | None:
     """The first offset at or after ``since_ms`` (the beginning without it); None: nothing there."""
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+    low, high = watermarks(consumer, TopicPartition(topic, partition), 10)
     if high <= low:
         return None
     if since_ms is None:
@@ -256,7 +257,7 @@ def recent_counts(settings: Settings, *, since_ms: int) -> dict[str, int]:
             for partition in meta.topics[topic].partitions:
                 start = _start_offset(consumer, topic, partition, since_ms)
                 if start is not None:
-                    n += consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1] - start
+                    n += watermarks(consumer, TopicPartition(topic, partition), 10)[1] - start
             out[topic] = n
     finally:
         consumer.close()

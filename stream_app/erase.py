@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from state.errors import BrokerError
 from state.events import Erasure
+from stream_app.kafka_clients import watermarks
 from stream_app.producer import publish
 from stream_app.settings import Settings
 
@@ -44,7 +45,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if meta is None or meta.error is not None:
             raise BrokerError(f"topic {topic} not found on {settings.bootstrap_servers}")
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in meta.partitions}
+        return {p: watermarks(consumer, TopicPartition(topic, p), 10)[1] for p in meta.partitions}
     finally:
         consumer.close()
 

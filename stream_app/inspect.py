@@ -24,7 +24,7 @@ from scoring.messages import decode as decode_recommendations
 from state.codec import loads
 from state.events import EVENT_KINDS, DeadLetter, Item, decode
 from state.profile import Profile
-from stream_app.kafka_clients import preflight
+from stream_app.kafka_clients import preflight, watermarks
 from stream_app.settings import Settings
 
 
@@ -54,7 +54,7 @@ def scan_timed(
         if topic not in meta.topics or meta.topics[topic].error is not None:
             return
         parts = sorted(meta.topics[topic].partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        ends = {p: watermarks(consumer, TopicPartition(topic, p), 10)[1] for p in parts}
         todo = {p for p, end in ends.items() if end > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         n = 0

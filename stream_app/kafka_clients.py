@@ -280,3 +280,31 @@ def group_committed(settings: Settings, group: str, topic: str, partition: int, 
         if tp.error is None and tp.offset >= 0:
             return int(tp.offset)
     return None
+
+
+#: Broker answers that say "not yet, ask again": a partition whose leader is moving or not yet
+#: elected (right after its topic was created, or while a broker restarts). An unknown topic is
+#: not among them: callers that ask about a topic that does not exist learn it at once.
+_TRANSIENT: Final = frozenset({"NOT_LEADER_FOR_PARTITION", "LEADER_NOT_AVAILABLE"})
+
+
+def watermarks(consumer: Any, tp: Any, timeout_s: float = 10.0) -> tuple[int, int]:
+    """``consumer.get_watermark_offsets(tp)``: (first kept, end) offsets of a partition. An answer
+    that is transient (:data:`_TRANSIENT`, or one librdkafka marks retriable) is asked again
+    until ``timeout_s``: a snapshot job failed on NOT_LEADER_FOR_PARTITION from a deltas topic
+    created a moment before. Any other error, or the last one at the deadline, is raised."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=max(0.1, deadline - time.monotonic()))
+            return int(low), int(high)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            transient = isinstance(err, KafkaError) and (err.retriable() or err.name() in _TRANSIENT)
+            if not transient or time.monotonic() + delay >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)

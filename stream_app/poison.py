@@ -58,6 +58,7 @@ from state.errors import PersonaError
 from state.events import DeadLetter
 from stream_app import dlq, metrics
 from stream_app.flush import exit_now
+from stream_app.kafka_clients import watermarks
 from stream_app.settings import Settings
 from stream_app.supervise import RESTART_EXIT_CODE
 
@@ -237,7 +238,7 @@ def read_shared(settings: Settings, timeout_s: float = 10.0) -> set[Coordinates]
         "group.id": f"persona-poison-{time.time_ns()}", "enable.auto.commit": False, "fetch.wait.max.ms": 10,
     })
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=timeout_s)
+        low, high = watermarks(consumer, TopicPartition(topic, 0), timeout_s)
         latest: dict[bytes, bool] = {}
         if high > low:
             consumer.assign([TopicPartition(topic, 0, low)])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, TopicPartition
 
 from scoring.shared import config_differences
+from stream_app.kafka_clients import watermarks
 from stream_app.settings import Settings
 from stream_app.snapshots import CHUNKS, MANIFESTS, Manifest, manifests, new_state, partitions, read, reader
 
@@ -64,7 +65,7 @@ def _behind(settings: Settings, consumer: Consumer, latest: Manifest | None, wri
     positions = latest.positions if latest is not None else {}
     behind, kept, oldest = 0, 0, None
     for p in partitions(consumer, topic):
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        low, high = watermarks(consumer, TopicPartition(topic, p), 10)
         kept += high - low
         start = max(low, positions.get(p, 0))
         if start >= high:

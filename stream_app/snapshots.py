@@ -48,6 +48,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from scoring.shared import SNAPSHOT_FORMAT, SharedState, SnapshotError, decode_record, new_shared_state
 from state.errors import BrokerError
+from stream_app.kafka_clients import watermarks
 from stream_app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def read(
 def manifests(consumer: Consumer, topic: str, deadline: float) -> tuple[Manifest | None, Pending | None, float | None]:
     """The latest manifest, the latest pending record (None when there is none) and the
     manifest record's Kafka time (s; when the job wrote it)."""
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, MANIFESTS), timeout=10)
+    low, high = watermarks(consumer, TopicPartition(topic, MANIFESTS), 10)
     latest: list[Manifest | None] = [None]
     pending: list[Pending | None] = [None]
     written: list[float | None] = [None]
@@ -230,7 +231,7 @@ def read_latest_and_orphan(settings: Settings, *, chunks: bool = True, timeout_s
                 parts[i] = value
             return len(parts) < latest.chunks
 
-        _, chunks_high = consumer.get_watermark_offsets(TopicPartition(topic, CHUNKS), timeout=10)
+        _, chunks_high = watermarks(consumer, TopicPartition(topic, CHUNKS), 10)
         read(consumer, topic, CHUNKS, latest.chunk_offset, chunks_high, deadline, chunk)
     finally:
         consumer.close()
@@ -251,7 +252,7 @@ def deltas_bounds(settings: Settings) -> dict[int, tuple[int, int]]:
     topic = settings.scoring_deltas_topic
     consumer = reader(settings)
     try:
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions(consumer, topic)}
+        return {p: watermarks(consumer, TopicPartition(topic, p), 10) for p in partitions(consumer, topic)}
     finally:
         consumer.close()
 

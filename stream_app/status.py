@@ -15,7 +15,7 @@ from encoders.registry import Registry
 from state.errors import BrokerError
 from state.events import EVENT_KINDS
 from stream_app.dlq_ops import recent_counts
-from stream_app.kafka_clients import preflight
+from stream_app.kafka_clients import preflight, watermarks
 from stream_app.membership import describe
 from stream_app.settings import Settings
 from stream_app.snapshot_lag import coverage
@@ -88,7 +88,7 @@ def group_lags(settings: Settings, topics: list[str]) -> list[TopicLag]:
             tps = [TopicPartition(topic, p) for p in sorted(meta.topics[topic].partitions)]
             records = lag = committed_n = 0
             for tp in _committed(consumer, tps):
-                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                low, high = watermarks(consumer, tp, 10)
                 records += high - low
                 if tp.offset >= 0:
                     committed_n += 1
@@ -112,7 +112,7 @@ def last_record_time(settings: Settings, topic: str) -> tuple[float | None, int]
         if topic not in meta.topics or meta.topics[topic].error is not None:
             return None, 0
         for p in sorted(meta.topics[topic].partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p), 10)
             total += high - low
             if high <= low:
                 continue

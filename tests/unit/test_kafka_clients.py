@@ -423,3 +423,48 @@ def test_new_settings_from_the_environment(pki: Pki, monkeypatch: pytest.MonkeyP
     assert s.ssl_key_password is not None and s.ssl_key_password.get_secret_value() == KEY_PASSWORD
     assert s.ssl_check_hostname is False
     kafka_clients.validate(s)
+
+
+class _Watermarks:
+    """A consumer whose ``get_watermark_offsets`` answers each call from ``answers`` in turn."""
+
+    def __init__(self, *answers: tuple[int, int] | int) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    def get_watermark_offsets(self, tp: object, timeout: float) -> tuple[int, int]:
+        from confluent_kafka import KafkaError, KafkaException
+
+        assert timeout > 0
+        self.calls += 1
+        answer = self.answers.pop(0)
+        if isinstance(answer, int):
+            raise KafkaException(KafkaError(answer))
+        return answer
+
+
+def test_regression_not_leader_right_after_a_topic_was_created_failed_the_snapshot_job() -> None:
+    """CI: `snapshot_job.take` raised NOT_LEADER_FOR_PARTITION from get_watermark_offsets on a
+    deltas topic created a moment before; the broker's next answer would have been the offsets."""
+    from confluent_kafka import KafkaError
+
+    from stream_app.kafka_clients import watermarks
+
+    consumer = _Watermarks(KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, (3, 17))
+    assert watermarks(consumer, "tp", 5.0) == (3, 17)
+    assert consumer.calls == 3
+
+
+def test_watermarks_raises_other_errors_at_once_and_transient_ones_at_the_deadline() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from stream_app.kafka_clients import watermarks
+
+    unknown = _Watermarks(KafkaError.UNKNOWN_TOPIC_OR_PART, (0, 1))
+    with pytest.raises(KafkaException, match="UNKNOWN_TOPIC_OR_PART"):
+        watermarks(unknown, "tp", 5.0)
+    assert unknown.calls == 1  # a topic that does not exist is told at once
+    stuck = _Watermarks(*[KafkaError.NOT_LEADER_FOR_PARTITION] * 100)
+    with pytest.raises(KafkaException, match="NOT_LEADER_FOR_PARTITION"):
+        watermarks(stuck, "tp", 0.3)
+    assert 2 <= stuck.calls < 100  # asked again with backoff, then the last answer raised
