@@ -45,20 +45,26 @@ def bench_stream(
         Optional[list[str]],
         typer.Option(help="name=value for the compared worker (repeatable): a changed default's old value; alone: this tree."),
     ] = None,
+    pairs: Annotated[
+        int, typer.Option(min=1, help="Runs of each side with --against/--against-set, alternating which goes first; the median ratio.")
+    ] = 1,
 ) -> None:
     """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
     from bench import ranking as ranking_bench
-    from bench.stream import against_overrides, render_rankers, run
+    from bench.stream import against_overrides, render_pairs, render_rankers, run
 
     try:
         overrides = against_overrides(against_set or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     data_dir = _data_dir()
-    report: dict[str, object] = run(bootstrap, data_dir, events, profiles, against=against, against_set=overrides)
+    if pairs > 1 and not (against or overrides):
+        raise typer.BadParameter("--pairs compares with --against or --against-set")
+    report: dict[str, object] = run(bootstrap, data_dir, events, profiles, against=against, against_set=overrides, pairs=pairs)
     console = Console()
-    _print_report("persona bench stream", report)
+    _print_report("persona bench stream", {k: v for k, v in report.items() if k != "against_pairs"})
     render_rankers(report, console)
+    render_pairs(report, console)
     if ranking:
         if (data_dir / ranking_bench.DATASET).is_dir():
             inproc = ranking_bench.run(data_dir, rankings=rankings, eval_events=eval_events)

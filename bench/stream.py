@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -276,6 +277,57 @@ def against_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+
+Run = tuple[float, float, float, int]  #: a worker run: events/s, its CPU and the machine's per event (µs), lists emitted
+
+
+def _compared_worker(
+    bs: str, tag: str, work: Path, catalog: list[Event], behaviour: list[Event], code: Path, extra: dict[str, Any]
+) -> Run:
+    """One worker run of ``code`` with ``extra`` settings on its own topics with the same events."""
+    settings = bench_settings(bs, tag, work / f"state-{tag}", **extra)
+    ensure_topics(settings)
+    publish(settings, catalog)
+    publish(settings, behaviour)
+    cpu: dict[str, float] = {}
+    rate, _, _, emitted = persona_worker(settings, len(behaviour), work, code=code, cpu=cpu)
+    return rate, cpu["worker_cpu_us_per_event"], cpu["machine_cpu_us_per_event"], emitted
+
+
+def against_pairs(first: tuple[Run, Run], pairs: int, run_one: Callable[[int, str], Run]) -> dict[str, Any]:
+    """Before/after ratios over ``pairs`` pairs of runs, the first given as (this tree's run, the
+    compared worker's run).
+
+    On two shared cores one pair is not evidence: a run of this tree against itself (an
+    ``--against-set`` of a default value) gave 0.846, and a setting's before/after 1.28 with
+    this tree first and 0.71 with it second (docs/PERFORMANCE.md). The pairs after the first
+    alternate which worker runs first (compared, tree; tree, compared; ...), so a drift over
+    the run falls on both sides; the figure is the median ratio, with the spread beside it."""
+    runs: list[tuple[str, Run, Run]] = [("tree", *first)]
+    for i in range(1, pairs):
+        order = ("a", "t") if i % 2 else ("t", "a")
+        got = {which: run_one(i, which) for which in order}
+        runs.append(("tree" if order[0] == "t" else "against", got["t"], got["a"]))
+    rows = [
+        {
+            "first": who, "tree_eps": t[0], "against_eps": a[0], "ratio": t[0] / a[0],
+            "tree_cpu_us": t[1], "against_cpu_us": a[1], "cpu_ratio": t[1] / a[1],
+            "tree_machine_cpu_us": t[2], "against_machine_cpu_us": a[2], "machine_cpu_ratio": t[2] / a[2],
+            "tree_lists": t[3], "against_lists": a[3],
+        }
+        for who, t, a in runs
+    ]
+    ratios = [t[0] / a[0] for _, t, a in runs]
+    return {
+        "against_pairs": rows,
+        "persona_vs_against_median": statistics.median(ratios),
+        "persona_vs_against_min": min(ratios),
+        "persona_vs_against_max": max(ratios),
+        "persona_vs_against_cpu_median": statistics.median(t[1] / a[1] for _, t, a in runs),
+        "persona_vs_against_machine_cpu_median": statistics.median(t[2] / a[2] for _, t, a in runs),
+    }
+
+
 def run(
     bootstrap: str | None,
     data_dir: Path,
@@ -283,7 +335,10 @@ def run(
     profiles: int = 100_000,
     against: str | None = None,
     against_set: dict[str, Any] | None = None,
+    pairs: int = 1,
 ) -> dict[str, Any]:
+    """``pairs`` > 1: that many runs of this tree and of the compared worker in all, the pairs
+    after the first in alternating order (:func:`against_pairs`)."""
     # Wall-clock figures: say how busy the machine was.
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
@@ -346,14 +401,10 @@ def run(
             # environment (deploy.workers.settings_env), the older commit's defaults never: a
             # changed default is compared with `against_set` holding the old value.
             extra = {"ranker": "blend", **(against_set or {})}
-            old_settings = bench_settings(bs, f"{tag}o", work / "state-against", **extra)
-            ensure_topics(old_settings)
-            publish(old_settings, catalog)
-            publish(old_settings, behaviour)
             code = source_tree(against, work / "against") if against else REPO
-            ocpu: dict[str, float] = {}
-            orate, _, _, oemitted = persona_worker(old_settings, n, work, code=code, cpu=ocpu)
-            report["persona_against_worker_cpu_us_per_event"] = ocpu["worker_cpu_us_per_event"]
+            other = _compared_worker(bs, f"{tag}o", work, catalog, behaviour, code, extra)
+            orate, ocpu, _, oemitted = other
+            report["persona_against_worker_cpu_us_per_event"] = ocpu
             report["against"] = "this tree" if not against else subprocess.run(
                 ["git", "rev-parse", "--short", against], cwd=REPO, capture_output=True, text=True, check=True
             ).stdout.strip()
@@ -362,6 +413,15 @@ def run(
             report["persona_against_eps"] = orate
             report["persona_against_recommendations"] = oemitted
             report["persona_vs_against"] = rate / orate
+            if pairs > 1:
+                report.update(against_pairs(
+                    ((rate, cpu["worker_cpu_us_per_event"], cpu["machine_cpu_us_per_event"], emitted), other),
+                    pairs,
+                    lambda i, which: _compared_worker(
+                        bs, f"{tag}p{i}{which}", work, catalog, behaviour,
+                        REPO if which == "t" else code, {"ranker": "blend"} if which == "t" else extra,
+                    ),
+                ))
         report["persona_vs_trivial"] = rate / report["trivial_faust_eps"]
         report["persona_vs_trivial_take"] = rate / report["trivial_take_eps"]
         report["persona_vs_bare"] = rate / report["bare_consumer_eps"]
@@ -400,3 +460,27 @@ def render_rankers(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     ratio, goal = report["blend_vs_baseline"], report["blend_vs_baseline_goal"]
     console.print(f"events/s blend / baseline = {ratio:.3f} (goal >= {goal}: {'met' if ratio >= goal else 'NOT met'})")
+
+
+def render_pairs(report: dict[str, Any], console: Console) -> None:
+    """The before/after pairs of ``--pairs``, one row each, and the median."""
+    from rich.table import Table
+
+    rows = report.get("against_pairs")
+    if not rows:
+        return
+    table = Table(title=f"this tree against {report.get('against_settings') or report.get('against')}, events/s per pair")
+    for column in ("first", "this tree", "compared", "ratio", "worker CPU/event ratio", "machine CPU/event ratio", "lists"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            row["first"], f"{row['tree_eps']:,.0f}", f"{row['against_eps']:,.0f}", f"{row['ratio']:.3f}", f"{row['cpu_ratio']:.3f}",
+            f"{row['machine_cpu_ratio']:.3f}", f"{row['tree_lists']:,} / {row['against_lists']:,}",
+        )
+    console.print(table)
+    console.print(
+        f"median ratio {report['persona_vs_against_median']:.3f} "
+        f"(spread {report['persona_vs_against_min']:.3f}-{report['persona_vs_against_max']:.3f}), "
+        f"worker CPU per event {report['persona_vs_against_cpu_median']:.3f}, "
+        f"machine CPU per event {report['persona_vs_against_machine_cpu_median']:.3f}"
+    )

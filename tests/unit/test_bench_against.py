@@ -22,3 +22,33 @@ def test_regression_against_compares_a_changed_default_only_with_its_old_value_g
         against_overrides(["cooc_windw=50"])
     with pytest.raises(ValueError, match="name=value"):
         against_overrides(["cooc_window"])
+
+
+def test_against_pairs_alternate_which_worker_runs_first_and_report_the_median() -> None:
+    # One pair on two shared cores is not evidence (a run of this tree against itself gave 0.846):
+    # the further pairs alternate their order so a drift over the run falls on both sides.
+    from bench.stream import against_pairs
+
+    calls: list[tuple[int, str]] = []
+    # (events/s, CPU µs per event, lists) per call, made up: the tree 10% faster, except pair 2.
+    rates = {(1, "t"): 1100.0, (1, "a"): 1000.0, (2, "t"): 900.0, (2, "a"): 1000.0, (3, "t"): 1320.0, (3, "a"): 1200.0}
+
+    def run_one(i: int, which: str) -> tuple[float, float, float, int]:
+        calls.append((i, which))
+        return rates[(i, which)], 1e6 / rates[(i, which)], 2e6 / rates[(i, which)], i
+
+    first = ((2000.0, 500.0, 1000.0, 7), (1000.0, 1000.0, 1000.0, 8))
+    got = against_pairs(first, 4, run_one)
+
+    assert calls == [(1, "a"), (1, "t"), (2, "t"), (2, "a"), (3, "a"), (3, "t")]
+    assert [row["first"] for row in got["against_pairs"]] == ["tree", "against", "tree", "against"]
+    ratios = [row["ratio"] for row in got["against_pairs"]]
+    assert ratios == pytest.approx([2.0, 1.1, 0.9, 1.1])
+    assert got["persona_vs_against_median"] == pytest.approx(1.1)  # the two middle ones, 1.1 and 1.1
+    assert (got["persona_vs_against_min"], got["persona_vs_against_max"]) == pytest.approx((0.9, 2.0))
+    # CPU per event: 500/1000 in the first pair, the reciprocal of the rate ratio in the others;
+    # the machine's: 1.0 in the first pair, the same reciprocals in the others.
+    assert got["persona_vs_against_cpu_median"] == pytest.approx(1 / 1.1)  # of 0.5, 1/1.1, 1/0.9, 1/1.1
+    assert got["persona_vs_against_machine_cpu_median"] == pytest.approx((1 / 1.1 + 1.0) / 2)  # of 1.0, 1/1.1, 1/0.9, 1/1.1
+    assert [(row["tree_lists"], row["against_lists"]) for row in got["against_pairs"]] == [(7, 8), (1, 1), (2, 2), (3, 3)]
+    assert against_pairs(first, 1, run_one)["persona_vs_against_median"] == pytest.approx(2.0)
