@@ -98,6 +98,7 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         **group_timeouts(settings),
         consumer_group_instance_id=settings.group_instance_id,
         producer_acks=-1,
+        producer_linger=settings.producer_linger_s,
         web_enabled=True,
         web_host=settings.web_host,
         web_bind=settings.web_host,

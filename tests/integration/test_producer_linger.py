@@ -1,0 +1,71 @@
+"""The worker's producer lingers to fill a batch (``PERSONA_PRODUCER_LINGER_S``), as Kafka's own
+producer has done by default since 4.0.
+
+Without it (Faust's default) the producer sends a request each time the event loop yields, so
+a worker's output (lists, changelog records, deltas, encoded reviews) left in many small
+requests, each a socket write for the worker and a request for the broker on the same cores
+(docs/PERFORMANCE.md, "The producer lingers 5 ms"). The request count is read at the Kafka
+client the worker's Faust app builds, talking to a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from stream_app.kafka_clients import watermarks
+from stream_app.settings import Settings
+from stream_app.worker import build_app
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 200
+
+
+async def _produce_requests(settings: Settings, topic: str) -> int:
+    """Produce requests the worker's own producer sends for ``RECORDS`` records handed to it one
+    at a time, the loop yielding about a millisecond between them (events arriving), then flushed."""
+    app, _ = build_app(settings)
+    producer: Any = app.producer  # faust.transport.drivers.aiokafka.Producer, as the worker runs it
+    await producer.start()
+    client: Any = producer._producer.client  # the aiokafka client it sends every request through
+    requests = 0
+    send = client.send
+
+    async def counting(node_id: int, request: Any, **kwargs: Any) -> Any:
+        nonlocal requests
+        if type(request).__name__.startswith("ProduceRequest"):
+            requests += 1
+        return await send(node_id, request, **kwargs)
+
+    client.send = counting
+    try:
+        for i in range(RECORDS):
+            await producer.send(topic, f"k{i}".encode(), f"v{i}".encode(), 0, None, None)
+            await asyncio.sleep(0.001)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return requests
+
+
+def test_the_producer_lingers_to_send_fewer_requests(topic_factory: Callable[..., Settings]) -> None:
+    settings = topic_factory(partitions=1)
+    topic = settings.topic("purchase")
+    lingering = asyncio.run(_produce_requests(settings.model_copy(update={"producer_linger_s": 0.1}), topic))
+    at_once = asyncio.run(_produce_requests(settings.model_copy(update={"producer_linger_s": 0.0}), topic))
+
+    # Every record of both runs reached the broker, once.
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": "linger-test"})
+    try:
+        low, high = watermarks(consumer, TopicPartition(topic, 0), 10.0)
+    finally:
+        consumer.close()
+    assert high - low == 2 * RECORDS
+    # The ~0.2 s of sends fit in a few 0.1 s lingers; sent at once, a request leaves whenever the
+    # previous one is answered (one in flight per partition), a millisecond or a few apart.
+    assert lingering <= 6
+    assert at_once > 2 * lingering
