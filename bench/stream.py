@@ -277,7 +277,6 @@ def against_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-
 Run = tuple[float, float, float, int]  #: a worker run: events/s, its CPU and the machine's per event (µs), lists emitted
 
 
