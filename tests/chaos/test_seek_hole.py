@@ -14,8 +14,8 @@ log's start, the records before the hole were lost (each user short by 17 to 82 
 in three runs out of three).
 
 Faust's unbounded poll (``max_poll_records=0``) in these starts: the race needs a large batch under
-way. With the worker's default bound of 500 records the control met the hole in 3 of 7 starts,
-without it in 4 of 4 (2026-12-06), so the control and the third test run unbounded, where the
+way. With the worker's default bound of 500 records the control met the hole in 4 of 7 starts
+(and missed it in 3), without it in 4 of 4 (2026-12-06; in 8 of 8 since), so the control and the third test run unbounded, where the
 hole is certain, and the fix is checked both there and at the default.
 """
 
