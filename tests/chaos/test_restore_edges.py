@@ -89,12 +89,18 @@ def test_restore_from_a_compacted_changelog_equals_the_state_before(
     before = rocksdb_contents(settings.state_dir)
     assert len(before) == len(users)
 
+    # Compacted: at least half of the superseded records (all but each user's latest) are gone.
+    # Measured against the records written, not half of them: how many a run writes depends on
+    # how the users' events fall into commits (a CI run wrote 486 for ~240 users, every
+    # superseded one compacted, and failed a `present <= written // 2` bound).
     deadline = time.monotonic() + 120
     present, spanned, _ = _changelog_counts(settings)
-    while present > spanned // 2 and time.monotonic() < deadline:
+    superseded = spanned - len(users)
+    assert superseded >= len(users) // 4, (spanned, len(users))  # something to compact
+    while spanned - present < superseded / 2 and time.monotonic() < deadline:
         time.sleep(2)
         present, spanned, _ = _changelog_counts(settings)
-    assert present <= spanned // 2, f"not compacted: {present} of {spanned} records remain"
+    assert spanned - present >= superseded / 2, f"not compacted: {present} of {spanned} records remain, {len(users)} users"
 
     measured, wall = _restore(settings, worker_factory, settings.state_dir.parent / "restored", len(users))
     after = rocksdb_contents(settings.state_dir.parent / "restored")
