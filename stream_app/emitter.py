@@ -10,7 +10,11 @@ even across a crash.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+
+#: How often the worker emits the pending users whose interval ended (s).
+TICK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +24,17 @@ class Trigger:
 
 
 class Coalescer:
+    """``now`` never goes back between calls (the worker's monotonic clock, the replay's event
+    clock): the last emissions are kept in the order they happened, oldest first, so
+    :meth:`take_due` visits only the users whose interval ended and can run often (the worker
+    calls it every 50 ms: a change waits at most the interval and a tick, not an interval and
+    a half as with a tick of half the interval)."""
+
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        self._last_emit: dict[str, float] = {}
+        #: user -> their last emission's time, oldest first (the ``now`` of each call)
+        self._last_emit: OrderedDict[str, float] = OrderedDict()
+        #: users with a change since their last emission (always in ``_last_emit`` too)
         self._pending: dict[str, Trigger] = {}
 
     @property
@@ -33,7 +45,7 @@ class Coalescer:
         """Record a change; ``True`` means emit now (and it is recorded as emitted)."""
         last = self._last_emit.get(user)
         if last is None or now - last >= self.interval_s:
-            self._last_emit[user] = now
+            self._emitted(user, now)
             self._pending.pop(user, None)
             return True
         prev = self._pending.get(user)
@@ -47,21 +59,31 @@ class Coalescer:
         self._last_emit.pop(user, None)
 
     def take_due(self, now: float) -> list[tuple[str, Trigger]]:
-        due = [
-            (u, t) for u, t in self._pending.items() if now - self._last_emit.get(u, 0.0) >= self.interval_s
-        ]
-        for u, _ in due:
-            del self._pending[u]
-            self._last_emit[u] = now
-        # Forget quiet users so memory follows the active set, not every user ever seen.
-        stale = [u for u, t in self._last_emit.items() if now - t >= self.interval_s and u not in self._pending]
-        for u in stale:
-            del self._last_emit[u]
+        """Pending users whose interval ended, oldest emission first (recorded as emitted
+        now). Users quiet for a whole interval are forgotten, so memory follows the active
+        set, not every user ever seen. Costs the number of users whose interval ended."""
+        ended: list[str] = []
+        for user, last in self._last_emit.items():
+            if now - last < self.interval_s:
+                break  # everyone after emitted later
+            ended.append(user)
+        due: list[tuple[str, Trigger]] = []
+        for user in ended:
+            trigger = self._pending.pop(user, None)
+            if trigger is None:
+                del self._last_emit[user]
+            else:
+                due.append((user, trigger))
+                self._emitted(user, now)
         return due
 
     def take_all(self, now: float) -> list[tuple[str, Trigger]]:
         out = list(self._pending.items())
         self._pending.clear()
         for u, _ in out:
-            self._last_emit[u] = now
+            self._emitted(u, now)
         return out
+
+    def _emitted(self, user: str, now: float) -> None:
+        self._last_emit[user] = now
+        self._last_emit.move_to_end(user)

@@ -192,7 +192,11 @@ class Settings(BaseSettings):
     )
     top_k: int = Field(10, ge=1, le=1000, description="Recommendations emitted per user.")
     emit_interval_s: float = Field(
-        1.0, ge=0, description="At most one recommendation message per user per interval (s)."
+        1.0,
+        ge=0,
+        description="At most one recommendation message per user per interval (s); a change inside it waits for "
+        "the interval's end (or the next commit): below saturation it sets the tail of event-to-emit latency "
+        "(docs/PERFORMANCE.md). 0: every change emits.",
     )
     ranker: Literal["blend", "baseline"] = Field(
         "blend",

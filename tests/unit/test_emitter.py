@@ -95,6 +95,23 @@ def test_memory_of_quiet_users_is_dropped() -> None:
     assert c.offer("u7", 2.1, t(9.0)) is True
 
 
+def test_due_users_come_in_the_order_of_their_last_emission() -> None:
+    c = Coalescer(1.0)
+    for n, u in enumerate(("c", "a", "d", "b")):
+        assert c.offer(u, 0.25 * n, t(0.0))  # emitted at 0, 0.25, 0.5, 0.75
+    for u in ("b", "a", "c"):  # changes in another order: pending
+        assert c.offer(u, 0.875, t(1.0)) is False
+    # "c", "a" and "d" emitted at least an interval ago: "c" and "a" due, oldest first, "d"
+    # (quiet) forgotten; "b" not due yet.
+    assert c.take_due(1.5) == [("c", t(1.0)), ("a", t(1.0))]
+    assert list(c._last_emit) == ["b", "c", "a"]
+    assert c.take_due(1.75) == [("b", t(1.0))]
+    assert list(c._last_emit) == ["c", "a", "b"]
+    # A leading-edge emission is the newest: it moves the user to the end.
+    assert c.offer("c", 2.5, t(2.0)) is True
+    assert list(c._last_emit) == ["a", "b", "c"]
+
+
 def test_zero_interval_always_emits() -> None:
     c = Coalescer(0.0)
     assert all(c.offer("u", 5.0, t(float(i))) for i in range(5))
@@ -119,6 +136,8 @@ def test_rate_limit_and_no_lost_final_state(interval: float, gaps: list[tuple[st
         newest[user] = trig
         for u, tr in c.take_due(now):
             emitted.setdefault(u, []).append((now, tr))
+        # Every pending user whose interval ended went in this call: none waits for a later one.
+        assert not [u for u in c._pending if now - c._last_emit[u] >= interval]
         if c.offer(user, now, trig):
             emitted.setdefault(user, []).append((now, trig))
     end = now + 2 * interval  # (now + interval) - now may round below interval
