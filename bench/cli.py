@@ -239,7 +239,8 @@ def bench_load(
 
     report = run(bootstrap, _data_dir(), _model_registry(registry), levels=tuple(int(x) for x in levels.split(",")), seconds=seconds)
     table = Table(title=f"persona bench load ({seconds:g} s per level, emit interval {report['emit_interval_s']:g} s)")
-    cols = ("offered/s", "applied/s", "applied/offered", "backlog", "event p50 s", "event p99 s", "message p99 s", "saturated")
+    cols = ("offered/s", "applied/s", "applied/offered", "unapplied", "uncommitted", "event p50 s", "event p99 s", "message p99 s",
+            "saturated")
     for col in cols:
         table.add_column(col, justify="right")
     for r in report["levels"]:
@@ -248,7 +249,8 @@ def bench_load(
             continue
         table.add_row(
             f"{r['offered_actual_eps']:,.0f}", f"{r['applied_eps_during']:,.0f}", f"{r['applied_vs_offered']:.3f}",
-            f"{r['backlog_at_end']:,}", f"{r.get('event_p50_s', float('nan')):.3f}", f"{r.get('event_p99_s', float('nan')):.3f}",
+            f"{r['unapplied_at_end']:,}", f"{r['uncommitted_at_end']:,}",
+            f"{r.get('event_p50_s', float('nan')):.3f}", f"{r.get('event_p99_s', float('nan')):.3f}",
             f"{r.get('message_p99_s', float('nan')):.3f}", "yes" if r["saturated"] else "no",
         )
     Console().print(table)

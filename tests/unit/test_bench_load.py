@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.load import event_latencies
+from bench.load import event_latencies, saturated
 from bench.scale import _longest_pause, _pauses
 
 
@@ -22,6 +22,16 @@ def test_each_event_is_timed_to_the_first_message_that_counts_it() -> None:
 def test_events_no_message_counts_are_reported_missing() -> None:
     per_event, missing = event_latencies({"a": [1.0, 2.0, 3.0], "c": [5.0]}, {"a": [(1.5, 2, 2.0)]})
     assert per_event == pytest.approx([0.5, 0.0]) and missing == 2  # a's third event, and c's
+
+
+def test_regression_uncommitted_records_of_a_worker_that_keeps_up_are_not_saturation() -> None:
+    """The rule counted the group's uncommitted records: at 200/s with a commit a second, 321 of
+    6,000 (applied 5,994, p50 31 ms) made the level "saturated" and stopped the run there."""
+    assert not saturated(6_000, 5_994.0, 200)
+    assert not saturated(9_000, 8_982.0, 300)
+    # Saturated: the shortfall grows over the level (500/s offered, 450/s applied for 30 s).
+    assert saturated(15_000, 13_500.0, 500)
+    assert not saturated(15_000, 14_500.0, 500) and saturated(15_000, 14_499.0, 500)  # one second of input is the edge
 
 
 def test_longest_pause_only_counts_time_after_the_change_and_inside_the_window() -> None:
