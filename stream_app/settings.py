@@ -279,7 +279,13 @@ class Settings(BaseSettings):
     model_fp16: bool = Field(
         True, description="On CUDA, run the artifact's fp16 graph when it carries one (fp32 exports do)."
     )
-    model_threads: int | None = Field(None, ge=1, description="CPU inference threads (default: ONNX Runtime's).")
+    model_threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU inference threads (default: one per core this process may use). A core fewer leaves one to the "
+        "event loop: on 2 cores, 1 kept up with a mixed live stream at 400 events/s where 2 saturated, and drained a "
+        "review backlog at 0.56-0.64x the rate (docs/PERFORMANCE.md).",
+    )
     model_spin: bool = Field(
         False,
         description="Let the encoder's CPU threads spin-wait between inference calls (onnxruntime's default). Off: they "
