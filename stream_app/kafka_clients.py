@@ -282,6 +282,50 @@ def group_committed(settings: Settings, group: str, topic: str, partition: int, 
     return None
 
 
+class GroupPositions:
+    """The group's committed offset and the log's start and end of partitions, from the broker:
+    what the lag gauge needs for the partitions a worker owns but has no view of yet (it has
+    not committed there, or not fetched). One admin client, made on first use; blocking: call
+    it off the event loop."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self._settings = settings
+        self._group = group
+        self._admin: Any = None
+
+    def __call__(self, partitions: list[tuple[str, int]], timeout_s: float = 10.0) -> dict[tuple[str, int], tuple[int | None, int, int]]:
+        """``(topic, partition) -> (committed or None, log start, end)`` for each partition
+        the broker answered for."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]  # not in its __all__
+
+        if not partitions:
+            return {}
+        if self._admin is None:
+            self._admin = AdminClient(librdkafka(self._settings) | {"log_level": 2})
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        request = [ConsumerGroupTopicPartitions(self._group, tps)]
+        committed: dict[tuple[str, int], int | None] = {}
+        for tp in self._admin.list_consumer_group_offsets(request)[self._group].result(timeout=timeout_s).topic_partitions:
+            if tp.error is None:
+                committed[(tp.topic, tp.partition)] = int(tp.offset) if tp.offset >= 0 else None
+        ends: dict[str, dict[tuple[str, int], int]] = {}
+        specs = (("start", OffsetSpec.earliest()), ("end", OffsetSpec.latest()))  # type: ignore[no-untyped-call]
+        for name, spec in specs:
+            futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
+            ends[name] = {}
+            for tp, future in futures.items():
+                try:
+                    ends[name][(tp.topic, tp.partition)] = int(future.result(timeout=timeout_s).offset)
+                except Exception:  # one partition's leader moving: the others still count
+                    continue
+        return {
+            key: (committed.get(key), ends["start"][key], ends["end"][key])
+            for key in partitions
+            if key in committed and key in ends["start"] and key in ends["end"]
+        }
+
+
 #: Broker answers that say "not yet, ask again": a partition whose leader is moving or not yet
 #: elected (right after its topic was created, or while a broker restarts). An unknown topic is
 #: not among them: callers that ask about a topic that does not exist learn it at once.

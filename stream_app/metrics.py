@@ -233,8 +233,9 @@ LAST_EMIT = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "persona_consumer_lag",
-    "Records between a partition's high watermark and the group's committed offset, per "
-    "partition this worker owns (sampled every few seconds; series of revoked partitions removed).",
+    "Records between a partition's high watermark and the group's committed offset (the log start "
+    "where the group has committed none), per partition this worker owns (sampled every few seconds; "
+    "series of revoked partitions removed).",
     ["topic", "partition"],
     registry=REGISTRY,
 )

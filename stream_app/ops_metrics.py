@@ -9,10 +9,11 @@ leaves a gauge unset instead of crashing the worker.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +23,73 @@ from stream_app.settings import Settings
 log = logging.getLogger("persona.worker")
 
 
-def partition_lags(assignment: Iterable[Any], highwater: Any, committed: Mapping[Any, int | None]) -> dict[tuple[str, int], int]:
-    """``(topic, partition) -> records not yet committed`` for the assigned partitions whose
-    high watermark and committed offset are both known (Kafka's sense: the committed offset is
-    the next record to read, the high watermark the next one to be written)."""
+#: ``(topic, partition) -> (the group's committed offset or None, log start, end)``, from the broker
+BrokerView = Mapping[tuple[str, int], tuple[int | None, int, int]]
+Positions = Callable[[list[tuple[str, int]]], BrokerView]
+
+
+def _end(highwater: Callable[[Any], int | None], tp: Any) -> int | None:
+    try:
+        end = highwater(tp)
+    except Exception:  # not fetched yet (aiokafka raises or returns None until the first fetch)
+        return None
+    return None if end is None else int(end)
+
+
+def unknown_partitions(
+    assignment: Iterable[Any], highwater: Callable[[Any], int | None], committed: Mapping[Any, int | None]
+) -> list[tuple[str, int]]:
+    """The assigned partitions whose high watermark or committed offset the consumer does not
+    know: Faust knows a committed offset only once this worker committed there, or found one
+    at its assignment (and it reads a committed 0 as none)."""
+    return [
+        (tp.topic, tp.partition)
+        for tp in assignment
+        if _end(highwater, tp) is None or committed.get(tp) is None
+    ]
+
+
+def partition_lags(
+    assignment: Iterable[Any],
+    highwater: Callable[[Any], int | None],
+    committed: Mapping[Any, int | None],
+    broker: BrokerView | None = None,
+) -> dict[tuple[str, int], int]:
+    """``(topic, partition) -> records not yet committed`` for the assigned partitions (Kafka's
+    sense: the committed offset is the next record to read, the high watermark the next one to
+    be written). What the consumer does not know comes from ``broker``: the group's committed
+    offset, or the log start when the group has committed nothing there (every record kept is
+    then uncommitted). A partition known to neither is left out."""
     out: dict[tuple[str, int], int] = {}
+    broker = broker or {}
     for tp in assignment:
-        try:
-            end = highwater(tp)
-        except Exception:  # not fetched yet (aiokafka raises or returns None until the first fetch)
-            continue
+        key = (tp.topic, tp.partition)
+        seen = broker.get(key)
+        end = _end(highwater, tp)
         done = committed.get(tp)
+        if end is None and seen is not None:
+            end = seen[2]
+        if done is None and seen is not None:
+            done = seen[1] if seen[0] is None else seen[0]
         if end is None or done is None:
             continue
-        out[(tp.topic, tp.partition)] = max(0, int(end) - int(done))
+        out[key] = max(0, int(end) - int(done))
     return out
 
 
 class LagGauge:
     """``persona_consumer_lag`` per owned partition; series of partitions no longer owned are
-    removed, so a rebalance does not leave a stale lag behind."""
+    removed, so a rebalance does not leave a stale lag behind.
 
-    def __init__(self) -> None:
+    The bug it pins (test_regression_an_owned_partition_the_worker_had_not_committed_had_no_lag):
+    the consumer's own view was the only source, and it knows a committed offset only once the
+    worker committed there, so an owned partition had no series until then: a worker stuck on
+    a partition from its assignment on was invisible to the lag alert, and the set of partitions
+    a worker owns read from the gauge could lack one (a chaos test's intermittent failure)."""
+
+    def __init__(self, positions: Positions | None = None) -> None:
         self._shown: set[tuple[str, int]] = set()
+        self._positions = positions
 
     def update(self, lags: Mapping[tuple[str, int], int]) -> None:
         for topic, partition in self._shown - set(lags):
@@ -56,8 +101,26 @@ class LagGauge:
             metrics.CONSUMER_LAG.labels(topic, str(partition)).set(lag)
         self._shown = set(lags)
 
-    def sample(self, consumer: Any) -> None:
-        self.update(partition_lags(consumer.assignment(), consumer.highwater, getattr(consumer, "_committed_offset", {})))
+    async def sample(self, consumer: Any, exclude: Collection[str] = ()) -> None:
+        """From the consumer's own view (no broker round trip) where it has one; the partitions
+        it has none of yet are asked of the broker, in a thread (a broker that does not answer
+        leaves them out of this sample). ``exclude``: topics assigned but not consumed by the
+        group (table changelogs: the worker writes them and reads them back on recovery,
+        without committing)."""
+
+        def assigned() -> list[Any]:
+            return [tp for tp in consumer.assignment() if tp.topic not in exclude]
+
+        committed = getattr(consumer, "_committed_offset", {})
+        missing = unknown_partitions(assigned(), consumer.highwater, committed)
+        broker: BrokerView = {}
+        if missing and self._positions is not None:
+            try:
+                broker = await asyncio.to_thread(self._positions, missing)
+            except Exception as exc:
+                log.warning("consumer lag: the broker did not give the positions of %d partitions: %s", len(missing), exc)
+        # The assignment may have changed during the broker call: the gauge shows the one now.
+        self.update(partition_lags(assigned(), consumer.highwater, committed, broker))
 
 
 def directory_bytes(path: Path) -> int:

@@ -33,7 +33,7 @@ from stream_app.flow_control import stop_flow_on_seek
 from stream_app.flush import exit_now
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
-from stream_app.kafka_clients import group_committed
+from stream_app.kafka_clients import GroupPositions, group_committed
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning, SharedInstanceId
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
 from stream_app.order_check import OrderCheck
@@ -283,12 +283,12 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
         metrics.REBALANCES.inc()
 
     instrument_restore(app, runtime.table)
-    lag = LagGauge()
+    lag = LagGauge(GroupPositions(settings, settings.app_id))
 
     @app.timer(settings.ops_sample_s)  # type: ignore[untyped-decorator]
     async def sample_operations() -> None:
-        # Lag from the consumer's own view (no broker round trip); state size from the disk.
-        lag.sample(app.consumer)
+        # Lag from the consumer's view (the broker's where it has none yet); state size from disk.
+        await lag.sample(app.consumer, exclude=app.tables.changelog_topics)
         sample_state(settings.state_dir, runtime.table)
         metrics.PROFILE_CACHE_BYTES.set(runtime.profiles.cached_bytes)
         metrics.LIVE_QUALITY_BYTES.set(runtime.pipeline.live.nbytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -12,7 +13,14 @@ from prometheus_client import generate_latest
 from stream_app import dlq, metrics
 from stream_app.cli_ops import parse_since
 from stream_app.dlq_ops import Letter, UnknownTopic, resolve
-from stream_app.ops_metrics import ROCKSDB_MEMORY_PROPERTIES, LagGauge, directory_bytes, partition_lags, rocksdb_properties
+from stream_app.ops_metrics import (
+    ROCKSDB_MEMORY_PROPERTIES,
+    LagGauge,
+    directory_bytes,
+    partition_lags,
+    rocksdb_properties,
+    unknown_partitions,
+)
 from stream_app.settings import Settings
 
 
@@ -30,8 +38,50 @@ def test_partition_lags_skip_partitions_without_a_high_watermark_or_a_commit() -
             raise KeyError(tp)  # aiokafka before the first fetch
         return ends[tp]
 
-    lags = partition_lags([*ends, TP("c", 0)], highwater, committed)
-    assert lags == {("a", 0): 20}
+    assignment = [*ends, TP("c", 0)]
+    assert partition_lags(assignment, highwater, committed) == {("a", 0): 20}
+    assert unknown_partitions(assignment, highwater, committed) == [("a", 1), ("b", 0), ("c", 0)]
+
+
+def test_partitions_the_consumer_has_no_view_of_take_the_brokers() -> None:
+    ends = {TP("a", 0): 120, TP("a", 1): 50, TP("b", 0): None, TP("c", 0): None}
+    committed: dict[Any, int | None] = {TP("a", 0): 100, TP("a", 1): None, TP("b", 0): 3, TP("c", 0): None}
+    broker = {
+        ("a", 1): (None, 10, 55),  # the group never committed: everything kept (from the log start) counts
+        ("b", 0): (2, 0, 9),  # the consumer's own commit (3) wins over the broker's (2); the end is the broker's
+        ("c", 0): (40, 0, 44),  # neither known to the consumer
+        ("a", 0): (90, 0, 130),  # known to the consumer: its own view stands
+    }
+    lags = partition_lags(list(ends), ends.__getitem__, committed, broker)
+    assert lags == {("a", 0): 120 - 100, ("a", 1): 50 - 10, ("b", 0): 9 - 3, ("c", 0): 44 - 40}
+
+
+def test_lag_gauge_asks_the_broker_only_for_what_the_consumer_does_not_know() -> None:
+    asked: list[list[tuple[str, int]]] = []
+
+    def positions(parts: list[tuple[str, int]]) -> dict[tuple[str, int], tuple[int | None, int, int]]:
+        asked.append(parts)
+        if len(asked) > 1:
+            raise RuntimeError("broker down")
+        return {("lagask", 1): (None, 0, 7)}
+
+    class Consumer:
+        _committed_offset = {TP("lagask", 0): 4, TP("lagask", 1): None}
+
+        def assignment(self) -> list[TP]:
+            return [TP("lagask", 0), TP("lagask", 1), TP("lagask-changelog", 0)]
+
+        def highwater(self, tp: TP) -> int | None:
+            return {0: 9, 1: None}[tp.partition]
+
+    gauge = LagGauge(positions)
+    asyncio.run(gauge.sample(Consumer(), exclude={"lagask-changelog"}))  # written by the worker, not consumed
+    assert asked == [[("lagask", 1)]]
+    assert {k: v for k, v in _lag_series().items() if k[0] == "lagask"} == {("lagask", "0"): 5, ("lagask", "1"): 7}
+    asyncio.run(gauge.sample(Consumer(), exclude={"lagask-changelog"}))  # the broker down: no crash, what the consumer knows still shows
+    assert len(asked) == 2
+    assert {k: v for k, v in _lag_series().items() if k[0] == "lagask"} == {("lagask", "0"): 5}
+    gauge.update({})
 
 
 def test_partition_lag_is_never_negative() -> None:
