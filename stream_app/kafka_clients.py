@@ -293,9 +293,10 @@ class GroupPositions:
         self._group = group
         self._admin: Any = None
 
-    def __call__(self, partitions: list[tuple[str, int]], timeout_s: float = 10.0) -> dict[tuple[str, int], tuple[int | None, int, int]]:
+    def __call__(self, partitions: list[tuple[str, int]], timeout_s: float = 3.0) -> dict[tuple[str, int], tuple[int | None, int, int]]:
         """``(topic, partition) -> (committed or None, log start, end)`` for each partition
-        the broker answered for."""
+        the broker answered for. ``timeout_s`` per request (three): short, so a broker that
+        does not answer holds a sampler thread, and a stopping worker, only briefly."""
         from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
         from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]  # not in its __all__
 
