@@ -68,13 +68,19 @@ def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], me
     return total
 
 
-def owned_partitions(samples: Samples, topic: str) -> set[int]:
-    """The partitions of ``topic`` a worker owns, from its per-partition lag gauge."""
+def consumer_lags(samples: Samples, topic: str) -> dict[int, float]:
+    """``partition -> lag`` of ``topic`` from a worker's per-partition lag gauge (a series for
+    every partition it owns)."""
     return {
-        int(dict(labels)["partition"])
-        for (name, labels), _ in samples.items()
+        int(dict(labels)["partition"]): value
+        for (name, labels), value in samples.items()
         if name == "persona_consumer_lag" and dict(labels).get("topic") == topic
     }
+
+
+def owned_partitions(samples: Samples, topic: str) -> set[int]:
+    """The partitions of ``topic`` a worker owns, from its per-partition lag gauge."""
+    return set(consumer_lags(samples, topic))
 
 
 class WorkerProcess:

@@ -270,16 +270,22 @@ def preflight(settings: Settings, timeout_s: float = 30.0) -> Any:
 def group_committed(settings: Settings, group: str, topic: str, partition: int, timeout_s: float = 10.0) -> int | None:
     """The offset ``group`` has committed on one partition now, from the broker (None: none
     yet). Blocking: call it off the event loop."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(librdkafka(settings) | {"log_level": 2})
-    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, partition)])]
+    return _committed(admin, group, [(topic, partition)], timeout_s).get((topic, partition))
+
+
+def _committed(admin: Any, group: str, partitions: list[tuple[str, int]], timeout_s: float) -> dict[tuple[str, int], int | None]:
+    """``(topic, partition) -> the offset group committed there, or None`` for each partition
+    the broker answered for without an error (one OffsetFetch)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])]
     result = admin.list_consumer_group_offsets(request)[group].result(timeout=timeout_s)
-    for tp in result.topic_partitions:
-        if tp.error is None and tp.offset >= 0:
-            return int(tp.offset)
-    return None
+    return {
+        (tp.topic, tp.partition): int(tp.offset) if tp.offset >= 0 else None for tp in result.topic_partitions if tp.error is None
+    }
 
 
 class GroupPositions:
@@ -297,19 +303,15 @@ class GroupPositions:
         """``(topic, partition) -> (committed or None, log start, end)`` for each partition
         the broker answered for. ``timeout_s`` per request (three): short, so a broker that
         does not answer holds a sampler thread, and a stopping worker, only briefly."""
-        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+        from confluent_kafka import TopicPartition
         from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]  # not in its __all__
 
         if not partitions:
             return {}
         if self._admin is None:
             self._admin = AdminClient(librdkafka(self._settings) | {"log_level": 2})
+        committed = _committed(self._admin, self._group, partitions, timeout_s)
         tps = [TopicPartition(t, p) for t, p in partitions]
-        request = [ConsumerGroupTopicPartitions(self._group, tps)]
-        committed: dict[tuple[str, int], int | None] = {}
-        for tp in self._admin.list_consumer_group_offsets(request)[self._group].result(timeout=timeout_s).topic_partitions:
-            if tp.error is None:
-                committed[(tp.topic, tp.partition)] = int(tp.offset) if tp.offset >= 0 else None
         ends: dict[str, dict[tuple[str, int], int]] = {}
         specs = (("start", OffsetSpec.earliest()), ("end", OffsetSpec.latest()))  # type: ignore[no-untyped-call]
         for name, spec in specs:

@@ -85,7 +85,8 @@ class LagGauge:
     the consumer's own view was the only source, and it knows a committed offset only once the
     worker committed there, so an owned partition had no series until then: a worker stuck on
     a partition from its assignment on was invisible to the lag alert, and the set of partitions
-    a worker owns read from the gauge could lack one (a chaos test's intermittent failure)."""
+    a worker owns read from the gauge could lack one (the likely cause of a chaos test's
+    intermittent failure)."""
 
     def __init__(self, positions: Positions | None = None) -> None:
         self._shown: set[tuple[str, int]] = set()
