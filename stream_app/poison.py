@@ -91,6 +91,8 @@ class PoisonLedger:
         self.reading: asyncio.Future[None] | None = None
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():  # add() starts each entry on a new line: blank ones are not torn
+                    continue
                 try:
                     topic, partition, offset = json.loads(line)
                     self._seen.add((str(topic), int(partition), int(offset)))

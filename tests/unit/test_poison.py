@@ -62,6 +62,29 @@ def test_the_ledger_survives_a_reopen_and_a_torn_last_line(tmp_path: Path) -> No
     assert ("t", 0, 2) not in again and ("u", 0, 1) not in again
 
 
+def test_regression_every_restart_after_a_dead_letter_warned_of_a_torn_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """add() writes a newline before each entry (to end a line a crash tore), so a whole ledger
+    holds blank lines; reading one warned "ignoring a torn line ''" at every start after a dead
+    letter (seen in every run of the poison chaos test), an alarm with nothing behind it."""
+    path = tmp_path / poison.LEDGER_NAME
+    PoisonLedger(path).add("t", 0, 1)
+    PoisonLedger(path).add("t", 3, 7)
+    assert "" in path.read_text(encoding="utf-8").splitlines()  # the blank lines are there
+    with caplog.at_level("WARNING", logger="persona.poison"):
+        whole = PoisonLedger(path)
+    assert len(whole) == 2 and not [r for r in caplog.records if "torn" in r.getMessage()]
+    # A line a crash did tear is still reported, with what it held.
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('["t", 4, ')
+    with caplog.at_level("WARNING", logger="persona.poison"):
+        assert len(PoisonLedger(path)) == 2
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records if "torn" in r.getMessage()] == [
+        "ignoring a torn line '[\"t\", 4, '"
+    ]
+
+
 def test_internal_letter_names_the_exception() -> None:
     letter = internal_letter(KeyError("item-9"))
     assert (letter.reason, letter.error, letter.message) == ("internal", "KeyError", "'item-9'")
