@@ -228,16 +228,18 @@ def _apply_language(
     value = blend_sentiment(text_sentiment, event.rating)
     if value is not None:
         p.sentiment_ref_ts = add_sentiment(p.sentiment, p.sentiment_ref_ts, categories, value, event.ts, hl)
-        # The latest review of an item decides, by event time, whatever order they arrive in:
-        # a later good review lifts a dislike, an older bad one arriving late does not return.
-        if event.ts >= p.reviewed.get(event.item_id, float("-inf")):
-            p.reviewed[event.item_id] = event.ts
-            if value <= DISLIKE_AT:
-                p.disliked[event.item_id] = event.ts
-            else:
-                p.disliked.pop(event.item_id, None)
-            for item in bound(p.reviewed, MAX_ENTRIES):
-                p.disliked.pop(item, None)
+    # The latest review of an item decides, by event time, whatever order they arrive in: a
+    # later good review lifts a dislike, an older bad one arriving late does not return. A
+    # review with neither stars nor an encoded text (no model loaded) is remembered too (the
+    # worker judges a first engagement by it) and, as the latest, says no dislike.
+    if event.ts >= p.reviewed.get(event.item_id, float("-inf")):
+        p.reviewed[event.item_id] = event.ts
+        if value is not None and value <= DISLIKE_AT:
+            p.disliked[event.item_id] = event.ts
+        else:
+            p.disliked.pop(event.item_id, None)
+        for item in bound(p.reviewed, MAX_ENTRIES):
+            p.disliked.pop(item, None)
 
 
 def apply(

@@ -270,8 +270,16 @@ class Pipeline(ErasureSteps):
         profile = self.store.get(key, partition) or new_profile(event.user_id)
         item_id: str | None = getattr(event, "item_id", None)
         # A first engagement with an item co-occurs with the user's recent items; read both
-        # before the profile changes in place.
-        first_engagement = isinstance(event, (Purchase, Review)) and item_id is not None and item_id not in profile.purchased
+        # before the profile changes in place. Reviewed counts as engaged too: a purchase and a
+        # review of one item come on two topics in either order, and each order must teach the
+        # shared state and the live hit rate the same (test_regression_a_review_that_came_before_
+        # its_purchase_made_the_item_new_twice).
+        first_engagement = (
+            isinstance(event, (Purchase, Review))
+            and item_id is not None
+            and item_id not in profile.purchased
+            and item_id not in profile.reviewed
+        )
         if first_engagement and item_id is not None and (not isinstance(event, Review) or event.rating is None or event.rating >= 4):
             self.live.positive(event.user_id, item_id)  # before the event moves anything
         recent = history(profile, self.cooc_window) if first_engagement else []

@@ -144,6 +144,19 @@ def test_a_later_good_review_lifts_the_dislike() -> None:
     assert "x" not in p.disliked
 
 
+def test_a_review_without_stars_or_encoded_text_is_remembered_and_decides_in_either_order() -> None:
+    """Nothing to feel (no rating, no model): still a review of the item (a worker judges a first
+    engagement by ``reviewed``), and as the latest one it says no dislike, whichever arrives first."""
+    bad = Review(event_id="a", ts=1.0, user_id="u", item_id="x", text="", rating=1.0)
+    plain = Review(event_id="b", ts=2.0, user_id="u", item_id="x", text="no stars")
+    in_order = _apply(_apply(new_profile("u"), bad, 0), plain, 1)
+    late = _apply(_apply(new_profile("u"), plain, 0), bad, 1)
+    for p in (in_order, late):
+        assert p.reviewed == {"x": 2.0} and p.disliked == {}
+    assert in_order.sentiment == late.sentiment == _apply(new_profile("u"), bad, 0).sentiment  # the stars' only
+    assert _apply(new_profile("u"), plain, 0).reviewed == {"x": 2.0}
+
+
 # --- social ------------------------------------------------------------------------------------
 
 
