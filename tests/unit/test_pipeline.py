@@ -17,7 +17,8 @@ from scoring.baseline import recommend
 from scoring.messages import Recommendations
 from scoring.messages import decode as decode_recs
 from scoring.popularity import Popularity
-from scoring.shared import SharedState
+from scoring.ranker import HISTORY
+from scoring.shared import Delta, SharedState
 from state.catalog import Catalog
 from state.events import Event, EventKind, Item, Purchase, Review, encode, key_of, kind_of
 from state.interest import ItemVector, text_digest
@@ -80,7 +81,8 @@ def _catalog(n: int = 30) -> Catalog:
 
 
 def _pipeline(
-    *, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None, ranker: str = "baseline"
+    *, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None, ranker: str = "baseline",
+    published: list[Delta] | None = None, cooc_window: int = HISTORY,
 ) -> tuple[Pipeline, DictStore, list[tuple[bytes, bytes]], Clock]:
     store = DictStore()
     sent: list[tuple[bytes, bytes]] = []
@@ -99,6 +101,8 @@ def _pipeline(
         monotonic=clock,
         wall=lambda: 1_800_000_000.0,
         ranker=ranker,
+        publish=published.append if published is not None else None,
+        cooc_window=cooc_window,
     )
     return pipe, store, sent, clock
 
@@ -324,16 +328,9 @@ def test_every_emitted_message_records_its_ranking_time_and_cpu() -> None:
 def test_a_first_engagement_co_occurs_with_the_last_cooc_window_items_only() -> None:
     from scoring.knn import ItemKNN
     from scoring.ranker import history
-    from scoring.shared import Delta
 
-    store = DictStore()
     published: list[Delta] = []
-    pipe = Pipeline(
-        params=Params(), store=store, catalog=_catalog(), vectors=FakeVectors(), emit=lambda k, v: None,
-        topic_of=lambda kind: f"t.{kind}s", top_k=5, emit_interval_s=0.0, popularity_half_life_days=14.0,
-        max_payload_bytes=65_536, monotonic=Clock(), wall=lambda: 1_800_000_000.0, ranker="blend",
-        publish=published.append, cooc_window=2,
-    )
+    pipe, _store, _sent, _clock = _pipeline(ranker="blend", published=published, cooc_window=2)
     truth: dict[str, Profile] = {}
     knn = ItemKNN()
     firsts = 0
@@ -364,7 +361,6 @@ def test_regression_a_review_that_came_before_its_purchase_made_the_item_new_twi
     usually a hit (a review does not take the item out of the list). Seen as a live hit rate of
     0.0985 and 0.1003 against 0.0814 in the other runs of the Prometheus test (168 and 186 more
     hits, 170 and 188 more positives). Both orders must now teach the same."""
-    from scoring.shared import Delta
 
     history = [Purchase(event_id=f"h{j}", ts=10_000.0 + 60 * j, user_id="u0", item_id=f"m{j}") for j in range(4)]
     buy = Purchase(event_id="buy", ts=20_000.0, user_id="u0", item_id="m9")
@@ -372,12 +368,7 @@ def test_regression_a_review_that_came_before_its_purchase_made_the_item_new_twi
 
     def run(pair: list[Event]) -> tuple[Pipeline, list[Delta]]:
         published: list[Delta] = []
-        pipe = Pipeline(
-            params=Params(), store=DictStore(), catalog=_catalog(), vectors=FakeVectors(), emit=lambda k, v: None,
-            topic_of=lambda kind: f"t.{kind}s", top_k=5, emit_interval_s=0.0, popularity_half_life_days=14.0,
-            max_payload_bytes=65_536, monotonic=Clock(), wall=lambda: 1_800_000_000.0, ranker="blend",
-            publish=published.append, cooc_window=20,
-        )
+        pipe, _store, _sent, _clock = _pipeline(ranker="blend", published=published, cooc_window=20)
         for offset, e in enumerate([*history, *pair]):
             pipe.process(kind_of(e), _record(e, offset))
         return pipe, published
