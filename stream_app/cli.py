@@ -361,6 +361,7 @@ def worker() -> None:
     import faust
 
     from stream_app.kafka_clients import validate
+    from stream_app.membership import leave_left_behind
     from stream_app.settings import Settings
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
@@ -382,6 +383,9 @@ def worker() -> None:
             console.print(f"[yellow]Kafka went away ({faust_app.crash_reason}): restarting the worker[/yellow]")
             raise SystemExit(RESTART_EXIT_CODE) from None
         raise
+    finally:
+        # A stop that raced a rebalance can exit still a member of the group (membership docstring).
+        leave_left_behind(faust_app, settings)
 
 
 @inspect_app.command("profile")

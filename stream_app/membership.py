@@ -18,6 +18,9 @@ counts one such refusal as a stall, not as a duplicate id).
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
@@ -28,6 +31,8 @@ from state.errors import BrokerError, PersonaError
 
 if TYPE_CHECKING:
     from stream_app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 API_KEY = 13  # LeaveGroup
 #: An empty member id with an instance id: "the member with this instance id, whatever its member id".
@@ -58,16 +63,19 @@ RemoveMembersStruct: TypeAlias = LeaveGroupRequest_v3
 
 
 class RemoveMembersRequest(Request[RemoveMembersStruct]):  # type: ignore[misc]
-    """LeaveGroup v3 for static members named by instance id (KIP-345's admin removal)."""
+    """LeaveGroup v3 for static members named by instance id (KIP-345's admin removal), and for
+    dynamic members named by member id with a null instance id (what a consumer sends for itself
+    as it leaves: :func:`leave_left_behind` sends it for a worker whose consumer did not)."""
 
     API_KEY = API_KEY
 
-    def __init__(self, group: str, instance_ids: list[str]) -> None:
+    def __init__(self, group: str, instance_ids: Sequence[str], member_ids: Sequence[str] = ()) -> None:
         self._group = group
-        self._instance_ids = instance_ids
+        self._members: list[tuple[str, str | None]] = [(UNKNOWN_MEMBER_ID, i) for i in instance_ids]
+        self._members += [(m, None) for m in member_ids]
 
     def build(self, request_struct_class: type[RemoveMembersStruct]) -> RemoveMembersStruct:
-        return request_struct_class(self._group, [(UNKNOWN_MEMBER_ID, i) for i in self._instance_ids])
+        return request_struct_class(self._group, self._members)
 
 
 @dataclass(frozen=True)
@@ -123,7 +131,9 @@ def removals(instance_ids: list[str], error_code: int, members: list[tuple[Any, 
     return out
 
 
-async def _leave(settings: Settings, instance_ids: list[str], timeout_s: float) -> list[Removal]:
+async def _send(settings: Settings, request: RemoveMembersRequest, timeout_s: float) -> Any:
+    """``request`` to the group's coordinator, retried while the coordinator loads or moves;
+    the LeaveGroup v3 response."""
     import aiokafka.errors as errors
     from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
 
@@ -139,20 +149,23 @@ async def _leave(settings: Settings, instance_ids: list[str], timeout_s: float) 
         while True:
             try:
                 node = await client.coordinator_lookup(CoordinationType.GROUP, settings.app_id)
-                response = await client.send(
-                    node, RemoveMembersRequest(settings.app_id, instance_ids), group=ConnectionGroup.COORDINATION
-                )
+                response = await client.send(node, request, group=ConnectionGroup.COORDINATION)
                 error = errors.for_code(response.error_code)
                 if error.retriable and asyncio.get_running_loop().time() < deadline:
                     await asyncio.sleep(0.5)  # the coordinator is loading or moved
                     continue
-                return removals(instance_ids, response.error_code, response.members)
+                return response
             except errors.KafkaError as exc:
                 if not getattr(exc, "retriable", False) or asyncio.get_running_loop().time() >= deadline:
                     raise BrokerError(f"cannot remove members from group {settings.app_id!r}: {exc!r}") from exc
                 await asyncio.sleep(0.5)
     finally:
         await client.close()
+
+
+async def _leave(settings: Settings, instance_ids: list[str], timeout_s: float) -> list[Removal]:
+    response = await _send(settings, RemoveMembersRequest(settings.app_id, instance_ids), timeout_s)
+    return removals(instance_ids, response.error_code, response.members)
 
 
 def leave(settings: Settings, instance_ids: list[str], timeout_s: float = 30.0) -> list[Removal]:
@@ -166,6 +179,87 @@ def leave(settings: Settings, instance_ids: list[str], timeout_s: float = 30.0) 
     # A refused login or an unreachable broker, said clearly (aiokafka would raise its own).
     kafka_clients.preflight(settings, timeout_s=timeout_s)
     return asyncio.run(_leave(settings, instance_ids, timeout_s))
+
+
+def member_removal(member_id: str, error_code: int, members: list[tuple[Any, ...]]) -> Removal:
+    """A dynamic member's outcome from a LeaveGroup v3 response, named by its member id (pure)."""
+    if error_code:
+        raise BrokerError(f"the group coordinator refused the removal: {_error_name(error_code)}")
+    for answered, _instance_id, code in members:
+        if answered == member_id:
+            if code == 0:
+                return Removal(member_id, "removed")
+            if _error_name(code) == "UnknownMemberIdError":
+                return Removal(member_id, "absent")
+            return Removal(member_id, "refused", _error_name(code))
+    return Removal(member_id, "refused", "no answer for this member")
+
+
+def member_left_behind(app: Any) -> str | None:
+    """The member id under which a stopped Faust ``app``'s group consumer still counts itself
+    in the group: None when it left (aiokafka forgets its member id once it has sent the
+    leave), never joined, or has no group consumer.
+
+    A worker stopped while its group rebalances (a rolling deploy: the new worker's join is
+    under way when the old one gets SIGTERM) can learn of the rebalance from a heartbeat
+    during its own shutdown, rejoin, and exit with that join's callbacks waiting on Faust's
+    stopped event loop: aiokafka's close waits for them and never reaches its leave. The
+    group then holds the partitions it assigned to the gone member until its session times
+    out (``PERSONA_SESSION_TIMEOUT_S``: the group paused 28.1 s in one ``persona bench scale``
+    run, 30.2 and 30.3 s in two of four stops of an experiment that timed them so). Private
+    attributes of faust-streaming 0.15 and aiokafka 0.14, read defensively;
+    ``tests/chaos/test_leave_on_stop.py`` fails if they move."""
+    consumer = getattr(app, "_consumer", None)
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    coordinator = getattr(client, "_coordinator", None)
+    member_id = getattr(coordinator, "member_id", None)
+    if not isinstance(member_id, str) or not member_id or getattr(coordinator, "_group_instance_id", None):
+        return None
+    return member_id
+
+
+def leave_left_behind(app: Any, settings: Settings, timeout_s: float = 5.0) -> Removal | None:
+    """After the worker stopped: when its consumer did not leave the group (:func:`member_left_behind`),
+    leave for it, so its partitions move now and not at the session's end. A static member is
+    left alone (staying through a restart is what it is for; ``persona group leave`` removes
+    one for good). Best effort and bounded by ``timeout_s``: it never raises, and says what it did."""
+    if settings.group_instance_id:
+        return None
+    member_id = member_left_behind(app)
+    if member_id is None:
+        return None
+    request = RemoveMembersRequest(settings.app_id, [], [member_id])
+    try:
+        response = asyncio.run(asyncio.wait_for(_send(settings, request, timeout_s), timeout_s))
+        removal = member_removal(member_id, response.error_code, response.members)
+    except Exception as exc:  # noqa: BLE001  the process is exiting: say it, never raise from here
+        log.warning("the worker's consumer did not leave group %r as it stopped, and leaving for it failed "
+                    "(%r): its partitions wait for its session to time out", settings.app_id, exc)
+        return Removal(member_id, "refused", repr(exc))
+    log.warning("the worker's consumer did not leave group %r as it stopped (a rebalance raced its shutdown): "
+                "member %s %s, so its partitions move now, not after the %.0f s session timeout%s",
+                settings.app_id, member_id, removal.outcome, settings.session_timeout_s,
+                f" ({removal.error})" if removal.error else "")
+    return removal
+
+
+#: Test failpoint (unset in production): "1" makes the worker's consumer close without leaving.
+NO_LEAVE_ENV = "PERSONA_FAILPOINT_NO_LEAVE"
+
+
+def no_leave_failpoint() -> None:
+    """With ``PERSONA_FAILPOINT_NO_LEAVE=1``, aiokafka's consumer closes without its LeaveGroup and
+    keeps its member id: what a stop that races a rebalance leaves behind (:func:`member_left_behind`),
+    made certain for a test (the race itself depends on where a heartbeat falls in the shutdown)."""
+    if os.environ.get(NO_LEAVE_ENV) != "1":
+        return
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+
+    async def stay(self: GroupCoordinator) -> None:
+        log.warning("failpoint %s: the consumer does not leave its group", NO_LEAVE_ENV)
+
+    GroupCoordinator._maybe_leave_group = stay
 
 
 def describe(settings: Settings, timeout_s: float = 10.0, admin: Any = None) -> GroupView:

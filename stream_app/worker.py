@@ -34,6 +34,7 @@ from stream_app.flush import exit_now
 from stream_app.flush import harden as harden_flush
 from stream_app.item_vectors import ItemEncoder, owned_partitions
 from stream_app.kafka_clients import GroupPositions, group_committed
+from stream_app.membership import no_leave_failpoint
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning, SharedInstanceId
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
 from stream_app.order_check import OrderCheck
@@ -79,6 +80,7 @@ def group_timeouts(settings: Settings) -> dict[str, Any]:
 def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     """The Faust app with its agents, table, timers and web views."""
     logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(RetriableAsWarning())
+    no_leave_failpoint()
     if settings.group_instance_id:
         logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(SharedInstanceId(settings.group_instance_id))
     app = faust.App(
