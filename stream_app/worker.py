@@ -124,8 +124,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     )
     # Faust stops feeding every stream while more than 100 produced messages wait in its
     # buffer. Our commit-time flush queues a burst (profiles + recommendations), so the
-    # limit stalled consumption on every commit; the burst is bounded by one commit's work.
-    app.producer.buffer.max_messages = 20_000
+    # limit stalled consumption on every commit (settings: producer_buffer_messages).
+    app.producer.buffer.max_messages = settings.producer_buffer_messages
     # A seek to the committed offsets must not let the fetch loop finish a batch fetched
     # before it: at a worker's start that left holes the gap guard restarted for (faust#596).
     stop_flow_on_seek(app.consumer)

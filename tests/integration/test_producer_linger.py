@@ -74,3 +74,12 @@ def test_the_producer_lingers_to_send_fewer_requests(topic_factory: Callable[...
     # one is answered (one in flight per partition), a millisecond or a few apart: 193-199 here.
     assert lingering <= took / 0.1 + 2
     assert at_once > 2 * lingering
+
+
+def test_the_producer_buffer_bound_is_the_setting_not_faust_s_100(topic_factory: Callable[..., Settings]) -> None:
+    """Faust stops feeding every stream while more than ``max_messages`` records wait in its
+    producer buffer; the worker's bound is ``PERSONA_PRODUCER_BUFFER_MESSAGES`` (docs/PERFORMANCE.md,
+    "The producer buffer's bound": its memory against its throughput)."""
+    for bound in (2_000, Settings().producer_buffer_messages):
+        app, _ = build_app(topic_factory(producer_buffer_messages=bound))
+        assert app.producer.buffer.max_messages == bound != 100
