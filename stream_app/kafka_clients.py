@@ -297,36 +297,46 @@ class GroupPositions:
     def __init__(self, settings: Settings, group: str) -> None:
         self._settings = settings
         self._group = group
-        self._admin: Any = None
+        self._consumer: Any = None
 
     def __call__(self, partitions: list[tuple[str, int]], timeout_s: float = 3.0) -> dict[tuple[str, int], tuple[int | None, int, int]]:
         """``(topic, partition) -> (committed or None, log start, end)`` for each partition
-        the broker answered for. ``timeout_s`` per request (three): short, so a broker that
-        does not answer holds a sampler thread, and a stopping worker, only briefly."""
-        from confluent_kafka import TopicPartition
-        from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]  # not in its __all__
+        the broker answered for. At most ``timeout_s`` for the committed offsets and as long
+        again for the logs' ends: a broker that does not answer holds a sampler thread, and a
+        stopping worker, only briefly.
+
+        A plain consumer of the group, not the admin client: while a broker restarted, the admin
+        requests this made (``list_consumer_group_offsets``, ``list_offsets``) aborted the whole
+        worker inside librdkafka 2.16 (``rd_kafka_enq_once_del_source_return: Assertion
+        `eonce->refcnt > 0' failed``, two runs of two of the heavy broker-bounce test). The
+        consumer never subscribes, so it never joins the group nor commits: it only reads the
+        group's committed offsets (OffsetFetch) and each partition's watermarks."""
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         if not partitions:
             return {}
-        if self._admin is None:
-            self._admin = AdminClient(librdkafka(self._settings) | {"log_level": 2})
-        committed = _committed(self._admin, self._group, partitions, timeout_s)
-        tps = [TopicPartition(t, p) for t, p in partitions]
-        ends: dict[str, dict[tuple[str, int], int]] = {}
-        specs = (("start", OffsetSpec.earliest()), ("end", OffsetSpec.latest()))  # type: ignore[no-untyped-call]
-        for name, spec in specs:
-            futures = self._admin.list_offsets({tp: spec for tp in tps}, request_timeout=timeout_s)
-            ends[name] = {}
-            for tp, future in futures.items():
-                try:
-                    ends[name][(tp.topic, tp.partition)] = int(future.result(timeout=timeout_s).offset)
-                except Exception:  # one partition's leader moving: the others still count
-                    continue
-        return {
-            key: (committed.get(key), ends["start"][key], ends["end"][key])
-            for key in partitions
-            if key in committed and key in ends["start"] and key in ends["end"]
-        }
+        if self._consumer is None:
+            self._consumer = Consumer(
+                librdkafka(self._settings) | {"group.id": self._group, "enable.auto.commit": False, "log_level": 2}
+            )
+        try:
+            answered = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
+        except KafkaException:
+            return {}
+        deadline = time.monotonic() + timeout_s
+        out: dict[tuple[str, int], tuple[int | None, int, int]] = {}
+        for tp in answered:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if tp.error is not None:
+                continue
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=left)
+            except KafkaException:  # one partition's leader moving: the others still count
+                continue
+            out[(tp.topic, tp.partition)] = (int(tp.offset) if tp.offset >= 0 else None, int(low), int(high))
+        return out
 
 
 #: Broker answers that say "not yet, ask again": a partition whose leader is moving or not yet
