@@ -269,23 +269,31 @@ def preflight(settings: Settings, timeout_s: float = 30.0) -> Any:
 
 def group_committed(settings: Settings, group: str, topic: str, partition: int, timeout_s: float = 10.0) -> int | None:
     """The offset ``group`` has committed on one partition now, from the broker (None: none
-    yet). Blocking: call it off the event loop."""
-    from confluent_kafka.admin import AdminClient
+    yet, or the broker answered the partition with an error). Blocking: call it off the event
+    loop. Through a plain consumer of the group, not the admin client (:class:`GroupPositions`
+    says why: the worker calls this in its gap guard and at its start)."""
+    consumer = group_reader(settings, group)
+    try:
+        return _committed(consumer, [(topic, partition)], timeout_s).get((topic, partition))
+    finally:
+        consumer.close()
 
-    admin = AdminClient(librdkafka(settings) | {"log_level": 2})
-    return _committed(admin, group, [(topic, partition)], timeout_s).get((topic, partition))
+
+def group_reader(settings: Settings, group: str) -> Any:
+    """A consumer of ``group`` that never subscribes, so it never joins the group nor commits:
+    it only reads the group's committed offsets (OffsetFetch) and partitions' watermarks."""
+    from confluent_kafka import Consumer
+
+    return Consumer(librdkafka(settings) | {"group.id": group, "enable.auto.commit": False, "log_level": 2})
 
 
-def _committed(admin: Any, group: str, partitions: list[tuple[str, int]], timeout_s: float) -> dict[tuple[str, int], int | None]:
-    """``(topic, partition) -> the offset group committed there, or None`` for each partition
-    the broker answered for without an error (one OffsetFetch)."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+def _committed(consumer: Any, partitions: list[tuple[str, int]], timeout_s: float) -> dict[tuple[str, int], int | None]:
+    """``(topic, partition) -> the offset the consumer's group committed there, or None`` for
+    each partition the broker answered for without an error (one OffsetFetch)."""
+    from confluent_kafka import TopicPartition
 
-    request = [ConsumerGroupTopicPartitions(group, [TopicPartition(t, p) for t, p in partitions])]
-    result = admin.list_consumer_group_offsets(request)[group].result(timeout=timeout_s)
-    return {
-        (tp.topic, tp.partition): int(tp.offset) if tp.offset >= 0 else None for tp in result.topic_partitions if tp.error is None
-    }
+    answered = consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
+    return {(tp.topic, tp.partition): int(tp.offset) if tp.offset >= 0 else None for tp in answered if tp.error is None}
 
 
 class GroupPositions:
@@ -311,31 +319,24 @@ class GroupPositions:
         `eonce->refcnt > 0' failed``, two runs of two of the heavy broker-bounce test). The
         consumer never subscribes, so it never joins the group nor commits: it only reads the
         group's committed offsets (OffsetFetch) and each partition's watermarks."""
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
+        from confluent_kafka import KafkaException, TopicPartition
 
         if not partitions:
             return {}
         if self._consumer is None:
-            self._consumer = Consumer(
-                librdkafka(self._settings) | {"group.id": self._group, "enable.auto.commit": False, "log_level": 2}
-            )
-        try:
-            answered = self._consumer.committed([TopicPartition(t, p) for t, p in partitions], timeout=timeout_s)
-        except KafkaException:
-            return {}
+            self._consumer = group_reader(self._settings, self._group)
+        committed = _committed(self._consumer, partitions, timeout_s)
         deadline = time.monotonic() + timeout_s
         out: dict[tuple[str, int], tuple[int | None, int, int]] = {}
-        for tp in answered:
+        for key, offset in committed.items():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if tp.error is not None:
-                continue
             try:
-                low, high = self._consumer.get_watermark_offsets(tp, timeout=left)
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(*key), timeout=left)
             except KafkaException:  # one partition's leader moving: the others still count
                 continue
-            out[(tp.topic, tp.partition)] = (int(tp.offset) if tp.offset >= 0 else None, int(low), int(high))
+            out[key] = (offset, int(low), int(high))
         return out
 
 
