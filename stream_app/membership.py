@@ -28,6 +28,7 @@ from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from state.errors import BrokerError, PersonaError
+from stream_app.supervise import group_coordinator
 
 if TYPE_CHECKING:
     from stream_app.settings import Settings
@@ -117,18 +118,18 @@ def removals(instance_ids: list[str], error_code: int, members: list[tuple[Any, 
     if error_code:
         raise BrokerError(f"the group coordinator refused the removal: {_error_name(error_code)}")
     by_id = {instance_id: code for _member_id, instance_id, code in members}
-    out: list[Removal] = []
-    for i in instance_ids:
-        code = by_id.get(i)
-        if code is None:
-            out.append(Removal(i, "refused", "no answer for this id"))
-        elif code == 0:
-            out.append(Removal(i, "removed"))
-        elif _error_name(code) == "UnknownMemberIdError":
-            out.append(Removal(i, "absent"))
-        else:
-            out.append(Removal(i, "refused", _error_name(code)))
-    return out
+    return [_outcome(i, by_id.get(i), "no answer for this id") for i in instance_ids]
+
+
+def _outcome(ident: str, code: int | None, unanswered: str) -> Removal:
+    """One member's outcome from its error code in a LeaveGroup v3 answer (None: not answered)."""
+    if code is None:
+        return Removal(ident, "refused", unanswered)
+    if code == 0:
+        return Removal(ident, "removed")
+    if _error_name(code) == "UnknownMemberIdError":
+        return Removal(ident, "absent")
+    return Removal(ident, "refused", _error_name(code))
 
 
 async def _send(settings: Settings, request: RemoveMembersRequest, timeout_s: float) -> Any:
@@ -185,14 +186,8 @@ def member_removal(member_id: str, error_code: int, members: list[tuple[Any, ...
     """A dynamic member's outcome from a LeaveGroup v3 response, named by its member id (pure)."""
     if error_code:
         raise BrokerError(f"the group coordinator refused the removal: {_error_name(error_code)}")
-    for answered, _instance_id, code in members:
-        if answered == member_id:
-            if code == 0:
-                return Removal(member_id, "removed")
-            if _error_name(code) == "UnknownMemberIdError":
-                return Removal(member_id, "absent")
-            return Removal(member_id, "refused", _error_name(code))
-    return Removal(member_id, "refused", "no answer for this member")
+    by_member = {answered: code for answered, _instance_id, code in members}
+    return _outcome(member_id, by_member.get(member_id), "no answer for this member")
 
 
 def member_left_behind(app: Any) -> str | None:
@@ -209,10 +204,7 @@ def member_left_behind(app: Any) -> str | None:
     run, 30.2 and 30.3 s in two of four stops of an experiment that timed them so). Private
     attributes of faust-streaming 0.15 and aiokafka 0.14, read defensively;
     ``tests/chaos/test_leave_on_stop.py`` fails if they move."""
-    consumer = getattr(app, "_consumer", None)
-    thread = getattr(consumer, "_thread", None)
-    client = getattr(thread, "_consumer", None)
-    coordinator = getattr(client, "_coordinator", None)
+    coordinator = group_coordinator(getattr(app, "_consumer", None))
     member_id = getattr(coordinator, "member_id", None)
     if not isinstance(member_id, str) or not member_id or getattr(coordinator, "_group_instance_id", None):
         return None

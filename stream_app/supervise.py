@@ -289,6 +289,13 @@ def dump_tasks(app: Any) -> None:
 LEAVE_TIMEOUT_S = 3.0
 
 
+def group_coordinator(consumer: Any) -> Any:
+    """The aiokafka group coordinator inside a Faust consumer (None where there is none):
+    private attributes of faust-streaming 0.15 and aiokafka 0.14, read defensively, in one place."""
+    thread = getattr(consumer, "_thread", None)
+    return getattr(getattr(thread, "_consumer", None), "_coordinator", None)
+
+
 def leave_group_now(app: Any, timeout_s: float = LEAVE_TIMEOUT_S) -> str:
     """Before an immediate exit for a restart: a dynamic member leaves its group.
 
@@ -302,8 +309,7 @@ def leave_group_now(app: Any, timeout_s: float = LEAVE_TIMEOUT_S) -> str:
     import asyncio as _asyncio
 
     thread = getattr(app.consumer, "_thread", None)
-    inner = getattr(thread, "_consumer", None)
-    coordinator = getattr(inner, "_coordinator", None)
+    coordinator = group_coordinator(app.consumer)
     loop = getattr(thread, "thread_loop", None)
     if coordinator is None or loop is None or not loop.is_running():
         return "no consumer group membership to leave"
