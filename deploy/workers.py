@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.ports import free_port as free_port  # re-exported: tests and benchmarks take it from here
 from state.paths import DEFAULT_TEST_MODEL_REGISTRY
 from stream_app.settings import Settings
 
@@ -26,12 +26,6 @@ TEST_MODEL_REGISTRY = Path(os.environ.get("PERSONA_TEST_MODEL_REGISTRY") or DEFA
 
 #: Samples of a /metrics scrape: ``(name, sorted labels) -> value``.
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``PERSONA_*`` variables that make a child process read the same settings: complex values

@@ -23,6 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
+from deploy import ports
 from deploy.kafka.secure import BrokerSecurity
 from state.errors import BrokerError, ConfigError
 
@@ -121,9 +122,10 @@ def start(
         return existing
     if _bind_probe(port) is None:
         raise LauncherError(f"port {port} on {_HOST} is already in use")
-    cport = _bind_probe(port + 1) or _bind_probe(0)
-    if cport is None:
-        raise LauncherError("no free port for the KRaft controller listener")
+    # The controller's listener: port + 1 by convention (9093 beside 9092), unless that lies in
+    # the ephemeral range, where an outgoing connection may take it while the JVM starts
+    # (deploy/ports.py); then a free port outside it.
+    cport = port + 1 if not ports.is_ephemeral(port + 1) and _bind_probe(port + 1) else ports.free_port(_HOST)
 
     classpath = f"{ensure_jars()}/*"
     log_file = data_dir / _LOG_FILE

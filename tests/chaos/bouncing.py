@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import time
@@ -12,22 +11,6 @@ from pathlib import Path
 from deploy.kafka import launcher
 from deploy.workers import free_port
 from stream_app.settings import Settings
-
-
-def port_outside_ephemeral_range() -> int:
-    """A free port (and the next one, the controller's) below the kernel's ephemeral range.
-
-    While the broker is down, clients keep reconnecting to its port; when that port is in the
-    ephemeral range, Linux can hand it to one of those very connections as its local port (a
-    TCP self-connect), and the broker cannot bind it again. Below the range no connection
-    gets it."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12_000), low - 2)
-        if all(bindable(p) for p in (port, port + 1)):
-            return port
-    raise AssertionError("no free port below the ephemeral range")
 
 
 def bindable(port: int) -> bool:

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from deploy.kafka import launcher
-from tests.chaos.bouncing import port_outside_ephemeral_range
+from deploy.ports import free_port
 
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    port, data = port_outside_ephemeral_range(), tmp_path / "kafka-bounced"
+    port, data = free_port(), tmp_path / "kafka-bounced"
     handle = launcher.start(port=port, data_dir=data)
     try:
         yield port, data

@@ -24,23 +24,18 @@ from confluent_kafka.admin import (
     NewTopic,  # type: ignore[attr-defined]
 )
 
+from deploy import ports
 from deploy.kafka import launcher
+from deploy.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 N = 100
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[launcher.BrokerHandle]:
-    handle = launcher.start(_free_port(), tmp_path_factory.mktemp("kafka"), timeout_s=60)
+    handle = launcher.start(free_port(), tmp_path_factory.mktemp("kafka"), timeout_s=60)
     yield handle
     launcher.stop(handle)  # no-op once test_stop has run; a safety net otherwise
 
@@ -157,7 +152,23 @@ def test_aiokafka_round_trip(broker: launcher.BrokerHandle) -> None:
 def test_status_and_idempotent_start(broker: launcher.BrokerHandle) -> None:
     assert launcher.status(broker.data_dir) == broker
     # The recorded broker wins over a new launch, whatever port is asked for.
-    assert launcher.start(_free_port(), broker.data_dir) == broker
+    assert launcher.start(free_port(), broker.data_dir) == broker
+
+
+def test_no_listener_of_the_broker_lies_in_the_ephemeral_range(broker: launcher.BrokerHandle) -> None:
+    """Regression: CI lost a broker whose controller port (port + 1, free when probed) was taken
+    by an outgoing connection while the JVM started. Neither listener may come from the range the
+    kernel draws outgoing connections' ports from."""
+    props = dict(
+        line.split("=", 1) for line in (broker.data_dir / "server.properties").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    listeners = [entry.rpartition(":")[2] for entry in props["listeners"].split(",")]
+    low, high = (int(part) for part in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    assert len(listeners) == 2
+    for port in map(int, listeners):
+        assert not low <= port <= high, (port, low, high)
+    assert ports.ephemeral_range() == (low, high)
 
 
 def test_stop(broker: launcher.BrokerHandle) -> None:
