@@ -17,15 +17,13 @@ import time
 from typing import Any, cast
 
 import faust
-import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from encoders.ranker_model import RankerHolder
 from scoring.ranker import FEATURES
-from state.errors import ContractError
-from state.events import EVENT_KINDS, DeadLetter, EventKind, Review
-from state.profile import Encoding, Origin
+from state.events import EVENT_KINDS
 from stream_app import flush, metrics, starvation
+from stream_app.agents import add_agent, add_review_stages
 from stream_app.control_replica import ControlTail
 from stream_app.emitter import TICK_S as EMIT_TICK_S
 from stream_app.experiment import Candidate
@@ -37,12 +35,9 @@ from stream_app.kafka_clients import GroupPositions, group_committed
 from stream_app.membership import no_leave_failpoint
 from stream_app.monitor import PersonaMonitor, RetriableAsWarning, SharedInstanceId
 from stream_app.ops_metrics import LagGauge, instrument_restore, sample_snapshot_coverage, sample_state
-from stream_app.order_check import OrderCheck
-from stream_app.poison import LEDGER_NAME, Guard, PoisonLedger, forget_shared, passed_by, read_shared, refresh
-from stream_app.reviews import EncodedReview, EncoderHolder, review_text
-from stream_app.reviews import dumps as dump_review
-from stream_app.reviews import loads as load_review
-from stream_app.runtime import Runtime, raw_topic, record_of
+from stream_app.poison import LEDGER_NAME, PoisonLedger, forget_shared, read_shared
+from stream_app.reviews import EncoderHolder
+from stream_app.runtime import Runtime
 from stream_app.settings import Settings
 from stream_app.starvation import StarvationDetector
 from stream_app.supervise import (
@@ -53,7 +48,6 @@ from stream_app.supervise import (
     RestartRequests,
     StallDetector,
     dump_tasks,
-    hold_ack_failpoint,
     leave_group_now,
 )
 
@@ -150,8 +144,8 @@ def build_app(settings: Settings) -> tuple[faust.App, Runtime]:
     _prune_ledger(settings, ledger)
     for kind in EVENT_KINDS:
         if kind != "review":
-            _add_agent(app, runtime, kind, models_tried, progress, restarts, ledger)
-    _add_review_stages(app, runtime, holder, models_tried, progress, restarts, ledger)
+            add_agent(app, runtime, kind, models_tried, progress, restarts, ledger)
+    add_review_stages(app, runtime, holder, models_tried, progress, restarts, ledger)
 
     @app.task  # type: ignore[untyped-decorator]
     async def load_models() -> None:
@@ -366,112 +360,6 @@ def _coordinator_known(consumer: Any) -> bool:
         return consumer._thread._ensure_consumer()._coordinator.coordinator_id is not None
     except Exception:  # no consumer yet, or not aiokafka's: assume up (the old behaviour)
         return True
-
-
-def _hold(event: Any) -> None:
-    """The failpoint's effect: one more reference, so Faust never acks this message."""
-    event.message.incref()
-
-
-def _add_agent(
-    app: faust.App, runtime: Runtime, kind: EventKind, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests,
-    ledger: PoisonLedger,
-) -> None:
-    topic = raw_topic(app, runtime.settings.topic(kind), runtime.settings.partitions_for(kind))
-
-    async def agent(stream: faust.StreamT[bytes]) -> None:
-        # Events need the catalog (item categories), engagements the item vectors of the
-        # current encoder: wait for the replicas' catch-up.
-        await runtime.replica.ready.wait()
-        # Global scoring state (popularity, co-occurrence, social, ...) rebuilt before ranking.
-        await runtime.shared.ready.wait()
-        if kind in ("click", "purchase"):
-            await models_tried.wait()
-            await runtime.vectors.ready.wait()
-        order = OrderCheck(app, runtime.settings)
-        async for event in stream.events():
-            msg = event.message
-            if kind != "item":  # the catalog topic is compacted: gaps are normal there
-                decision = await order.check(msg)
-                if decision is not None:
-                    await restarts.halt(decision)
-            if ledger.stale:
-                await refresh(ledger, runtime.settings)
-            if not passed_by(ledger, msg):
-                with Guard(runtime.settings, ledger, runtime.settings.topic(kind), msg):  # a bug: stream_app.poison
-                    await runtime.handle(kind, msg)
-            if hold_ack_failpoint(msg.topic, msg.partition, msg.offset):
-                _hold(event)
-            progress.done(msg.topic, msg.partition, msg.offset)
-
-    app.agent(topic, name=f"persona.agents.{kind}", concurrency=1)(agent)
-
-
-def _add_review_stages(
-    app: faust.App, runtime: Runtime, holder: EncoderHolder, models_tried: asyncio.Event, progress: Progress, restarts: RestartRequests,
-    ledger: PoisonLedger,
-) -> None:
-    """Stage 1 batches and encodes reviews; stage 2 applies them per event (see reviews.py)."""
-    settings = runtime.settings
-    source = raw_topic(app, settings.topic("review"), settings.partitions)
-    encoded = raw_topic(app, settings.encoded_reviews_topic, settings.partitions)
-
-    async def encode_stage(stream: faust.StreamT[bytes]) -> None:
-        await runtime.replica.ready.wait()
-        await models_tried.wait()
-        order = OrderCheck(app, runtime.settings)
-        batches = cast(Any, stream).take_events(settings.review_batch, within=settings.review_wait_s)
-        async for events in batches:
-            reviews: list[tuple[Review, Any]] = []
-            for event in events:
-                decision = await order.check(event.message)
-                if decision is not None:
-                    await restarts.halt(decision)
-                decoded = runtime.pipeline.decode("review", record_of(event.message))
-                if isinstance(decoded, DeadLetter):
-                    await runtime.dead_letter("review", event.message, decoded)
-                elif isinstance(decoded, Review):
-                    reviews.append((decoded, event.message))
-            encoder = holder.encoder  # one version per batch: swaps happen between batches
-            encodings: list[Encoding | None] = [None] * len(reviews)
-            if encoder is not None and reviews:
-                started = time.perf_counter()
-                encodings = list(await holder.encode_reviews(encoder, [review_text(r) for r, _ in reviews]))
-                metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)
-                metrics.ENCODE_TEXTS.observe(len(reviews))
-            for (review, msg), encoding in zip(reviews, encodings, strict=True):
-                record = EncodedReview(review=review, origin=Origin(msg.topic, msg.partition, msg.offset), encoding=encoding)
-                await encoded.send(key=msg.key, value=dump_review(record), partition=msg.partition)
-            # Finished only now: a batch waiting on the encoder is busy, not stuck.
-            for event in events:
-                progress.done(event.message.topic, event.message.partition, event.message.offset)
-
-    async def apply_stage(stream: faust.StreamT[bytes]) -> None:
-        await runtime.replica.ready.wait()
-        await runtime.shared.ready.wait()
-        order = OrderCheck(app, runtime.settings)
-        async for event in stream.events():
-            msg = event.message
-            decision = await order.check(msg)
-            if decision is not None:
-                await restarts.halt(decision)
-            if ledger.stale:
-                await refresh(ledger, settings)
-            started = time.perf_counter()
-            try:
-                record = load_review(msg.value)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await runtime.dead_letter("review", msg, DeadLetter.from_error(ContractError("schema", str(exc))))
-            else:
-                if not passed_by(ledger, msg):
-                    # A bug dead-letters the encoded record to review.dlq, as a schema failure above does.
-                    with Guard(settings, ledger, settings.topic("review"), msg):
-                        runtime.pipeline.apply_event(record.review, record.origin, msg.partition, msg.timestamp, encoding=record.encoding)
-                    metrics.PROCESSING.observe(time.perf_counter() - started)
-            progress.done(msg.topic, msg.partition, msg.offset)
-
-    app.agent(source, name="persona.agents.review", concurrency=1)(encode_stage)
-    app.agent(encoded, name="persona.agents.review_apply", concurrency=1)(apply_stage)
 
 
 def _credentials(settings: Settings) -> Any:
