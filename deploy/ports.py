@@ -41,8 +41,14 @@ def is_ephemeral(port: int) -> bool:
     return low <= port <= high
 
 
-def bindable(port: int, host: str = "127.0.0.1") -> bool:
+def bindable(port: int, host: str = "127.0.0.1", *, reuse_addr: bool = False) -> bool:
+    """Whether ``port`` can be bound on ``host`` right now. ``reuse_addr``: as Java's listeners
+    bind (SO_REUSEADDR), so a port whose old connections linger in TIME_WAIT (a broker that
+    closed its clients' connections on a clean shutdown) counts as free; without it a bounced
+    broker's port looked taken for ~30 s."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except (OSError, OverflowError):  # OverflowError: past 65535

@@ -120,12 +120,12 @@ def start(
     if existing is not None:
         _wait_ready(existing, time.monotonic() + timeout_s, security)
         return existing
-    if _bind_probe(port) is None:
+    if not ports.bindable(port, _HOST, reuse_addr=True):
         raise LauncherError(f"port {port} on {_HOST} is already in use")
     # The controller's listener: port + 1 by convention (9093 beside 9092), unless that lies in
     # the ephemeral range, where an outgoing connection may take it while the JVM starts
     # (deploy/ports.py); then a free port outside it.
-    cport = port + 1 if not ports.is_ephemeral(port + 1) and _bind_probe(port + 1) else ports.free_port(_HOST)
+    cport = port + 1 if not ports.is_ephemeral(port + 1) and ports.bindable(port + 1, _HOST, reuse_addr=True) else ports.free_port(_HOST)
 
     classpath = f"{ensure_jars()}/*"
     log_file = data_dir / _LOG_FILE
@@ -323,18 +323,6 @@ def _wait_exit(pid: int, timeout_s: float) -> bool:
             return False
         time.sleep(0.1)
     return True
-
-
-def _bind_probe(port: int) -> int | None:
-    """The port (any free one for 0) if it can be bound on _HOST right now, else None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Java listeners set SO_REUSEADDR, so a port lingering in TIME_WAIT is fine for Kafka.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((_HOST, port))
-        except (OSError, OverflowError):  # OverflowError: port + 1 past 65535
-            return None
-        return int(sock.getsockname()[1])
 
 
 def _port_open(bootstrap: str) -> bool:

@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 
 from deploy.kafka import launcher
+from deploy.ports import bindable
 from deploy.workers import free_port
 from stream_app.settings import Settings
-
-
-def bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        # As Java's listeners do: a port whose old connections linger in TIME_WAIT (a broker
-        # that closed its clients' connections on a clean shutdown) is free to listen on.
-        # Without it this waited ~30 s after every SIGTERM: outages twice as long as the broker's.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def bounce(port: int, data: Path, how: signal.Signals) -> tuple[float, float]:
@@ -39,7 +26,7 @@ def bounce(port: int, data: Path, how: signal.Signals) -> tuple[float, float]:
     # A SIGKILLed JVM is torn down by the kernel a moment after the signal: its listening
     # socket goes with it, not before.
     deadline = time.monotonic() + 30
-    while not bindable(port) and time.monotonic() < deadline:
+    while not bindable(port, reuse_addr=True) and time.monotonic() < deadline:
         time.sleep(0.2)
     try:
         launcher.start(port=port, data_dir=data, timeout_s=120)
