@@ -41,6 +41,7 @@ from scoring.segments import SegmentPopularity, SegmentSnapshot
 from scoring.social import QUIET_BYTES, SocialGraph, SocialSnapshot
 from state.errors import StateError
 from state.interest import ItemVector
+from state.profile import advance, seen
 
 ENGAGE = "engage"
 FOLLOW = "follow"
@@ -56,6 +57,9 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True):
     source: str
     offset: int
     kind: str
+    #: the event's place in a batch record (``state.profile.Origin``): event ``index`` of ``of``
+    index: int = 0
+    of: int = 1
     user: str
     ts: float
     item: str = ""
@@ -140,6 +144,9 @@ class SharedState:
         }
         #: source -> highest offset applied
         self.watermarks: dict[str, int] = {}
+        #: source -> the last event applied of the batch record at its watermark, while that
+        #: batch is applied only in part (``state.profile.seen``)
+        self.watermark_index: dict[str, int] = {}
         #: item -> [sum of its review vectors (float64), version]: the item's text when the
         #: catalog has none (Amazon Musical Instruments has no metadata at all)
         self._centroids: dict[str, tuple[np.ndarray, str]] = {}
@@ -159,14 +166,14 @@ class SharedState:
         return covered is not None and ts <= covered
 
     def seen(self, delta: Delta) -> bool:
-        return delta.offset <= self.watermarks.get(delta.source, -1)
+        return seen(delta.offset, delta.index, self.watermarks.get(delta.source, -1), self.watermark_index.get(delta.source))
 
     def apply(self, delta: Delta) -> bool:
         """Fold ``delta`` in; ``False`` when it was applied before (a replay)."""
         if self.seen(delta):
             self.skipped += 1
             return False
-        self.watermarks[delta.source] = delta.offset
+        advance(self.watermarks, self.watermark_index, delta.source, delta.offset, delta.index, delta.of)
         self.applied += 1
         # Erasure removes what *names* a user (social edges, recent engagement); the anonymous
         # aggregates an engagement fed (popularity, co-occurrence, segment counts, review
@@ -241,6 +248,7 @@ class SharedState:
             format=SNAPSHOT_FORMAT,
             config=dict(self.config),
             watermarks=dict(self.watermarks),
+            watermark_index=dict(self.watermark_index),
             erased=dict(self.erased),
             applied=self.applied,
             skipped=self.skipped,
@@ -311,6 +319,7 @@ class SharedState:
         snap = staged.snap
         self.popularity, self.knn, self.segments, self.social = staged.popularity, staged.knn, staged.segments, staged.social
         self.watermarks = dict(snap.watermarks)
+        self.watermark_index = dict(snap.watermark_index)
         self.erased = dict(snap.erased)
         self.applied, self.skipped = snap.applied, snap.skipped
         self._centroids = staged.centroids
@@ -402,6 +411,8 @@ class SharedSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     centroids: list[Centroid]
     content_version: str | None
     content_items: list[str]
+    #: ``SharedState.watermark_index`` (absent from snapshots written before batch records)
+    watermark_index: dict[str, int] = {}
 
 
 class _Head(msgspec.Struct):

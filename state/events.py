@@ -273,11 +273,15 @@ def decode(
         # The typed decoder stops at the first contract error: establish the documented
         # order (JSON, then type, then fields) on this slow path only.
         try:
-            _any_decoder.decode(value)
+            document = _any_decoder.decode(value)
         except RecursionError:
             return _decode_error("bad_json", "JSON nested too deeply")
         except msgspec.DecodeError as exc2:
             return _decode_error("bad_json", str(exc2))
+        if isinstance(document, list):
+            return _contract_error(
+                "schema", f"a JSON array (a batch record, state.batch) where one {kind!r} event was expected: {text}"
+            )
         try:
             other_major = _incompatible(_version_decoder.decode(value).v)
         except (msgspec.DecodeError, RecursionError):  # not an object: the checks below say why

@@ -50,15 +50,40 @@ DISLIKE_AT: Final = -0.25
 
 
 class Origin(msgspec.Struct, frozen=True):
-    """Where a record came from: the coordinates the idempotency watermark uses."""
+    """Where an event came from: the coordinates the idempotency watermark uses. A record of
+    one event is event 0 of 1; a batch record (:mod:`state.batch`) holds events 0 to ``of - 1``
+    at one offset."""
 
     topic: str
     partition: int
     offset: int
+    index: int = 0
+    of: int = 1
 
     @property
     def source(self) -> str:
         return f"{self.topic}:{self.partition}"
+
+
+def seen(offset: int, index: int, watermark: int, watermark_index: int | None) -> bool:
+    """Whether event ``index`` of the record at ``offset`` is at or below a watermark: the last
+    record applied (``watermark``) and, while that record is a batch not yet applied to its end,
+    the index of its last event applied (``watermark_index``; None: the whole record). Events
+    of one source arrive in (offset, index) order, so at or below means a replay."""
+    if offset != watermark:
+        return offset < watermark
+    return watermark_index is None or index <= watermark_index
+
+
+def advance(applied: dict[str, int], applied_index: dict[str, int], source: str, offset: int, index: int, of: int) -> None:
+    """Move ``source``'s watermark to event ``index`` of ``of`` at ``offset`` (see :func:`seen`).
+    The index is kept only until the record's last event: a finished batch weighs what a record
+    of one event does."""
+    applied[source] = offset
+    if index < of - 1:
+        applied_index[source] = index
+    elif applied_index:
+        applied_index.pop(source, None)
 
 
 class Params(msgspec.Struct, frozen=True):
@@ -129,6 +154,9 @@ class Profile(msgspec.Struct, kw_only=True):
     sentiment: dict[str, list[float]] = {}
     # bookkeeping
     applied: dict[str, int] = {}
+    #: source -> index of the last event applied of the batch record at ``applied[source]``,
+    #: while that batch is applied only in part (:func:`seen`)
+    applied_index: dict[str, int] = {}
     recent_ids: list[str] = []
 
     def affinity_at(self, ts: float, params: Params) -> dict[str, float]:
@@ -168,7 +196,9 @@ def new_profile(user_id: str) -> Profile:
 
 def is_duplicate(profile: Profile, event: Event, origin: Origin | None) -> bool:
     """Whether ``event`` (read at ``origin``) was already applied to ``profile``."""
-    if origin is not None and origin.offset <= profile.applied.get(origin.source, -1):
+    if origin is not None and seen(
+        origin.offset, origin.index, profile.applied.get(origin.source, -1), profile.applied_index.get(origin.source)
+    ):
         return True
     return event.event_id in profile.recent_ids
 
@@ -190,6 +220,7 @@ def _copy(profile: Profile) -> Profile:
         attribute_ts=dict(profile.attribute_ts),
         sentiment={k: list(v) for k, v in profile.sentiment.items()},
         applied=dict(profile.applied),
+        applied_index=dict(profile.applied_index),
         recent_ids=list(profile.recent_ids),
     )
 
@@ -323,7 +354,7 @@ def apply(
             p.unfollowed[f] = unfollowed
             bound(p.unfollowed, MAX_ENTRIES)
     if origin is not None:
-        p.applied[origin.source] = origin.offset
+        advance(p.applied, p.applied_index, origin.source, origin.offset, origin.index, origin.of)
     if params.dedupe_window:
         p.recent_ids.append(event.event_id)
         del p.recent_ids[: -params.dedupe_window]

@@ -47,6 +47,9 @@ def produce(
     rate: Annotated[Optional[float], typer.Option(help="Events per second (default: as fast as possible).")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Send at most N events.")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Up to N of a user's events per record (a batch record; 1: one event per record).")
+    ] = 1,
 ) -> None:
     """Replay a dataset onto the input topics in event-time order."""
     from stream_app.producer import publish
@@ -60,7 +63,7 @@ def produce(
         console.print("[yellow]SYNTHETIC data: generated, not a real dataset[/yellow]")
     ensure_topics(settings)
     events = list(read_events(fmt, path, limit=limit))  # type: ignore[arg-type]
-    counts = publish(settings, events, rate=rate, progress=progress, total=len(events))
+    counts = publish(settings, events, rate=rate, progress=progress, total=len(events), batch=batch)
     for topic, n in sorted(counts.items()):
         print(f"{topic}\t{n}")
 

@@ -20,6 +20,9 @@ H_MESSAGE = "persona.error.message"
 #: ``topic:partition:offset``, its identity across redrives (stream_app.dlq_ops). A dead
 #: letter of such a copy carries it on, so a copy that fails again is not redriven again.
 H_REDRIVE_OF = "persona.redrive.of"
+#: An event of a batch record (state.batch) dead-lettered alone: its index in the batch. The
+#: letter's value is that event's own bytes, so a redrive sends it as a record of one event.
+H_BATCH_INDEX = "persona.source.batch.index"
 
 #: On a dead letter whose original key or value was cut (:func:`bounded`): the original's
 #: length in bytes. The whole original stays on the source topic, at the letter's coordinates.

@@ -53,9 +53,12 @@ class Letter:
 
     @property
     def source(self) -> str:
-        """``topic:partition:offset`` of the record that was dead-lettered."""
+        """``topic:partition:offset`` of the record that was dead-lettered (``:index`` after it
+        for one event of a batch record: each event of a batch is redriven on its own)."""
         h = self.headers
-        return f"{h.get(dlq.H_TOPIC, '?')}:{h.get(dlq.H_PARTITION, '?')}:{h.get(dlq.H_OFFSET, '?')}"
+        coordinates = f"{h.get(dlq.H_TOPIC, '?')}:{h.get(dlq.H_PARTITION, '?')}:{h.get(dlq.H_OFFSET, '?')}"
+        index = h.get(dlq.H_BATCH_INDEX)
+        return coordinates if index is None else f"{coordinates}:{index}"
 
     @property
     def origin(self) -> str:

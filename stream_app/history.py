@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.events import EVENT_KINDS, DeadLetter, Erasure, Event, EventKind, Follow, decode
+from state.batch import decode_events
+from state.events import EVENT_KINDS, DeadLetter, Erasure, Event, EventKind, Follow
 from stream_app.inspect import scan_timed
 from stream_app.settings import Settings
 
@@ -50,7 +51,7 @@ class History:
 
 def read_history(settings: Settings, *, since: float | None = None, until: float | None = None) -> History:
     """Every retained input event of ``settings``' topics in ``[since, until)`` (module docstring)."""
-    keyed: list[tuple[tuple[float, bool, str, int, str, int, int], Event]] = []
+    keyed: list[tuple[tuple[float, bool, str, int, str, int, int, int], Event]] = []
     history = History(events=[])
     for kind in EVENT_KINDS:
         topic = settings.topic(kind)
@@ -58,17 +59,26 @@ def read_history(settings: Settings, *, since: float | None = None, until: float
             span = history.offsets.setdefault(topic, {}).setdefault(partition, [offset, offset])
             span[0], span[1] = min(span[0], offset), max(span[1], offset)
             # The worker's checks, event time included: what it dead-lettered is not history.
-            event = decode(
-                kind, key, value, max_bytes=settings.max_payload_bytes, record_ts=record_ts, max_ahead_s=settings.max_event_ahead_s
+            # A batch record (state.batch) gives each of its events in order.
+            decoded = decode_events(
+                kind,
+                key,
+                value,
+                max_bytes=settings.max_payload_bytes,
+                max_events=settings.max_batch_events,
+                max_batch_bytes=settings.max_batch_bytes,
+                record_ts=record_ts,
+                max_ahead_s=settings.max_event_ahead_s,
             )
-            if isinstance(event, DeadLetter):
-                history.skipped += 1
-                continue
-            if (since is not None and event.ts < since) or (until is not None and event.ts >= until):
-                continue
-            who = str(getattr(event, "user_id", None) or getattr(event, "item_id", ""))
-            rank = KIND_ORDER[kind]
-            keyed.append(((event.ts, rank >= KIND_ORDER["impression"], who, rank, topic, partition, offset), event))
+            for index, event in enumerate(decoded):
+                if isinstance(event, DeadLetter):
+                    history.skipped += 1
+                    continue
+                if (since is not None and event.ts < since) or (until is not None and event.ts >= until):
+                    continue
+                who = str(getattr(event, "user_id", None) or getattr(event, "item_id", ""))
+                rank = KIND_ORDER[kind]
+                keyed.append(((event.ts, rank >= KIND_ORDER["impression"], who, rank, topic, partition, offset, index), event))
     keyed.sort(key=lambda kv: kv[0])
     history.events = without_erased([e for _, e in keyed])
     return history

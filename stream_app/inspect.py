@@ -21,6 +21,7 @@ from rich.table import Table
 
 from scoring.messages import Recommendations
 from scoring.messages import decode as decode_recommendations
+from state.batch import decode_events, is_batch
 from state.codec import loads
 from state.events import EVENT_KINDS, DeadLetter, Item, decode
 from state.profile import Profile
@@ -117,12 +118,18 @@ def _describe(
         return f"{(key or b'').decode()} {loads(value)}"
     for kind in EVENT_KINDS:
         if topic == settings.topic(kind):
-            result = decode(
-                kind, key, value, max_bytes=settings.max_payload_bytes, record_ts=ts, max_ahead_s=settings.max_event_ahead_s
+            results = decode_events(
+                kind,
+                key,
+                value,
+                max_bytes=settings.max_payload_bytes,
+                max_events=settings.max_batch_events,
+                max_batch_bytes=settings.max_batch_bytes,
+                record_ts=ts,
+                max_ahead_s=settings.max_event_ahead_s,
             )
-            if isinstance(result, DeadLetter):
-                return f"INVALID {result.reason}: {result.message}"
-            return repr(result)
+            shown = [f"INVALID {r.reason}: {r.message}" if isinstance(r, DeadLetter) else repr(r) for r in results]
+            return shown[0] if len(shown) == 1 and not is_batch(value) else f"BATCH of {len(shown)}: " + "; ".join(shown)
     return f"key={key!r} value={value!r}"
 
 

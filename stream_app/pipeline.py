@@ -39,11 +39,13 @@ from scoring.ranker import DEFAULT_WEIGHTS, HISTORY, Scorer, Weights, history, r
 from scoring.segments import segments_of
 from scoring.shared import ENGAGE, ERASE, FOLLOW, UNFOLLOW, Delta, new_shared_state
 from scoring.social import QUIET_BYTES
+from state.batch import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, is_batch
 from state.catalog import Catalog
 from state.events import MAX_AHEAD_S, DeadLetter, Erasure, Event, EventKind, Follow, Item, Purchase, Review, decode, kind_of
 from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
+from stream_app.batches import process_batch
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.erasure import ErasureSteps
 from stream_app.experiment import CAPACITY_BYTES, SERVED, SHADOW, Candidate, LiveQuality, assigned
@@ -84,6 +86,8 @@ class Result:
     outcome: str
     letter: DeadLetter | None = None
     emitted: bool = False
+    #: a batch record's events that failed alone: (index, the event's bytes, why)
+    element_letters: tuple[tuple[int, bytes, DeadLetter], ...] = ()
 
 
 
@@ -105,6 +109,8 @@ class Pipeline(ErasureSteps):
         popularity_half_life_days: float,
         max_payload_bytes: int,
         max_event_ahead_s: float = MAX_AHEAD_S,
+        max_batch_events: int = MAX_BATCH_EVENTS,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         ranker: str = "blend",
@@ -144,8 +150,10 @@ class Pipeline(ErasureSteps):
         self._emit_raw = emit
         self._topic_of = topic_of
         self._top_k = top_k
-        self._max_bytes = max_payload_bytes
-        self._max_ahead_s = max_event_ahead_s
+        self.max_payload_bytes = max_payload_bytes
+        self.max_event_ahead_s = max_event_ahead_s
+        self.max_batch_events = max_batch_events
+        self.max_batch_bytes = max_batch_bytes
         self._monotonic = monotonic
         self._wall = wall
 
@@ -178,6 +186,8 @@ class Pipeline(ErasureSteps):
             popularity_half_life_days=settings.popularity_half_life_days,
             max_payload_bytes=settings.max_payload_bytes,
             max_event_ahead_s=settings.max_event_ahead_s,
+            max_batch_events=settings.max_batch_events,
+            max_batch_bytes=settings.max_batch_bytes,
             ranker=settings.ranker,
             weights=settings.rank_weights(),
             social_fanout=settings.social_fanout,
@@ -218,11 +228,14 @@ class Pipeline(ErasureSteps):
     # --- per record ------------------------------------------------------------------
     def decode(self, kind: EventKind, record: Record) -> Event | DeadLetter:
         return decode(
-            kind, record.key, record.value, max_bytes=self._max_bytes, record_ts=record.timestamp, max_ahead_s=self._max_ahead_s
+            kind, record.key, record.value, max_bytes=self.max_payload_bytes, record_ts=record.timestamp, max_ahead_s=self.max_event_ahead_s
         )
 
     def process(self, kind: EventKind, record: Record) -> Result:
-        """Decode one record of a ``kind`` topic and apply it (or say why not)."""
+        """Decode one record of a ``kind`` topic and apply it (or say why not); a batch record
+        (``state.batch``) event by event."""
+        if is_batch(record.value):
+            return process_batch(self, kind, record)
         started = time.perf_counter()
         event = self.decode(kind, record)
         if isinstance(event, DeadLetter):
@@ -335,7 +348,9 @@ class Pipeline(ErasureSteps):
         source, offset, user, ts = origin.source, origin.offset, event.user_id, event.ts
         if isinstance(event, Follow):
             kind = FOLLOW if event.action == "follow" else UNFOLLOW
-            return Delta(source=source, offset=offset, user=user, ts=ts, kind=kind, target=event.followee_id)
+            return Delta(
+                source=source, offset=offset, index=origin.index, of=origin.of, user=user, ts=ts, kind=kind, target=event.followee_id
+            )
         if item_id is None:
             return None
         vector = encoding.vector if isinstance(event, Review) and encoding is not None else b""
@@ -350,6 +365,8 @@ class Pipeline(ErasureSteps):
             version=encoding.version if vector and encoding is not None else "",
             source=source,
             offset=offset,
+            index=origin.index,
+            of=origin.of,
             user=user,
             ts=ts,
         )

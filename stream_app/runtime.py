@@ -92,6 +92,8 @@ class Runtime:
         result = self.pipeline.process(kind, record_of(message))
         if result.letter is not None:
             await self.send_dead_letter(kind, message, result.letter)
+        for index, value, letter in result.element_letters:
+            await self.send_dead_letter(kind, message, letter, value=value, index=index)
         return result
 
     async def dead_letter(self, kind: EventKind, message: Any, letter: DeadLetter) -> None:
@@ -99,9 +101,13 @@ class Runtime:
         self.pipeline.count_dead_letter(message.topic, letter)
         await self.send_dead_letter(kind, message, letter)
 
-    async def send_dead_letter(self, kind: EventKind, msg: Any, letter: DeadLetter) -> None:
-        key, value, cut = dlq.bounded(msg.key, msg.value)
-        await self.dlq_topics[kind].send(key=key, value=value, headers=dlq.message_headers(letter, msg) + cut)
+    async def send_dead_letter(
+        self, kind: EventKind, msg: Any, letter: DeadLetter, *, value: bytes | None = None, index: int | None = None
+    ) -> None:
+        """The dead letter of ``msg``, or (``index``) of one event of a batch record, ``value``."""
+        key, body, cut = dlq.bounded(msg.key, msg.value if index is None else value)
+        extra = [] if index is None else [(dlq.H_BATCH_INDEX, str(index).encode())]
+        await self.dlq_topics[kind].send(key=key, value=body, headers=dlq.message_headers(letter, msg) + extra + cut)
         log.warning("dead letter %s@%s:%s %s: %s", msg.topic, msg.partition, msg.offset, letter.reason, letter.message)
 
 

@@ -64,6 +64,15 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(
         65_536, ge=256, description="Larger records go to the dead-letter topic as `oversized`."
     )
+    max_batch_events: int = Field(
+        1_000,
+        ge=1,
+        description="Events one batch record (a JSON array of one user's events) may carry; a larger batch goes to "
+        "the dead-letter topic whole, as `oversized`.",
+    )
+    max_batch_bytes: int = Field(
+        1_048_576, ge=256, description="A batch record's value, at most (each of its events also within `max_payload_bytes`)."
+    )
     max_event_ahead_s: float = Field(
         86_400.0,
         gt=0,
