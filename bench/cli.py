@@ -48,6 +48,9 @@ def bench_stream(
     pairs: Annotated[
         int, typer.Option(min=1, help="Runs of each side with --against/--against-set, alternating which goes first; the median ratio.")
     ] = 1,
+    batch: Annotated[
+        int, typer.Option(min=0, help="Also the same events as batch records of up to N of a user's events (0 or 1: skip).")
+    ] = 16,
 ) -> None:
     """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
     from bench import ranking as ranking_bench
@@ -60,7 +63,9 @@ def bench_stream(
     data_dir = _data_dir()
     if pairs > 1 and not (against or overrides):
         raise typer.BadParameter("--pairs compares with --against or --against-set")
-    report: dict[str, object] = run(bootstrap, data_dir, events, profiles, against=against, against_set=overrides, pairs=pairs)
+    report: dict[str, object] = run(
+        bootstrap, data_dir, events, profiles, against=against, against_set=overrides, pairs=pairs, batch=batch
+    )
     console = Console()
     _print_report("persona bench stream", {k: v for k, v in report.items() if k != "against_pairs"})
     render_rankers(report, console)

@@ -54,6 +54,8 @@ REPO = Path(__file__).resolve().parent.parent
 GOAL_BLEND_VS_BASELINE = 0.8
 #: Events per batch of the batched trivial agent (``stream.take_events(n, within=0.5)``).
 TAKE_BATCH = 1000
+#: A user's events per batch record in the batched run (``persona produce --batch``); 0: skip it.
+BATCH = 16
 
 
 def bare_consumer(settings: Settings, topic: str, n: int) -> float:
@@ -81,7 +83,7 @@ def bare_consumer(settings: Settings, topic: str, n: int) -> float:
 
 def trivial_agent(
     settings: Settings, topic: str, n: int, workdir: Path, cpu: dict[str, float] | None = None, take: int = 0,
-    timeout_s: float = 600.0, variant: str = "",
+    timeout_s: float = 600.0, variant: str = "", count_events: bool = False,
 ) -> float:
     """Events/s of :mod:`bench.trivial_agent` (``take`` > 0: in batches of that many); ``cpu``
     gets its CPU microseconds per event. The batched agent is a consumer group of its own, so
@@ -94,7 +96,7 @@ def trivial_agent(
         cwd=REPO,
         env=worker_env(
             settings, BENCH_TOPIC=topic, BENCH_EVENTS=str(n), BENCH_RESULT=str(result), BENCH_TAKE=str(take),
-            BENCH_VARIANT=variant,
+            BENCH_VARIANT=variant, BENCH_COUNT_EVENTS="1" if count_events else "0",
         ),
         stdout=subprocess.DEVNULL,
         stderr=open(log, "wb"),
@@ -139,6 +141,7 @@ def persona_worker(
     curve: list[tuple[int, int]] | None = None,
     memory: dict[str, float] | None = None,
     on_sample: Callable[[int, int], None] | None = None,
+    batching: dict[str, float] | None = None,
 ) -> tuple[float, int, int, int]:
     """Events/s of the Persona worker over ``n`` behaviour events, its RSS and state bytes, and
     the recommendation messages it emitted (after coalescing). ``code``: the source tree.
@@ -147,7 +150,8 @@ def persona_worker(
     ``cpu``: filled with the drain's CPU per event, in microseconds (worker tree, whole machine).
     ``curve``: filled with the worker's RSS every twentieth of ``n`` (:attr:`Drain.rss_curve`).
     ``memory``: filled with the worker's own memory gauges at the end (:data:`MEMORY_GAUGES`,
-    as last sampled: run it with a short ``ops_sample_s``)."""
+    as last sampled: run it with a short ``ops_sample_s``). ``batching``: filled with the batch
+    records the worker read and the events in them (``persona_batch_events``)."""
     from deploy.workers import WorkerProcess, metric_sum
 
     worker = WorkerProcess(settings, workdir / f"{settings.app_id}.log", code=code)
@@ -172,6 +176,9 @@ def persona_worker(
         emitted = int(metric_sum(final, "persona_recommendations_emitted_total"))
         if memory is not None:
             memory.update({part: metric_sum(final, name, **labels) for part, (name, labels) in MEMORY_GAUGES.items()})
+        if batching is not None:
+            batching["records"] = metric_sum(final, "persona_batch_events_count")
+            batching["events"] = metric_sum(final, "persona_batch_events_sum")
         return drained.rate, rss_bytes(worker.proc.pid), disk_bytes(settings.state_dir), emitted
     finally:
         worker.stop()
@@ -335,9 +342,11 @@ def run(
     against: str | None = None,
     against_set: dict[str, Any] | None = None,
     pairs: int = 1,
+    batch: int = BATCH,
 ) -> dict[str, Any]:
     """``pairs`` > 1: that many runs of this tree and of the compared worker in all, the pairs
-    after the first in alternating order (:func:`against_pairs`)."""
+    after the first in alternating order (:func:`against_pairs`). ``batch`` > 1: the same events
+    also as batch records of up to that many of a user's events (:func:`batched`)."""
     # Wall-clock figures: say how busy the machine was.
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
     with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
@@ -421,6 +430,8 @@ def run(
                         REPO if which == "t" else code, {"ranker": "blend"} if which == "t" else extra,
                     ),
                 ))
+        if batch > 1:
+            report.update(batched(bs, f"{tag}k", work, catalog, behaviour, batch, rate, report["trivial_faust_eps"]))
         report["persona_vs_trivial"] = rate / report["trivial_faust_eps"]
         report["persona_vs_trivial_take"] = rate / report["trivial_take_eps"]
         report["persona_vs_bare"] = rate / report["bare_consumer_eps"]
@@ -445,6 +456,38 @@ def run(
             report["disk_bytes_footprint_run"] = fdisk
     report["load_1m_end"] = os.getloadavg()[0]
     return report
+
+
+def batched(
+    bs: str, tag: str, work: Path, catalog: list[Event], behaviour: list[Event], batch: int, per_event_rate: float,
+    trivial_rate: float,
+) -> dict[str, Any]:
+    """The same events as batch records (``state.batch``, ``persona produce --batch``): the worker
+    (blend) and the trivial agent counting the events inside the records, on a topic of their own.
+    Against the trivial agent on records of one event (the issue's baseline) and on these."""
+    settings = bench_settings(bs, tag, work / "state-batched", ranker="blend")
+    ensure_topics(settings)
+    publish(settings, catalog)
+    publish(settings, behaviour, batch=batch)
+    n, topic = len(behaviour), settings.topic("purchase")
+    out: dict[str, Any] = {"batch": batch}
+    tcpu: dict[str, float] = {}
+    out["trivial_batched_eps"] = trivial_agent(settings, topic, n, work, cpu=tcpu, variant="batched", count_events=True)
+    out["trivial_batched_cpu_us_per_event"] = tcpu["trivial_cpu_us_per_event"]
+    cpu: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    rate, _, _, emitted = persona_worker(settings, n, work, cpu=cpu, batching=counts)
+    out["persona_batched_eps"] = rate
+    out["persona_batched_worker_cpu_us_per_event"] = cpu["worker_cpu_us_per_event"]
+    out["persona_batched_recommendations"] = emitted
+    # Records of one event are not batches: the mean is over the records that were.
+    out["batch_records"] = int(counts["records"])
+    out["batch_events_in_them"] = int(counts["events"])
+    out["events_per_record"] = n / (counts["records"] + (n - counts["events"]))
+    out["persona_batched_vs_trivial"] = rate / trivial_rate
+    out["persona_batched_vs_trivial_batched"] = rate / out["trivial_batched_eps"]
+    out["persona_batched_vs_persona"] = rate / per_event_rate
+    return out
 
 
 def render_rankers(report: dict[str, Any], console: Console) -> None:

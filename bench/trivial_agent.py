@@ -7,7 +7,10 @@ seconds, first and last event) to BENCH_RESULT once BENCH_EVENTS events were see
 With BENCH_TAKE=n > 0 the agent takes the stream in batches of up to n (``take_events``, 0.5 s
 window) and counts each batch at once, in a consumer group of its own. The agent takes at most
 ``PERSONA_MAX_POLL_RECORDS`` records from its Kafka client at once, as the worker does (0: Faust's
-default, no bound); BENCH_VARIANT names a further run's own consumer group.
+default, no bound); BENCH_VARIANT names a further run's own consumer group. With
+BENCH_COUNT_EVENTS=1 it counts the events inside batch records (``state.batch``: it splits each
+array, as the least any reader of them must do), so its rate over a topic of batch records is
+in events, comparable with the worker's.
 """
 
 from __future__ import annotations
@@ -19,8 +22,12 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
+import msgspec
 
+from state.batch import is_batch
 from stream_app.settings import Settings
+
+_parts = msgspec.json.Decoder(list[msgspec.Raw])
 
 
 def main() -> None:
@@ -30,6 +37,7 @@ def main() -> None:
     result = Path(os.environ["BENCH_RESULT"])
     take = int(os.environ.get("BENCH_TAKE", "0"))
     variant = os.environ.get("BENCH_VARIANT", "")
+    count_events = os.environ.get("BENCH_COUNT_EVENTS", "0") == "1"
     app = faust.App(
         f"{settings.app_id}-trivial" + (f"-take{take}" if take else "") + (f"-{variant}" if variant else ""),
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -66,6 +74,10 @@ def main() -> None:
             # take_events is in faust-streaming's Stream, not in its StreamT protocol.
             async for batch in cast(Any, stream).take_events(take, within=0.5):
                 counted(len(batch))
+        elif count_events:
+            async for event in stream.events():
+                value = event.message.value
+                counted(len(_parts.decode(value)) if is_batch(value) else 1)
         else:
             async for _ in stream.events():
                 counted(1)

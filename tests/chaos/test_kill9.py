@@ -39,18 +39,22 @@ def _wait_mid_stream(settings: Settings, producer: threading.Thread, timeout: fl
     raise AssertionError(f"kill would not be mid-stream: no lag within {timeout}s")
 
 
+@pytest.mark.parametrize("batch", [1, 16], ids=["one-event-per-record", "batch-records-of-16"])
 def test_kill_minus_9_during_movielens_replay_loses_and_doubles_nothing(
     topic_factory: Callable[..., Settings],
     worker_factory: Callable[..., WorkerProcess],
     data_dir: Path,
+    batch: int,
 ) -> None:
+    """With batch records (state.batch) a kill can land between two events of one record: the
+    restarted worker applies the rest of that record, and only the rest."""
     rng = random.Random(9)
     settings = topic_factory()
     catalog, rest = split_catalog(data_dir)
     publish_catalog(settings, catalog)
     worker = worker_factory(settings, allow_restarts=True)
     worker.wait_ready()
-    producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 3_000.0})
+    producer = threading.Thread(target=publish, args=(settings, rest), kwargs={"rate": 3_000.0, "batch": batch})
     producer.start()
 
     restore_s: list[float] = []

@@ -11,6 +11,7 @@ import pytest
 
 from bench.stream import trivial_agent
 from state.events import Purchase
+from stream_app.inspect import scan
 from stream_app.producer import publish
 from stream_app.settings import Settings
 
@@ -59,3 +60,20 @@ def test_the_batched_agent_after_the_per_event_one_reads_the_topic_in_a_group_of
     unbounded = settings.model_copy(update={"max_poll_records": 0})
     assert trivial_agent(unbounded, topic, EVENTS, tmp_path, timeout_s=60, variant="poll0") > 0
     assert json.loads((tmp_path / "trivial-0poll0.json").read_text())["events"] == EVENTS
+
+
+def test_the_trivial_agent_counts_the_events_inside_batch_records(
+    topic_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """bench stream's baseline on batch records (state.batch): the agent counts events, not
+    records, so its rate compares with the worker's events/s on the same topic."""
+    settings = topic_factory()
+    delivered = publish(settings, _purchases(EVENTS), batch=8)
+    assert delivered[settings.topic("purchase")] == EVENTS
+    records = sum(1 for _ in scan(settings, settings.topic("purchase")))
+    assert EVENTS / 8 <= records < EVENTS / 2
+    rate = trivial_agent(settings, settings.topic("purchase"), EVENTS, tmp_path, timeout_s=120, variant="b", count_events=True)
+    result = json.loads((tmp_path / "trivial-0b.json").read_text())
+    # The clock starts at the first record: its events (at most 8), read before it, are not timed.
+    assert EVENTS - 7 <= result["events"] <= EVENTS
+    assert rate == pytest.approx(result["events"] / (result["last"] - result["first"]))

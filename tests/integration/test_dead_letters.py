@@ -12,10 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from state.events import Event, encode, key_of, kind_of
+from state.events import Erasure, Event, Follow, Purchase, encode, key_of, kind_of
 from stream_app import dlq
 from stream_app.inspect import all_profiles, scan
-from stream_app.producer import make_producer
+from stream_app.producer import encode_batch, make_producer
 from stream_app.settings import Settings
 from stream_app.sources import read_events
 from tests.support import WorkerProcess, group_lag, metric_sum
@@ -160,3 +160,47 @@ def test_poison_records_are_dead_lettered_and_good_ones_match_a_clean_run(
     clean_profiles, dirty_profiles = _comparable(clean), _comparable(dirty)
     assert len(clean_profiles) == len({key_of(e) for e in good})
     assert dirty_profiles == clean_profiles
+
+
+def test_a_batch_records_bad_events_are_dead_lettered_alone_and_its_good_ones_applied(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+) -> None:
+    """state.batch through the real broker: an event of a batch that fails alone goes to the
+    dead-letter topic alone (its own bytes, its index), the batch's other events are applied; a
+    record that is no usable batch is one dead letter; nothing is lost."""
+    settings = topic_factory()
+    good = [Purchase(event_id=f"p{j}", ts=1_700_000_000.0 + j, user_id="u1", item_id=f"m{j}") for j in range(3)]
+    stray = encode(Purchase(event_id="x", ts=1_700_000_000.0, user_id="u2", item_id="m9"))
+    broken = b'{"type":"purchase","user_id":"u1","item_id":"m7"}'
+    parts = [encode(good[0]), stray, encode(good[1]), broken, encode(good[2])]
+    follows = [Follow(event_id=f"f{j}", ts=1_700_000_000.0 + j, user_id="u3", followee_id=f"u{j + 4}") for j in range(2)]
+    erasure = Erasure(event_id="e", ts=1_700_000_000.0, user_id="u3")
+    purchases, dlq_purchases = settings.topic("purchase"), dlq.dlq_topic(settings.topic("purchase"))
+    _send(settings, [
+        (purchases, b"u1", b"[" + b",".join(parts) + b"]"),
+        (purchases, b"u2", b"[]"),
+        (settings.topic("follow"), b"u3", encode_batch(follows)),
+        (settings.topic("erasure"), b"u3", encode_batch([erasure])),
+    ])
+    worker = worker_factory(settings)
+    m = worker.wait_events(3 + 2 + 2 + 2, timeout=120)  # applied 3 + 2, dead letters 2 + 2
+    assert metric_sum(m, "persona_events_total", outcome="applied") == 5
+    assert metric_sum(m, "persona_dead_letter_total", reason="key_mismatch") == 1
+    assert metric_sum(m, "persona_dead_letter_total", reason="schema") == 3  # a missing field, [], a batch of erasures
+    letters = [(key, value, {k: v.decode() for k, v in h}) for key, value, h, _, _ in scan(settings, dlq_purchases)]
+    assert len(letters) == 3
+    by_index = {h.get(dlq.H_BATCH_INDEX): (key, value, h) for key, value, h in letters}
+    assert set(by_index) == {"1", "3", None}
+    assert by_index["1"][:2] == (b"u1", stray) and by_index["1"][2][dlq.H_REASON] == "key_mismatch"
+    assert by_index["3"][:2] == (b"u1", broken) and by_index["3"][2][dlq.H_REASON] == "schema"
+    assert by_index[None][:2] == (b"u2", b"[]") and "empty batch" in by_index[None][2][dlq.H_MESSAGE]
+    # Both events of the first batch point at its record: offset 0 of the purchases topic.
+    assert by_index["1"][2][dlq.H_OFFSET] == by_index["3"][2][dlq.H_OFFSET] == "0"
+    erasures = list(scan(settings, dlq.dlq_topic(settings.topic("erasure"))))
+    assert len(erasures) == 1 and "one event per record" in dict(erasures[0][2])[dlq.H_MESSAGE].decode()
+    assert worker.stop() == 0
+    profiles = all_profiles(settings)
+    assert set(profiles["u1"].purchased) == {"m0", "m1", "m2"} and profiles["u1"].applied_index == {}
+    assert set(profiles["u3"].following) == {"u4", "u5"}
+    assert "u2" not in profiles
