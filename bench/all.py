@@ -111,12 +111,15 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     for key in (
         "persona_vs_trivial", "persona_vs_trivial_take", "trivial_take_vs_trivial", "persona_vs_bare", "blend_vs_baseline",
         "trivial_vs_bare", "persona_vs_against", "trivial_vs_trivial_poll_unbounded",
+        # The same events as batch records (state.batch): against the per-event trivial agent,
+        # the one on the batch records, and the worker on records of one event.
+        "persona_batched_vs_trivial", "persona_batched_vs_trivial_batched", "persona_batched_vs_persona", "events_per_record",
     ):
         if key in s:
             rows.append(("stream", key, f"{s[key]:.3f}"))
     for key in (
         "persona_eps", "trivial_faust_eps", "trivial_take_eps", "trivial_poll_unbounded_eps", "bare_consumer_eps", "footprint_eps",
-        "rss_bytes_footprint_run",
+        "rss_bytes_footprint_run", "persona_batched_eps", "trivial_batched_eps",
     ):
         if key in s:
             rows.append(("stream", key, f"{s[key]:,.0f}"))
@@ -125,7 +128,8 @@ def _ratios(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     # CPU per event over the same drains: what the worker itself spends, apart from the broker.
     for key in (
         "persona_worker_cpu_us_per_event", "persona_machine_cpu_us_per_event", "trivial_cpu_us_per_event",
-        "trivial_take_cpu_us_per_event", "trivial_poll_unbounded_cpu_us_per_event",
+        "trivial_take_cpu_us_per_event", "trivial_poll_unbounded_cpu_us_per_event", "persona_batched_worker_cpu_us_per_event",
+        "trivial_batched_cpu_us_per_event",
     ):
         if key in s:
             rows.append(("stream", key, f"{s[key]:,.1f}"))

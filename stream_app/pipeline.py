@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from scoring.baseline import recommend
 from scoring.knn import ItemKNN
@@ -46,49 +46,14 @@ from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
 from stream_app.batches import process_batch
+from stream_app.records import APPLIED, CATALOG, DUPLICATE, ERASED, Outcome, Record, Result
+
+__all__ = ["APPLIED", "CATALOG", "DUPLICATE", "ERASED", "Outcome", "Pipeline", "Record", "Result"]
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.erasure import ErasureSteps
 from stream_app.experiment import CAPACITY_BYTES, SERVED, SHADOW, Candidate, LiveQuality, assigned
 from stream_app.settings import Settings
 from stream_app.stores import Emit, Publish, Store, Vectors
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One input record, as the pipeline needs it (a Kafka message, minus the client)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    #: Kafka timestamp in seconds, when the record has one.
-    timestamp: float | None = None
-
-    @property
-    def origin(self) -> Origin:
-        return Origin(self.topic, self.partition, self.offset)
-
-
-Outcome = str
-APPLIED: Outcome = "applied"
-DUPLICATE: Outcome = "duplicate"
-CATALOG: Outcome = "catalog"
-#: an event of an erased user from at or before their erasure (a replay): dropped
-ERASED: Outcome = "erased"
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What :meth:`Pipeline.process` did with a record. ``letter`` is set when the record
-    must go to the dead-letter topic (the caller sends it: sending is I/O)."""
-
-    outcome: str
-    letter: DeadLetter | None = None
-    emitted: bool = False
-    #: a batch record's events that failed alone: (index, the event's bytes, why)
-    element_letters: tuple[tuple[int, bytes, DeadLetter], ...] = ()
-
 
 
 class Pipeline(ErasureSteps):
@@ -264,8 +229,11 @@ class Pipeline(ErasureSteps):
         partition: int,
         record_ts: float | None,
         encoding: Encoding | None = None,
+        deferred: list[Delta] | None = None,
     ) -> Result:
-        """Fold one decoded event into its user's profile; update scoring state; maybe emit."""
+        """Fold one decoded event into its user's profile; update scoring state; maybe emit.
+        ``deferred`` (an event of a batch record): no list yet, the event's delta is added there
+        for :meth:`settle` once the batch is applied."""
         if isinstance(event, Item):
             raise TypeError("catalog events are applied by the catalog replica, not to a profile")
         if isinstance(event, Erasure):
@@ -324,13 +292,25 @@ class Pipeline(ErasureSteps):
                 if self._publish is not None:
                     self._publish(delta)
             outcome = APPLIED
-        trigger = Trigger(event_ts=event.ts, record_ts=record_ts if record_ts is not None else self._wall())
-        emitted = self.coalescer.offer(event.user_id, self._monotonic(), trigger)
-        if emitted:
-            self.emit(event.user_id, updated or profile, trigger)
-        if delta is not None:
-            self._fan_out(delta, record_ts)  # after the user's own message
+        if deferred is not None:
+            if delta is not None:
+                deferred.append(delta)
+            return Result(outcome)
+        emitted = self.settle(event.user_id, updated or profile, self.trigger(event.ts, record_ts), [delta] if delta else [], record_ts)
         return Result(outcome, emitted=emitted)
+
+    def trigger(self, event_ts: float, record_ts: float | None) -> Trigger:
+        return Trigger(event_ts=event_ts, record_ts=record_ts if record_ts is not None else self._wall())
+
+    def settle(self, user_id: str, profile: Profile, trigger: Trigger, deltas: list[Delta], record_ts: float | None) -> bool:
+        """A user's change offered to the coalescer (``True``: their list was emitted now), then
+        to the followers of what they engaged with (after the user's own message)."""
+        emitted = self.coalescer.offer(user_id, self._monotonic(), trigger)
+        if emitted:
+            self.emit(user_id, profile, trigger)
+        for delta in deltas:
+            self._fan_out(delta, record_ts)
+        return emitted
 
     def _delta(
         self,

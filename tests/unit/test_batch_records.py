@@ -13,6 +13,7 @@ from collections import Counter
 import msgspec
 import pytest
 
+from scoring.messages import decode as decode_recs
 from scoring.shared import Delta, SharedState, decode_record
 from state.batch import BATCH_KINDS, decode_batch, decode_events, is_batch
 from state.codec import dumps, loads
@@ -311,3 +312,20 @@ def test_deltas_of_a_batch_round_trip_with_their_place_and_old_deltas_read_as_wh
     assert (read.index, read.of) == (0, 1)
     state: SharedState = _fresh()
     assert state.apply(read) and not state.apply(read)
+
+
+def test_a_batch_is_ranked_once_after_its_last_event_not_after_each() -> None:
+    """A list ranked on the first of a batch's events is stale before it is sent: the user's
+    change is offered to the coalescer once, with the batch's latest event time."""
+    group = [Purchase(event_id=f"p{j}", ts=10_000.0 + (j * 7) % 5, user_id="u1", item_id=f"m{j}") for j in range(5)]
+    batched, store, sent, _ = _pipeline()  # interval 0: every offer emits
+    assert batched.process("purchase", _batch_record(group, 0)).emitted  # type: ignore[arg-type]
+    assert len(sent) == 1
+    msg = decode_recs(sent[0][1])
+    assert msg.profile_version == 5 == store.profiles[b"u1"].version
+    assert msg.trigger_event_ts == max(e.ts for e in group)
+    assert not {s.item_id for s in msg.items} & {e.item_id for e in group}
+    single, _, one_each, _ = _pipeline()
+    for offset, e in enumerate(group):
+        single.process("purchase", Record(TOPIC, 0, offset, b"u1", encode(e), e.ts + 1))
+    assert len(one_each) == 5 and decode_recs(one_each[-1][1]).items == msg.items
