@@ -21,9 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from state.batch import decode_events
 from state.events import EVENT_KINDS, DeadLetter, Erasure, Event, EventKind, Follow
 from stream_app.inspect import scan_timed
+from stream_app.records import events_of
 from stream_app.settings import Settings
 
 #: Tie order of kinds at equal (time, user): what must exist before behaviour refers to it.
@@ -60,16 +60,7 @@ def read_history(settings: Settings, *, since: float | None = None, until: float
             span[0], span[1] = min(span[0], offset), max(span[1], offset)
             # The worker's checks, event time included: what it dead-lettered is not history.
             # A batch record (state.batch) gives each of its events in order.
-            decoded = decode_events(
-                kind,
-                key,
-                value,
-                max_bytes=settings.max_payload_bytes,
-                max_events=settings.max_batch_events,
-                max_batch_bytes=settings.max_batch_bytes,
-                record_ts=record_ts,
-                max_ahead_s=settings.max_event_ahead_s,
-            )
+            decoded = events_of(settings, kind, key, value, record_ts)
             for index, event in enumerate(decoded):
                 if isinstance(event, DeadLetter):
                     history.skipped += 1

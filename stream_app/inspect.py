@@ -21,11 +21,12 @@ from rich.table import Table
 
 from scoring.messages import Recommendations
 from scoring.messages import decode as decode_recommendations
-from state.batch import decode_events, is_batch
+from state.batch import is_batch
 from state.codec import loads
 from state.events import EVENT_KINDS, DeadLetter, Item, decode
 from state.profile import Profile
 from stream_app.kafka_clients import preflight, watermarks
+from stream_app.records import events_of
 from stream_app.settings import Settings
 
 
@@ -118,16 +119,7 @@ def _describe(
         return f"{(key or b'').decode()} {loads(value)}"
     for kind in EVENT_KINDS:
         if topic == settings.topic(kind):
-            results = decode_events(
-                kind,
-                key,
-                value,
-                max_bytes=settings.max_payload_bytes,
-                max_events=settings.max_batch_events,
-                max_batch_bytes=settings.max_batch_bytes,
-                record_ts=ts,
-                max_ahead_s=settings.max_event_ahead_s,
-            )
+            results = events_of(settings, kind, key, value, ts)
             shown = [f"INVALID {r.reason}: {r.message}" if isinstance(r, DeadLetter) else repr(r) for r in results]
             return shown[0] if len(shown) == 1 and not is_batch(value) else f"BATCH of {len(shown)}: " + "; ".join(shown)
     return f"key={key!r} value={value!r}"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from state.events import DeadLetter
+from state.batch import decode_events
+from state.events import DeadLetter, DecodeResult, EventKind
 from state.profile import Origin
+from stream_app.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,3 +45,19 @@ class Result:
     emitted: bool = False
     #: a batch record's events that failed alone: (index, the event's bytes, why)
     element_letters: tuple[tuple[int, bytes, DeadLetter], ...] = ()
+
+
+def events_of(settings: Settings, kind: EventKind, key: bytes | None, value: bytes | None, record_ts: float | None) -> list[DecodeResult]:
+    """What a record of a ``kind`` topic holds under ``settings``' limits, as the worker reads it:
+    its one event, or each event of a batch record (``state.batch.decode_events``). For the
+    readers beside the worker: the trainer's history, ``persona tail``."""
+    return decode_events(
+        kind,
+        key,
+        value,
+        max_bytes=settings.max_payload_bytes,
+        max_events=settings.max_batch_events,
+        max_batch_bytes=settings.max_batch_bytes,
+        record_ts=record_ts,
+        max_ahead_s=settings.max_event_ahead_s,
+    )
