@@ -296,7 +296,8 @@ class Pipeline(ErasureSteps):
             if delta is not None:
                 deferred.append(delta)
             return Result(outcome)
-        emitted = self.settle(event.user_id, updated or profile, self.trigger(event.ts, record_ts), [delta] if delta else [], record_ts)
+        deltas = [delta] if delta is not None else []
+        emitted = self.settle(event.user_id, updated or profile, self.trigger(event.ts, record_ts), deltas, record_ts)
         return Result(outcome, emitted=emitted)
 
     def trigger(self, event_ts: float, record_ts: float | None) -> Trigger:
