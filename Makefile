@@ -64,9 +64,11 @@ test-heavy: setup
 
 # The soak (not in CI): SOAK_MINUTES of MovieLens under a killer schedule (workers SIGTERMed
 # and SIGKILLed at random, one broker bounce), then the consistency check; RSS trend in var/soak/.
+# SOAK_BATCH=16: the replay in batch records of up to 16 of a user's events.
 SOAK_MINUTES ?= 20
+SOAK_BATCH ?= 1
 soak: setup
-	PERSONA_SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python -m pytest -q -s -m soak tests/chaos/test_soak.py
+	PERSONA_SOAK_MINUTES=$(SOAK_MINUTES) PERSONA_SOAK_BATCH=$(SOAK_BATCH) $(BIN)/python -m pytest -q -s -m soak tests/chaos/test_soak.py
 
 # docs/EVALUATION.md results and plots: the prequential harness on the test slice of each dataset.
 evaluation: setup

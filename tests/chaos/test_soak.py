@@ -35,6 +35,9 @@ from tests.movielens_replay import check_against_truth, check_recommendations, i
 from tests.support import REPO, WorkerProcess, free_port, wait_drained
 
 MINUTES = float(os.environ.get("PERSONA_SOAK_MINUTES", "0") or 0)
+#: Up to this many of a user's events per record (``persona produce --batch``; 1: one event per
+#: record): the kills then also land inside batch records (state.batch).
+BATCH = int(os.environ.get("PERSONA_SOAK_BATCH", "1") or 1)
 
 pytestmark = [
     pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow, pytest.mark.soak,
@@ -83,7 +86,7 @@ def test_soak_under_a_killer_schedule(
 
     def produce() -> None:
         try:
-            delivered.update(publish(settings, rest, rate=rate))
+            delivered.update(publish(settings, rest, rate=rate, batch=BATCH))
         except BaseException as exc:  # reported by the test thread
             failure.append(exc)
 
