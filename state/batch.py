@@ -27,13 +27,14 @@ Idempotency within a record: each event is applied at (offset, index), see
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import msgspec
 
 from state.errors import ContractError, DeadLetterReason, DecodeError
-from state.events import MAX_AHEAD_S, DeadLetter, DecodeResult, EventKind, decode
+from state.events import MAX_AHEAD_S, DeadLetter, DecodeResult, Event, EventKind, decode, encode
 
 #: The topics whose records may be batches.
 BATCH_KINDS: Final[frozenset[EventKind]] = frozenset({"click", "purchase", "follow", "user", "impression"})
@@ -53,6 +54,11 @@ class Element:
     index: int
     raw: bytes
     decoded: DecodeResult
+
+
+def encode_events(events: Sequence[Event]) -> bytes:
+    """A batch record's value: a JSON array of one user's events (what ``decode_batch`` reads)."""
+    return b"[" + b",".join(encode(e) for e in events) + b"]"
 
 
 def is_batch(value: bytes | None) -> bool:

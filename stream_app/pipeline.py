@@ -46,14 +46,15 @@ from state.interest import ItemVector
 from state.profile import Encoding, Origin, Params, Profile, apply, is_duplicate, new_profile
 from stream_app import metrics
 from stream_app.batches import process_batch
-from stream_app.records import APPLIED, CATALOG, DUPLICATE, ERASED, Outcome, Record, Result
-
-__all__ = ["APPLIED", "CATALOG", "DUPLICATE", "ERASED", "Outcome", "Pipeline", "Record", "Result"]
 from stream_app.emitter import Coalescer, Trigger
 from stream_app.erasure import ErasureSteps
 from stream_app.experiment import CAPACITY_BYTES, SERVED, SHADOW, Candidate, LiveQuality, assigned
+from stream_app.records import APPLIED, CATALOG, DUPLICATE, ERASED, Outcome, Record, Result
 from stream_app.settings import Settings
 from stream_app.stores import Emit, Publish, Store, Vectors
+
+# Record, Result and the outcomes live in stream_app.records; callers import them from here too.
+__all__ = ["APPLIED", "CATALOG", "DUPLICATE", "ERASED", "Outcome", "Pipeline", "Record", "Result"]
 
 
 class Pipeline(ErasureSteps):

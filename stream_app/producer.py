@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from state.batch import BATCH_KINDS
+from state.batch import BATCH_KINDS, encode_events
 from state.errors import BrokerError
 from state.events import Event, EventKind, encode, key_of, kind_of
 from stream_app.settings import Settings
@@ -29,11 +29,6 @@ def make_producer(settings: Settings) -> Producer:
         }
     )
     return Producer(conf)
-
-
-def encode_batch(events: Sequence[Event]) -> bytes:
-    """A batch record's value (:mod:`state.batch`): a JSON array of one user's events."""
-    return b"[" + b",".join(encode(e) for e in events) + b"]"
 
 
 class UserBatches:
@@ -114,7 +109,7 @@ def publish(
         return lambda err, msg: on_delivery(err, msg, events)
 
     def send(kind: EventKind, key: str, group: list[Event]) -> None:
-        value = encode(group[0]) if len(group) == 1 else encode_batch(group)
+        value = encode(group[0]) if len(group) == 1 else encode_events(group)
         while True:
             try:
                 producer.produce(

@@ -12,10 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from state.batch import encode_events
 from state.events import Erasure, Event, Follow, Purchase, encode, key_of, kind_of
 from stream_app import dlq
 from stream_app.inspect import all_profiles, scan
-from stream_app.producer import encode_batch, make_producer
+from stream_app.producer import make_producer
 from stream_app.settings import Settings
 from stream_app.sources import read_events
 from tests.support import WorkerProcess, group_lag, metric_sum
@@ -180,8 +181,8 @@ def test_a_batch_records_bad_events_are_dead_lettered_alone_and_its_good_ones_ap
     _send(settings, [
         (purchases, b"u1", b"[" + b",".join(parts) + b"]"),
         (purchases, b"u2", b"[]"),
-        (settings.topic("follow"), b"u3", encode_batch(follows)),
-        (settings.topic("erasure"), b"u3", encode_batch([erasure])),
+        (settings.topic("follow"), b"u3", encode_events(follows)),
+        (settings.topic("erasure"), b"u3", encode_events([erasure])),
     ])
     worker = worker_factory(settings)
     m = worker.wait_events(3 + 2 + 2 + 2, timeout=120)  # applied 3 + 2, dead letters 2 + 2

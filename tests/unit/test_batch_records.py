@@ -15,7 +15,7 @@ import pytest
 
 from scoring.messages import decode as decode_recs
 from scoring.shared import Delta, SharedState, decode_record
-from state.batch import BATCH_KINDS, decode_batch, decode_events, is_batch
+from state.batch import BATCH_KINDS, decode_batch, decode_events, encode_events, is_batch
 from state.codec import dumps, loads
 from state.events import DeadLetter, Event, Follow, Purchase, Review, User, decode, encode
 from state.profile import Origin, Params, Profile, apply, new_profile
@@ -23,7 +23,7 @@ from stream_app import metrics
 from stream_app.batches import BATCH
 from stream_app.dlq_ops import Letter
 from stream_app.pipeline import APPLIED, Record
-from stream_app.producer import UserBatches, encode_batch
+from stream_app.producer import UserBatches
 from tests.unit.test_pipeline import _catalog, _pipeline, _purchases
 from tests.unit.test_shared_snapshot import _deltas, _fresh, _reads
 
@@ -32,7 +32,7 @@ TOPIC = "t.purchases"
 
 def _batch_record(events: list[Event], offset: int, partition: int = 0, key: str | None = None) -> Record:
     user = key if key is not None else events[0].user_id  # type: ignore[union-attr]
-    return Record(TOPIC, partition, offset, user.encode(), encode_batch(events), timestamp=max(e.ts for e in events) + 1)
+    return Record(TOPIC, partition, offset, user.encode(), encode_events(events), timestamp=max(e.ts for e in events) + 1)
 
 
 def _without_watermarks(profile: Profile) -> Profile:
@@ -88,9 +88,9 @@ def test_each_event_of_a_batch_is_checked_as_a_record_of_its_own_would_be() -> N
 def test_a_batch_is_told_apart_from_one_event_by_its_first_non_blank_byte() -> None:
     e = Purchase(event_id="a", ts=1.0, user_id="u1", item_id="m1")
     assert not is_batch(encode(e)) and not is_batch(b"  \n" + encode(e)) and not is_batch(None) and not is_batch(b"")
-    assert is_batch(encode_batch([e])) and is_batch(b"\t\r\n [" + encode(e) + b"]")
+    assert is_batch(encode_events([e])) and is_batch(b"\t\r\n [" + encode(e) + b"]")
     assert decode_events("purchase", b"u1", encode(e)) == [e]
-    assert decode_events("purchase", b"u1", b"\n" + encode_batch([e, e])) == [e, e]
+    assert decode_events("purchase", b"u1", b"\n" + encode_events([e, e])) == [e, e]
     # A reader that takes one event per record says what a batch is on a topic without them.
     assert {"review", "item", "erasure"}.isdisjoint(BATCH_KINDS)
 
@@ -235,8 +235,8 @@ def test_mixed_kinds_of_batch_apply_follows_and_attributes_too() -> None:
         User(event_id="a1", ts=100.0, user_id="u1", attributes={"age": 30}),
         User(event_id="a2", ts=101.0, user_id="u1", attributes={"age": 31}),
     ]
-    pipe.process("follow", Record("t.follows", 0, 0, b"u1", encode_batch(follows), 200.0))
-    pipe.process("user", Record("t.users", 0, 0, b"u1", encode_batch(attrs), 200.0))
+    pipe.process("follow", Record("t.follows", 0, 0, b"u1", encode_events(follows), 200.0))
+    pipe.process("user", Record("t.users", 0, 0, b"u1", encode_events(attrs), 200.0))
     profile = store.profiles[b"u1"]
     assert set(profile.following) == {"u2", "u3", "u4"} and profile.attributes == {"age": 31}
     assert profile.applied == {"t.follows:0": 0, "t.users:0": 0} and profile.version == 5
