@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections.abc import Collection, Iterable, Sequence
 
 import msgspec
@@ -85,10 +86,14 @@ class ItemKNN:
         self._users: _F64 = np.zeros(64, dtype=np.float64)
         #: tie_hash of each row's item, for vectorised cuts
         self._tie: npt.NDArray[np.int64] = np.zeros(64, dtype=np.int64)
-        # Row r: neighbour index -> position in _nb[r] / _co[r]; arrays grow by doubling.
+        # Row r: neighbour index -> position in _nb[r] / _co[r]. The rows are array.array, not
+        # numpy: an increment of an array.array item costs half a numpy scalar's (the
+        # bulk of a first engagement's), appending grows it in place, and numpy reads the
+        # same memory without a copy (np.frombuffer) to score. No view may outlive the call
+        # that made it: an array.array exporting its buffer cannot grow.
         self._pos: list[dict[int, int]] = []
-        self._nb: list[_I64] = []
-        self._co: list[_F64] = []
+        self._nb: list[array[int]] = []
+        self._co: list[array[float]] = []
         # Per-user convenience state for observe()/recommend().
         self._history: dict[str, list[str]] = {}
         self._seen: dict[str, set[str]] = {}
@@ -113,8 +118,8 @@ class ItemKNN:
                 self._tie = np.concatenate([self._tie, np.zeros(self._tie.size, dtype=np.int64)])
             self._tie[r] = tie_hash(item_id)
             self._pos.append({})
-            self._nb.append(np.empty(4, dtype=np.int64))
-            self._co.append(np.empty(4, dtype=np.float64))
+            self._nb.append(array("q"))
+            self._co.append(array("d"))
         return r
 
     def _inc(self, r: int, c: int) -> None:
@@ -128,18 +133,15 @@ class ItemKNN:
             self._cut(r)
             pos = self._pos[r]
             p = len(pos)
-        if p == self._nb[r].size:
-            self._nb[r] = np.concatenate([self._nb[r], np.empty(p, dtype=np.int64)])
-            self._co[r] = np.concatenate([self._co[r], np.empty(p, dtype=np.float64)])
-        self._nb[r][p] = c
-        self._co[r][p] = 1.0
+        self._nb[r].append(c)
+        self._co[r].append(1.0)
         pos[c] = p
 
     def _cut(self, r: int) -> None:
         """Keep row ``r``'s ``max_neighbours`` largest counts (ties: stable hash, then id)."""
         pos = self._pos[r]
         m, n = len(pos), self.max_neighbours
-        nb, co, ids = self._nb[r][:m], self._co[r][:m], self._ids
+        nb, co, ids = _ints(self._nb[r]), _floats(self._co[r]), self._ids
         # Sorted by (-count, tie hash) in numpy; the id only matters where two entries with
         # the same count and a colliding 32-bit hash straddle the cut, then Python sorts.
         order = np.lexsort((self._tie[nb], -co))
@@ -149,12 +151,10 @@ class ItemKNN:
         else:
             keep = order[:n].tolist()
         keep.sort()  # the kept entries stay in insertion order: scoring sums in row order
-        size = max(4, 2 * n)
-        new_nb, new_co = np.empty(size, dtype=np.int64), np.empty(size, dtype=np.float64)
-        new_nb[: len(keep)] = nb[keep]
-        new_co[: len(keep)] = co[keep]
-        self._nb[r], self._co[r] = new_nb, new_co
-        self._pos[r] = {int(c): p for p, c in enumerate(new_nb[: len(keep)].tolist())}
+        kept_nb: list[int] = nb[keep].tolist()
+        kept_co: list[float] = co[keep].tolist()
+        self._nb[r], self._co[r] = array("q", kept_nb), array("d", kept_co)
+        self._pos[r] = {c: p for p, c in enumerate(kept_nb)}
         self.cuts += 1
 
     def neighbour_count(self, item_id: str) -> int:
@@ -224,8 +224,8 @@ class ItemKNN:
             cuts=self.cuts,
             ids=list(self._ids),
             users=self._users[:n].astype("<f8").tobytes(),
-            neighbours=[nb[:m].astype("<i8").tobytes() for nb, m in zip(self._nb, sizes, strict=True)],
-            counts=[co[:m].astype("<f8").tobytes() for co, m in zip(self._co, sizes, strict=True)],
+            neighbours=[_ints(nb)[:m].astype("<i8").tobytes() for nb, m in zip(self._nb, sizes, strict=True)],
+            counts=[_floats(co)[:m].astype("<f8").tobytes() for co, m in zip(self._co, sizes, strict=True)],
         )
 
     def empty_like(self) -> ItemKNN:
@@ -259,11 +259,8 @@ class ItemKNN:
             if nb.size != co.size or (nb.size and (int(nb.min()) < 0 or int(nb.max()) >= n)):
                 raise ValueError("inconsistent ItemKNN snapshot row")
             m = nb.size
-            cap = max(4, m)
-            row_nb, row_co = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.float64)
-            row_nb[:m], row_co[:m] = nb, co
-            self._nb.append(row_nb)
-            self._co.append(row_co)
+            self._nb.append(array("q", nb.tobytes()))
+            self._co.append(array("d", co.tobytes()))
             self._pos.append(dict(zip(nb.tolist(), range(m), strict=True)))
 
     # --- reading ---------------------------------------------------------------------------
@@ -312,9 +309,8 @@ class ItemKNN:
         r = self._index.get(item_id)
         if r is None or n <= 0:
             return []
-        m = len(self._pos[r])
-        nb = self._nb[r][:m]
-        sims = self._co[r][:m] / np.sqrt(np.maximum(self._users[r], 1.0) * np.maximum(self._users[nb], 1.0))
+        nb = _ints(self._nb[r])
+        sims = _floats(self._co[r]) / np.sqrt(np.maximum(self._users[r], 1.0) * np.maximum(self._users[nb], 1.0))
         pairs = zip(sims.tolist(), (self._ids[c] for c in nb.tolist()), strict=True)
         best = heapq.nsmallest(n, pairs, key=lambda t: (-t[0], tie_hash(t[1]), t[1]))
         return [(i, s) for s, i in best]
@@ -339,8 +335,8 @@ class ItemKNN:
             rows.append(r)
             m = len(pos[r])
             if m:
-                nbs.append(nb[r][:m])
-                cos.append(co[r][:m])
+                nbs.append(_ints(nb[r]))
+                cos.append(_floats(co[r]))
                 scales.append(float(inv[r]) * recency**age)
                 lengths.append(m)
         if not nbs:
@@ -395,3 +391,13 @@ class ItemKNN:
         scored = [(float(acc[c]), ids[c]) for c in cand.tolist()]
         scored.sort(key=lambda t: (-t[0], tie_key(user_id, t[1])))
         return [(i, s) for s, i in scored[:k]]
+
+
+def _ints(row: array[int]) -> _I64:
+    """A row's neighbours as numpy, without a copy (see ``ItemKNN._nb``)."""
+    return np.frombuffer(row, dtype=np.int64)
+
+
+def _floats(row: array[float]) -> _F64:
+    """A row's counts as numpy, without a copy (see ``ItemKNN._nb``)."""
+    return np.frombuffer(row, dtype=np.float64)
