@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from scoring.shared import ENGAGE, Delta, decode_record
 from state.events import Purchase
 from stream_app import dlq
 from stream_app.dlq_ops import redrive
@@ -32,26 +33,45 @@ pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.slow]
 PURCHASES = 1_200
 
 
+def _events_of(value: bytes | None) -> list[dict[str, object]]:
+    """The events a purchase record carries: one, or a batch record's array (state.batch)."""
+    decoded = msgspec.json.decode(value or b"{}")
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def _deltas(settings: Settings) -> list[Delta]:
+    return [d for _, value, _, _, _ in scan(settings, settings.scoring_deltas_topic) for d in decode_record(value or b"")]
+
+
 def _purchase_counts(settings: Settings) -> dict[str, int]:
     return {u: p.counts.get("purchase", 0) for u, p in all_profiles(settings).items()}
 
 
+@pytest.mark.parametrize("batch", [1, 16], ids=["one-event-per-record", "batch-records-of-16"])
 def test_a_record_that_raises_is_dead_lettered_and_restarted_past_then_redriven(
     topic_factory: Callable[..., Settings],
     worker_factory: Callable[..., WorkerProcess],
     monkeypatch: pytest.MonkeyPatch,
+    batch: int,
 ) -> None:
+    """With batch records the failpoint raises after every event of the record was applied in
+    memory: the restart must drop them all (none was committed, none of their scoring deltas
+    left the process), so that the redrive of the whole record applies each event once."""
     settings = topic_factory()
     topic = settings.topic("purchase")
     purchases = [
         Purchase(event_id=f"poison-test-{i}", ts=1_700_000_000.0 + i, user_id=f"u{i % 40}", item_id=f"i{i % 97}")
         for i in range(PURCHASES)
     ]
-    publish(settings, purchases)
+    publish(settings, purchases, batch=batch)
     records = sorted(scan(settings, topic), key=lambda r: (r[3], r[4]))
-    assert len(records) == PURCHASES
-    key, value, _, partition, offset = records[len(records) // 3]
-    victim = msgspec.json.decode(value or b"{}")["user_id"]
+    # The record a third of the way in that carries the most events (one, without batches).
+    candidates = records[len(records) // 3 : len(records) // 3 + 20]
+    key, value, _, partition, offset = max(candidates, key=lambda r: len(_events_of(r[1])))
+    events = _events_of(value)
+    assert (len(events) == 1) if batch == 1 else (len(events) >= 2)
+    assert sum(len(_events_of(r[1])) for r in records) == PURCHASES
+    victim = str(events[0]["user_id"])
     monkeypatch.setenv(FAILPOINT_ENV, f"{topic}:{partition}:{offset}")
 
     worker = worker_factory(settings, allow_restarts=True)
@@ -73,8 +93,12 @@ def test_a_record_that_raises_is_dead_lettered_and_restarted_past_then_redriven(
 
     want = Counter(p.user_id for p in purchases)
     without = dict(want)
-    without[victim] -= 1
-    assert _purchase_counts(settings) == without  # the victim's purchase only, applied once each
+    without[victim] -= len(events)
+    assert _purchase_counts(settings) == without  # the victim's record's purchases only, the rest once each
+    # Nor did any of its events reach the other workers' scoring state: the deltas the process
+    # held when it exited died with it.
+    source = f"{topic}:{partition}"
+    assert [d for d in _deltas(settings) if (d.source, d.offset) == (source, offset)] == []
 
     # The bug "fixed" (no failpoint): the redrive publishes it again and it is applied.
     monkeypatch.delenv(FAILPOINT_ENV)
@@ -84,6 +108,10 @@ def test_a_record_that_raises_is_dead_lettered_and_restarted_past_then_redriven(
     wait_drained(settings, [topic], [worker], timeout=300)
     assert worker.stop() == 0
     assert _purchase_counts(settings) == dict(want)
+    # Each event taught the scoring state once (a replay after the restart sends some deltas
+    # again, at the same place, which every receiver skips), the record's from its redriven copy.
+    unique = {(d.source, d.offset, d.index): d for d in _deltas(settings) if d.kind == ENGAGE}
+    assert Counter(d.user for d in unique.values()) == want
 
 
 def test_regression_poison_ledger_was_per_worker(
