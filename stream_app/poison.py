@@ -34,9 +34,11 @@ disk) met the record again: another dead letter and another restart, one per wor
 group (``test_regression_poison_ledger_was_per_worker``). What still can meet it twice: a
 rebalance that moves the partition in the very moment the record raises, before the topic has
 its coordinates. Pruning writes tombstones for what the group committed past. Once the bug is fixed,
-``persona dlq redrive <kind> --reason internal`` publishes the record again. A scoring delta
-the record produced may already have gone out to the other workers before the exception;
-that is the one effect the restart cannot take back.
+``persona dlq redrive <kind> --reason internal`` publishes the record again. The scoring deltas
+the record produced die with the process too: a raise inside the pipeline comes before the
+handler first yields, and Faust's producer buffer (``send_soon``) is drained only by the event
+loop. A raise after the handler yielded (while it sent a batch element's dead letter) can
+follow deltas that already went out to the other workers; the restart cannot take those back.
 
 If the broker does not confirm the dead letter in time, nothing goes in the ledger and the
 worker restarts anyway: the replay meets the record again and retries (at least once, never
