@@ -1,7 +1,10 @@
 """Coalescing of recommendation messages: at most one per user per interval.
 
 Leading edge: the first change after a quiet interval is emitted at once. Changes inside
-the interval leave the user *pending*; a timer emits pending users when their interval
+the interval leave the user *pending*; so does a first change offered as *catch-up* (its
+record long behind the stream's head: a backlog), whose interval starts with it, since a
+list ranked at the first of a busy user's backlogged changes is superseded within the
+interval; a timer emits pending users when their interval
 ends, and every offset commit first emits *all* pending users, so an event's offset is
 never committed before a message reflecting it was handed to the producer (which the
 commit then flushes). That is how bursts are coalesced without losing the final state,
@@ -32,7 +35,8 @@ class Coalescer:
 
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
-        #: user -> their last emission's time, oldest first (the ``now`` of each call)
+        #: user -> the start of their interval: their last emission's time, or a catch-up
+        #: change's that opened it (the ``now`` of each call), oldest first
         self._last_emit: OrderedDict[str, float] = OrderedDict()
         #: users with a change since their last emission (always in ``_last_emit`` too)
         self._pending: dict[str, Trigger] = {}
@@ -41,14 +45,20 @@ class Coalescer:
     def pending(self) -> int:
         return len(self._pending)
 
-    def offer(self, user: str, now: float, trigger: Trigger) -> bool:
-        """Record a change; ``True`` means emit now (and it is recorded as emitted)."""
+    def offer(self, user: str, now: float, trigger: Trigger, *, catch_up: bool = False) -> bool:
+        """Record a change; ``True`` means emit now (and it is recorded as emitted).
+        ``catch_up``: no leading edge; the change waits for the end of an interval that starts
+        now (or of the one already running), like a change inside an interval (a zero interval
+        still emits every change)."""
         last = self._last_emit.get(user)
-        if last is None or now - last >= self.interval_s:
-            self._emitted(user, now)
-            self._pending.pop(user, None)
-            return True
         prev = self._pending.get(user)
+        if last is None or now - last >= self.interval_s:
+            if not catch_up or self.interval_s <= 0.0:
+                self._emitted(user, now)
+                self._pending.pop(user, None)
+                return True
+            if prev is None:
+                self._emitted(user, now)  # the interval starts now; take_due emits at its end
         if prev is None or trigger.event_ts >= prev.event_ts:
             self._pending[user] = trigger
         return False

@@ -214,6 +214,7 @@ class Replay:
             emit_interval_s=emit_interval_s,
             monotonic=self.clock,
             wall=self.clock,
+            catchup_after_s=0.0,  # a replay emits as its interval says, never as a backlog
         )
         self.interactions = Interactions()
         self.counts = CountPopularity()

@@ -45,6 +45,12 @@ ERASURES = Counter(
 RECOMMENDATIONS = Counter(
     "persona_recommendations_emitted", "Recommendation messages emitted.", registry=REGISTRY
 )
+CATCHUP_CHANGES = Counter(
+    "persona_catchup_changes",
+    "Changes whose record was older than PERSONA_CATCHUP_AFTER_S (a backlog): their list waited for the end of "
+    "the emit interval instead of going out at once.",
+    registry=REGISTRY,
+)
 PROCESSING = Histogram(
     "persona_event_processing_seconds",
     "Time to decode, apply and store one event.",

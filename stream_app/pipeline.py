@@ -87,6 +87,7 @@ class Pipeline(ErasureSteps):
         cooc_window: int = HISTORY,
         live_quality_bytes: int = CAPACITY_BYTES,
         social_quiet_bytes: int = QUIET_BYTES,
+        catchup_after_s: float = 0.0,
     ) -> None:
         self.params = params
         #: "blend": scoring.ranker over collaborative, category and trending candidates;
@@ -109,6 +110,9 @@ class Pipeline(ErasureSteps):
         #: followers refreshed when someone they follow engages (0: none)
         self.social_fanout = social_fanout
         self.coalescer = Coalescer(emit_interval_s)
+        #: a change whose record is older than this (by its timestamp) is offered as catch-up
+        #: (``Coalescer.offer``); 0: never
+        self.catchup_after_s = catchup_after_s
         #: a trained ranker in shadow or on an A/B share (None: production only)
         self.candidate: Candidate | None = None
         #: the live hit rate, per ranker version (stream_app.experiment)
@@ -137,9 +141,10 @@ class Pipeline(ErasureSteps):
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         publish: Publish | None = None,
+        catchup_after_s: float | None = None,
     ) -> Pipeline:
         """The pipeline the worker runs, from its settings (the evaluator overrides ``top_k``,
-        the emit interval and the clocks)."""
+        the emit interval, the catch-up age and the clocks)."""
         return cls(
             params=settings.params(),
             store=store,
@@ -161,6 +166,7 @@ class Pipeline(ErasureSteps):
             cooc_window=settings.cooc_window,
             live_quality_bytes=settings.live_quality_bytes,
             social_quiet_bytes=settings.social_quiet_bytes,
+            catchup_after_s=settings.catchup_after_s if catchup_after_s is None else catchup_after_s,
             publish=publish,
             monotonic=monotonic,
             wall=wall,
@@ -307,7 +313,7 @@ class Pipeline(ErasureSteps):
     def settle(self, user_id: str, profile: Profile, trigger: Trigger, deltas: list[Delta], record_ts: float | None) -> bool:
         """A user's change offered to the coalescer (``True``: their list was emitted now), then
         to the followers of what they engaged with (after the user's own message)."""
-        emitted = self.coalescer.offer(user_id, self._monotonic(), trigger)
+        emitted = self.coalescer.offer(user_id, self._monotonic(), trigger, catch_up=self._behind(trigger))
         if emitted:
             self.emit(user_id, profile, trigger)
         for delta in deltas:
@@ -379,8 +385,16 @@ class Pipeline(ErasureSteps):
             profile = self.store.cached(follower.encode())
             if profile is None:
                 continue
-            if self.coalescer.offer(follower, self._monotonic(), trigger):
+            if self.coalescer.offer(follower, self._monotonic(), trigger, catch_up=self._behind(trigger)):
                 self.emit(follower, profile, trigger)
+
+    def _behind(self, trigger: Trigger) -> bool:
+        """Whether the change's record is a backlog's (older than ``catchup_after_s``): then
+        its list waits for the end of the interval (counted: persona_catchup_changes_total)."""
+        if self.catchup_after_s <= 0.0 or self._wall() - trigger.record_ts <= self.catchup_after_s:
+            return False
+        metrics.CATCHUP_CHANGES.inc()
+        return True
 
     def _migrate_interest(
         self, profile: Profile, event: Event, origin: Origin, vector: ItemVector | None, encoding: Encoding | None

@@ -220,6 +220,13 @@ class Settings(BaseSettings):
         "(docs/PERFORMANCE.md: on 2 cores 0.5 halved the p99 at 100-200 events/s, but fell behind at 300 where 1 kept "
         "up). 0: every change emits.",
     )
+    catchup_after_s: float = Field(
+        10.0,
+        ge=0,
+        description="A change whose record is older than this (s, by its Kafka timestamp) is a backlog's: its user's "
+        "list waits for the end of the emit interval instead of going out at once, so a catching-up worker ranks a busy "
+        "user once per interval, not at the first and the last change of it. 0: never.",
+    )
     ranker: Literal["blend", "baseline"] = Field(
         "blend",
         description="`blend`: collaborative (co-occurrence), content (text), category-affinity, trending, "

@@ -115,22 +115,48 @@ def test_due_users_come_in_the_order_of_their_last_emission() -> None:
 def test_zero_interval_always_emits() -> None:
     c = Coalescer(0.0)
     assert all(c.offer("u", 5.0, t(float(i))) for i in range(5))
+    assert all(c.offer("u", 5.0, t(float(i)), catch_up=True) for i in range(5))  # every change, backlog or not
     assert c.pending == 0
+
+
+def test_a_catch_up_change_waits_for_the_end_of_an_interval_that_starts_with_it() -> None:
+    c = Coalescer(1.0)
+    assert c.offer("u", 100.0, t(1.0), catch_up=True) is False  # no leading edge
+    for i, now in enumerate([100.2, 100.6]):
+        assert c.offer("u", now, t(2.0 + i), catch_up=True) is False
+    assert c.take_due(100.99) == []
+    assert c.take_due(101.0) == [("u", t(3.0))]  # one list for the three changes, the newest trigger
+    assert c.pending == 0
+    # A fresh change after that emission's interval is a leading edge again.
+    assert c.offer("u", 102.0, t(4.0)) is True
+
+
+def test_a_catch_up_change_inside_a_running_interval_keeps_its_end() -> None:
+    c = Coalescer(1.0)
+    assert c.offer("u", 100.0, t(1.0)) is True
+    assert c.offer("u", 100.5, t(2.0), catch_up=True) is False
+    assert c.take_due(101.0) == [("u", t(2.0))]  # the interval of the emission at 100.0, not 100.5's
+    # An overdue pending user (no tick since its interval ended) is not put off by a catch-up change.
+    assert c.offer("u", 101.5, t(3.0)) is False
+    assert c.offer("u", 102.2, t(4.0), catch_up=True) is False
+    assert c.take_due(102.2) == [("u", t(4.0))]
 
 
 @settings(max_examples=200, deadline=None)
 @given(
     interval=st.floats(min_value=0.1, max_value=5.0),
-    gaps=st.lists(st.tuples(st.sampled_from("abc"), st.floats(min_value=0.0, max_value=3.0)), max_size=40),
+    gaps=st.lists(
+        st.tuples(st.sampled_from("abc"), st.floats(min_value=0.0, max_value=3.0), st.booleans()), max_size=40
+    ),
 )
-def test_rate_limit_and_no_lost_final_state(interval: float, gaps: list[tuple[str, float]]) -> None:
+def test_rate_limit_and_no_lost_final_state(interval: float, gaps: list[tuple[str, float, bool]]) -> None:
     """Per user: emissions are at least ``interval`` apart, and after a final drain every user's
-    last emission carries its newest trigger."""
+    last emission carries its newest trigger, whichever changes came as catch-up."""
     c = Coalescer(interval)
     now = 0.0
     emitted: dict[str, list[tuple[float, Trigger]]] = {}
     newest: dict[str, Trigger] = {}
-    for n, (user, gap) in enumerate(gaps):
+    for n, (user, gap, catch_up) in enumerate(gaps):
         now += gap
         trig = t(float(n))
         newest[user] = trig
@@ -138,7 +164,8 @@ def test_rate_limit_and_no_lost_final_state(interval: float, gaps: list[tuple[st
             emitted.setdefault(u, []).append((now, tr))
         # Every pending user whose interval ended went in this call: none waits for a later one.
         assert not [u for u in c._pending if now - c._last_emit[u] >= interval]
-        if c.offer(user, now, trig):
+        if c.offer(user, now, trig, catch_up=catch_up):
+            assert not catch_up  # a catch-up change never goes out at once
             emitted.setdefault(user, []).append((now, trig))
     end = now + 2 * interval  # (now + interval) - now may round below interval
     for u, tr in c.take_due(end):

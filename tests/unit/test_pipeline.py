@@ -8,7 +8,7 @@ built popularity, dead-letter reasons by the contract tables.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
@@ -82,7 +82,7 @@ def _catalog(n: int = 30) -> Catalog:
 
 def _pipeline(
     *, interval: float = 0.0, catalog: Catalog | None = None, vectors: FakeVectors | None = None, ranker: str = "baseline",
-    published: list[Delta] | None = None, cooc_window: int = HISTORY,
+    published: list[Delta] | None = None, cooc_window: int = HISTORY, catchup_after_s: float = 0.0,
 ) -> tuple[Pipeline, DictStore, list[tuple[bytes, bytes]], Clock]:
     store = DictStore()
     sent: list[tuple[bytes, bytes]] = []
@@ -103,6 +103,7 @@ def _pipeline(
         ranker=ranker,
         publish=published.append if published is not None else None,
         cooc_window=cooc_window,
+        catchup_after_s=catchup_after_s,
     )
     return pipe, store, sent, clock
 
@@ -227,6 +228,40 @@ def test_coalesced_burst_emits_the_final_state_before_a_commit() -> None:
     final = decode_recs(sent[-1][1])
     assert final.profile_version == store.profiles[b"u1"].version == 4
     assert final.trigger_event_ts == events[-1].ts
+
+
+def test_a_backlogs_changes_wait_for_the_interval_and_fresh_ones_go_out_at_once() -> None:
+    """Records older than catchup_after_s (by their timestamp against the wall clock): no list at
+    a user's first change, one at the end of the interval that starts with it, with the final
+    state; a fresh record of another user is emitted at once, as before."""
+    pipe, store, sent, clock = _pipeline(interval=1.0, catchup_after_s=10.0)
+    wall = 1_800_000_000.0  # _pipeline's wall clock
+    events = [e for e in _purchases(60) if e.user_id == "u1"][:4]
+    before = metrics.CATCHUP_CHANGES._value.get()
+    for offset, e in enumerate(events):
+        clock.now += 0.1
+        record = _record(e, offset)
+        result = pipe.process("purchase", replace(record, timestamp=wall - 60.0))  # a minute behind
+        assert result.outcome == APPLIED and not result.emitted
+    assert sent == [] and metrics.CATCHUP_CHANGES._value.get() - before == 4
+    fresh = next(e for e in _purchases(60) if e.user_id == "u2")
+    assert pipe.process("purchase", replace(_record(fresh, 99), timestamp=wall - 1.0)).emitted  # leading edge
+    assert [k for k, _ in sent] == [b"u2"]
+    assert pipe.flush_pending(all_users=False) == 0  # the backlog's interval (from the first change) runs
+    clock.now += 0.75  # past 1 s after u1's first change (at 1000.1; the last at 1000.4)
+    assert pipe.flush_pending(all_users=False) == 1
+    final = decode_recs(sent[-1][1])
+    assert (final.user_id, final.profile_version, final.trigger_event_ts) == ("u1", 4, events[-1].ts)
+    assert final.profile_version == store.profiles[b"u1"].version
+
+
+def test_a_backlog_is_emitted_like_fresh_records_when_catch_up_is_off() -> None:
+    pipe, _, sent, clock = _pipeline(interval=1.0)  # catchup_after_s=0
+    events = [e for e in _purchases(60) if e.user_id == "u1"][:4]
+    for offset, e in enumerate(events):
+        clock.now += 0.1
+        pipe.process("purchase", replace(_record(e, offset), timestamp=1.0))
+    assert len(sent) == 1 and decode_recs(sent[0][1]).profile_version == 1  # the leading edge
 
 
 def test_item_vectors_of_the_wanted_version_reach_the_interest_and_misses_are_counted() -> None:
