@@ -47,8 +47,8 @@ RECOMMENDATIONS = Counter(
 )
 CATCHUP_CHANGES = Counter(
     "persona_catchup_changes",
-    "Changes whose record was older than PERSONA_CATCHUP_AFTER_S (a backlog): their list waited for the end of "
-    "the emit interval instead of going out at once.",
+    "Changes whose record was older than PERSONA_CATCHUP_AFTER_S (a backlog; a batch record's events are one "
+    "change): their list waited for the end of the emit interval instead of going out at once.",
     registry=REGISTRY,
 )
 PROCESSING = Histogram(

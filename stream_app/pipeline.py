@@ -313,7 +313,10 @@ class Pipeline(ErasureSteps):
     def settle(self, user_id: str, profile: Profile, trigger: Trigger, deltas: list[Delta], record_ts: float | None) -> bool:
         """A user's change offered to the coalescer (``True``: their list was emitted now), then
         to the followers of what they engaged with (after the user's own message)."""
-        emitted = self.coalescer.offer(user_id, self._monotonic(), trigger, catch_up=self._behind(trigger))
+        catch_up = self._behind(trigger)
+        if catch_up:
+            metrics.CATCHUP_CHANGES.inc()
+        emitted = self.coalescer.offer(user_id, self._monotonic(), trigger, catch_up=catch_up)
         if emitted:
             self.emit(user_id, profile, trigger)
         for delta in deltas:
@@ -381,20 +384,18 @@ class Pipeline(ErasureSteps):
         if not followers:
             return
         trigger = Trigger(event_ts=delta.ts, record_ts=record_ts if record_ts is not None else self._wall())
+        catch_up = self._behind(trigger)  # once for the delta, not per follower
         for follower in followers[: self.social_fanout]:
             profile = self.store.cached(follower.encode())
             if profile is None:
                 continue
-            if self.coalescer.offer(follower, self._monotonic(), trigger, catch_up=self._behind(trigger)):
+            if self.coalescer.offer(follower, self._monotonic(), trigger, catch_up=catch_up):
                 self.emit(follower, profile, trigger)
 
     def _behind(self, trigger: Trigger) -> bool:
         """Whether the change's record is a backlog's (older than ``catchup_after_s``): then
-        its list waits for the end of the interval (counted: persona_catchup_changes_total)."""
-        if self.catchup_after_s <= 0.0 or self._wall() - trigger.record_ts <= self.catchup_after_s:
-            return False
-        metrics.CATCHUP_CHANGES.inc()
-        return True
+        its list waits for the end of the interval."""
+        return 0.0 < self.catchup_after_s < self._wall() - trigger.record_ts
 
     def _migrate_interest(
         self, profile: Profile, event: Event, origin: Origin, vector: ItemVector | None, encoding: Encoding | None
