@@ -8,7 +8,9 @@ Split out of :mod:`bench.stream`, whose trivial agent, bare consumer and footpri
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from state.paths import REPO_ROOT
 from stream_app.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,6 +41,39 @@ def broker(bootstrap: str | None) -> Iterator[str]:
             yield handle.bootstrap
         finally:
             launcher.stop(handle)
+
+
+#: Where the logs of a run that failed are kept: its working directory is removed with it.
+FAILED_LOGS = REPO_ROOT / "var" / "bench" / "failed"
+
+
+@contextmanager
+def workdir(prefix: str, keep: Path = FAILED_LOGS) -> Iterator[Path]:
+    """A temporary working directory for one benchmark run. If the run raises, every ``*.log``
+    under it (the workers', the agents', the broker's) is copied to ``keep/<prefix><time>/``
+    first and the copy's path is printed on stderr: a worker restarted by its supervisor, or
+    one that stopped, makes the benchmark refuse its figures, and the cause is in its log,
+    not in the refusal (one such restart, 2026-12-07, went unexplained for want of it)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        root = Path(tmp)
+        try:
+            yield root
+        except BaseException:
+            logs = [log for log in sorted(root.rglob("*.log")) if not _store_file(log)]
+            if logs:
+                dest = keep / f"{prefix}{time.strftime('%Y%m%dT%H%M%S')}"
+                for log in logs:
+                    target = dest / log.relative_to(root)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(log, target)
+                print(f"benchmark failed: {len(logs)} log(s) kept in {dest}", file=sys.stderr)
+            raise
+
+
+def _store_file(path: Path) -> bool:
+    """A RocksDB write-ahead log (beside its ``CURRENT``) or a Kafka segment (beside its
+    ``.index``): also named ``*.log``, data rather than a process's output."""
+    return (path.parent / "CURRENT").exists() or path.with_suffix(".index").exists()
 
 
 def bench_settings(bootstrap: str, tag: str, state: Path, **extra: Any) -> Settings:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import bench_settings, broker
+from bench.harness import bench_settings, broker, workdir
 from bench.reviews import AMAZON
 from deploy.workers import WorkerProcess, group_lag, metric_sum
 from scoring.messages import decode as decode_recs
@@ -165,8 +164,7 @@ def run(
         raise FileNotFoundError(f"no encoder in {registry}: reviews need one (make test-models, or PERSONA_MODEL_REGISTRY)")
     catalog, reviews = _pairs(data_dir)
     report: dict[str, Any] = {"levels": [], "seconds_per_level": seconds, "goal_p99_s": GOAL_P99_S, "goal_at_eps": GOAL_AT}
-    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-load-") as tmp:
-        work = Path(tmp)
+    with broker(bootstrap) as bs, workdir("persona-bench-load-") as work:
         settings = bench_settings(bs, f"load{int(time.time())}", work / "state").model_copy(update={"model_registry": registry})
         report["emit_interval_s"] = settings.emit_interval_s
         ensure_topics(settings)

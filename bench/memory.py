@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import bench_settings, broker
+from bench.harness import bench_settings, broker, workdir
 from bench.stream import persona_worker, synthetic_profiles
 from stream_app.producer import publish
 from stream_app.topics import ensure_topics
@@ -124,8 +123,7 @@ def run(
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "profiles": profiles, "small": small, "load_1m_start": os.getloadavg()[0],
                               "interest_vectors": registry is not None}
     scale = 100_000 / (profiles - small)
-    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-memory-") as tmp:
-        work = Path(tmp)
+    with broker(bootstrap) as bs, workdir("persona-bench-memory-") as work:
         tag = f"mem{int(time.time())}"
         from stream_app.settings import Settings
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
-from bench.harness import bench_settings, broker
+from bench.harness import bench_settings, broker, workdir
 from bench.ranking import _Replay, load_events
 from scoring.shared import Delta, encode_batch, encode_delta
 from state.catalog import Catalog
@@ -175,8 +174,8 @@ def measure(events: Sequence[Event], bootstrap: str, at: float, work: Path) -> d
 
 def run(bootstrap: str | None, data_dir: Path, events: int | None, at: float) -> dict[str, Any]:
     loaded = load_events(data_dir, events)
-    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
-        report = measure(loaded, bs, at, Path(tmp))
+    with broker(bootstrap) as bs, workdir("persona-bench-restore-") as work:
+        report = measure(loaded, bs, at, work)
     report["data"] = "movielens-100k" if events is None else f"movielens-100k (first {events})"
     return report
 

@@ -17,13 +17,12 @@ default: spinning threads take the cores the event loop and the broker need), an
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.encoder import ensure_versions
-from bench.harness import bench_settings, broker, drain_rate
+from bench.harness import bench_settings, broker, drain_rate, workdir
 from deploy.workers import WorkerProcess
 from encoders.runtime import available_threads, load_encoder
 from state.events import Event, Review
@@ -88,8 +87,7 @@ def run(
     texts = [review_text(e) for e in chosen]
     threads = threads or available_threads()
     rows: list[dict[str, Any]] = []
-    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-reviews-") as tmp:
-        work = Path(tmp)
+    with broker(bootstrap) as bs, workdir("persona-bench-reviews-") as work:
         for variant, version_dir in versions.items():
             # A registry of this one version, so the worker loads exactly what the baseline ran.
             reg = work / f"registry-{variant}"

@@ -29,12 +29,11 @@ after the stop.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import bench_settings, broker
+from bench.harness import bench_settings, broker, workdir
 from bench.stream import movielens_events, synthetic_purchases
 from deploy.workers import WorkerProcess, free_port, group_lag, metric_sum, wait_group_stable
 from state.events import Event
@@ -255,8 +254,7 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "partitions": PARTITIONS, "load_1m_start": os.getloadavg()[0], "rows": []}
     catalog, behaviour, what = _events(data_dir, events)
     report["data"] = what
-    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-scale-") as tmp:
-        work = Path(tmp)
+    with broker(bootstrap) as bs, workdir("persona-bench-scale-") as work:
         stamp = int(time.time())
         for workers in counts:
             report["rows"].append(throughput(bs, f"scale{stamp}w{workers}", work, workers, catalog, behaviour))

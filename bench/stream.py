@@ -33,7 +33,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from itertools import accumulate
@@ -43,7 +42,7 @@ from typing import Any
 from confluent_kafka import Consumer
 from rich.console import Console
 
-from bench.harness import bench_settings, broker, disk_bytes, drain, rss_bytes, terminate, worker_env
+from bench.harness import bench_settings, broker, disk_bytes, drain, rss_bytes, terminate, workdir, worker_env
 from state.events import AttributeValue, Event, Item, Purchase, User
 from stream_app.producer import publish
 from stream_app.settings import Settings
@@ -349,8 +348,7 @@ def run(
     also as batch records of up to that many of a user's events (:func:`batched`)."""
     # Wall-clock figures: say how busy the machine was.
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
-    with broker(bootstrap) as bs, tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
-        work = Path(tmp)
+    with broker(bootstrap) as bs, workdir("persona-bench-") as work:
         tag = f"bench{int(time.time())}"
         # The same events for both rankers, each on its own topics (module docstring): only the
         # ranker, the topic prefix, the consumer group, the state dir and the web port differ.
