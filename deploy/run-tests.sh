@@ -56,7 +56,7 @@ start_trainer() {
     export OMP_NUM_THREADS=1
     rc=0
     timings=()
-    run "trainer env suite (.venv-train, one thread, beside the chaos tier)" .venv-train/bin/python tests/train "$@"
+    run "trainer env suite (.venv-train, one torch thread)" .venv-train/bin/python tests/train "$@"
     echo "$rc" > "$trainer_out/rc"
     printf '%s\n' "${timings[@]}" > "$trainer_out/timings"
   ) > "$trainer_out/log" 2>&1 &
