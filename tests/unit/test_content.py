@@ -361,3 +361,42 @@ def test_similarities_reuse_known_values_and_compute_the_rest(build: Build) -> N
     assert list(reused) == list(full)
     for item in asked:
         assert reused[item] == (-5.0 if item in found else full[item])
+
+
+def test_a_search_for_a_large_share_of_the_items_scans_them_and_rescores_only_what_it_returns(
+    build: Build, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A heavy user of a small catalog excludes hundreds of its items: walking the graph for that
+    # many costs more than scanning every vector. Only through scoring.content (see there).
+    from usearch.index import Index
+
+    index, ids, x = build()
+    asked: list[tuple[int, bool]] = []
+    scored: list[int] = []
+    real, cosines = Index.search, ContentIndex._cosines
+
+    def search(self: object, q: object, count: int, **kwargs: object) -> object:
+        asked.append((count, bool(kwargs.get("exact"))))
+        return real(self, q, count, **kwargs)  # type: ignore[arg-type]
+
+    def counting(self: ContentIndex, q: npt.NDArray[np.float64], rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        scored.extend(rows.tolist())
+        return cosines(self, q, rows)
+
+    monkeypatch.setattr(Index, "search", search)
+    monkeypatch.setattr(ContentIndex, "_cosines", counting)
+    # Brute force over the vectors as stored (float16-rounded): the scan must give exactly its order.
+    stored = np.stack([v for v in (index.vector(i) for i in ids) if v is not None])
+    queries = unit_rows(np.random.default_rng(8), 10)
+    for q in queries:
+        exclude = {i for i, _ in exact_top(stored, ids, q, 100)}
+        asked.clear()
+        scored.clear()
+        got = index.search(q, 10, version=V1, exclude=exclude)
+        assert [i for i, _ in got] == [i for i, _ in exact_top(stored, ids, q, 10, exclude)]
+        assert asked[0] == (2 * 10 + 100, True)  # 120 of 400 items: a scan
+        assert scored and not {ids[r] for r in scored} & exclude  # the excluded are never re-scored
+        # A search for a few items walks the graph.
+        asked.clear()
+        index.search(q, 5, version=V1)
+        assert asked == [(10, False)]
