@@ -43,7 +43,8 @@ esac
 # The trainer suite (export parity, fine-tuning) runs beside the chaos tier, on one torch thread:
 # the chaos tier mostly waits on session timeouts, rebalances and restarts. Serially the two took
 # 581-625 s and 282-302 s (three clean-clone runs, 2026-12-07); side by side 655 s and 461 s
-# (one run): about four minutes off `make test`. Its output is printed once it ended.
+# (one run), 620 s and 405 s in the clean-clone CI run of 4a1f260: `make test` 1,375 s against
+# 1,673-1,766 s. Its output is printed once it ended.
 trainer_pid=
 trainer_out=$(mktemp -d)
 start_trainer() {
