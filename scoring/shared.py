@@ -93,6 +93,20 @@ def decode_delta(data: bytes) -> Delta:
     return _decoder.decode(data)
 
 
+#: A deltas record's header: ``b"<count>:<offset>:<index>"``, how many deltas it holds and the
+#: highest (offset, index) among them. They are all of one source (the record's key), and
+#: watermarks only rise, so a reader whose watermark covers that highest one has applied every
+#: delta in the record: it skips the record undecoded (:meth:`SharedState.covered`). Every
+#: worker reads its own deltas back, and decoding them only to find them applied was a twentieth
+#: of a worker's main thread (py-spy, ``bench stream`` batch records).
+MARK_HEADER = "persona.deltas"
+
+
+def encode_mark(count: int, offset: int, index: int) -> bytes:
+    """The value of :data:`MARK_HEADER` for ``count`` deltas whose highest is (offset, index)."""
+    return b"%d:%d:%d" % (count, offset, index)
+
+
 def encode_batch(encoded: Sequence[bytes]) -> bytes:
     """Deltas already encoded with :func:`encode_delta`, as one record: a MessagePack array
     whose elements are those bytes unchanged (no second encoding)."""
@@ -167,6 +181,19 @@ class SharedState:
 
     def seen(self, delta: Delta) -> bool:
         return seen(delta.offset, delta.index, self.watermarks.get(delta.source, -1), self.watermark_index.get(delta.source))
+
+    def covered(self, source: str, mark: bytes) -> int | None:
+        """How many deltas a record of ``source`` holds when its :data:`MARK_HEADER` ``mark``
+        says every one of them was applied here (counted as skipped, as :meth:`apply` would
+        count them); None when some may be new or the mark is unreadable: decode the record."""
+        try:
+            count, offset, index = (int(x) for x in mark.split(b":"))
+        except ValueError:
+            return None
+        if count < 1 or not seen(offset, index, self.watermarks.get(source, -1), self.watermark_index.get(source)):
+            return None
+        self.skipped += count
+        return count
 
     def apply(self, delta: Delta) -> bool:
         """Fold ``delta`` in; ``False`` when it was applied before (a replay)."""

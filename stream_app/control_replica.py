@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import msgspec
 
@@ -22,7 +23,14 @@ class ControlTail(TopicTail):
         self.poke = asyncio.Event()
         self.received = 0
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
+    def apply(
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: float | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         if value is None:
             return
         try:

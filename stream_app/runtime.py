@@ -71,7 +71,9 @@ class Runtime:
         }
         self.deltas_topic = raw_topic(app, settings.scoring_deltas_topic, settings.partitions)
         # Keyed by the input source: one source's deltas stay in offset order on one partition.
-        self.deltas = DeltaBatcher(lambda key, value: self.deltas_topic.send_soon(key=key, value=value), settings.delta_batch)
+        self.deltas = DeltaBatcher(
+            lambda key, value, headers: self.deltas_topic.send_soon(key=key, value=value, headers=headers), settings.delta_batch
+        )
         self.pipeline = Pipeline.from_settings(
             settings,
             store=self.profiles,

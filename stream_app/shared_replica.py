@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgspec
 from aiokafka.errors import OffsetOutOfRangeError
 from confluent_kafka import KafkaException
 
-from scoring.shared import Delta, SnapshotError, decode_record, encode_batch, encode_delta
+from scoring.shared import MARK_HEADER, Delta, SnapshotError, decode_record, encode_batch, encode_delta, encode_mark
 from state.errors import BrokerError
 from stream_app import metrics, snapshots
 from stream_app.catalog_replica import TopicTail
@@ -111,9 +112,25 @@ class SharedReplica(TopicTail):
             f"scoring deltas this worker had not read yet were deleted ({exc}): restarting to restore the latest snapshot"
         )
 
-    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
+    def apply(
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp: float | None = None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         if value is None:
             return
+        if key is not None:
+            for name, mark in headers:
+                if name == MARK_HEADER:
+                    # This worker's own deltas come back applied: counted, not decoded.
+                    known = self.pipeline.shared.covered(key.decode(errors="replace"), mark)
+                    if known is not None:
+                        metrics.SHARED_DELTAS.labels("known").inc(known)
+                        return
+                    break
         try:
             deltas = decode_record(value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -154,25 +171,35 @@ class DeltaBatcher:
     A batch of one is written as a single delta, the format workers before batches read.
     """
 
-    def __init__(self, send: Callable[[bytes, bytes], None], max_deltas: int, max_bytes: int = MAX_BATCH_BYTES) -> None:
+    def __init__(
+        self, send: Callable[[bytes, bytes, list[tuple[str, bytes]]], None], max_deltas: int, max_bytes: int = MAX_BATCH_BYTES
+    ) -> None:
+        #: send(key, value, headers)
         self._send = send
         self._max_deltas = max(1, max_deltas)
         self._max_bytes = max_bytes
-        #: source -> (encoded deltas, their total size)
-        self._pending: dict[str, tuple[list[bytes], list[int]]] = {}
+        #: source -> (encoded deltas, [their total size, the highest (offset, index) among them])
+        self._pending: dict[str, tuple[list[bytes], list[Any]]] = {}
 
     def add(self, delta: Delta) -> None:
         data = encode_delta(delta)
-        batch = self._pending.get(delta.source)
+        source = delta.source
+        batch = self._pending.get(source)
         if batch is None:
-            batch = self._pending[delta.source] = ([], [0])
+            batch = self._pending[source] = ([], [0, (-1, -1)])
         elif batch[1][0] + len(data) > self._max_bytes:
-            self._send_batch(delta.source)
-            batch = self._pending[delta.source] = ([], [0])
+            self._send_batch(source)
+            batch = self._pending[source] = ([], [0, (-1, -1)])
         batch[0].append(data)
-        batch[1][0] += len(data)
+        meta = batch[1]
+        meta[0] += len(data)
+        # A source's deltas are made in (offset, index) order; the max, not the last, keeps the
+        # mark safe even if they were not.
+        at = (delta.offset, delta.index)
+        if at > meta[1]:
+            meta[1] = at
         if len(batch[0]) >= self._max_deltas:
-            self._send_batch(delta.source)
+            self._send_batch(source)
 
     @property
     def pending(self) -> int:
@@ -187,6 +214,8 @@ class DeltaBatcher:
         return n
 
     def _send_batch(self, source: str) -> None:
-        encoded, _ = self._pending.pop(source)
+        encoded, meta = self._pending.pop(source)
         if encoded:
-            self._send(source.encode(), encoded[0] if len(encoded) == 1 else encode_batch(encoded))
+            offset, index = meta[1]
+            mark = [(MARK_HEADER, encode_mark(len(encoded), offset, index))]
+            self._send(source.encode(), encoded[0] if len(encoded) == 1 else encode_batch(encoded), mark)

@@ -25,6 +25,7 @@ import pytest
 
 from scoring.messages import Recommendations
 from scoring.messages import decode as decode_recs
+from scoring.shared import MARK_HEADER, decode_record, encode_mark
 from state.events import Event, Item, Purchase, User
 from stream_app.evaluate import evaluate
 from stream_app.inspect import scan
@@ -151,6 +152,14 @@ def test_broker_replay_equals_in_process_harness_and_two_workers_converge(
     assert report.evaluated > 1000
 
     got = _run_workers(one, worker_factory, 1, subset)
+    # Every deltas record went through the broker with its mark (what lets a worker skip its
+    # own deltas undecoded): the count and highest (offset, index) of the deltas it holds.
+    records = list(scan(one, one.scoring_deltas_topic))
+    assert records
+    for _, value, headers, _, _ in records:
+        assert value is not None
+        deltas = decode_record(value)
+        assert dict(headers).get(MARK_HEADER) == encode_mark(len(deltas), *max((d.offset, d.index) for d in deltas))
     after_restart = expected[len(got):]
     expected = expected[: len(got)]
     assert len(got) == len(expected) == len(people) + len(ratings) + len(_probes(ratings))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -552,7 +552,14 @@ def test_regression_a_replica_catching_up_on_a_large_batch_lets_the_event_loop_r
     seen: list[int] = []
 
     class SlowTail(TopicTail):
-        def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
+        def apply(
+            self,
+            partition: int,
+            key: bytes | None,
+            value: bytes | None,
+            timestamp: float | None = None,
+            headers: Sequence[tuple[str, bytes]] = (),
+        ) -> None:
             time.sleep(0.002)  # a costly record: 200 of them are 0.4 s
             seen.append(ticks[0])
 
