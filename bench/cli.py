@@ -51,6 +51,10 @@ def bench_stream(
     batch: Annotated[
         int, typer.Option(min=0, help="Also the same events as batch records of up to N of a user's events (0 or 1: skip).")
     ] = 16,
+    against_batched: Annotated[
+        bool,
+        typer.Option(help="Compare with --against/--against-set on batch records of up to --batch events, not records of one event."),
+    ] = False,
 ) -> None:
     """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
     from bench import ranking as ranking_bench
@@ -63,8 +67,11 @@ def bench_stream(
     data_dir = _data_dir()
     if pairs > 1 and not (against or overrides):
         raise typer.BadParameter("--pairs compares with --against or --against-set")
+    if against_batched and (batch < 2 or not (against or overrides)):
+        raise typer.BadParameter("--against-batched compares with --against or --against-set on --batch of 2 or more")
     report: dict[str, object] = run(
-        bootstrap, data_dir, events, profiles, against=against, against_set=overrides, pairs=pairs, batch=batch
+        bootstrap, data_dir, events, profiles, against=against, against_set=overrides, pairs=pairs, batch=batch,
+        against_batched=against_batched,
     )
     console = Console()
     _print_report("persona bench stream", {k: v for k, v in report.items() if k != "against_pairs"})

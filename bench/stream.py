@@ -287,13 +287,18 @@ Run = tuple[float, float, float, int]  #: a worker run: events/s, its CPU and th
 
 
 def _compared_worker(
-    bs: str, tag: str, work: Path, catalog: list[Event], behaviour: list[Event], code: Path, extra: dict[str, Any]
+    bs: str, tag: str, work: Path, catalog: list[Event], behaviour: list[Event], code: Path, extra: dict[str, Any],
+    batch: int = 0,
 ) -> Run:
-    """One worker run of ``code`` with ``extra`` settings on its own topics with the same events."""
+    """One worker run of ``code`` with ``extra`` settings on its own topics with the same events
+    (``batch`` > 1: as batch records of up to that many of a user's events)."""
     settings = bench_settings(bs, tag, work / f"state-{tag}", **extra)
     ensure_topics(settings)
     publish(settings, catalog)
-    publish(settings, behaviour)
+    if batch > 1:
+        publish(settings, behaviour, batch=batch)
+    else:
+        publish(settings, behaviour)
     cpu: dict[str, float] = {}
     rate, _, _, emitted = persona_worker(settings, len(behaviour), work, code=code, cpu=cpu)
     return rate, cpu["worker_cpu_us_per_event"], cpu["machine_cpu_us_per_event"], emitted
@@ -342,10 +347,15 @@ def run(
     against_set: dict[str, Any] | None = None,
     pairs: int = 1,
     batch: int = BATCH,
+    against_batched: bool = False,
 ) -> dict[str, Any]:
     """``pairs`` > 1: that many runs of this tree and of the compared worker in all, the pairs
     after the first in alternating order (:func:`against_pairs`). ``batch`` > 1: the same events
-    also as batch records of up to that many of a user's events (:func:`batched`)."""
+    also as batch records of up to that many of a user's events (:func:`batched`);
+    ``against_batched``: the compared runs on those batch records (the first pair's tree run
+    then a run of its own, not the per-event worker's)."""
+    if against_batched and batch < 2:
+        raise ValueError("against_batched needs batch records (batch >= 2)")
     # Wall-clock figures: say how busy the machine was.
     report: dict[str, Any] = {"cpus": os.cpu_count() or 0, "load_1m_start": os.getloadavg()[0]}
     with broker(bootstrap) as bs, workdir("persona-bench-") as work:
@@ -408,7 +418,12 @@ def run(
             # changed default is compared with `against_set` holding the old value.
             extra = {"ranker": "blend", **(against_set or {})}
             code = source_tree(against, work / "against") if against else REPO
-            other = _compared_worker(bs, f"{tag}o", work, catalog, behaviour, code, extra)
+            on = batch if against_batched else 0
+            report["against_on"] = f"batch records of up to {batch} events" if on else "records of one event"
+            tree_first: Run = (rate, cpu["worker_cpu_us_per_event"], cpu["machine_cpu_us_per_event"], emitted)
+            if on:
+                tree_first = _compared_worker(bs, f"{tag}t", work, catalog, behaviour, REPO, {"ranker": "blend"}, batch=on)
+            other = _compared_worker(bs, f"{tag}o", work, catalog, behaviour, code, extra, batch=on)
             orate, ocpu, _, oemitted = other
             report["persona_against_worker_cpu_us_per_event"] = ocpu
             report["against"] = "this tree" if not against else subprocess.run(
@@ -418,14 +433,14 @@ def run(
                 report["against_settings"] = ", ".join(f"{k}={v}" for k, v in against_set.items())
             report["persona_against_eps"] = orate
             report["persona_against_recommendations"] = oemitted
-            report["persona_vs_against"] = rate / orate
+            report["persona_vs_against"] = tree_first[0] / orate
             if pairs > 1:
                 report.update(against_pairs(
-                    ((rate, cpu["worker_cpu_us_per_event"], cpu["machine_cpu_us_per_event"], emitted), other),
+                    (tree_first, other),
                     pairs,
                     lambda i, which: _compared_worker(
                         bs, f"{tag}p{i}{which}", work, catalog, behaviour,
-                        REPO if which == "t" else code, {"ranker": "blend"} if which == "t" else extra,
+                        REPO if which == "t" else code, {"ranker": "blend"} if which == "t" else extra, batch=on,
                     ),
                 ))
         if batch > 1:
@@ -509,7 +524,10 @@ def render_pairs(report: dict[str, Any], console: Console) -> None:
     rows = report.get("against_pairs")
     if not rows:
         return
-    table = Table(title=f"this tree against {report.get('against_settings') or report.get('against')}, events/s per pair")
+    table = Table(
+        title=f"this tree against {report.get('against_settings') or report.get('against')}, events/s per pair"
+        f" ({report.get('against_on', 'records of one event')})"
+    )
     for column in ("first", "this tree", "compared", "ratio", "worker CPU/event ratio", "machine CPU/event ratio", "lists"):
         table.add_column(column, justify="right")
     for row in rows:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from stream_app.settings import Settings
@@ -52,3 +54,25 @@ def test_against_pairs_alternate_which_worker_runs_first_and_report_the_median()
     assert got["persona_vs_against_machine_cpu_median"] == pytest.approx((1 / 1.1 + 1.0) / 2)  # of 1.0, 1/1.1, 1/0.9, 1/1.1
     assert [(row["tree_lists"], row["against_lists"]) for row in got["against_pairs"]] == [(7, 8), (1, 1), (2, 2), (3, 3)]
     assert against_pairs(first, 1, run_one)["persona_vs_against_median"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    "args", [["--against-batched", "--against", "HEAD", "--batch", "1"], ["--against-batched", "--batch", "16"]]
+)
+def test_a_batched_comparison_needs_batch_records_and_something_to_compare(args: list[str]) -> None:
+    # Refused before any broker or worker starts: with nothing to compare, or records of one
+    # event, --against-batched would measure nothing it names.
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    got = CliRunner().invoke(app, ["stream", *args])
+    assert got.exit_code == 2
+    assert "--against-batched" in got.output
+
+
+def test_run_refuses_a_batched_comparison_without_batch_records(tmp_path: Path) -> None:
+    from bench.stream import run
+
+    with pytest.raises(ValueError, match="batch records"):
+        run(None, tmp_path, 10, profiles=0, against="HEAD", batch=0, against_batched=True)
