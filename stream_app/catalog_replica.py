@@ -49,16 +49,13 @@ class TopicTail:
         self._partitions = partitions
         self._rewind = True
 
-    def apply(
-        self,
-        partition: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: float | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         """One record; ``timestamp`` is its Kafka timestamp in seconds (None when it has none)."""
         raise NotImplementedError
+
+    def skip(self, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> bool:
+        """Whether a record can be passed by from its key and headers alone, not applied."""
+        return False
 
     def on_ready(self) -> None:
         """Called once per catch-up."""
@@ -117,7 +114,8 @@ class TopicTail:
                 for tp, records in batch.items():
                     for rec in records:
                         ts = rec.timestamp / 1000.0 if rec.timestamp and rec.timestamp > 0 else None
-                        self.apply(tp.partition, rec.key, rec.value, ts, rec.headers)
+                        if not (rec.headers and self.skip(rec.key, rec.headers)):
+                            self.apply(tp.partition, rec.key, rec.value, ts)
                         if catching_up and time.perf_counter() > budget:
                             # A catch-up batch (up to 5,000 records, each scoring-delta record up
                             # to 256 deltas) held the loop for 0.3 s at a time: the other replicas
@@ -173,14 +171,7 @@ class CatalogReplica(TopicTail):
         #: (:meth:`texts_needed`) does not make the worker unready
         self.was_ready = False
 
-    def apply(
-        self,
-        partition: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: float | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         # The same checks as the items agent's, event time included: a catalog entry it
         # dead-letters must not win last-writer-wins here.
         result = decode("item", key, value, max_bytes=self._max_bytes, record_ts=timestamp, max_ahead_s=self._max_ahead_s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 
 import msgspec
 
@@ -23,14 +22,7 @@ class ControlTail(TopicTail):
         self.poke = asyncio.Event()
         self.received = 0
 
-    def apply(
-        self,
-        partition: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: float | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         if value is None:
             return
         try:

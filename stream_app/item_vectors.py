@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -102,14 +102,7 @@ class VectorReplica(TopicTail):
         log.info("item-vector replica ready: %d vectors of %s", len(self._vectors), self.wanted)
         metrics.ITEM_VECTORS_READY.set(1)
 
-    def apply(
-        self,
-        partition: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: float | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         if value is None or self.wanted is None:
             return
         try:

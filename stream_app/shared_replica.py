@@ -112,25 +112,23 @@ class SharedReplica(TopicTail):
             f"scoring deltas this worker had not read yet were deleted ({exc}): restarting to restore the latest snapshot"
         )
 
-    def apply(
-        self,
-        partition: int,
-        key: bytes | None,
-        value: bytes | None,
-        timestamp: float | None = None,
-        headers: Sequence[tuple[str, bytes]] = (),
-    ) -> None:
+    def skip(self, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> bool:
+        """A record whose mark says every delta in it was applied here: counted, not decoded
+        (this worker's own deltas come back so)."""
+        if key is None:
+            return False
+        for name, mark in headers:
+            if name == MARK_HEADER:
+                known = self.pipeline.shared.covered(key.decode(errors="replace"), mark)
+                if known is None:
+                    return False
+                metrics.SHARED_DELTAS.labels("known").inc(known)
+                return True
+        return False
+
+    def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
         if value is None:
             return
-        if key is not None:
-            for name, mark in headers:
-                if name == MARK_HEADER:
-                    # This worker's own deltas come back applied: counted, not decoded.
-                    known = self.pipeline.shared.covered(key.decode(errors="replace"), mark)
-                    if known is not None:
-                        metrics.SHARED_DELTAS.labels("known").inc(known)
-                        return
-                    break
         try:
             deltas = decode_record(value)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:

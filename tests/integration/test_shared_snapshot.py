@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import msgspec
 import pytest
 from confluent_kafka import Producer
 
-from scoring.shared import ERASE, Delta, SharedState, SnapshotError, encode_batch, encode_delta
+from scoring.shared import ERASE, Delta, SharedState, SnapshotError, decode_record, encode_batch, encode_delta
 from state.catalog import Catalog
 from state.errors import BrokerError
 from state.events import Purchase
@@ -148,6 +148,49 @@ def test_snapshots_bound_what_a_replica_reads_and_truncation_deletes_only_covere
         asyncio.run(_until_ready(cold))
     with pytest.raises(SnapshotError, match="deleted"):
         snapshots.fold(settings, snapshots.new_state(settings), {})
+
+
+def test_a_replica_passes_the_records_of_deltas_it_made_by_undecoded(
+    topic_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the broker: records written as a worker writes them (``DeltaBatcher``, with
+    their mark header) are decoded only where some delta in them was not applied here."""
+    settings = topic_factory(partitions=1)
+    deltas = _deltas(300, seed=8)
+    made_here = deltas[:180]  # what this worker applied as it made them; the rest is another's
+    producer = Producer(settings.kafka_config() | {"acks": "all"})
+    sent: list[list[Delta]] = []
+
+    def send(key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        producer.produce(settings.scoring_deltas_topic, key=key, value=value, headers=headers)
+        sent.append(decode_record(value))
+
+    batcher = shared_replica.DeltaBatcher(send, max_deltas=8)
+    for d in deltas:
+        batcher.add(d)
+    batcher.flush()
+    assert producer.flush(30) == 0
+    replica = _replica(settings, monkeypatch)
+    for d in made_here:
+        assert replica.pipeline.shared.apply(d)
+    decoded: list[int] = []
+
+    def counting(data: bytes) -> list[Delta]:
+        got = decode_record(data)
+        decoded.append(len(got))
+        return got
+
+    monkeypatch.setattr(shared_replica, "decode_record", counting)
+    asyncio.run(_until_ready(replica))
+    mine = {(d.source, d.offset, d.index) for d in made_here}
+    expected = [len(r) for r in sent if not all((d.source, d.offset, d.index) in mine for d in r)]
+    # sources interleave, so some records straddle the two workers' deltas and are decoded
+    assert 0 < len(expected) < len(sent) and decoded == expected
+    # The state of a reader that applied the deltas made here, then decoded every record in
+    # the topic's order (each delta made here came back once, counted as skipped either way).
+    state = replica.pipeline.shared
+    assert (state.applied, state.skipped) == (len(deltas), len(made_here))
+    assert state.snapshot() == _state(settings, [*made_here, *(d for r in sent for d in r)]).snapshot()
 
 
 def test_regression_a_snapshot_was_not_readable_right_after_its_run(
@@ -552,14 +595,7 @@ def test_regression_a_replica_catching_up_on_a_large_batch_lets_the_event_loop_r
     seen: list[int] = []
 
     class SlowTail(TopicTail):
-        def apply(
-            self,
-            partition: int,
-            key: bytes | None,
-            value: bytes | None,
-            timestamp: float | None = None,
-            headers: Sequence[tuple[str, bytes]] = (),
-        ) -> None:
+        def apply(self, partition: int, key: bytes | None, value: bytes | None, timestamp: float | None = None) -> None:
             time.sleep(0.002)  # a costly record: 200 of them are 0.4 s
             seen.append(ticks[0])
 

@@ -186,17 +186,19 @@ def test_a_worker_skips_its_own_deltas_undecoded(monkeypatch: pytest.MonkeyPatch
     for d in own:  # what the worker applied as it made them
         assert pipe.shared.apply(d)
     known = SHARED_DELTAS.labels("known")._value.get()
-    for key, value, headers in _batched(own):
-        replica.apply(1, key, value, None, headers)
+    for key, _, headers in _batched(own):
+        assert replica.skip(key, headers)
     assert decoded == []
     assert SHARED_DELTAS.labels("known")._value.get() == known + len(own)
     assert pipe.shared.skipped == len(own)
     # Another worker's later deltas of the same source (the partition moved): decoded, applied.
     applied = pipe.shared.applied
     for key, value, headers in _batched(theirs):
-        replica.apply(1, key, value, None, headers)
+        assert not replica.skip(key, headers)
+        replica.apply(1, key, value, None)
     assert sum(decoded) == len(theirs)
     assert pipe.shared.applied == applied + len(theirs)
     # A record without the mark (workers before it) is decoded, and found applied.
+    assert not replica.skip(own[0].source.encode(), [])
     replica.apply(1, own[0].source.encode(), encode_delta(own[0]), None)
     assert sum(decoded) == len(theirs) + 1 and pipe.shared.skipped == len(own) + 1
