@@ -28,6 +28,7 @@ from stream_app.pipeline import Pipeline
 from stream_app.producer import publish
 from stream_app.settings import Settings
 from tests.support import WorkerProcess, metric_sum, wait_drained
+from tests.unit.test_delta_batcher import count_decodes
 from tests.unit.test_pipeline import DictStore, FakeVectors
 from tests.unit.test_shared_snapshot import _deltas
 
@@ -173,14 +174,7 @@ def test_a_replica_passes_the_records_of_deltas_it_made_by_undecoded(
     replica = _replica(settings, monkeypatch)
     for d in made_here:
         assert replica.pipeline.shared.apply(d)
-    decoded: list[int] = []
-
-    def counting(data: bytes) -> list[Delta]:
-        got = decode_record(data)
-        decoded.append(len(got))
-        return got
-
-    monkeypatch.setattr(shared_replica, "decode_record", counting)
+    decoded = count_decodes(monkeypatch)
     asyncio.run(_until_ready(replica))
     mine = {(d.source, d.offset, d.index) for d in made_here}
     expected = [len(r) for r in sent if not all((d.source, d.offset, d.index) in mine for d in r)]

@@ -169,10 +169,8 @@ def test_an_unreadable_or_empty_mark_means_decode(mark: bytes) -> None:
     assert state.covered("t.events:0", encode_mark(2, 3, 0)) == 2  # offset 3 of source 0: applied
 
 
-def test_a_worker_skips_its_own_deltas_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings()
-    pipe = Pipeline.from_settings(settings, store=DictStore(), catalog=Catalog(), vectors=FakeVectors(), emit=lambda k, v: None)
-    replica = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, pipe)
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The deltas in each record the shared replica decodes from now on, in order."""
     decoded: list[int] = []
 
     def counting(data: bytes) -> list[Delta]:
@@ -181,6 +179,14 @@ def test_a_worker_skips_its_own_deltas_undecoded(monkeypatch: pytest.MonkeyPatch
         return got
 
     monkeypatch.setattr(shared_replica, "decode_record", counting)
+    return decoded
+
+
+def test_a_worker_skips_its_own_deltas_undecoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    pipe = Pipeline.from_settings(settings, store=DictStore(), catalog=Catalog(), vectors=FakeVectors(), emit=lambda k, v: None)
+    replica = SharedReplica(settings, settings.scoring_deltas_topic, settings.partitions, pipe)
+    decoded = count_decodes(monkeypatch)
     deltas = [d for d in _deltas(60, seed=2) if d.source == "t.events:1"]
     own, theirs = deltas[:10], deltas[10:]
     for d in own:  # what the worker applied as it made them
