@@ -58,7 +58,8 @@ def bench_stream(
 ) -> None:
     """Events/s of one worker (blend, baseline ranker) vs a trivial Faust agent and a bare consumer; footprint; then `bench ranking`."""
     from bench import ranking as ranking_bench
-    from bench.stream import against_overrides, render_pairs, render_rankers, run
+    from bench.against import against_overrides, render_pairs
+    from bench.stream import render_rankers, run
 
     try:
         overrides = against_overrides(against_set or [])

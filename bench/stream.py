@@ -30,11 +30,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 from confluent_kafka import Consumer
 from rich.console import Console
 
+from bench.against import Run, against_pairs
 from bench.harness import bench_settings, broker, disk_bytes, drain, rss_bytes, terminate, workdir, worker_env
 from state.events import AttributeValue, Event, Item, Purchase, User
 from stream_app.producer import publish
@@ -264,28 +264,6 @@ def source_tree(rev: str, into: Path) -> Path:
     return into
 
 
-def against_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``name=value`` pairs for the compared worker's settings, checked against the settings'
-    fields (a typo must not run an unchanged comparison). Values are JSON where they parse as
-    JSON (numbers, booleans, objects), else strings; the settings model validates them."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, raw = pair.partition("=")
-        name = name.strip().lower().removeprefix("persona_")
-        if not sep or not name:
-            raise ValueError(f"expected name=value, got {pair!r}")
-        if name not in Settings.model_fields:
-            raise ValueError(f"{name!r} is not a setting")
-        try:
-            out[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[name] = raw
-    return out
-
-
-Run = tuple[float, float, float, int]  #: a worker run: events/s, its CPU and the machine's per event (µs), lists emitted
-
-
 def _compared_worker(
     bs: str, tag: str, work: Path, catalog: list[Event], behaviour: list[Event], code: Path, extra: dict[str, Any],
     batch: int = 0,
@@ -302,40 +280,6 @@ def _compared_worker(
     cpu: dict[str, float] = {}
     rate, _, _, emitted = persona_worker(settings, len(behaviour), work, code=code, cpu=cpu)
     return rate, cpu["worker_cpu_us_per_event"], cpu["machine_cpu_us_per_event"], emitted
-
-
-def against_pairs(first: tuple[Run, Run], pairs: int, run_one: Callable[[int, str], Run]) -> dict[str, Any]:
-    """Before/after ratios over ``pairs`` pairs of runs, the first given as (this tree's run, the
-    compared worker's run).
-
-    On two shared cores one pair is not evidence: a run of this tree against itself (an
-    ``--against-set`` of a default value) gave 0.846, and a setting's before/after 1.28 with
-    this tree first and 0.71 with it second (docs/PERFORMANCE.md). The pairs after the first
-    alternate which worker runs first (compared, tree; tree, compared; ...), so a drift over
-    the run falls on both sides; the figure is the median ratio, with the spread beside it."""
-    runs: list[tuple[str, Run, Run]] = [("tree", *first)]
-    for i in range(1, pairs):
-        order = ("a", "t") if i % 2 else ("t", "a")
-        got = {which: run_one(i, which) for which in order}
-        runs.append(("tree" if order[0] == "t" else "against", got["t"], got["a"]))
-    rows = [
-        {
-            "first": who, "tree_eps": t[0], "against_eps": a[0], "ratio": t[0] / a[0],
-            "tree_cpu_us": t[1], "against_cpu_us": a[1], "cpu_ratio": t[1] / a[1],
-            "tree_machine_cpu_us": t[2], "against_machine_cpu_us": a[2], "machine_cpu_ratio": t[2] / a[2],
-            "tree_lists": t[3], "against_lists": a[3],
-        }
-        for who, t, a in runs
-    ]
-    ratios = [t[0] / a[0] for _, t, a in runs]
-    return {
-        "against_pairs": rows,
-        "persona_vs_against_median": statistics.median(ratios),
-        "persona_vs_against_min": min(ratios),
-        "persona_vs_against_max": max(ratios),
-        "persona_vs_against_cpu_median": statistics.median(t[1] / a[1] for _, t, a in runs),
-        "persona_vs_against_machine_cpu_median": statistics.median(t[2] / a[2] for _, t, a in runs),
-    }
 
 
 def run(
@@ -515,30 +459,3 @@ def render_rankers(report: dict[str, Any], console: Console) -> None:
     console.print(table)
     ratio, goal = report["blend_vs_baseline"], report["blend_vs_baseline_goal"]
     console.print(f"events/s blend / baseline = {ratio:.3f} (goal >= {goal}: {'met' if ratio >= goal else 'NOT met'})")
-
-
-def render_pairs(report: dict[str, Any], console: Console) -> None:
-    """The before/after pairs of ``--pairs``, one row each, and the median."""
-    from rich.table import Table
-
-    rows = report.get("against_pairs")
-    if not rows:
-        return
-    table = Table(
-        title=f"this tree against {report.get('against_settings') or report.get('against')}, events/s per pair"
-        f" ({report.get('against_on', 'records of one event')})"
-    )
-    for column in ("first", "this tree", "compared", "ratio", "worker CPU/event ratio", "machine CPU/event ratio", "lists"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(
-            row["first"], f"{row['tree_eps']:,.0f}", f"{row['against_eps']:,.0f}", f"{row['ratio']:.3f}", f"{row['cpu_ratio']:.3f}",
-            f"{row['machine_cpu_ratio']:.3f}", f"{row['tree_lists']:,} / {row['against_lists']:,}",
-        )
-    console.print(table)
-    console.print(
-        f"median ratio {report['persona_vs_against_median']:.3f} "
-        f"(spread {report['persona_vs_against_min']:.3f}-{report['persona_vs_against_max']:.3f}), "
-        f"worker CPU per event {report['persona_vs_against_cpu_median']:.3f}, "
-        f"machine CPU per event {report['persona_vs_against_machine_cpu_median']:.3f}"
-    )

@@ -13,7 +13,7 @@ def test_regression_against_compares_a_changed_default_only_with_its_old_value_g
     # bench stream --against passed this run's settings, the new default included, to the older
     # commit's worker too: the window 50 -> 20 change compared 20 with 20. The old value is
     # now given explicitly, parsed and checked against the settings' fields.
-    from bench.stream import against_overrides
+    from bench.against import against_overrides
 
     assert against_overrides(["cooc_window=50", "PERSONA_RANKER=baseline", "exclude_clicked=true"]) == {
         "cooc_window": 50, "ranker": "baseline", "exclude_clicked": True,
@@ -29,7 +29,7 @@ def test_regression_against_compares_a_changed_default_only_with_its_old_value_g
 def test_against_pairs_alternate_which_worker_runs_first_and_report_the_median() -> None:
     # One pair on two shared cores is not evidence (a run of this tree against itself gave 0.846):
     # the further pairs alternate their order so a drift over the run falls on both sides.
-    from bench.stream import against_pairs
+    from bench.against import against_pairs
 
     calls: list[tuple[int, str]] = []
     # (events/s, CPU µs per event, lists) per call, made up: the tree 10% faster, except pair 2.
