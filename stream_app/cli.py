@@ -365,6 +365,7 @@ def worker() -> None:
 
     from stream_app.kafka_clients import validate
     from stream_app.membership import leave_left_behind
+    from stream_app.scale_down import leave_if_scaled_away
     from stream_app.settings import Settings
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
@@ -377,18 +378,24 @@ def worker() -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     faust_app, _ = build_app(settings)
     w = faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True)
+    restarting = False
     try:
         w.execute_from_commandline()
-    except SystemExit:
+    except SystemExit as exc:
         if broker_went_away(faust_app.crash_reason):
             # The broker went away while Faust started or ran (a restart, a lost host): Faust
             # crashes on that; start again from the committed offsets once it answers.
             console.print(f"[yellow]Kafka went away ({faust_app.crash_reason}): restarting the worker[/yellow]")
+            restarting = True
             raise SystemExit(RESTART_EXIT_CODE) from None
+        restarting = exc.code == RESTART_EXIT_CODE
         raise
     finally:
         # A stop that raced a rebalance can exit still a member of the group (membership docstring).
         leave_left_behind(faust_app, settings)
+        if not restarting:
+            # A static member stopped for good by a scale-down hands its partitions over now.
+            leave_if_scaled_away(settings)
 
 
 @inspect_app.command("profile")

@@ -18,6 +18,7 @@ from state.errors import ConfigError
 from state.events import EventKind
 from state.paths import DEFAULT_DATA_DIR, DEFAULT_MODEL_REGISTRY, DEFAULT_RANKER_REGISTRY, DEFAULT_STATE_DIR, REPO_ROOT
 from state.profile import EVENT_WEIGHTS, RATING_WEIGHTS, Params
+from stream_app.scale_down import pod_of
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -182,6 +183,23 @@ class Settings(BaseSettings):
         "price: a worker stopped for good keeps its partitions until its session times out (static "
         "members do not leave the group on close) or `persona group leave ID` removes it. Two live "
         "workers with one id: one stops with exit code 3. Unset: dynamic membership.",
+    )
+    # A scale-down is the one stop where staying is wrong (stream_app.scale_down).
+    static_leave: Literal["never", "kubernetes"] = Field(
+        "never",
+        description="When a static member leaves its group as it stops for good: `never` (a "
+        "scale-down needs `persona group leave`), or `kubernetes`: when its StatefulSet no longer "
+        "wants its pod (ordinal >= spec.replicas, read from the Kubernetes API; needs `get` on "
+        "statefulsets), so a scaled-away pod's partitions move at once; a restarting pod stays.",
+    )
+    kubernetes_api: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="The Kubernetes API for `static_leave=kubernetes` (e.g. `kubectl proxy`'s "
+        "http://127.0.0.1:8001); unset: the in-cluster API with the pod's service account.",
+    )
+    kubernetes_namespace: str | None = Field(
+        None, min_length=1, description="The worker pods' namespace; unset: the service account's."
     )
     stall_timeout_s: float = Field(
         30.0,
@@ -351,6 +369,14 @@ class Settings(BaseSettings):
             raise ConfigError("PERSONA_EVENT_WEIGHTS / PERSONA_RATING_WEIGHTS: weights must be >= 0")
         if set(self.rating_weights) - {1, 2, 3, 4, 5}:
             raise ConfigError("PERSONA_RATING_WEIGHTS: keys are stars 1..5")
+        if self.static_leave == "kubernetes":
+            # Said at start, not found at the stop it was meant for.
+            if not self.group_instance_id:
+                raise ConfigError("PERSONA_STATIC_LEAVE=kubernetes is for static members: set PERSONA_GROUP_INSTANCE_ID "
+                                  "to the pod's name (a dynamic member leaves its group as it stops anyway)")
+            if pod_of(self.group_instance_id) is None:
+                raise ConfigError(f"PERSONA_STATIC_LEAVE=kubernetes: PERSONA_GROUP_INSTANCE_ID={self.group_instance_id!r} "
+                                  "is not a StatefulSet pod's name (<statefulset>-<ordinal>)")
         problems = self.security_problems()
         if problems:
             raise ConfigError("; ".join(problems))
