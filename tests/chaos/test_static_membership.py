@@ -155,3 +155,60 @@ def test_a_stopped_static_member_is_removed_by_persona_group_leave_before_its_se
     wait_drained(settings, input_topics(settings), [w1])
     assert w1.stop() == 0
     check_against_truth(settings, data_dir)
+
+
+def test_a_static_member_scaled_away_leaves_its_group_as_it_stops_and_a_restarting_one_stays(
+    topic_factory: Callable[..., Settings],
+    worker_factory: Callable[..., WorkerProcess],
+    data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """``PERSONA_STATIC_LEAVE=kubernetes``: a stopping pod asks its StatefulSet (a local server
+    that answers as the Kubernetes API does) whether it is still wanted. At 2 replicas pod 1 is
+    restarting: it stays a member and gets its partitions back; at 1 replica it was scaled away:
+    it removes itself, and pod 0 owns every partition long before the session would end."""
+    from deploy.kubernetes_api import StatefulSetApi
+    from stream_app.membership import describe
+
+    session = 120.0
+    settings = topic_factory(session_timeout_s=session)
+    with StatefulSetApi() as k8s:
+        k8s.replicas[("persona", "persona-worker")] = 2
+        leave = {"static_leave": "kubernetes", "kubernetes_api": k8s.url, "kubernetes_namespace": "persona"}
+        second = {"group_instance_id": "persona-worker-1", "state_dir": tmp_path / "state-second", "web_port": free_port(), **leave}
+        w1, w2, rest = _two_workers_half_replayed(
+            settings, worker_factory, data_dir, {"group_instance_id": "persona-worker-0", **leave}, second,
+        )
+        topic = settings.topic("purchase")
+        every = set(range(settings.partitions))
+        mine = w1.wait_owned(topic)
+        theirs = w2.wait_owned(topic)
+        assert mine and theirs and mine | theirs == every
+
+        # A restart: the StatefulSet still wants two pods. Pod 1 asks, and stays a member.
+        assert w2.stop() == 0
+        assert k8s.requests == [("/apis/apps/v1/namespaces/persona/statefulsets/persona-worker", None)]
+        time.sleep(3.0)
+        assert {m.instance_id for m in describe(settings).members} == {"persona-worker-0", "persona-worker-1"}
+        assert owned_partitions(w1.metrics(), topic) == mine
+        assert "is still wanted" in w2.log_tail(200), w2.log_tail()
+        w2 = worker_factory(settings, allow_restarts=True, **{**second, "web_port": free_port()})
+        w2.wait_ready()
+        assert w2.wait_owned(topic) == theirs  # its own partitions back, no rebalance needed
+
+        # A scale-down to one pod: Kubernetes lowers spec.replicas, then stops pod 1.
+        k8s.replicas[("persona", "persona-worker")] = 1
+        t0 = time.monotonic()
+        assert w2.stop() == 0
+        w1.wait_until(lambda m: owned_partitions(m, topic) == every, timeout=session / 3)
+        took = time.monotonic() - t0
+        assert took < session / 3, (took, w2.log_tail())
+        assert [m.instance_id for m in describe(settings).members] == ["persona-worker-0"]
+        assert "was scaled away" in w2.log_tail(200) and "persona-worker-1 removed" in w2.log_tail(200), w2.log_tail()
+        assert len(k8s.requests) == 2
+        # Pod 0 never asked: it has not stopped.
+
+    publish(settings, rest)
+    wait_drained(settings, input_topics(settings), [w1])
+    assert w1.stop() == 0
+    check_against_truth(settings, data_dir)
