@@ -399,6 +399,29 @@ def test_statefulset_pods_are_static_group_members_named_after_the_pod() -> None
     assert "PERSONA_GROUP_INSTANCE_ID" not in _config(), "one value for all pods would make them fence each other"
 
 
+def test_a_pod_scaled_away_may_read_its_statefulset_and_nothing_more() -> None:
+    """PERSONA_STATIC_LEAVE=kubernetes (stream_app.scale_down): the pods' names parse as the
+    StatefulSet's pods, and their service account is bound to get exactly that StatefulSet."""
+    from stream_app.scale_down import Pod, pod_of
+
+    sts = _statefulset()
+    name, replicas = sts["metadata"]["name"], sts["spec"]["replicas"]
+    env = {e["name"]: e for e in _worker_container().get("env", [])}
+    assert env["PERSONA_STATIC_LEAVE"]["value"] == "kubernetes"
+    Settings(group_instance_id=f"{name}-0", static_leave="kubernetes")  # what a pod starts with is valid
+    assert [pod_of(f"{name}-{n}") for n in range(replicas)] == [Pod(name, n) for n in range(replicas)]
+    pod = sts["spec"]["template"]["spec"]
+    account = pod["serviceAccountName"]
+    assert pod.get("automountServiceAccountToken", True) is True, "the token is how the pod asks"
+    assert _one("ServiceAccount", account)["metadata"]["namespace"] == sts["metadata"]["namespace"]
+    binding = _one("RoleBinding")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": sts["metadata"]["namespace"]}]
+    assert binding["roleRef"]["kind"] == "Role"
+    role = _one("Role", binding["roleRef"]["name"])
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["statefulsets"], "resourceNames": [name], "verbs": ["get"]}]
+    assert "PERSONA_STATIC_LEAVE" not in _config() or _config()["PERSONA_STATIC_LEAVE"] == "kubernetes"
+
+
 def test_pdb_covers_the_workers() -> None:
     pdb = _one("PodDisruptionBudget")
     pod_labels = _statefulset()["spec"]["template"]["metadata"]["labels"]
