@@ -378,23 +378,24 @@ def worker() -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     faust_app, _ = build_app(settings)
     w = faust.Worker(faust_app, loglevel=settings.log_level.lower(), quiet=True)
-    restarting = False
+    stopped = False  # a clean stop (SIGTERM), not a restart, a crash or a refused start
     try:
         w.execute_from_commandline()
+        stopped = True
     except SystemExit as exc:
         if broker_went_away(faust_app.crash_reason):
             # The broker went away while Faust started or ran (a restart, a lost host): Faust
             # crashes on that; start again from the committed offsets once it answers.
             console.print(f"[yellow]Kafka went away ({faust_app.crash_reason}): restarting the worker[/yellow]")
-            restarting = True
             raise SystemExit(RESTART_EXIT_CODE) from None
-        restarting = exc.code == RESTART_EXIT_CODE
+        stopped = exc.code in (0, None)
         raise
     finally:
         # A stop that raced a rebalance can exit still a member of the group (membership docstring).
         leave_left_behind(faust_app, settings)
-        if not restarting:
-            # A static member stopped for good by a scale-down hands its partitions over now.
+        if stopped:
+            # A static member stopped for good by a scale-down hands its partitions over now
+            # (only after a stop it was asked for: a crash or a restart keeps its membership).
             leave_if_scaled_away(settings)
 
 

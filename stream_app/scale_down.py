@@ -151,8 +151,8 @@ def leave_if_scaled_away(
                     "session ends in %.0f s", instance_id, exc, settings.app_id, settings.session_timeout_s)
         return None
     if not scaled_away(pod, replicas):
-        log.info("pod %s is still wanted (statefulset %s: %d replicas): staying in group %r for its restart",
-                 instance_id, pod.statefulset, replicas, settings.app_id)
+        log.info("pod %s is still wanted (statefulset %s: %d replicas): staying a member of group %r "
+                 "(a restarted pod takes its partitions back)", instance_id, pod.statefulset, replicas, settings.app_id)
         return None
     if remove is None:
         from stream_app.membership import leave
