@@ -277,7 +277,8 @@ def bench_scale(
     events: Annotated[Optional[int], typer.Option(help="Behaviour events (default: all 100,000 MovieLens ratings).")] = None,
     workers: Annotated[str, typer.Option(help="Worker counts, comma-separated.")] = "1,2,4",
     restarts: Annotated[bool, typer.Option(help="Also kill and restart one of two workers, dynamic and static members.")] = True,
-    stops: Annotated[bool, typer.Option(help="Also stop one of two workers for good (dynamic; static; static, then group leave).")] = True,
+    stops: Annotated[bool, typer.Option(help="Also stop one of two workers for good (dynamic; static; static, then group leave; "
+                                             "static with PERSONA_STATIC_LEAVE=kubernetes).")] = True,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the report here.")] = None,
 ) -> None:
     """Events/s of 1, 2, 4 workers in one group on 8 partitions; the pause when a worker joins, leaves or restarts."""

@@ -19,22 +19,27 @@ member and once with a group instance id (static membership, ``PERSONA_GROUP_INS
 Each reports the group's longest pause after the kill and ``back_s``, the time from the kill to
 the restarted worker's first applied event.
 
-And three scale-down runs with two workers: at a third of the events one worker is stopped for
+And four scale-down runs with two workers: at a third of the events one worker is stopped for
 good (SIGTERM): a dynamic member (it leaves the group as it closes), a static member (it does not:
-its partitions wait for its session to time out) and a static member removed at once with
-``persona group leave`` (``stream_app.membership.leave``). Each reports the group's longest pause
-after the stop.
+its partitions wait for its session to time out), a static member removed at once with
+``persona group leave`` (``stream_app.membership.leave``), and a static member that removes
+itself as it stops because its StatefulSet no longer wants it (``PERSONA_STATIC_LEAVE=kubernetes``,
+``stream_app.scale_down``; the API is ``deploy.kubernetes_api``'s local stand-in, which lowers
+``spec.replicas`` from 2 to 1 just before the stop, as ``kubectl scale`` does). Each reports the
+group's longest pause after the stop.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from bench.harness import bench_settings, broker, workdir
 from bench.stream import movielens_events, synthetic_purchases
+from deploy.kubernetes_api import StatefulSetApi
 from deploy.workers import WorkerProcess, free_port, group_lag, metric_sum, wait_group_stable
 from state.events import Event
 from stream_app.producer import publish
@@ -44,6 +49,11 @@ from stream_app.topics import ensure_topics
 PARTITIONS = 8
 #: the scale-down run whose stopped static member ``persona group leave`` removes
 STATIC_REMOVED = "static, then persona group leave"
+#: the scale-down run whose stopped static member removes itself (PERSONA_STATIC_LEAVE=kubernetes)
+STATIC_SCALED = "static, PERSONA_STATIC_LEAVE=kubernetes"
+#: the StatefulSet the bench's static workers are pods of (instance ids bench-worker-0, -1, ...)
+STATEFULSET = "bench-worker"
+NAMESPACE = "persona"
 
 
 def _events(data_dir: Path, limit: int | None) -> tuple[list[Event], list[Event], str]:
@@ -57,11 +67,13 @@ def _events(data_dir: Path, limit: int | None) -> tuple[list[Event], list[Event]
 class Group:
     """Workers of one consumer group; counters of stopped workers are kept at their last value."""
 
-    def __init__(self, settings: Settings, work: Path, *, static: bool = False) -> None:
+    def __init__(self, settings: Settings, work: Path, *, static: bool = False, extra: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.work = work
         #: give each worker a group instance id (static membership)
         self.static = static
+        #: more settings for every worker
+        self.extra = dict(extra or {})
         work.mkdir(parents=True, exist_ok=True)
         self.workers: list[WorkerProcess] = []
         self._last: dict[int, float] = {}
@@ -75,9 +87,9 @@ class Group:
 
     def add(self, n: int | None = None) -> WorkerProcess:
         n = len(self.workers) if n is None else n
-        update: dict[str, Any] = {"state_dir": self.work / f"state-{n}", "web_port": free_port()}
+        update: dict[str, Any] = {"state_dir": self.work / f"state-{n}", "web_port": free_port(), **self.extra}
         if self.static:
-            update["group_instance_id"] = f"bench-worker-{n}"
+            update["group_instance_id"] = f"{STATEFULSET}-{n}"
         s = self.settings.model_copy(update=update)
         # Restarts allowed: a restart under rebalance is a finding to report, not a crash.
         self._started += 1
@@ -87,7 +99,7 @@ class Group:
         return w
 
     def instance_id(self, w: WorkerProcess) -> str | None:
-        return f"bench-worker-{self._index[id(w)]}" if self.static else None
+        return f"{STATEFULSET}-{self._index[id(w)]}" if self.static else None
 
     def restart(self, w: WorkerProcess) -> WorkerProcess:
         """SIGKILL ``w`` and start it again at once on its state dir (and instance id)."""
@@ -169,13 +181,27 @@ def _pauses(changes: list[tuple[str, float]], samples: list[tuple[float, float]]
 
 def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
                rebalance: bool = False, restart: bool = False, static: bool = False,
-               stop: bool = False, remove: bool = False) -> dict[str, Any]:
+               stop: bool = False, remove: bool = False, scaled: bool = False) -> dict[str, Any]:
     """One run; ``stop``: one worker stopped for good at a third, and with ``remove`` (static
-    members) removed from the group at once by ``persona group leave``'s request."""
+    members) removed from the group at once by ``persona group leave``'s request, or with
+    ``scaled`` (static members) removing itself as its StatefulSet asks (module docstring)."""
+    with ExitStack() as stack:
+        extra: dict[str, Any] = {}
+        api: StatefulSetApi | None = None
+        if scaled:
+            api = stack.enter_context(StatefulSetApi())
+            api.replicas[(NAMESPACE, STATEFULSET)] = workers
+            extra = {"static_leave": "kubernetes", "kubernetes_api": api.url, "kubernetes_namespace": NAMESPACE}
+        return _throughput(bs, tag, work, workers, catalog, behaviour, rebalance, restart, static, stop, remove, api, extra)
+
+
+def _throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event], behaviour: list[Event],
+                rebalance: bool, restart: bool, static: bool, stop: bool, remove: bool,
+                api: StatefulSetApi | None, extra: dict[str, Any]) -> dict[str, Any]:
     settings = bench_settings(bs, tag, work / "unused", partitions=PARTITIONS)
     ensure_topics(settings)
     publish(settings, catalog)
-    group = Group(settings, work / tag, static=static)
+    group = Group(settings, work / tag, static=static, extra=extra)
     restarted: WorkerProcess | None = None
     n = len(behaviour)
     row: dict[str, Any] = {"workers": workers}
@@ -204,6 +230,8 @@ def throughput(bs: str, tag: str, work: Path, workers: int, catalog: list[Event]
                 changes.append(("stop", now))
                 gone = group.workers[-1]
                 ident = group.instance_id(gone)
+                if api is not None:  # kubectl scale: spec.replicas first, then the highest pod stops
+                    api.replicas[(NAMESPACE, STATEFULSET)] = len(group.workers) - 1
                 group.stop(gone)
                 row["stopped_s"] = time.monotonic() - now
                 if remove and ident is not None:
@@ -271,8 +299,9 @@ def run(bootstrap: str | None, data_dir: Path, events: int | None = None, counts
         if stops:
             report["stop"] = {
                 kind: throughput(bs, f"scale{stamp}st{i}", work, 2, catalog, behaviour, stop=True,
-                                 static=kind != "dynamic", remove=kind == STATIC_REMOVED)
-                for i, kind in enumerate(("dynamic", "static", STATIC_REMOVED))
+                                 static=kind != "dynamic", remove=kind == STATIC_REMOVED,
+                                 scaled=kind == STATIC_SCALED)
+                for i, kind in enumerate(("dynamic", "static", STATIC_REMOVED, STATIC_SCALED))
             }
     report["load_1m_end"] = os.getloadavg()[0]
     return report
