@@ -15,7 +15,7 @@ behaviour: the worker stays a member and its session bounds the pause.
 The pod's name is its instance id (``deploy/k8s`` sets one from the other): ``<statefulset>-<n>``.
 The API is the in-cluster one (``KUBERNETES_SERVICE_HOST``/``_PORT``, the service account's
 token, CA and namespace) unless ``PERSONA_KUBERNETES_API`` names another (``kubectl proxy``'s
-``http://127.0.0.1:8001``, or a test's server). Reading a StatefulSet needs ``get`` on
+``http://127.0.0.1:8001``, or a test's server; the token is sent to an ``https://`` one only). Reading a StatefulSet needs ``get`` on
 ``statefulsets`` in the namespace: the Role in ``deploy/k8s/worker-rbac.yaml``.
 """
 
@@ -94,7 +94,10 @@ def api_of(settings: Settings, env: dict[str, str] | None = None, account: Path 
         raise KubernetesError(f"no namespace: set PERSONA_KUBERNETES_NAMESPACE or run in a pod ({account}/namespace)")
     token = read("token")
     if settings.kubernetes_api:
-        return Api(settings.kubernetes_api.rstrip("/"), namespace, token)
+        url = settings.kubernetes_api.rstrip("/")
+        # The service account's token goes over TLS only: a plain-HTTP API is a local proxy
+        # (kubectl proxy) that authenticates by itself, and must not see it in clear text.
+        return Api(url, namespace, token if url.startswith("https://") else None)
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
     if not host:
         raise KubernetesError("not in a Kubernetes pod (no KUBERNETES_SERVICE_HOST) and no PERSONA_KUBERNETES_API")

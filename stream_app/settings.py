@@ -196,7 +196,8 @@ class Settings(BaseSettings):
         None,
         pattern=r"^https?://",
         description="The Kubernetes API for `static_leave=kubernetes` (e.g. `kubectl proxy`'s "
-        "http://127.0.0.1:8001); unset: the in-cluster API with the pod's service account.",
+        "http://127.0.0.1:8001; the service account's token is sent to an https:// one only); "
+        "unset: the in-cluster API with the pod's service account.",
     )
     kubernetes_namespace: str | None = Field(
         None, min_length=1, description="The worker pods' namespace; unset: the service account's."

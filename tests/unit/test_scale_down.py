@@ -123,10 +123,13 @@ def test_api_of_in_a_pod_uses_the_service_and_the_service_account(tmp_path: Path
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"}
     assert api_of(settings, env, tmp_path) == Api("https://10.0.0.1:6443", "prod", "tok", tmp_path / "ca.crt")
     assert api_of(settings, {"KUBERNETES_SERVICE_HOST": "fd00::1"}, tmp_path).base_url == "https://[fd00::1]:443"
-    # The settings win: another namespace, and another API (kubectl proxy) without the CA.
-    other = Settings(group_instance_id="persona-worker-0", static_leave="kubernetes",
+    # The settings win: another namespace, and another API without the CA. The token goes over
+    # TLS only: a plain-HTTP API (kubectl proxy) authenticates by itself and never sees it.
+    proxy = Settings(group_instance_id="persona-worker-0", static_leave="kubernetes",
                      kubernetes_api="http://127.0.0.1:8001/", kubernetes_namespace="staging")
-    assert api_of(other, env, tmp_path) == Api("http://127.0.0.1:8001", "staging", "tok", None)
+    assert api_of(proxy, env, tmp_path) == Api("http://127.0.0.1:8001", "staging", None, None)
+    tls = proxy.model_copy(update={"kubernetes_api": "https://api.example:6443"})
+    assert api_of(tls, env, tmp_path) == Api("https://api.example:6443", "staging", "tok", None)
 
 
 def test_api_of_outside_a_pod_says_what_is_missing(tmp_path: Path) -> None:
