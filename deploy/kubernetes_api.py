@@ -24,6 +24,7 @@ class StatefulSetApi:
         self.replicas: dict[tuple[str, str], int | None] = {}
         self.status: int | None = None
         self.body: bytes | None = None  # served as is when set (a malformed answer)
+        self.redirect: str | None = None  # a 307 to this base URL (same path) when set
         self.token = token
         self.requests: list[tuple[str, str | None]] = []
         api = self
@@ -31,6 +32,12 @@ class StatefulSetApi:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802  (http.server's name)
                 api.requests.append((self.path, self.headers.get("Authorization")))
+                if api.redirect is not None:
+                    self.send_response(307)
+                    self.send_header("Location", api.redirect + self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 code, body = api._answer(self.path, self.headers.get("Authorization"))
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")

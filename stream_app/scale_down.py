@@ -31,7 +31,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from state.errors import PersonaError
 
@@ -106,15 +106,22 @@ def api_of(settings: Settings, env: dict[str, str] | None = None, account: Path 
     return Api(f"https://{host}:{port}", namespace, token, ca if ca.is_file() else None)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is then raised as an HTTPError
+
+
 def desired_replicas(api: Api, statefulset: str, timeout_s: float) -> int:
     """The StatefulSet's ``spec.replicas`` (1 when unset: the API's default)."""
     url = f"{api.base_url}/apis/apps/v1/namespaces/{api.namespace}/statefulsets/{statefulset}"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if api.token:
         request.add_header("Authorization", f"Bearer {api.token}")
-    context = ssl.create_default_context(cafile=str(api.ca_file)) if api.ca_file else None
+    context = ssl.create_default_context(cafile=str(api.ca_file)) if api.ca_file else ssl.create_default_context()
+    # No redirects: urllib would carry the bearer token to wherever one points.
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _NoRedirect())
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:
+        with opener.open(request, timeout=timeout_s) as response:
             body = json.load(response)
     except urllib.error.HTTPError as exc:
         raise KubernetesError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc

@@ -102,6 +102,17 @@ def test_desired_replicas_says_what_was_wrong(k8s: StatefulSetApi, status: int |
         desired_replicas(Api(k8s.url, NS), "s", 5.0)
 
 
+def test_desired_replicas_does_not_follow_a_redirect_with_the_token(k8s: StatefulSetApi) -> None:
+    k8s.token = "sekrit"
+    k8s.replicas[(NS, "s")] = 2
+    with StatefulSetApi() as elsewhere:
+        elsewhere.replicas[(NS, "s")] = 5
+        k8s.redirect = elsewhere.url
+        with pytest.raises(KubernetesError, match="HTTP 30"):
+            desired_replicas(Api(k8s.url, NS, "sekrit"), "s", 5.0)
+        assert elsewhere.requests == []
+
+
 def test_desired_replicas_of_an_unknown_statefulset_is_an_error(k8s: StatefulSetApi) -> None:
     with pytest.raises(KubernetesError, match="HTTP 404"):
         desired_replicas(Api(k8s.url, NS), "nobody", 5.0)
