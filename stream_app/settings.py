@@ -181,7 +181,8 @@ class Settings(BaseSettings):
         "Kubernetes the StatefulSet pod's name, which `deploy/k8s` sets). A worker that restarts "
         "within session_timeout_s gets its partitions back without a rebalance of the group; the "
         "price: a worker stopped for good keeps its partitions until its session times out (static "
-        "members do not leave the group on close) or `persona group leave ID` removes it. Two live "
+        "members do not leave the group on close) or `persona group leave ID` removes it (or it "
+        "removes itself: static_leave). Two live "
         "workers with one id: one stops with exit code 3. Unset: dynamic membership.",
     )
     # A scale-down is the one stop where staying is wrong (stream_app.scale_down).
