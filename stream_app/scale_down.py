@@ -79,15 +79,19 @@ class Api:
     ca_file: Path | None = None
 
 
-def api_of(settings: Settings, env: dict[str, str] | None = None, account: Path = SERVICE_ACCOUNT) -> Api:
+def api_of(settings: Settings, env: dict[str, str] | None = None, account: Path | None = None) -> Api:
     """The API to ask: ``settings.kubernetes_api`` when set, else the in-cluster service's (the
     environment Kubernetes gives every pod); the namespace from the settings, else the service
     account's. Raises :class:`KubernetesError` when there is no API to ask."""
     env = dict(os.environ) if env is None else env
+    account = SERVICE_ACCOUNT if account is None else account
 
     def read(name: str) -> str | None:
         path = account / name
-        return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+        try:
+            return path.read_text(encoding="utf-8").strip() if path.is_file() else None
+        except (OSError, UnicodeDecodeError) as exc:  # a mount the worker's user may not read
+            raise KubernetesError(f"{path}: {exc!r}") from exc
 
     namespace = settings.kubernetes_namespace or read("namespace")
     if not namespace:

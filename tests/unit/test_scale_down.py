@@ -150,6 +150,29 @@ def test_api_of_outside_a_pod_says_what_is_missing(tmp_path: Path) -> None:
         api_of(_settings(), {}, tmp_path)
 
 
+def test_an_unreadable_service_account_stays_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The account's files are read as the worker exits: an error there must not raise from it."""
+    (tmp_path / "namespace").write_text("prod")
+    (tmp_path / "token").write_text("tok")
+    real = Path.read_text
+
+    def refuse(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self.name == "token":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)
+    monkeypatch.setattr("stream_app.scale_down.SERVICE_ACCOUNT", tmp_path)
+    remove = Remove()
+    with pytest.raises(KubernetesError, match="Permission denied"):
+        api_of(_settings(), {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="stream_app.scale_down"):
+        assert leave_if_scaled_away(Settings(group_instance_id="persona-worker-1", static_leave="kubernetes"), remove=remove) is None
+    assert "Permission denied" in caplog.text and remove.calls == []
+
+
 def test_a_pod_scaled_away_removes_its_own_instance_id(k8s: StatefulSetApi) -> None:
     k8s.replicas[(NS, "persona-worker")] = 1
     remove = Remove()
