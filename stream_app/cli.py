@@ -364,8 +364,7 @@ def worker() -> None:
     import faust
 
     from stream_app.kafka_clients import validate
-    from stream_app.membership import leave_left_behind
-    from stream_app.scale_down import leave_if_scaled_away
+    from stream_app.membership import leave_on_exit
     from stream_app.settings import Settings
     from stream_app.topics import ensure_topics
     from stream_app.worker import build_app
@@ -391,12 +390,7 @@ def worker() -> None:
         stopped = exc.code in (0, None)
         raise
     finally:
-        # A stop that raced a rebalance can exit still a member of the group (membership docstring).
-        leave_left_behind(faust_app, settings)
-        if stopped:
-            # A static member stopped for good by a scale-down hands its partitions over now
-            # (only after a stop it was asked for: a crash or a restart keeps its membership).
-            leave_if_scaled_away(settings)
+        leave_on_exit(faust_app, settings, stopped=stopped)
 
 
 @inspect_app.command("profile")

@@ -236,6 +236,18 @@ def leave_left_behind(app: Any, settings: Settings, timeout_s: float = 5.0) -> R
     return removal
 
 
+def leave_on_exit(app: Any, settings: Settings, *, stopped: bool) -> None:
+    """The worker's group membership as its process ends: a member left behind by a stop that
+    raced a rebalance leaves (:func:`leave_left_behind`); after a stop the worker was asked for
+    (``stopped``: not a restart, not a crash), a static member whose pod was scaled away leaves
+    too (``stream_app.scale_down``). Best effort: it never raises."""
+    from stream_app.scale_down import leave_if_scaled_away
+
+    leave_left_behind(app, settings)
+    if stopped:
+        leave_if_scaled_away(settings)
+
+
 #: Test failpoint (unset in production): "1" makes the worker's consumer close without leaving.
 NO_LEAVE_ENV = "PERSONA_FAILPOINT_NO_LEAVE"
 
